@@ -1,0 +1,76 @@
+"""The ``tcnet`` command: one subcommand per stage or tool, each a thin wrapper over library code.
+
+Subcommand modules are imported only when used, so ``tcnet --help`` stays fast. Each module
+provides ``add_arguments(parser)`` and ``main(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Order is the order of the pipeline, then the tools.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("tcnet.tools.synth", "write a deterministic synthetic look-alike of a dataset in its official layout"),
+    "preprocess": ("tcnet.stages.preprocess", "validate, resize and index the raw datasets (pipeline stage)"),
+    "split": ("tcnet.stages.split", "write train/val/test and cross-validation splits (pipeline stage)"),
+    "train": ("tcnet.stages.train", "train the runs of an experiment, resumable (pipeline stage)"),
+    "evaluate": ("tcnet.stages.evaluate", "predict and score the runs of an experiment (pipeline stage)"),
+    "compare": ("tcnet.stages.compare", "tables, statistics, figures and the HTML report (pipeline stage)"),
+    "experiments": ("tcnet.tools.experiments", "list the experiments and runs declared in params.yaml"),
+    "models": ("tcnet.tools.models_table", "list registered models with parameters and GFLOPs"),
+    "score": ("tcnet.tools.score", "score a folder of predicted masks against ground truth"),
+    "predict": ("tcnet.tools.predict", "segment new images with a trained model"),
+    "export": ("tcnet.tools.export", "export a trained model to ONNX or TorchScript"),
+    "promote": ("tcnet.tools.promote", "register an experiment's best TCNet in the MLflow registry"),
+}
+
+
+class CliError(Exception):
+    """An error for the person at the shell: printed without a traceback, exit status 2."""
+
+
+def build_parser(load: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tcnet",
+        description="TCNet medical image segmentation: pipeline stages and tools. "
+        "Run 'tcnet COMMAND --help' for a command's options.",
+    )
+    from tcnet import __version__
+
+    parser.add_argument("--version", action="version", version=f"tcnet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == load:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[args.command][0])
+    from tcnet.config import ConfigError
+
+    try:
+        return int(module.main(args) or 0)
+    except (CliError, ConfigError, FileNotFoundError, ValueError) as e:
+        # Errors a user can act on: one clear line, no traceback. Bugs still raise.
+        if getattr(e, "__tcnet_user_error__", True) is False:
+            raise
+        print(f"tcnet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tcnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

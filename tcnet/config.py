@@ -1,0 +1,425 @@
+"""Typed configuration: ``params.yaml`` -> frozen dataclasses.
+
+One dataclass per ``params.yaml`` section. Unknown keys are an error that lists the valid keys
+(with a "did you mean"), so a typo never silently falls back to a default. Every stage takes
+its section(s) of :class:`Params`; nothing else reads ``params.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+DATASETS = ("isic2017", "isic2018", "ph2", "drive", "chase_db1")
+RETINA_DATASETS = ("drive", "chase_db1")
+METRIC_NAMES = ("AC", "SE", "SP", "JA", "DI", "TJA", "AUC")
+
+
+class ConfigError(ValueError):
+    """A params file (or override) that does not fit the schema; the message says how to fix it."""
+
+
+def did_you_mean(value: str, choices) -> str:
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_choice(what: str, value, choices) -> None:
+    """Raise ``ConfigError`` naming the valid choices when ``value`` is not one of them."""
+    if value not in choices:
+        raise ConfigError(
+            f"unknown {what} {value!r}{did_you_mean(value, choices)}; valid: {', '.join(map(str, choices))}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    raw_dir: str = "data"  # root holding one folder per dataset (data/isic2017, data/drive, ...)
+    datasets: tuple[str, ...] = DATASETS
+    image_size: int = 64  # square side after resizing; multiple of 32
+    image_size_overrides: dict[str, int] = field(default_factory=dict)  # per dataset, e.g. {drive: 128}
+    skip_invalid: bool = False  # True: skip and report bad pairs instead of stopping
+    workers: int = 0  # process-pool size; 0 = all cores
+
+    def size_for(self, dataset: str) -> int:
+        return int(self.image_size_overrides.get(dataset, self.image_size))
+
+    def validate(self) -> None:
+        for d in self.datasets:
+            check_choice("dataset", d, DATASETS)
+        for d, s in {**self.image_size_overrides, "*": self.image_size}.items():
+            if d != "*":
+                check_choice("dataset in preprocess.image_size_overrides", d, DATASETS)
+            if s <= 0 or s % 32:
+                raise ConfigError(f"preprocess image size for {d} must be a positive multiple of 32, got {s}")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    seed: int = 42
+    cv_folds: int = 5  # k for the ISIC 2018 cross-validation (the paper's 1865/635 is about 3:1)
+    retina_val_fraction: float = 0.2  # training images held out for checkpoint selection (DRIVE/CHASE)
+    split_files: dict[str, str] = field(default_factory=dict)  # dataset -> user-supplied splits JSON
+
+    def validate(self) -> None:
+        if self.cv_folds < 2:
+            raise ConfigError(f"split.cv_folds must be >= 2, got {self.cv_folds}")
+        if not 0.0 <= self.retina_val_fraction < 1.0:
+            raise ConfigError(f"split.retina_val_fraction must be in [0, 1), got {self.retina_val_fraction}")
+        for d in self.split_files:
+            check_choice("dataset in split.split_files", d, DATASETS)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    ce_weight: float = 0.5  # lambda in L = lambda*WCE + (1-lambda)*Dice
+    class_weights: Optional[tuple[float, ...]] = None  # None: from preprocess class statistics
+
+    def validate(self) -> None:
+        if not 0.0 <= self.ce_weight <= 1.0:
+            raise ConfigError(f"loss.ce_weight must be in [0, 1], got {self.ce_weight}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 4
+    lr: float = 1e-3  # Adam
+    weight_decay: float = 0.0
+    min_lr: float = 1e-6  # cosine annealing floor
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: bool = True
+    seed: int = 42
+    deterministic: bool = True  # torch.use_deterministic_algorithms; bit-identical CPU resume
+    num_workers: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    bf16: bool = True  # autocast to bfloat16 (CUDA only)
+    channels_last: bool = True  # memory format (CUDA only)
+    compile: bool = False  # torch.compile (off: minutes of compile on CPU)
+    max_train_images: Optional[int] = None  # cap on training images (smoke runs); None = all
+
+    def validate(self) -> None:
+        self.loss.validate()
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("train.epochs and train.batch_size must be >= 1")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"train.device {self.device!r}: valid: auto, cpu, cuda, cuda:N")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    threshold: float = 0.5  # probability threshold for the binary mask
+    n_overlays: int = 4  # overlay PNGs written per run (a sample of images)
+    save_masks: bool = True  # predicted masks as 0/255 PNG at the original size
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    bootstrap: int = 2000  # bootstrap resamples for the CI of the mean paired difference
+    confidence: float = 0.95
+    data_label: str = "synthetic look-alike"  # which data the numbers come from; "real" for real data
+    champion_experiment: str = "isic2018_cv"  # experiment whose best TCNet is registered as champion
+    registered_model: str = "tcnet"
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    tracking_uri: str = "sqlite:///mlflow.db"  # MLFLOW_TRACKING_URI overrides
+    log_models: bool = True  # log the trained model of each run
+    system_metrics: bool = True
+
+
+@dataclass(frozen=True)
+class DataPair:
+    """Which data a run trains on and which it is evaluated on."""
+
+    name: str  # label used in run ids, e.g. "drive"
+    train: str  # dataset whose split (fold train/val) trains the model
+    eval: str = ""  # dataset evaluated ("" = same as train)
+    part: Literal["val", "test"] = "val"  # val: the fold's validation ids; test: the split's test ids
+
+    @property
+    def eval_dataset(self) -> str:
+        return self.eval or self.train
+
+    def validate(self) -> None:
+        check_choice("dataset", self.train, DATASETS)
+        check_choice("dataset", self.eval_dataset, DATASETS)
+        check_choice("evaluation part", self.part, ("val", "test"))
+
+
+@dataclass(frozen=True)
+class RunVariant:
+    """One variant of an experiment: a model and what differs from the experiment's defaults."""
+
+    name: str
+    model: str = ""  # registry name ("" = the experiment's model)
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # kwargs of create_model
+    train: dict[str, Any] = field(default_factory=dict)  # overrides of train.* (nested: {loss: {ce_weight: .1}})
+    label: str = ""  # how tables name it ("" = name)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    title: str
+    reproduces: str  # "Fig. 1", "Table 3", ...
+    data: tuple[DataPair, ...]
+    runs: tuple[RunVariant, ...]
+    model: str = "tcnet_tiny"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)  # experiment-wide overrides of train.*
+    folds: Optional[tuple[int, ...]] = None  # None = every fold of the split
+    metrics: tuple[str, ...] = ("AC", "SE", "SP", "JA", "DI")
+    aggregation: Literal["mean", "pooled"] = "mean"
+    baseline_of: str = ""  # run name of TCNet, against which paired statistics are computed
+    paper_key: str = ""  # key in paper/reported.yaml
+
+    def validate(self, exp_id: str) -> None:
+        if not self.data or not self.runs:
+            raise ConfigError(f"experiments.{exp_id}: needs at least one data pair and one run")
+        for d in self.data:
+            d.validate()
+        names = [r.name for r in self.runs]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"experiments.{exp_id}: run names must be unique, got {names}")
+        for m in self.metrics:
+            check_choice(f"metric in experiments.{exp_id}.metrics", m, METRIC_NAMES)
+        check_choice(f"aggregation in experiments.{exp_id}", self.aggregation, ("mean", "pooled"))
+        if self.baseline_of:
+            check_choice(f"experiments.{exp_id}.baseline_of run", self.baseline_of, names)
+
+
+@dataclass(frozen=True)
+class Params:
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    experiments: dict[str, ExperimentConfig] = field(default_factory=dict)
+    profile: str = "demo"  # a label recorded with every run (demo | paper | ...)
+
+    def validate(self) -> "Params":
+        self.preprocess.validate()
+        self.split.validate()
+        self.train.validate()
+        for exp_id, exp in self.experiments.items():
+            exp.validate(exp_id)
+            for d in exp.data:
+                for ds in (d.train, d.eval_dataset):
+                    if ds not in self.preprocess.datasets:
+                        raise ConfigError(
+                            f"experiments.{exp_id} uses dataset {ds!r}, which preprocess.datasets "
+                            f"does not include ({', '.join(self.preprocess.datasets)})"
+                        )
+        return self
+
+    def experiment(self, exp_id: str) -> ExperimentConfig:
+        check_choice("experiment", exp_id, list(self.experiments))
+        return self.experiments[exp_id]
+
+
+# ----------------------------------------------------------------------------------------------
+# dict -> dataclass
+# ----------------------------------------------------------------------------------------------
+
+
+def _is_optional(tp) -> tuple[bool, Any]:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return True, args[0]
+    return False, tp
+
+
+def _convert(tp, value, where: str):
+    optional, inner = _is_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: a value is required (got null)")
+    tp = inner
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, where)
+    if origin is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (elem,) = typing.get_args(tp)[:1]
+        return tuple(_convert(elem, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        _, vt = typing.get_args(tp)
+        return {str(k): _convert(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if origin is Literal:
+        check_choice(where, value, typing.get_args(tp))
+        return value
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} at {where}")  # a schema bug, not a user error
+
+
+def from_dict(cls, data: dict, where: str = ""):
+    """Build dataclass ``cls`` from ``data``; unknown keys raise with the valid ones listed."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            raise ConfigError(
+                f"unknown config key {path!r}{did_you_mean(key, fields)}; valid keys here: {', '.join(fields)}"
+            )
+        kwargs[key] = _convert(hints[key], value, path)
+    missing = [
+        n for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{where or cls.__name__}: missing required key(s) {', '.join(missing)}")
+    return cls(**kwargs)
+
+
+def to_dict(obj) -> dict:
+    """Plain-data (YAML/JSON-safe) form of a config dataclass."""
+
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(obj)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file. Errors name the file and the offending key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        return from_dict(Params, raw).validate()
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def params_hash(obj) -> str:
+    """Stable short hash of a config (dataclass or plain data)."""
+    data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------------------------
+# Experiments -> runs
+# ----------------------------------------------------------------------------------------------
+
+
+def n_folds(dataset: str, split: SplitConfig) -> int:
+    """How many folds the split stage writes for ``dataset`` (k-fold CV for ISIC 2018, else 1)."""
+    return split.cv_folds if dataset == "isic2018" else 1
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one training + evaluation needs: the unit of the train and evaluate stages."""
+
+    experiment: str
+    variant: str
+    label: str
+    data: DataPair
+    fold: int
+    model: str
+    model_kwargs: dict[str, Any]
+    train: TrainConfig
+
+    @property
+    def run_id(self) -> str:
+        """Path-safe id, also the run's folder under outputs/models/<experiment>/."""
+        return f"{self.data.name}__{self.variant}__fold{self.fold}"
+
+    def config_hash(self) -> str:
+        return params_hash(to_dict(self))
+
+
+def expand_runs(params: Params, exp_id: str) -> list[RunSpec]:
+    """All (data pair x variant x fold) runs of one experiment, with train overrides merged."""
+    exp = params.experiment(exp_id)
+    base_train = to_dict(params.train)
+    runs = []
+    for pair in exp.data:
+        folds = exp.folds if exp.folds is not None else tuple(range(n_folds(pair.train, params.split)))
+        for fold in folds:
+            if not 0 <= fold < n_folds(pair.train, params.split):
+                raise ConfigError(
+                    f"experiments.{exp_id}.folds: fold {fold} does not exist for {pair.train} "
+                    f"({n_folds(pair.train, params.split)} fold(s))"
+                )
+            for v in exp.runs:
+                merged = deep_merge(deep_merge(base_train, exp.train), v.train)
+                train = from_dict(TrainConfig, merged, f"experiments.{exp_id}.runs.{v.name}.train")
+                train.validate()
+                runs.append(
+                    RunSpec(
+                        experiment=exp_id,
+                        variant=v.name,
+                        label=v.label or v.name,
+                        data=pair,
+                        fold=fold,
+                        model=v.model or exp.model,
+                        model_kwargs={**exp.model_overrides, **v.model_overrides},
+                        train=train,
+                    )
+                )
+    return runs

@@ -1,0 +1,29 @@
+import pytest
+
+from tcnet.utils.atomic import atomic_dir, atomic_write
+
+
+def test_atomic_write_replaces_only_on_success(tmp_path):
+    target = tmp_path / "a.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as f:
+            f.write("half")
+            raise RuntimeError("crash")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+    with atomic_write(target) as f:
+        f.write("new")
+    assert target.read_text() == "new"
+
+
+def test_atomic_dir_keeps_previous_outputs_on_failure(tmp_path):
+    out = tmp_path / "out"
+    with atomic_dir(out) as d:
+        (d / "x").write_text("1")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as d:
+            (d / "x").write_text("2")
+            raise RuntimeError("killed")
+    assert (out / "x").read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
