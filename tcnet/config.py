@@ -366,8 +366,13 @@ def params_hash(obj) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+TEST_ONLY_DATASETS = ("ph2",)  # no training split: PH2 is the test set of the ISIC 2017 transfer
+
+
 def n_folds(dataset: str, split: SplitConfig) -> int:
-    """How many folds the split stage writes for ``dataset`` (k-fold CV for ISIC 2018, else 1)."""
+    """How many folds the split stage writes for ``dataset``: k for ISIC 2018, 0 for test-only, else 1."""
+    if dataset in TEST_ONLY_DATASETS:
+        return 0
     return split.cv_folds if dataset == "isic2018" else 1
 
 
@@ -399,6 +404,11 @@ def expand_runs(params: Params, exp_id: str) -> list[RunSpec]:
     base_train = to_dict(params.train)
     runs = []
     for pair in exp.data:
+        if pair.train in TEST_ONLY_DATASETS:
+            raise ConfigError(
+                f"experiments.{exp_id}: {pair.train} is a test-only dataset and cannot be trained on; "
+                f"train on another dataset and set eval: {pair.train}, part: test"
+            )
         folds = exp.folds if exp.folds is not None else tuple(range(n_folds(pair.train, params.split)))
         for fold in folds:
             if not 0 <= fold < n_folds(pair.train, params.split):

@@ -27,3 +27,17 @@ def test_atomic_dir_keeps_previous_outputs_on_failure(tmp_path):
             raise RuntimeError("killed")
     assert (out / "x").read_text() == "1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_outputs_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    with atomic_dir(tmp_path / "d") as d:
+        (d / "f").write_text("x")
+    with atomic_write(tmp_path / "g") as f:
+        f.write("y")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o777 & ~mask
+    assert stat.S_IMODE((tmp_path / "g").stat().st_mode) == 0o666 & ~mask

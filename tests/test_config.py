@@ -31,7 +31,7 @@ def test_type_errors_name_the_key():
 def test_run_override_is_validated(tmp_path):
     f = tmp_path / "p.yaml"
     f.write_text(
-        "experiments:\n  x:\n    title: t\n    reproduces: r\n    data: [{name: a, train: ph2}]\n"
+        "experiments:\n  x:\n    title: t\n    reproduces: r\n    data: [{name: a, train: drive}]\n"
         "    runs: [{name: r1, train: {loss: {ce_wieght: 0.2}}}]\n"
     )
     p = load_params(f)
@@ -42,3 +42,13 @@ def test_run_override_is_validated(tmp_path):
 def test_missing_params_file_names_it(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml: params file not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_test_only_dataset_cannot_be_trained_on(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text(
+        "experiments:\n  x:\n    title: t\n    reproduces: r\n    data: [{name: a, train: ph2}]\n"
+        "    runs: [{name: r1}]\n"
+    )
+    with pytest.raises(ConfigError, match="ph2 is a test-only dataset"):
+        expand_runs(load_params(f), "x")

@@ -1,0 +1,43 @@
+# syntax=docker/dockerfile:1
+# The tcnet image: every Kubeflow component runs in it (components/image.py names it; `make image`
+# builds it). Base: python:3.11-slim, not nvidia/cuda. The torch 2.14.1 wheel pinned in
+# requirements.lock brings its own CUDA 13 user-space libraries as nvidia-* pip packages (cuBLAS,
+# cuDNN, NCCL, ...), so a CUDA base image would only add a second, unused copy of them (several GB).
+# A GPU node needs just the NVIDIA driver (CUDA 13: driver >= 580) and the container toolkit, which
+# the NVIDIA GPU operator installs; the same image runs on CPU nodes. Python 3.11 = the version the
+# lock was generated with (tests/test_lock.py checks both).
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MPLBACKEND=Agg \
+    HOME=/home/tcnet
+
+# git: DVC clones the data repository at a revision (components/fetch_data.py).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git \
+    && rm -rf /var/lib/apt/lists/*
+
+# Non-root user (uid 1000, group 0 so OpenShift's arbitrary uids can write too). The KFP v2
+# launcher stages artifacts under /minio, /s3 and /gcs: create them writable for that user.
+RUN useradd --uid 1000 --gid 0 --create-home --home-dir /home/tcnet tcnet \
+    && mkdir -p /app /minio /s3 /gcs \
+    && chown -R 1000:0 /app /minio /s3 /gcs /home/tcnet \
+    && chmod -R g+rwX /app /minio /s3 /gcs /home/tcnet
+
+WORKDIR /app
+COPY requirements.lock pyproject.toml README.md ./
+COPY tcnet ./tcnet
+# The package at the exact versions of requirements.lock, the same constraints file as `make setup`
+# and CI. (The pip cache mount keeps rebuilds after a code change fast; it is not in the image.)
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install -c requirements.lock . \
+    && pip check
+COPY params.yaml ./
+COPY paper ./paper
+
+USER 1000
+# Kubeflow replaces the command with its executor; `docker run IMAGE <command>` runs the tcnet CLI.
+ENTRYPOINT ["tcnet"]
+CMD ["--help"]

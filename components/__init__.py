@@ -1,0 +1,16 @@
+"""Kubeflow components: one per pipeline stage, each a few lines that call the stage's ``run()``.
+
+Every component is a containerized Python component on the project image (``components.image``):
+the body imports ``tcnet`` (installed in the image) and calls the same ``tcnet.stages.<stage>.run``
+as the ``tcnet`` CLI and ``dvc repro``. No component has logic of its own.
+"""
+
+from components.compare import compare
+from components.evaluate import evaluate
+from components.fetch_data import fetch_data
+from components.image import IMAGE
+from components.preprocess import preprocess
+from components.split import split
+from components.train import train
+
+__all__ = ["IMAGE", "compare", "evaluate", "fetch_data", "preprocess", "split", "train"]

@@ -1,0 +1,35 @@
+"""Component ``compare``: every evaluation of the pipeline run -> paper tables, statistics, report.
+
+The evaluations arrive as a list (``dsl.Collected`` over the runs loop), each ``<exp>/<run_id>/``;
+merged into one tree they are exactly what ``tcnet compare --eval`` reads. The report, the tables
+and the headline numbers are copied to typed outputs so the KFP UI shows them.
+"""
+
+from typing import List
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def compare(params_yaml: str, reported_yaml: str, evals: Input[List[Dataset]], reports: Output[Dataset],
+            report: Output[HTML], tables: Output[Markdown], metrics: Output[Metrics], pipeline_run_id: str = ""):
+    """``<reports>/``: per-experiment tables, stats and figures, report.html, metrics.json."""
+    import json, os, shutil, tempfile
+    from pathlib import Path
+    import pandas as pd, yaml
+    from tcnet.config import Params, from_dict
+    from tcnet.stages.compare import run
+
+    os.environ["TCNET_PIPELINE_RUN_ID"] = pipeline_run_id  # this pipeline run's MLflow parent runs
+    work = Path(tempfile.mkdtemp())
+    for e in evals:
+        shutil.copytree(e.path, work / "eval", dirs_exist_ok=True)
+    (work / "reported.yaml").write_text(reported_yaml)
+    result = run(from_dict(Params, yaml.safe_load(params_yaml)).validate(), work / "eval", work / "reported.yaml", reports.path)
+    shutil.copyfile(result["report"], report.path)
+    Path(tables.path).write_text("\n\n".join(Path(e["table_md"]).read_text() for e in result["experiments"].values()))
+    headline = pd.json_normalize(json.loads(Path(result["metrics"]).read_text()), sep=".").iloc[0]
+    metrics.metadata.update({k: float(v) for k, v in headline.items() if isinstance(v, (int, float))})

@@ -1,0 +1,29 @@
+"""Component ``fetch_data``: the DVC-versioned raw data at a git revision, from the DVC remote.
+
+A pod has no checkout, so the data is read through DVC's filesystem against the repository URL:
+DVC clones the git repository at ``rev`` (a tag or commit SHA -- pin one, the task is cached),
+reads ``data.dvc`` there and downloads only the datasets that ``params_yaml`` preprocesses from
+the remote named in ``.dvc/config`` (credentials from the environment: a Kubernetes secret on a
+cluster, see pipeline/pipeline.py). Locally, ``repo_url`` may be a path and ``rev`` empty: the
+working tree.
+"""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def fetch_data(params_yaml: str, repo_url: str, rev: str, raw: Output[Dataset], data_path: str = "data",
+               remote: str = ""):
+    """Write ``<raw>/<dataset>/`` for every dataset in ``preprocess.datasets``."""
+    import yaml
+    from dvc.api import DVCFileSystem
+    from tcnet.config import Params, from_dict
+
+    params = from_dict(Params, yaml.safe_load(params_yaml)).validate()
+    fs = DVCFileSystem(repo_url, rev=rev or None, remote=remote or None)
+    for dataset in params.preprocess.datasets:
+        fs.get(f"{data_path}/{dataset}", f"{raw.path}/{dataset}", recursive=True)
+    raw.metadata.update({"repo_url": repo_url, "rev": rev or "(working tree)", "datasets": list(params.preprocess.datasets)})

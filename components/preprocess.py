@@ -1,0 +1,18 @@
+"""Component ``preprocess``: ``tcnet.stages.preprocess.run`` on the fetched raw data."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def preprocess(params_yaml: str, raw: Input[Dataset], preprocessed: Output[Dataset]):
+    """Resized arrays, manifest and class statistics (docs/architecture.md, "preprocess")."""
+    import yaml
+    from tcnet.config import Params, from_dict
+    from tcnet.stages.preprocess import run
+
+    params = from_dict(Params, yaml.safe_load(params_yaml)).validate()
+    summary = run(params.preprocess, raw.path, preprocessed.path)
+    preprocessed.metadata["images"] = {d: s["n"] for d, s in summary["datasets"].items()}

@@ -1,0 +1,29 @@
+"""Component ``train``: one run of one experiment, exactly as ``dvc repro`` trains it.
+
+It runs ``tcnet train --experiment E --run R --nproc GPUS`` (the ``tcnet`` CLI that the DVC stage
+calls): with one GPU that is ``tcnet.stages.train.run`` in this process; with more, the stage's own
+``--nproc`` relaunches it under torchrun (DDP over the pod's GPUs).
+"""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def train(params_yaml: str, experiment: str, run_id: str, preprocessed: Input[Dataset], splits: Input[Dataset],
+          model: Output[Model], gpus: int = 1, pipeline_run_id: str = ""):
+    """``<model>/<experiment>/<run_id>/``: best.pt, last.pt, history.csv, run.json."""
+    import os, tempfile
+    from pathlib import Path
+    from tcnet.cli import main
+
+    os.environ["TCNET_PIPELINE_RUN_ID"] = pipeline_run_id  # this pipeline run's MLflow parent run
+    params = Path(tempfile.mkdtemp()) / "params.yaml"
+    params.write_text(params_yaml)
+    status = main(["train", "--params", str(params), "--experiment", experiment, "--run", run_id, "--nproc", str(gpus),
+                   "--preprocessed", preprocessed.path, "--splits", splits.path, "--out", model.path])
+    if status:
+        raise RuntimeError(f"tcnet train failed (exit status {status}); its error is in the log above")
+    model.metadata.update({"experiment": experiment, "run_id": run_id, "framework": "pytorch"})

@@ -1,0 +1,145 @@
+"""``python -m pipeline compile|run|submit``: compile the Kubeflow pipeline, run it here, or submit it.
+
+    python -m pipeline compile [--params params.yaml] [--out pipeline.yaml]
+    python -m pipeline run --local [--params params.yaml] [--workdir outputs/kfp]
+    python -m pipeline submit --host URL [--experiment-name tcnet] [--params params.yaml]
+
+Parameter defaults come from the params file at compile time; see docs/deploy.md.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+from dataclasses import fields
+from pathlib import Path
+
+from pipeline.pipeline import ROOT, PipelineOptions, compile_pipeline, local_run
+
+
+def _add_build_options(p: argparse.ArgumentParser, *, local: bool = False) -> None:
+    d = PipelineOptions()
+    g = p.add_argument_group("pipeline (compile-time) options")
+    g.add_argument("--params", type=Path, default=d.params, help="params file: parameter defaults and the runs (default: %(default)s)")
+    g.add_argument("--reported", type=Path, default=d.reported, help="the paper's reported numbers (default: %(default)s)")
+    g.add_argument("--data-repo-url", default=str(ROOT) if local else "",
+                   help="git repository holding data.dvc (default: " + ("this checkout" if local else "this checkout's origin remote") + ")")
+    g.add_argument("--data-rev", default="",
+                   help="git revision of the data (default: " + ("the working tree" if local else "this checkout's HEAD commit") + ")")
+    g.add_argument("--gpus", type=int, default=d.gpus, help="GPUs per train task (default: %(default)s)")
+    g.add_argument("--accelerator-type", default=d.accelerator_type, help="(default: %(default)s)")
+    g.add_argument("--gpu-node-label", default=d.gpu_node_label, metavar="KEY=VALUE",
+                   help="node selector for train tasks, e.g. nvidia.com/gpu.present=true (default: none)")
+    g.add_argument("--no-gpu-toleration", dest="gpu_toleration", action="store_false",
+                   help="do not tolerate the <accelerator-type>:NoSchedule taint on train tasks")
+    g.add_argument("--train-cpu", default=d.train_cpu, help="CPU request of a train task (default: %(default)s)")
+    g.add_argument("--train-memory", default=d.train_memory, help="memory request of a train task (default: %(default)s)")
+    g.add_argument("--data-cpu", default=d.data_cpu, help="CPU request of the other tasks (default: %(default)s)")
+    g.add_argument("--data-memory", default=d.data_memory, help="memory request of the other tasks (default: %(default)s)")
+    g.add_argument("--train-retries", type=int, default=0 if local else d.train_retries,
+                   help="retries of a failed train task (default: %(default)s)")
+    g.add_argument("--parallelism", type=int, default=d.parallelism, help="concurrent runs, 0 = unlimited (default: %(default)s)")
+    mlflow_default = os.environ.get("MLFLOW_TRACKING_URI", "") if local else d.mlflow_uri
+    g.add_argument("--mlflow-uri", default=mlflow_default,
+                   help="MLFLOW_TRACKING_URI of every task (default: "
+                   + ("$MLFLOW_TRACKING_URI, else mlflow.tracking_uri of the params" if local else "%(default)s") + ")")
+    g.add_argument("--dvc-secret", default=d.dvc_secret,
+                   help="Kubernetes secret with the DVC remote's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; '' = none "
+                   "(default: %(default)s)")
+
+
+def options(args: argparse.Namespace) -> PipelineOptions:
+    return PipelineOptions(**{f.name: getattr(args, f.name) for f in fields(PipelineOptions) if hasattr(args, f.name)})
+
+
+def cmd_compile(args) -> int:
+    from pipeline.pipeline import default_data_source
+
+    out = compile_pipeline(options(args), args.out)
+    print(f"compiled {out}")
+    if not (args.data_repo_url or default_data_source()[0]):
+        print("note: no --data-repo-url and no git remote 'origin': the package's data_repo_url default is empty; "
+              "set it when you start a run", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args) -> int:
+    if not args.local:
+        print("pipeline run: only --local is supported here; use 'submit --host URL' for a cluster", file=sys.stderr)
+        return 2
+    if not args.mlflow_uri:
+        from tcnet.config import load_params
+
+        args.mlflow_uri = load_params(args.params).mlflow.tracking_uri
+    if args.mlflow_uri.startswith("sqlite:///") and not args.mlflow_uri.startswith("sqlite:////"):
+        args.mlflow_uri = "sqlite:///" + str(ROOT / args.mlflow_uri[len("sqlite:///"):])  # as tcnet.tracking does
+    opts = options(args)
+    run_dir = local_run(opts, args.workdir, {"data_repo_url": args.data_repo_url, "data_rev": args.data_rev})
+    print(f"pipeline run finished: {run_dir}")
+    return 0
+
+
+def submit(host: str, opts: PipelineOptions, *, experiment_name: str, run_name: str = "", arguments=None,
+           namespace: str = "", enable_caching=None):
+    """Compile and submit one run with ``kfp.Client(host).create_run_from_pipeline_package``."""
+    import kfp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_pipeline(opts, Path(tmp) / "pipeline.yaml")
+        client = kfp.Client(host=host, namespace=namespace or "kubeflow")
+        return client.create_run_from_pipeline_package(
+            str(package), arguments=arguments or {}, run_name=run_name or None,
+            experiment_name=experiment_name, namespace=namespace or None, enable_caching=enable_caching,
+        )
+
+
+def cmd_submit(args) -> int:
+    opts = options(args)
+    from pipeline.pipeline import default_data_source
+
+    repo, rev = default_data_source()
+    if not (opts.data_repo_url or repo):
+        print("pipeline submit: no git remote 'origin' here: pass --data-repo-url (a git URL the cluster can clone)",
+              file=sys.stderr)
+        return 2
+    data = {"data_repo_url": opts.data_repo_url or repo, "data_rev": opts.data_rev or rev}  # recorded on the run
+    result = submit(args.host, opts, experiment_name=args.experiment_name, run_name=args.run_name, arguments=data,
+                    namespace=args.namespace, enable_caching=False if args.no_cache else None)
+    print(f"submitted run {result.run_id} to {args.host} (experiment {args.experiment_name!r}; "
+          f"data {data['data_repo_url']}@{data['data_rev'] or 'HEAD'})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("compile", help="write the pipeline package (YAML)")
+    _add_build_options(p)
+    p.add_argument("--out", type=Path, default=Path("pipeline.yaml"), help="(default: %(default)s)")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("run", help="run the whole pipeline on this machine (kfp.local SubprocessRunner)")
+    p.add_argument("--local", action="store_true", help="run with the KFP local runner (required)")
+    p.add_argument("--workdir", type=Path, default=ROOT / "outputs" / "kfp", help="where task outputs go (default: %(default)s)")
+    _add_build_options(p, local=True)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("submit", help="compile and submit a run to a Kubeflow Pipelines endpoint")
+    p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080 after a port-forward")
+    p.add_argument("--experiment-name", default="tcnet", help="KFP experiment (default: %(default)s)")
+    p.add_argument("--run-name", default="", help="(default: pipeline file name and time)")
+    p.add_argument("--namespace", default="", help="namespace (multi-user Kubeflow only)")
+    p.add_argument("--no-cache", action="store_true", help="disable caching for every task of this run")
+    _add_build_options(p)
+    p.set_defaults(func=cmd_submit)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

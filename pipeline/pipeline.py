@@ -1,0 +1,194 @@
+"""The Kubeflow pipeline: fetch_data -> preprocess -> split -> [train -> evaluate] per run -> compare.
+
+``build_pipeline(options)`` returns the ``@dsl.pipeline`` function. Everything that shapes the graph
+is decided at compile time from ``params.yaml`` (the single source of truth):
+
+* the pipeline parameters' defaults: ``params_yaml`` (the whole params file, so every task builds
+  the same typed config with ``tcnet.config``), ``reported_yaml`` (paper/reported.yaml, for
+  compare) and the data's git repository URL and revision. The two YAML documents are passed as
+  one-line YAML (flow style, same data; comments dropped): kfp 2.17's compiler copies string
+  defaults verbatim into the package's header comment, so a multi-line default would make the
+  compiled package invalid YAML. At submit time either form (block or flow YAML) is accepted;
+* the runs: ``tcnet.config.expand_runs`` over every experiment gives one ``{experiment, run_id}``
+  item per (data pair x variant x fold); one ``dsl.ParallelFor`` trains and evaluates them, and
+  ``dsl.Collected`` hands all the evaluations to compare. Changing ``experiments`` in
+  ``params_yaml`` at submit time does not add runs: recompile (each run's train stage rejects a
+  run id that its params no longer define).
+
+Cluster settings (not pipeline parameters, they shape the pods): GPUs per train task
+(``set_accelerator_type`` + ``set_accelerator_limit``), CPU/memory requests, retries on train,
+``MLFLOW_TRACKING_URI`` on every task, the DVC remote credentials from a Kubernetes secret on
+``fetch_data``. Caching: on for the data stages (deterministic functions of repo, revision and
+params); off for train, evaluate and compare -- each of them writes this pipeline run's MLflow runs,
+which a cache hit would silently leave out (their ``pipeline_run_id`` input changes every run too).
+"""
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import yaml
+from kfp import dsl, kubernetes
+from kfp.dsl import Metrics
+
+from components.compare import compare
+from components.evaluate import evaluate
+from components.fetch_data import fetch_data
+from components.preprocess import preprocess
+from components.split import split
+from components.train import train
+from tcnet.config import expand_runs, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+PIPELINE_NAME = "tcnet"
+IN_CLUSTER_MLFLOW = "http://mlflow.mlflow.svc.cluster.local:5000"
+# Secret keys -> environment variables for the DVC remote (S3 / MinIO; see docs/deploy.md).
+DVC_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    params: Path = ROOT / "params.yaml"
+    reported: Path = ROOT / "paper" / "reported.yaml"
+    data_repo_url: str = ""  # git URL the cluster can clone ("" = this checkout's origin remote)
+    data_rev: str = ""  # git revision of the data ("" = this checkout's HEAD commit)
+    gpus: int = 1  # GPUs per train task
+    accelerator_type: str = "nvidia.com/gpu"
+    gpu_node_label: str = ""  # "key=value" node selector for train, e.g. nvidia.com/gpu.present=true
+    gpu_toleration: bool = True  # tolerate the usual nvidia.com/gpu:NoSchedule taint of GPU nodes
+    train_cpu: str = "4"
+    train_memory: str = "16Gi"
+    data_cpu: str = "2"
+    data_memory: str = "8Gi"
+    train_retries: int = 2
+    parallelism: int = 0  # concurrent runs in the ParallelFor (0 = unlimited)
+    mlflow_uri: str = IN_CLUSTER_MLFLOW
+    dvc_secret: str = "tcnet-dvc-credentials"  # "" = no credentials (a public remote)
+
+
+def one_line_yaml(text: str) -> str:
+    """The same YAML data on one line (flow style), for a pipeline parameter default."""
+    data = yaml.safe_load(text)
+    line = yaml.safe_dump(data, default_flow_style=True, width=2**31, sort_keys=False).strip()
+    if "\n" in line or yaml.safe_load(line) != data:  # a schema change this cannot carry: say so
+        raise ValueError("params/reported YAML does not round-trip as one-line flow YAML")
+    return line
+
+
+def run_items(params_path: Path) -> list[dict[str, str]]:
+    """One ``{"experiment", "run_id"}`` per run of every experiment, in params order."""
+    params = load_params(params_path)
+    return [{"experiment": exp, "run_id": r.run_id} for exp in params.experiments for r in expand_runs(params, exp)]
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def default_data_source() -> tuple[str, str]:
+    """This checkout's ``origin`` URL and HEAD commit ("" where there is none)."""
+    return _git("remote", "get-url", "origin"), _git("rev-parse", "HEAD")
+
+
+def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
+    params_text = one_line_yaml(Path(opts.params).read_text())
+    reported_text = one_line_yaml(Path(opts.reported).read_text())
+    items = run_items(opts.params)
+    repo_default, rev_default = default_data_source()
+    profile = load_params(opts.params).profile
+
+    def common(task, cache: bool, cpu: str, memory: str):
+        task.set_env_variable("MLFLOW_TRACKING_URI", opts.mlflow_uri)
+        task.set_caching_options(cache)
+        return task.set_cpu_request(cpu).set_memory_request(memory)
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description=f"TCNet: preprocess, split, {len(items)} training runs (profile {profile}), evaluation, "
+        "paper comparison. Parameters default to params.yaml at compile time.",
+    )
+    def tcnet_pipeline(
+        params_yaml: str = params_text,
+        reported_yaml: str = reported_text,
+        data_repo_url: str = opts.data_repo_url or repo_default,
+        data_rev: str = opts.data_rev or rev_default,
+        dvc_remote: str = "",
+    ) -> Metrics:
+        fetch = fetch_data(params_yaml=params_yaml, repo_url=data_repo_url, rev=data_rev, remote=dvc_remote)
+        common(fetch, True, opts.data_cpu, opts.data_memory).set_display_name("fetch data (DVC)")
+        if opts.dvc_secret:
+            kubernetes.use_secret_as_env(fetch, secret_name=opts.dvc_secret, secret_key_to_env=DVC_SECRET_KEYS)
+        pre = common(preprocess(params_yaml=params_yaml, raw=fetch.outputs["raw"]), True, opts.data_cpu, opts.data_memory)
+        spl = common(split(params_yaml=params_yaml, preprocessed=pre.outputs["preprocessed"]), True, "1", "2Gi")
+
+        with dsl.ParallelFor(items, name="runs", parallelism=opts.parallelism) as run:
+            tr = train(
+                params_yaml=params_yaml, experiment=run.experiment, run_id=run.run_id,
+                preprocessed=pre.outputs["preprocessed"], splits=spl.outputs["splits"],
+                gpus=opts.gpus, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            )
+            common(tr, False, opts.train_cpu, opts.train_memory)
+            tr.set_accelerator_type(opts.accelerator_type).set_accelerator_limit(opts.gpus)
+            tr.set_retry(num_retries=opts.train_retries, backoff_duration="60s", backoff_factor=2.0)
+            kubernetes.empty_dir_mount(tr, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
+            if opts.gpu_toleration:
+                kubernetes.add_toleration(tr, key=opts.accelerator_type, operator="Exists", effect="NoSchedule")
+            if opts.gpu_node_label:
+                key, _, value = opts.gpu_node_label.partition("=")
+                kubernetes.add_node_selector(tr, label_key=key, label_value=value)
+            ev = evaluate(
+                params_yaml=params_yaml, experiment=run.experiment, run_id=run.run_id,
+                preprocessed=pre.outputs["preprocessed"], splits=spl.outputs["splits"], raw=fetch.outputs["raw"],
+                model=tr.outputs["model"], pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            )
+            common(ev, False, opts.data_cpu, opts.data_memory)
+
+        cmp = compare(
+            params_yaml=params_yaml, reported_yaml=reported_yaml,
+            evals=dsl.Collected(ev.outputs["eval_dir"]), pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        )
+        common(cmp, False, opts.data_cpu, opts.data_memory)
+        return cmp.outputs["metrics"]
+
+    return tcnet_pipeline
+
+
+def compile_pipeline(opts: PipelineOptions, out: Path) -> Path:
+    from kfp import compiler
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(opts), package_path=str(out))
+    return out
+
+
+def local_run(opts: PipelineOptions, workdir: Path, arguments: Optional[dict] = None):
+    """Run the whole pipeline on this machine with the KFP local runner (tasks as subprocesses).
+
+    ``kfp.local.SubprocessRunner(use_venv=False)``: each task runs in this Python environment (which
+    has tcnet), nothing is pip-installed. Accelerator/CPU/memory settings, the secret and the
+    retries' pod settings have no effect locally (kfp warns once per task); that is expected.
+    An sqlite MLflow store is created here, once, before the runs loop fans out: MLflow migrates a
+    new sqlite database's schema on first use, and two training tasks doing that at once collide.
+    Returns the pipeline run's folder under ``<workdir>/runs``.
+    """
+    from kfp import local
+
+    from tcnet.tracking import init_store, sqlite_path
+
+    if sqlite_path(opts.mlflow_uri) is not None:
+        init_store(opts.mlflow_uri)
+
+    workdir = Path(workdir).resolve()
+    root = workdir / "runs"
+    root.mkdir(parents=True, exist_ok=True)
+    before = set(root.iterdir())
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    build_pipeline(opts)(**(arguments or {}))
+    new = sorted(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
+    return new[-1] if new else None

@@ -1,0 +1,162 @@
+"""Checkpoints: tensors and plain Python data only, written atomically, read with ``weights_only=True``.
+
+A checkpoint is a dict (docs/architecture.md, "Checkpoints"):
+
+    model         state dict (tensors)
+    model_name    registry name          model_kwargs  create_model options (plain data)
+    num_classes   int                    image_size    int (the side the model was trained at)
+    epoch         int (epochs completed) optimizer / scheduler  state dicts ({} in best.pt)
+    rng           {"torch": ByteTensor, "numpy": {...}, "python": {...}, "cuda": [...]} ({} in best.pt)
+    history       list of per-epoch dicts (history.csv rows)
+    run           RunSpec as plain data  config_hash   str
+    best_epoch / best_score   the best validation DI so far and its epoch
+
+Nothing else is ever stored (no pickled classes, no numpy objects), so ``torch.load(...,
+weights_only=True)`` reads it: loading a checkpoint cannot execute code. :func:`plain` converts
+numpy scalars/arrays on the way in and refuses anything it does not know.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file and the problem."""
+
+
+def plain(obj: Any, where: str = "checkpoint") -> Any:
+    """``obj`` with numpy values as Python scalars / tensors; raises on anything a
+    ``weights_only`` load would refuse (custom classes, functions, ...)."""
+    if isinstance(obj, np.generic):  # before float: np.float64 is a float subclass
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+        return obj
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, dict):
+        return {(k if isinstance(k, (str, int)) else str(k)): plain(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, tuple):
+        return tuple(plain(v, f"{where}[{i}]") for i, v in enumerate(obj))
+    raise TypeError(f"{where}: a {type(obj).__name__} cannot go into a checkpoint (tensors and plain data only)")
+
+
+def save_checkpoint(state: dict, path) -> Path:
+    """Write ``state`` to ``path`` atomically: a temp file beside it, fsync, then ``os.replace``.
+
+    A crash (even ``kill -9``) leaves either the old file or the new one, never a torn one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = plain(state)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Read a checkpoint with ``torch.load(..., weights_only=True)`` (never unpickles objects)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torn file, not a checkpoint, or pickled objects
+        raise CheckpointError(f"checkpoint {path}: cannot be read with weights_only=True ({e})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointError(f"checkpoint {path}: not a tcnet checkpoint (expected a dict with a 'model' state dict)")
+    return ckpt
+
+
+def model_kwargs_of(ckpt: dict) -> dict:
+    """The ``create_model`` options of a checkpoint (``num_classes`` included)."""
+    kwargs = dict(ckpt.get("model_kwargs") or {})
+    kwargs.setdefault("num_classes", int(ckpt.get("num_classes") or 1))
+    return kwargs
+
+
+def load_model(path, device="cpu", strict: bool = True):
+    """``(model, meta)``: the model rebuilt with ``create_model(model_name, **model_kwargs)``, its
+    weights loaded, in eval mode on ``device``; ``meta`` = the checkpoint without the state dicts."""
+    from tcnet import create_model
+
+    ckpt = load_checkpoint(path)
+    name = ckpt.get("model_name")
+    if not name:
+        raise CheckpointError(f"checkpoint {path}: records no model_name")
+    model = create_model(name, **model_kwargs_of(ckpt))
+    try:
+        model.load_state_dict(ckpt["model"], strict=strict)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path}: weights do not fit model {name!r} ({e})") from None
+    model.to(torch.device(device) if not isinstance(device, torch.device) else device).eval()
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "rng")}
+    return model, meta
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG state as plain data
+# ----------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict:
+    """torch (CPU and CUDA), numpy and Python ``random`` states as tensors / ints / lists."""
+    import random
+
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": str(np_name), "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+        "python": {"version": int(py_version), "state": [int(x) for x in py_state],
+                   "gauss_next": None if py_gauss is None else float(py_gauss)},
+        "cuda": [],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def set_rng_state(state: Optional[dict]) -> None:
+    """Restore what :func:`rng_state` captured (missing parts are left alone)."""
+    import random
+
+    if not state:
+        return
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].to(torch.uint8).cpu())
+    if state.get("numpy"):
+        s = state["numpy"]
+        np.random.set_state((s["name"], s["keys"].numpy().astype(np.uint32), int(s["pos"]), int(s["has_gauss"]),
+                             float(s["cached_gaussian"])))
+    if state.get("python"):
+        s = state["python"]
+        random.setstate((int(s["version"]), tuple(int(x) for x in s["state"]), s["gauss_next"]))
+    if state.get("cuda") and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([t.to(torch.uint8).cpu() for t in cuda])
+
+
+__all__ = ["CheckpointError", "plain", "save_checkpoint", "load_checkpoint", "load_model", "model_kwargs_of",
+           "rng_state", "set_rng_state"]

@@ -1,0 +1,211 @@
+"""Large-kernel depthwise convolution with a choice of implementation (``lk_impl``).
+
+TCNet's 31×31 depthwise convolutions dominate its cost on CPU: oneDNN's depthwise kernels fall off
+a cliff for kernels of 15 and more, and their backward pass is slow at every large size. The same
+convolution through the FFT is exact up to float rounding and 15-30× faster for training on CPU.
+
+``lk_impl``:
+
+- ``"direct"``: ``F.conv2d(groups=C)``, what cuDNN / oneDNN do; the form to export (ONNX,
+  TorchScript, ``torch.export``) and to count FLOPs with.
+- ``"fft"``: ``rfft2`` of the zero-padded input and kernel, a product, ``irfft2``, a crop. Plain
+  autograd gives the gradients (input and weight).
+- ``"auto"``: :func:`choose_impl` per call, from the device, the shape and whether gradients are
+  needed.
+
+The fft path first crops the kernel to the part that can reach the map: with "same" zero padding
+an output pixel only sees input pixels within ``H-1`` rows and ``W-1`` columns, so on a 2×2 map
+only the central 3×3 of a 31×31 kernel matters. The crop is exact (the cut weights get zero
+gradient) and keeps the FFT small. The direct path never crops: its graph is then the same at
+every input size, which is what tracing and export need (a crop traced at 64×64 would be wrong at
+448×448).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LK_IMPLS = ("auto", "direct", "fft")
+
+
+def check_lk_impl(impl: str) -> str:
+    if impl not in LK_IMPLS:
+        from tcnet.config import did_you_mean
+
+        raise ValueError(f"unknown lk_impl {impl!r}{did_you_mean(impl, LK_IMPLS)}; valid: {', '.join(LK_IMPLS)}")
+    return impl
+
+
+def choose_impl(device: torch.device | str, C: int, H: int, W: int, k: int, requires_grad: bool = True) -> str:
+    """The faster implementation of a depthwise ``k``×``k`` convolution on a ``C×H×W`` map.
+
+    The rule, from measurements on the project's 2-core CPU with torch 2.14.1 (``python -m
+    tcnet.models.lk_bench``; the table is in ``docs/model.md``):
+
+    - not CPU (CUDA, MPS, ...): ``direct`` -- cuDNN's depthwise kernels (not yet measured against
+      fft on a GPU);
+    - CPU, gradients needed (training): ``fft`` from k = 9 on. Around k = 5-7 the two trade places
+      with the shape; from k = 9 fft wins everywhere measured, and by 15-30× at k = 31
+      (fwd+bwd, 2×64×112²: direct ~940 ms, fft ~30 ms);
+    - CPU, no gradients (inference): ``fft`` from k = 15 on, where oneDNN's NCHW depthwise forward
+      leaves its fast path (2×64×56²: k = 13 direct 0.9 ms, k = 15 18-22 ms, fft ~2 ms).
+
+    ``C``, ``H``, ``W`` are accepted so that the rule can grow shape terms; the measured crossovers
+    did not depend on them enough to matter (on tiny maps both paths take well under a millisecond).
+    """
+    del C, H, W
+    dev = torch.device(device) if isinstance(device, str) else device
+    if dev.type != "cpu":
+        return "direct"
+    return "fft" if k >= (9 if requires_grad else 15) else "direct"
+
+
+def _same_pad(k: int) -> tuple[int, int]:
+    """(before, after) zero padding of ``padding="same"`` for a kernel of size ``k`` (PyTorch's rule)."""
+    before = (k - 1) // 2
+    return before, k - 1 - before
+
+
+def _reach(k: int, n: int) -> tuple[int, int, int, int]:
+    """Crop of a size-``k`` kernel to the taps that can reach a size-``n`` map with "same" padding.
+
+    Returns ``(start, stop, pad_before, pad_after)``: kernel taps ``start:stop`` and the "same"
+    padding that goes with the cropped kernel.
+    """
+    before, _ = _same_pad(k)
+    start = max(0, before - (n - 1))
+    stop = min(k, before + n)
+    k2 = stop - start
+    pad_before = before - start
+    return start, stop, pad_before, k2 - 1 - pad_before
+
+
+def _fast_size(n: int, even: bool = False) -> int:
+    """Smallest m >= n whose only prime factors are 2, 3, 5 (quick FFT sizes); even if asked."""
+    m = n
+    while True:
+        if not (even and m % 2):
+            r = m
+            for p in (2, 3, 5):
+                while r % p == 0:
+                    r //= p
+            if r == 1:
+                return m
+        m += 1
+
+
+def crop_kernel(weight: torch.Tensor, H: int, W: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """The part of a depthwise ``C×1×kh×kw`` kernel that reaches an ``H×W`` map, and its padding.
+
+    Padding is ``(left, right, top, bottom)`` as :func:`F.pad` takes it.
+    """
+    kh, kw = weight.shape[-2:]
+    h0, h1, top, bottom = _reach(kh, H)
+    w0, w1, left, right = _reach(kw, W)
+    if (h0, h1, w0, w1) != (0, kh, 0, kw):
+        weight = weight[..., h0:h1, w0:w1]
+    return weight, (left, right, top, bottom)
+
+
+def dwconv_direct(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Depthwise convolution, "same" zero padding, through ``F.conv2d`` with the whole kernel.
+
+    No crop and no shape-dependent Python here, so a traced or exported graph (``torch.jit.trace``,
+    ONNX, ``torch.export``) is valid at every input size, and FLOP counts see the full kernel.
+    """
+    kh, kw = weight.shape[-2:]
+    top, bottom = _same_pad(kh)
+    left, right = _same_pad(kw)
+    if left == right and top == bottom:
+        return F.conv2d(x, weight, bias, padding=(top, left), groups=weight.shape[0])
+    return F.conv2d(F.pad(x, (left, right, top, bottom)), weight, bias, groups=weight.shape[0])
+
+
+def dwconv_fft(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The same convolution as :func:`dwconv_direct`, computed through ``torch.fft``.
+
+    ``conv2d`` is a cross-correlation, so the kernel is flipped and the result is a true linear
+    convolution: ``full = x * flip(w)``, ``y[i] = full[i + kh-1-top]``. The FFT size only needs
+    ``H + max(top, bottom)`` (not ``H + kh - 1``): wrap-around beyond that lands outside the crop.
+    """
+    if x.dtype in (torch.float16, torch.bfloat16):  # FFTs want float32 (and bf16 FFTs do not exist)
+        y = dwconv_fft(x.float(), weight.float(), None if bias is None else bias.float())
+        return y.to(x.dtype)
+    B, C, H, W = x.shape
+    w, (left, right, top, bottom) = crop_kernel(weight.to(x.dtype), H, W)
+    kh, kw = w.shape[-2:]
+    nh = _fast_size(H + max(top, bottom))
+    nw = _fast_size(W + max(left, right), even=True)
+    Xf = torch.fft.rfft2(x, s=(nh, nw))
+    Wf = torch.fft.rfft2(w.flip((-2, -1)).reshape(C, kh, kw), s=(nh, nw))
+    y = torch.fft.irfft2(Xf * Wf, s=(nh, nw))
+    oh, ow = kh - 1 - top, kw - 1 - left
+    y = y[..., oh : oh + H, ow : ow + W]
+    if bias is not None:
+        y = y + bias.to(x.dtype).view(1, C, 1, 1)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        y = y.contiguous(memory_format=torch.channels_last)
+    return y
+
+
+class LargeKernelDWConv(nn.Module):
+    """Depthwise ``k``×``k`` convolution with "same" zero padding; ``k`` may exceed the map.
+
+    Shape: ``B×C×H×W -> B×C×H×W``. Parameters are exactly those of
+    ``nn.Conv2d(C, C, k, groups=C, bias=bias)`` (``weight`` ``C×1×k×k``), whatever ``lk_impl``.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 31, bias: bool = True, lk_impl: str = "auto"):
+        super().__init__()
+        if kernel_size < 1:
+            raise ValueError(f"kernel_size must be >= 1, got {kernel_size}")
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.lk_impl = check_lk_impl(lk_impl)
+        self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Conv2d's default initialisation (fan_in = k*k for a depthwise kernel).
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.kernel_size * self.kernel_size)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def resolved_impl(self, x: torch.Tensor) -> str:
+        """The implementation a call on ``x`` uses (``lk_impl``, or :func:`choose_impl` for auto)."""
+        if self.lk_impl != "auto":
+            return self.lk_impl
+        H, W = x.shape[-2:]
+        grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        return choose_impl(x.device, self.channels, H, W, self.kernel_size, requires_grad=grad)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.resolved_impl(x) == "fft":
+            return dwconv_fft(x, self.weight, self.bias)
+        return dwconv_direct(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        bias = self.bias is not None
+        return f"{self.channels}, kernel_size={self.kernel_size}, bias={bias}, lk_impl={self.lk_impl!r}"
+
+
+def set_lk_impl(model: nn.Module, impl: str) -> nn.Module:
+    """Switch every :class:`LargeKernelDWConv` in ``model`` to ``impl`` (in place; returns ``model``).
+
+    Export and FLOP counting use ``set_lk_impl(model, "direct")``; the weights are unchanged.
+    """
+    check_lk_impl(impl)
+    for m in model.modules():
+        if isinstance(m, LargeKernelDWConv):
+            m.lk_impl = impl
+    config = getattr(model, "config", None)
+    if dataclasses.is_dataclass(config) and hasattr(config, "lk_impl"):
+        model.config = dataclasses.replace(config, lk_impl=impl)
+    return model

@@ -1,0 +1,113 @@
+"""Model registry: ``@register_model`` builders, ``create_model(name, **overrides)``, ``list_models()``.
+
+Every builder takes ``num_classes`` (default 1) and keyword options only; an unknown name or an
+unknown option raises ``ValueError`` naming the valid ones. Baselines are registered by reference
+(``"module:function"``) and imported on first use, so that ``list_models()`` and TCNet do not pay
+for importing segmentation-models-pytorch and torchvision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from typing import Callable, Union
+
+from torch import nn
+
+from tcnet.config import did_you_mean
+from tcnet.models.tcnet import TCNet, TCNetConfig
+
+Builder = Callable[..., nn.Module]
+_REGISTRY: dict[str, Union[Builder, str]] = {}
+
+
+def register_model(fn: Builder | str | None = None, *, name: str | None = None):
+    """Register a builder under ``name`` (default: the function's name).
+
+    Use as ``@register_model``, ``@register_model(name="x")``, or
+    ``register_model("package.module:function", name="x")`` for a builder imported on first use.
+    """
+
+    def wrap(f: Builder | str):
+        key = name or (f.rsplit(":", 1)[1] if isinstance(f, str) else f.__name__)
+        if key in _REGISTRY and _REGISTRY[key] is not f:
+            raise ValueError(f"model {key!r} is already registered")
+        _REGISTRY[key] = f
+        return f
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def list_models() -> list[str]:
+    """Registered model names: the TCNet variants, then the baselines (registration order)."""
+    return list(_REGISTRY)
+
+
+def get_builder(name: str) -> Builder:
+    """The builder function of ``name`` (imported now if registered by reference)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}{did_you_mean(name, _REGISTRY)}; valid: {', '.join(_REGISTRY)}")
+    fn = _REGISTRY[name]
+    if isinstance(fn, str):
+        module, attr = fn.rsplit(":", 1)
+        fn = getattr(importlib.import_module(module), attr)
+        _REGISTRY[name] = fn
+    return fn
+
+
+def model_options(name: str) -> list[str]:
+    """The keyword options ``create_model(name, ...)`` accepts."""
+    fn = get_builder(name)
+    opts = getattr(fn, "options", None)
+    if opts is not None:
+        return list(opts)
+    return list(inspect.signature(fn).parameters)
+
+
+def create_model(name: str, **overrides) -> nn.Module:
+    """Build the registered model ``name``; ``overrides`` are its keyword options (``num_classes``, ...)."""
+    fn = get_builder(name)
+    valid = model_options(name)
+    unknown = [k for k in overrides if k not in valid]
+    if unknown:
+        hints = "".join(did_you_mean(k, valid) for k in unknown)
+        raise ValueError(
+            f"model {name!r} has no option(s) {', '.join(map(repr, unknown))}{hints}; valid: {', '.join(valid)}"
+        )
+    return fn(**overrides)
+
+
+# ----------------------------------------------------------------------------------------------
+# TCNet variants: one factory, three sizes (any TCNetConfig field can be overridden)
+# ----------------------------------------------------------------------------------------------
+
+TCNET_OPTIONS = tuple(f.name for f in dataclasses.fields(TCNetConfig))
+
+
+def _variant(name: str, base_channels: int, lkm_depths: tuple[int, ...], etm_depths: tuple[int, ...], doc: str):
+    def build(**overrides) -> TCNet:
+        cfg = TCNetConfig(base_channels=base_channels, lkm_depths=lkm_depths, etm_depths=etm_depths)
+        return TCNet(cfg, **overrides)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = doc
+    build.options = TCNET_OPTIONS
+    return register_model(build)
+
+
+tcnet_tiny = _variant("tcnet_tiny", 16, (1, 1, 1, 1), (1, 1, 1, 1), "C = 16, LKM/ETM [1,1,1,1]: tests, CPU demo.")
+tcnet_small = _variant("tcnet_small", 32, (1, 1, 2, 1), (1, 1, 2, 1), "C = 32, LKM/ETM [1,1,2,1]: CPU experiments.")
+tcnet_base = _variant("tcnet_base", 64, (2, 2, 4, 2), (1, 1, 2, 1), "C = 64, LKM [2,2,4,2], ETM [1,1,2,1]: GPU, paper.")
+
+# ----------------------------------------------------------------------------------------------
+# Baselines (trained from scratch; no weights are downloaded)
+# ----------------------------------------------------------------------------------------------
+
+register_model("tcnet.models.baselines.fcn:fcn")
+register_model("tcnet.models.baselines.smp_models:unet")
+register_model("tcnet.models.baselines.smp_models:unetpp")
+register_model("tcnet.models.baselines.unet3p:unet3p")
+register_model("tcnet.models.baselines.smp_models:deeplabv3")
+register_model("tcnet.models.baselines.smp_models:deeplabv3p")
+register_model("tcnet.models.baselines.cenet:cenet")

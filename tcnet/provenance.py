@@ -1,0 +1,117 @@
+"""Where a run came from: git commit, DVC data hash, package versions, device.
+
+Every function degrades to ``"unknown"`` / ``""`` instead of failing: a run outside a git checkout
+(a Kubeflow pod, a wheel install) still trains, and says so in its tags.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+UNKNOWN = "unknown"
+# distribution name -> short key used in tags (tcnet.version.<key>)
+PACKAGES = {
+    "tcnet": "tcnet",
+    "torch": "torch",
+    "mlflow": "mlflow",
+    "numpy": "numpy",
+    "segmentation-models-pytorch": "smp",
+}
+
+
+def project_root(start: Optional[Path] = None) -> Path:
+    """The nearest folder at or above ``start`` (default: cwd) holding ``params.yaml``, ``dvc.yaml``
+    or ``.git``; ``start`` itself when there is none."""
+    start = Path(start or Path.cwd()).resolve()
+    for d in (start, *start.parents):
+        if any((d / marker).exists() for marker in ("params.yaml", "dvc.yaml", ".git")):
+            return d
+    return start
+
+
+def _git(root: Path, *args: str) -> Optional[str]:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+@functools.lru_cache(maxsize=8)
+def git_state(root: Optional[str] = None) -> tuple[str, bool]:
+    """``(commit sha, dirty)`` of the checkout at ``root``; ``("unknown", False)`` outside git.
+
+    Dirty = a tracked file differs from the commit (untracked files are not counted).
+    """
+    root_path = Path(root) if root else project_root()
+    sha = _git(root_path, "rev-parse", "HEAD")
+    if not sha:
+        return UNKNOWN, False
+    status = _git(root_path, "status", "--porcelain", "--untracked-files=no")
+    return sha, bool(status)
+
+
+def dvc_data_hash(root: Optional[Path] = None, dvc_file: str = "data.dvc") -> str:
+    """The md5 DVC recorded for the raw data (``outs[0].md5`` of ``data.dvc``); ``""`` if absent."""
+    path = Path(root or project_root()) / dvc_file
+    try:
+        import yaml
+
+        outs = (yaml.safe_load(path.read_text()) or {}).get("outs") or []
+    except (OSError, ValueError, AttributeError):
+        return ""
+    for out in outs:
+        if isinstance(out, dict) and out.get("md5"):
+            return str(out["md5"])
+    return ""
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages a result depends on (``{short key: version}``)."""
+    from importlib import metadata
+
+    out = {}
+    for dist, key in PACKAGES.items():
+        try:
+            out[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[key] = UNKNOWN
+    out["python"] = platform.python_version()
+    return out
+
+
+def device_description(device) -> str:
+    """``"cuda:0 (NVIDIA H100 ...)"`` or ``"cpu (x86_64, 2 threads)"``."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def collect(device, root: Optional[Path] = None) -> dict[str, str]:
+    """Every provenance item as flat string tags (``tcnet.*`` plus MLflow's own git tag)."""
+    root = Path(root or project_root())
+    sha, dirty = git_state(str(root))
+    tags = {
+        "tcnet.git_commit": sha,
+        "tcnet.git_dirty": str(dirty).lower(),
+        "tcnet.data_hash": dvc_data_hash(root) or UNKNOWN,
+        "tcnet.device": device_description(device),
+        "tcnet.host": platform.node() or UNKNOWN,
+    }
+    if sha != UNKNOWN:
+        tags["mlflow.source.git.commit"] = sha
+    tags.update({f"tcnet.version.{k}": v for k, v in package_versions().items()})
+    return tags
+
+
+__all__ = ["project_root", "git_state", "dvc_data_hash", "package_versions", "device_description", "collect"]

@@ -1,0 +1,244 @@
+"""The paper's numbers for one experiment, read from ``paper/reported.yaml``.
+
+Three shapes occur in that file, under the experiment's ``paper_key``:
+
+- a table (``columns`` + ``rows``, each row naming its ``modules`` and one list of values per
+  dataset): Table 3 -- absolute cells per (dataset, row, column);
+- ``<variant>: {metric: value}`` (e.g. ``tcnet: {JA: 90.334, ...}``): absolute cells of that variant;
+- ``relative: [{vs, metric, tcnet_minus_other}]``: only a *difference* is stated. These become
+  :class:`Delta` s, shown next to our own difference; when ``vs`` is a method this project does not
+  train (SSLS, ...), it is "reported elsewhere" and no absolute value is ever derived from it.
+
+Names are matched loosely (``UNet++`` = run ``unetpp``, ``CHASEDB`` = ``chase_db1``, ``Acc`` = ``AC``).
+Values are taken as printed: the paper prints percent for the skin experiments and fractions for
+Table 3, which is also how our tables print them (``results.unit_for``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from tcnet.config import ExperimentConfig, RunVariant
+
+# How the paper (and the literature) may name each metric; the first alias is our name.
+METRIC_ALIASES = {
+    "AC": ("AC", "ACC", "ACCURACY", "PIXELAC"),
+    "SE": ("SE", "SEN", "SENSITIVITY", "RECALL"),
+    "SP": ("SP", "SPE", "SPEC", "SPECIFICITY"),
+    "JA": ("JA", "JACCARD", "IOU"),
+    "DI": ("DI", "DICE", "DSC"),
+    "TJA": ("TJA",),
+    "AUC": ("AUC",),
+}
+
+
+def _key(s: str) -> str:
+    """Loose name key: lower case, '+' spelled 'p' (UNet++ -> unetpp, UNet3+ -> unet3p), alphanumerics only."""
+    return re.sub(r"[^a-z0-9]", "", str(s).lower().replace("+", "p"))
+
+
+def metric_of(name: str) -> Optional[str]:
+    k = re.sub(r"[^A-Z]", "", str(name).upper())
+    for metric, aliases in METRIC_ALIASES.items():
+        if k in aliases:
+            return metric
+    return None
+
+
+def match_variant(name: str, runs: tuple[RunVariant, ...]) -> Optional[RunVariant]:
+    """The run that the paper's ``name`` refers to (by run name or label), else None."""
+    k = _key(name)
+    for v in runs:
+        if k in (_key(v.name), _key(v.label or v.name)):
+            return v
+    return None
+
+
+def _modules(v: RunVariant, exp: ExperimentConfig) -> frozenset[str]:
+    """The Table 3 modules a run holds: from its label ("LKM+ETM"), else from use_etm/use_mfm."""
+    tokens = [t.strip().upper() for t in re.split(r"[+,/ ]+", v.label or v.name) if t.strip()]
+    if tokens and set(tokens) <= {"LKM", "ETM", "MFM"}:
+        return frozenset(tokens)
+    kw = {**exp.model_overrides, **v.model_overrides}
+    if "use_etm" in kw and "use_mfm" in kw:
+        return frozenset({"LKM"} | ({"ETM"} if kw["use_etm"] else set()) | ({"MFM"} if kw["use_mfm"] else set()))
+    return frozenset()
+
+
+def _match_data(name: str, exp: ExperimentConfig) -> Optional[str]:
+    """The data pair (by name or evaluated dataset) that a paper dataset name means (CHASEDB = chase_db1)."""
+    k = _key(name)
+    for d in exp.data:
+        for cand in (_key(d.name), _key(d.eval_dataset)):
+            if k == cand or k == cand.rstrip("0123456789"):
+                return d.name
+    return None
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A difference the paper states: ``baseline - other`` on ``metric`` (as printed)."""
+
+    data: str  # data pair name
+    metric: str
+    value: float
+    other_name: str  # as the paper names it
+    other_variant: str = ""  # our run name; "" = not trained here ("reported elsewhere")
+
+
+@dataclass
+class PaperRef:
+    """What the paper states for one experiment."""
+
+    key: str = ""
+    baseline: str = ""  # our run the stated differences are about (baseline_of, else the run named TCNet)
+    cells: dict[tuple[str, str, str], float] = field(default_factory=dict)  # (data, variant, metric) -> value
+    deltas: list[Delta] = field(default_factory=list)
+    metric_names: dict[str, str] = field(default_factory=dict)  # our metric -> the paper's column name
+    unmatched: list[str] = field(default_factory=list)  # entries no run matched (shown as notes)
+
+    def name(self, metric: str) -> str:
+        return self.metric_names.get(metric, metric)
+
+    @property
+    def empty(self) -> bool:
+        return not self.cells and not self.deltas
+
+
+def load_reported(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: the paper's reported numbers file does not exist") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def paper_reference(reported: dict, exp_id: str, exp: ExperimentConfig) -> PaperRef:
+    """The cells and differences ``reported`` states for experiment ``exp_id`` (empty if none)."""
+    key = exp.paper_key or exp_id
+    section = reported.get(key)
+    ref = PaperRef(key=key if section else "")
+    if not isinstance(section, dict):
+        return ref
+    all_data = [d.name for d in exp.data]
+    baseline = match_variant(exp.baseline_of, exp.runs) if exp.baseline_of else match_variant("tcnet", exp.runs)
+    ref.baseline = baseline.name if baseline else ""
+
+    columns = [metric_of(c) for c in section.get("columns", [])]
+    for c, m in zip(section.get("columns", []), columns):
+        if m:
+            ref.metric_names[m] = str(c)
+
+    for row in section.get("rows", []) or []:
+        mods = frozenset(str(m).upper() for m in row.get("modules", []))
+        variant = next((v for v in exp.runs if mods and _modules(v, exp) == mods), None)
+        for ds, values in row.items():
+            if ds == "modules":
+                continue
+            data = _match_data(ds, exp)
+            if variant is None or data is None:
+                ref.unmatched.append(f"{'+'.join(sorted(mods))} on {ds}")
+                continue
+            for m, val in zip(columns, values):
+                if m is not None and val is not None:
+                    ref.cells[(data, variant.name, m)] = float(val)
+
+    for item in section.get("relative", []) or []:
+        m = metric_of(item.get("metric", ""))
+        val = item.get("tcnet_minus_other")
+        if m is None or val is None or baseline is None:
+            ref.unmatched.append(f"relative {item}")
+            continue
+        other = match_variant(str(item.get("vs", "")), exp.runs)
+        for data in all_data:
+            ref.deltas.append(Delta(data, m, float(val), str(item.get("vs")), other.name if other else ""))
+
+    for name, values in section.items():
+        if name in ("columns", "rows", "relative") or not isinstance(values, dict):
+            continue
+        variant = match_variant(name, exp.runs)
+        if variant is None:
+            ref.unmatched.append(f"{name}: {values}")
+            continue
+        for col, val in values.items():
+            m = metric_of(col)
+            if m is not None and isinstance(val, (int, float)):
+                for data in all_data:
+                    ref.cells[(data, variant.name, m)] = float(val)
+    return ref
+
+
+# Qualitative claims in reported.yaml's ``setup``: the varied setting they are about, the key, a name.
+SETUP_CLAIMS = (
+    ("train.loss.ce_weight", "best_loss_ce_weight", "λ"),
+    ("model.attention_placement", "best_attention_placement", "attention placement"),
+)
+
+
+def _headline(metrics) -> str:
+    return "DI" if "DI" in metrics else ("AUC" if "AUC" in metrics else metrics[0])
+
+
+def notes(reported: dict, res, summary, ref: PaperRef) -> list[str]:
+    """Plain-language our-vs-paper notes for one experiment (``res``: ExperimentResults)."""
+    from tcnet.report.results import varying_settings  # results imports nothing from here
+
+    exp = res.exp
+    out = []
+    values = summary[summary.kind == "value"]
+    stated = values[values.paper.notna()]
+    if len(stated):
+        out.append(
+            f"The paper prints {len(stated)} of these cells; ours - paper ranges from "
+            f"{stated['diff'].min():+.3f} to {stated['diff'].max():+.3f} (mean |Δ| {stated['diff'].abs().mean():.3f})."
+        )
+    elif ref.deltas:
+        out.append(
+            f"The paper states no absolute values for {exp.reproduces} (its figure is lost), only the "
+            "differences shown beside ours above."
+        )
+    else:
+        out.append(
+            f"The paper's numbers for {exp.reproduces} are not known (its figures are lost): there is no "
+            "paper value to compare with; only its qualitative claims below, where it makes any."
+        )
+    if not values.ours.notna().any():
+        return out + ["No evaluation outputs yet: run the train and evaluate stages of this experiment."]
+    setup = reported.get("setup") or {}
+    varying = varying_settings(res)
+    m = _headline(exp.metrics)
+    for d in exp.data:
+        v = values[(values.data == d.name) & (values.metric == m)].dropna(subset=["ours"])
+        if v.empty:
+            continue
+        best = v.loc[v.ours.idxmax()]
+        best_i = [r.name for r in exp.runs].index(best.variant)
+        for key, claim, name in SETUP_CLAIMS:
+            if key in varying and claim in setup:
+                out.append(
+                    f"{d.name}: the paper finds the best {name} = {setup[claim]}; ours: best {ref.name(m)} at "
+                    f"{name} = {varying[key][best_i]} ({best.label}, {best.ours:.3f})."
+                )
+        if "model.deep_supervision" in varying and "deep_supervision_better_off" in setup:
+            ds = dict(zip([r.name for r in exp.runs], varying["model.deep_supervision"]))
+            on = v[v.variant.map(ds) == True].ours.mean()  # noqa: E712 (a pandas mask)
+            off = v[v.variant.map(ds) == False].ours.mean()  # noqa: E712
+            verdict = "agrees" if (off > on) == bool(setup["deep_supervision_better_off"]) else "disagrees"
+            better = "without" if setup["deep_supervision_better_off"] else "with"
+            out.append(
+                f"{d.name}: the paper finds TCNet better {better} deep supervision; "
+                f"ours: mean {ref.name(m)} {off:.3f} without, {on:.3f} with ({verdict})."
+            )
+    for u in ref.unmatched:
+        out.append(f"reported.yaml entry with no matching run here: {u}.")
+    return out

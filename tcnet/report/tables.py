@@ -1,0 +1,295 @@
+"""The paper-form table of one experiment and its paired-statistics table.
+
+``table.csv`` is long-form, one row per cell, so nothing is lost to formatting:
+
+- ``kind = value``: our score of one (data, variant, metric) -- mean over folds, sd over folds --
+  beside the paper's value where it states one, and ``diff = ours - paper``;
+- ``kind = delta``: a difference the paper states (``TCNet - UNet`` on JA), ``ours`` is our
+  difference of the same two runs; a method we do not train ("reported elsewhere") has no ``ours``.
+
+``table.md`` (and the HTML report) show the same rows in the paper's shape: one row per variant,
+the experiment's metrics as columns (named as the paper prints them), ``paper`` and ``Δ`` columns
+where the paper states values. Every caption names the data (``compare.data_label``), the
+aggregation and the unit.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from tcnet.report.paper import PaperRef
+from tcnet.report.results import ExperimentResults
+from tcnet.report.stats import mean_sd, paired_test, rng_for
+
+TABLE_COLUMNS = [
+    "experiment", "kind", "data", "variant", "label", "metric", "metric_name", "unit", "aggregation",
+    "data_label", "n_folds", "n_images", "ours", "ours_sd", "paper", "diff", "note",
+]
+STATS_COLUMNS = [
+    "experiment", "data", "baseline", "other", "comparison", "metric", "unit", "n", "mean_diff",
+    "ci_low", "ci_high", "confidence", "n_resamples", "wilcoxon_stat", "p_value", "note",
+]
+STATS_METRICS = ("DI", "JA")  # paired tests on per-image Dice and Jaccard
+
+AGGREGATION_TEXT = {
+    "mean": "mean of per-image scores (ISIC convention)",
+    "pooled": "pooled: one score from the confusion counts summed over all test pixels inside the FOV "
+    "(retina convention)",
+}
+DASH = "—"
+
+
+@dataclass
+class DisplayTable:
+    """A table as shown to a person: caption, header, rows of strings (Markdown or HTML)."""
+
+    caption: str
+    header: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        def esc(s):
+            return str(s).replace("|", "\\|")
+
+        lines = [f"*{self.caption}*", "", "| " + " | ".join(map(esc, self.header)) + " |",
+                 "|" + "|".join("---" for _ in self.header) + "|"]
+        lines += ["| " + " | ".join(map(esc, r)) + " |" for r in self.rows]
+        return "\n".join(lines) + "\n"
+
+    def html(self, css_class: str = "table") -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.header)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in self.rows
+        )
+        return (
+            f'<table class="{css_class}"><caption>{html.escape(self.caption)}</caption>'
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        )
+
+
+def fmt(v: float, sd: float = math.nan, signed: bool = False) -> str:
+    if v is None or not np.isfinite(v):
+        return DASH
+    s = f"{v:+.3f}" if signed else f"{v:.3f}"
+    return f"{s} ± {sd:.3f}" if sd is not None and np.isfinite(sd) else s
+
+
+def max_folds(res: ExperimentResults) -> int:
+    return max((len({s.fold for s in res.specs if s.data.name == d.name}) for d in res.exp.data), default=1)
+
+
+def caption(res: ExperimentResults, data_label: str) -> str:
+    exp = res.exp
+    k = max_folds(res)
+    unit = "percent" if res.unit == "percent" else "fractions"
+    folds = (
+        f"{k}-fold cross-validation: mean ± sd over folds (sd with ddof = 1)" if k > 1 else "one split"
+    )
+    return (
+        f"{exp.title} (reproduces {exp.reproduces}). Data: {data_label}. "
+        f"Aggregation: {AGGREGATION_TEXT[exp.aggregation]}. Values in {unit}; {folds}. "
+        "paper = the value the paper prints; Δ = ours - paper."
+    )
+
+
+def _label(res: ExperimentResults, variant: str) -> str:
+    v = next(r for r in res.exp.runs if r.name == variant)
+    return v.label or v.name
+
+
+def _fold_values(res: ExperimentResults, data: str, variant: str, metric: str) -> dict[int, float]:
+    agg = res.exp.aggregation
+    return {r.spec.fold: r.value(metric, agg) * res.scale for r in res.variant_runs(data, variant)}
+
+
+def _run_notes(res: ExperimentResults, data: str, variant: str) -> str:
+    notes = []
+    declared = [s for s in res.specs if s.data.name == data and s.variant == variant]
+    missing = [s.fold for s in declared if s.run_id not in res.runs]
+    if missing:
+        notes.append(
+            "not evaluated" if len(missing) == len(declared) else f"fold(s) {missing} not evaluated"
+        )
+    stale = sorted({r.stale for r in res.variant_runs(data, variant) if r.stale})
+    if stale:
+        notes.append("stale evaluation (" + "; ".join(stale) + "): re-run evaluate")
+    return "; ".join(notes)
+
+
+def summary_frame(res: ExperimentResults, ref: PaperRef, data_label: str) -> pd.DataFrame:
+    """The long-form table (``table.csv``): value rows, then the paper's stated differences."""
+    exp = res.exp
+    rows = []
+    base = dict(experiment=res.exp_id, unit=res.unit, aggregation=exp.aggregation, data_label=data_label)
+    for d in exp.data:
+        for v in exp.runs:
+            runs = res.variant_runs(d.name, v.name)
+            note = _run_notes(res, d.name, v.name)
+            for m in exp.metrics:
+                mean, sd = mean_sd(_fold_values(res, d.name, v.name, m).values())
+                paper = ref.cells.get((d.name, v.name, m), math.nan)
+                rows.append(dict(
+                    base, kind="value", data=d.name, variant=v.name, label=v.label or v.name, metric=m,
+                    metric_name=ref.name(m), n_folds=len(runs), n_images=sum(r.n_images for r in runs),
+                    ours=mean, ours_sd=sd, paper=paper, diff=mean - paper, note=note,
+                ))
+    baseline = ref.baseline  # deltas exist only when there is one
+    for delta in ref.deltas:
+        base_label = _label(res, baseline)
+        ours = sd = math.nan
+        n_folds = 0
+        if delta.other_variant:
+            a = _fold_values(res, delta.data, baseline, delta.metric)
+            b = _fold_values(res, delta.data, delta.other_variant, delta.metric)
+            per_fold = [a[k] - b[k] for k in sorted(a.keys() & b.keys())]
+            ours, sd = mean_sd(per_fold)
+            n_folds = len(per_fold)
+            note = ""
+        else:
+            note = (
+                f"{delta.other_name} is reported elsewhere and not trained here; the paper states only "
+                "this difference, so no absolute value is shown"
+            )
+        rows.append(dict(
+            base, kind="delta", data=delta.data, variant=delta.other_variant,
+            label=f"{base_label} - {delta.other_name}", metric=delta.metric, metric_name=ref.name(delta.metric),
+            n_folds=n_folds, n_images=0, ours=ours, ours_sd=sd, paper=delta.value,
+            diff=ours - delta.value, note=note,
+        ))
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def stats_frame(res: ExperimentResults, n_resamples: int, confidence: float, seed: int) -> pd.DataFrame:
+    """Paired per-image statistics of ``baseline_of`` against every other variant (``stats.csv``).
+
+    Per data pair: each fold's per-image scores of the two runs are joined on image id, the folds
+    concatenated (cross-validation folds hold disjoint images), then :func:`paired_test`.
+    """
+    exp = res.exp
+    rows = []
+    if not exp.baseline_of:
+        return pd.DataFrame(rows, columns=STATS_COLUMNS)
+    b_label = _label(res, exp.baseline_of)
+    for d in exp.data:
+        base_runs = {r.spec.fold: r for r in res.variant_runs(d.name, exp.baseline_of)}
+        for v in exp.runs:
+            if v.name == exp.baseline_of:
+                continue
+            other_runs = {r.spec.fold: r for r in res.variant_runs(d.name, v.name)}
+            joined, lost, notes = [], 0, []
+            for k in sorted(base_runs.keys() & other_runs.keys()):
+                pa, pb = base_runs[k].per_image, other_runs[k].per_image
+                if pa is None or pb is None:
+                    notes.append(f"fold {k}: no per_image.csv")
+                    continue
+                j = pa.merge(pb, on="id", suffixes=("_a", "_b"))
+                lost += max(len(pa), len(pb)) - len(j)
+                joined.append(j)
+            if lost:
+                notes.append(f"{lost} image(s) not in both runs, left out")
+            j = pd.concat(joined, ignore_index=True) if joined else pd.DataFrame()
+            for m in STATS_METRICS:
+                common = dict(
+                    experiment=res.exp_id, data=d.name, baseline=exp.baseline_of, other=v.name,
+                    comparison=f"{b_label} - {v.label or v.name}", metric=m, unit=res.unit,
+                    confidence=confidence, n_resamples=n_resamples,
+                )
+                if f"{m}_a" not in j or f"{m}_b" not in j:
+                    rows.append(dict(common, n=0, note="; ".join(notes + ["no paired per-image scores"])))
+                    continue
+                r = paired_test(
+                    j[f"{m}_a"].to_numpy() * res.scale, j[f"{m}_b"].to_numpy() * res.scale,
+                    n_resamples, confidence, rng_for(seed, res.exp_id, d.name, v.name, m),
+                )
+                rows.append(dict(
+                    common, n=r.n, mean_diff=r.mean_diff, ci_low=r.ci_low, ci_high=r.ci_high,
+                    wilcoxon_stat=r.wilcoxon_stat, p_value=r.p_value,
+                    note="; ".join(notes + ([r.note] if r.note else [])),
+                ))
+    return pd.DataFrame(rows, columns=STATS_COLUMNS)
+
+
+def main_table(res: ExperimentResults, summary: pd.DataFrame, ref: PaperRef, data_label: str) -> DisplayTable:
+    """The paper-form table: a row per variant, per metric ours (+ paper and Δ where stated)."""
+    exp = res.exp
+    values = summary[summary.kind == "value"]
+    with_paper = {m for m in exp.metrics if values[(values.metric == m)].paper.notna().any()}
+    cited = summary[(summary.kind == "delta") & (summary.variant == "")]
+    multi_data = len(exp.data) > 1
+    header = (["Data"] if multi_data else []) + ["Variant"]
+    for m in exp.metrics:
+        name = ref.name(m)
+        header += [name] + ([f"{name} paper", f"{name} Δ"] if m in with_paper else [])
+    header += ["n images", "Note"]
+    table = DisplayTable(caption(res, data_label), header)
+    for d in exp.data:
+        for v in exp.runs:
+            cells = values[(values.data == d.name) & (values.variant == v.name)].set_index("metric")
+            row = ([d.name] if multi_data else []) + [v.label or v.name]
+            for m in exp.metrics:
+                c = cells.loc[m]
+                row.append(fmt(c.ours, c.ours_sd))
+                if m in with_paper:
+                    row += [fmt(c.paper), fmt(c["diff"], signed=True)]
+            first = cells.iloc[0]
+            row += [str(int(first.n_images)) if first.n_folds else DASH, first.note]
+            table.rows.append(row)
+        for other, group in cited[cited.data == d.name].groupby("label", sort=False):
+            name = other.split(" - ", 1)[1]
+            stated = ", ".join(f"{r.label} {r.metric_name} = {fmt(r.paper, signed=True)}" for r in group.itertuples())
+            row = ([d.name] if multi_data else []) + [f"{name} (reported elsewhere)"]
+            row += [DASH] * (len(header) - len(row) - 2)
+            row += [DASH, f"the paper states only a difference: {stated}"]
+            table.rows.append(row)
+    return table
+
+
+def delta_table(res: ExperimentResults, summary: pd.DataFrame, data_label: str) -> DisplayTable | None:
+    """The paper's stated differences beside ours (None when it states none)."""
+    deltas = summary[summary.kind == "delta"]
+    if deltas.empty:
+        return None
+    multi_data = len(res.exp.data) > 1
+    header = (["Data"] if multi_data else []) + ["Difference", "Metric", "paper", "ours", "ours - paper", "Note"]
+    t = DisplayTable(
+        f"Differences the paper states for {res.exp.reproduces} (no absolute values given), beside ours. "
+        f"Data: {data_label}. Unit: {'percentage points' if res.unit == 'percent' else 'fractions'}.",
+        header,
+    )
+    for r in deltas.itertuples():
+        t.rows.append(([r.data] if multi_data else []) + [
+            r.label, r.metric_name, fmt(r.paper, signed=True), fmt(r.ours, r.ours_sd, signed=True),
+            fmt(r.diff, signed=True), r.note,
+        ])
+    return t
+
+
+def stats_table(res: ExperimentResults, stats: pd.DataFrame, data_label: str) -> DisplayTable | None:
+    if stats.empty:
+        return None
+    conf = stats.confidence.iloc[0]
+    multi_data = len(res.exp.data) > 1
+    header = (["Data"] if multi_data else []) + [
+        "Comparison", "Metric", "n", "Mean difference", f"{conf:.0%} bootstrap CI", "Wilcoxon W", "p", "Note",
+    ]
+    t = DisplayTable(
+        f"Paired per-image statistics, {_label(res, res.exp.baseline_of)} against each other variant on the "
+        f"same images (folds concatenated). Data: {data_label}. Differences in "
+        f"{'percentage points' if res.unit == 'percent' else 'fractions'}; Wilcoxon signed-rank, two-sided; "
+        f"percentile bootstrap with {int(stats.n_resamples.iloc[0])} resamples (seeded).",
+        header,
+    )
+    for r in stats.itertuples():
+        ci = DASH if not np.isfinite(r.ci_low) else f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
+        p = DASH if not np.isfinite(r.p_value) else f"{r.p_value:.3g}"
+        w = DASH if not np.isfinite(r.wilcoxon_stat) else f"{r.wilcoxon_stat:g}"
+        t.rows.append(([r.data] if multi_data else []) + [
+            r.comparison, r.metric, str(int(r.n)), fmt(r.mean_diff, signed=True), ci, w, p,
+            r.note if isinstance(r.note, str) else "",
+        ])
+    return t

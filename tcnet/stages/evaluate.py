@@ -1,0 +1,352 @@
+"""Pipeline stage ``evaluate``: predict and score every run of an experiment at ORIGINAL image size.
+
+    tcnet evaluate --params params.yaml --experiment ID [--run RUN_ID ...] [--preprocessed outputs/preprocessed]
+                   [--splits outputs/splits] [--raw data] [--models outputs/models] [--out outputs/eval]
+                   [--no-mlflow]
+
+For each run (:func:`evaluate_run`): ``best.pt`` predicts the evaluation ids (``data.part``: ``val``
+= the fold's validation ids, ``test`` = the split's test ids of ``data.eval``); each image is read
+from the raw data, prepared exactly as in training (``transforms.prepare_image``), its foreground
+probability mapped back to the image's original size (``transforms.resize_prob``), thresholded
+(``prob >= evaluate.threshold``) and scored against the original-size truth mask and FOV from the
+dataset adapter (``tcnet.metrics.MetricAccumulator``, AUC included). ISIC/PH2: the per-image mean is
+the headline; DRIVE/CHASE_DB1: pooled over FOV pixels, AUC first.
+
+Writes ``<out>/<experiment>/<run_id>/`` atomically: ``per_image.csv``, ``scores.json``, ``roc.csv``
+(``fpr, tpr, threshold``, pooled), ``history.csv``, ``masks/<id>.png`` (0/255, original size),
+``overlays/<id>.png`` (first ``evaluate.n_overlays`` images: truth contour green, prediction red);
+and ``<out>/<experiment>/summary.json`` (every run's mean and pooled scores: the DVC metric).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from tcnet.config import RETINA_DATASETS, EvaluateConfig, Params, RunSpec, expand_runs, load_params, to_dict
+from tcnet.utils.atomic import atomic_dir, atomic_write
+
+TRUTH_COLOR = (0, 255, 0)  # green
+PRED_COLOR = (255, 0, 0)  # red
+
+
+def _say(msg: str) -> None:
+    print(f"tcnet evaluate: {msg}", file=sys.stderr, flush=True)
+
+
+def headline_aggregation(dataset: str) -> str:
+    """ISIC/PH2: mean of per-image scores (ISIC challenge); retina: pooled over FOV pixels."""
+    return "pooled" if dataset in RETINA_DATASETS else "mean"
+
+
+def _json_safe(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _json_safe(obj.item())
+    return obj
+
+
+def eval_ids(spec: RunSpec, splits_dir) -> tuple[str, list[str]]:
+    """``(dataset, ids)`` a run is evaluated on."""
+    from tcnet.data.dataset import ids_for, load_split
+
+    dataset = spec.data.eval_dataset
+    split = load_split(splits_dir, dataset)
+    ids = ids_for(split, spec.data.part, spec.fold if spec.data.part == "val" else 0)
+    if not ids:
+        raise ValueError(f"run {spec.run_id}: the {spec.data.part} part of {Path(splits_dir) / dataset}.json is empty; "
+                         "nothing to evaluate")
+    return dataset, ids
+
+
+def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """The image with the truth contour (green) and the prediction contour (red) drawn on it."""
+    import cv2
+
+    out = np.ascontiguousarray(image.copy())
+    thickness = max(1, round(max(image.shape[:2]) / 300))
+    for mask, color in ((truth, TRUTH_COLOR), (pred, PRED_COLOR)):
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, color, thickness)
+    return out
+
+
+def _foreground_prob(logits):
+    """``B x K x S x S`` logits -> ``B x S x S`` foreground probability (sigmoid, or softmax channel 1)."""
+    import torch
+
+    if isinstance(logits, (list, tuple)):
+        logits = logits[0]
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits[:, 0])
+    return torch.softmax(logits, dim=1)[:, 1]
+
+
+def _roc_rows(hist) -> list[tuple[float, float, float]]:
+    """Pooled ROC points ``(fpr, tpr, threshold)`` from a probability histogram (<= ROC_POINTS)."""
+    from sklearn.metrics import roc_curve
+
+    from tcnet.metrics import downsample_curve
+
+    used_p, used_n = np.flatnonzero(hist.pos), np.flatnonzero(hist.neg)
+    values = np.concatenate([used_p, used_n]) / (hist.bins - 1)
+    truth = np.concatenate([np.ones(used_p.size, bool), np.zeros(used_n.size, bool)])
+    weight = np.concatenate([hist.pos[used_p], hist.neg[used_n]]).astype(np.float64)
+    if not (truth.any() and (~truth).any()):
+        return []
+    fpr, tpr, thr = roc_curve(truth, values, sample_weight=weight)
+    thr = np.minimum(thr, 1.0)  # scikit-learn's first threshold is +inf
+    keep_fpr, keep_tpr = downsample_curve(fpr, tpr)
+    # downsample_curve keeps original points: map them back to their thresholds
+    index = {(a, b): k for k, (a, b) in enumerate(zip(fpr.tolist(), tpr.tolist()))}
+    return [(a, b, float(thr[index[(a, b)]])) for a, b in zip(keep_fpr.tolist(), keep_tpr.tolist())]
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Sequence]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        w.writerows(rows)
+
+
+def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, splits_dir, raw_dir, model_dir, out_dir,
+                 *, tracker=None, aggregation: Optional[str] = None, device: Optional[str] = None,
+                 progress: bool = True) -> dict:
+    """Evaluate one run: ``model_dir`` is the run's training folder (``best.pt``), ``out_dir`` its
+    evaluation folder (replaced whole). Returns what ``scores.json`` holds."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from tcnet.checkpoint import load_model
+    from tcnet.data.adapters import Sample, load_fov, load_mask
+    from tcnet.data.dataset import read_manifest
+    from tcnet.data.io import read_image, write_png
+    from tcnet.data.transforms import prepare_image, resize_prob
+    from tcnet.metrics import MetricAccumulator, ProbabilityHistogram
+    from tcnet.training.runtime import resolve_device
+
+    model_dir, out_dir, raw_dir = Path(model_dir), Path(out_dir), Path(raw_dir)
+    ckpt_path = model_dir / "best.pt"
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"{ckpt_path} not found; run 'tcnet train --experiment {spec.experiment}' first")
+    dev = resolve_device(device or spec.train.device)
+    model, meta = load_model(ckpt_path, dev)
+    if meta.get("config_hash") != spec.config_hash():
+        raise ValueError(
+            f"{ckpt_path} was trained with another configuration (config hash {meta.get('config_hash')}, "
+            f"params now give {spec.config_hash()}); re-run 'tcnet train --experiment {spec.experiment}'"
+        )
+    size = int(meta["image_size"])
+    dataset, ids = eval_ids(spec, splits_dir)
+    manifest = read_manifest(preprocessed_dir)
+    rows = {r.id: r for r in manifest[manifest["dataset"] == dataset].itertuples(index=False)}
+    missing = [i for i in ids if i not in rows]
+    if missing:
+        raise ValueError(f"{len(missing)} {dataset} id(s) of the split are not in {Path(preprocessed_dir) / 'manifest.csv'}, "
+                         f"e.g. {', '.join(missing[:5])}")
+    agg = aggregation or headline_aggregation(dataset)
+    acc = MetricAccumulator(threshold=eval_cfg.threshold, with_auc=True)
+    hist = ProbabilityHistogram()
+    n_overlays = max(0, int(eval_cfg.n_overlays))
+
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "masks").mkdir()
+        if n_overlays:
+            (tmp / "overlays").mkdir()
+        bar = tqdm(total=len(ids), desc=f"{spec.run_id} eval", leave=False, file=sys.stderr,
+                   disable=None if progress else True, unit="img")
+        bs = max(1, int(eval_cfg.batch_size))
+        for start in range(0, len(ids), bs):
+            chunk = ids[start:start + bs]
+            images, samples = [], []
+            for image_id in chunk:
+                r = rows[image_id]
+                sample = Sample(image_id, dataset, raw_dir / r.image_path, raw_dir / r.mask_path,
+                                raw_dir / r.fov_path if r.fov_path else None, r.official_split)
+                rgb = read_image(sample.image)
+                if rgb.shape[:2] != (int(r.orig_height), int(r.orig_width)):
+                    raise ValueError(f"{sample.image}: is {rgb.shape[1]}x{rgb.shape[0]} but the manifest says "
+                                     f"{r.orig_width}x{r.orig_height}; re-run 'tcnet preprocess'")
+                images.append(rgb)
+                samples.append(sample)
+            batch = torch.cat([prepare_image(img, size) for img in images]).to(dev)
+            with torch.inference_mode():
+                probs = _foreground_prob(model(batch)).cpu()
+            for k, (image_id, rgb, sample) in enumerate(zip(chunk, images, samples)):
+                h, w = rgb.shape[:2]
+                prob = resize_prob(probs[k], (w, h))
+                truth = load_mask(sample)
+                fov = load_fov(sample, rgb)
+                if truth.shape != (h, w) or fov.shape != (h, w):
+                    raise ValueError(f"{sample.mask}: mask {truth.shape[::-1]} / FOV {fov.shape[::-1]} do not match the "
+                                     f"image size {w}x{h}")
+                pred = prob >= eval_cfg.threshold
+                acc.update(image_id, prob, truth, valid=fov, pred=pred)
+                hist.add(prob[fov], truth[fov])
+                if eval_cfg.save_masks:
+                    write_png(tmp / "masks" / f"{image_id}.png", pred)
+                if start + k < n_overlays:
+                    write_png(tmp / "overlays" / f"{image_id}.png", overlay(rgb, truth, pred))
+            bar.update(len(chunk))
+        bar.close()
+
+        per_image = acc.per_image()
+        columns = ["id", "AC", "SE", "SP", "JA", "DI", "TJA", "AUC"]
+        _write_csv(tmp / "per_image.csv", columns, [[row[c] for c in columns] for row in per_image])
+        _write_csv(tmp / "roc.csv", ["fpr", "tpr", "threshold"], _roc_rows(hist))
+        history = model_dir / "history.csv"
+        if history.is_file():
+            shutil.copy2(history, tmp / "history.csv")
+        scores = _json_safe({
+            "mean": acc.mean(), "pooled": acc.pooled(), "n": len(per_image), "dataset": dataset,
+            "part": spec.data.part, "aggregation": agg, "threshold": eval_cfg.threshold,
+            "run": {**to_dict(spec), "run_id": spec.run_id},
+            "checkpoint": {"path": str(ckpt_path.resolve()), "epoch": meta.get("epoch"),
+                           "best_epoch": meta.get("best_epoch"), "config_hash": meta.get("config_hash"),
+                           "image_size": size},
+        })
+        (tmp / "scores.json").write_text(json.dumps(scores, indent=2, sort_keys=True) + "\n")
+
+    headline = scores[agg]
+    _say(f"{spec.run_id}: {dataset} {spec.data.part} ({len(per_image)} images), {agg}: "
+         + ", ".join(f"{k} {v:.4f}" for k, v in headline.items() if v is not None))
+    if tracker is not None:
+        _log_to_mlflow(tracker, spec, model_dir, out_dir, scores, per_image)
+    return scores
+
+
+def _log_to_mlflow(tracker, spec: RunSpec, model_dir: Path, out_dir: Path, scores: dict, per_image: list[dict]) -> None:
+    """Eval metrics, tables and figures into the run's nested MLflow run (the training's run)."""
+    import pandas as pd
+
+    info = {}
+    try:
+        info = json.loads((model_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        pass
+    known = info.get("mlflow_run_id", "") if info.get("config_hash") == spec.config_hash() else ""
+    logger = tracker.run_logger(spec.run_id, spec.config_hash(), {"tcnet.run_id": spec.run_id},
+                                known_mlflow_run_id=known)
+    metrics = {f"eval_{agg}_{k}": v for agg in ("mean", "pooled") for k, v in (scores[agg] or {}).items()}
+    metrics["eval_n"] = scores["n"]
+    logger.log_metrics(metrics, step=0)
+    logger.set_tags({"tcnet.eval_dataset": scores["dataset"], "tcnet.eval_part": scores["part"],
+                     "tcnet.eval_aggregation": scores["aggregation"], "tcnet.eval_dir": str(out_dir.resolve())})
+    table = pd.DataFrame(per_image)
+    logger.log_table(table.astype(object).where(table.notna(), None), "eval/per_image.json")
+    for name in ("scores.json", "per_image.csv", "roc.csv"):
+        logger.log_artifact(out_dir / name, "eval")
+    if (out_dir / "overlays").is_dir() and any((out_dir / "overlays").iterdir()):
+        logger.log_artifacts(out_dir / "overlays", "eval/overlays")
+    fig = _roc_figure(out_dir / "roc.csv", scores)
+    if fig is not None:
+        import matplotlib.pyplot as plt
+
+        logger.log_figure(fig, "eval/roc.png")
+        plt.close(fig)
+
+
+def _roc_figure(roc_csv: Path, scores: dict):
+    import pandas as pd
+
+    roc = pd.read_csv(roc_csv)
+    if roc.empty:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    auc = (scores.get("pooled") or {}).get("AUC")
+    ax.plot(roc["fpr"], roc["tpr"], label=f"pooled AUC {auc:.4f}" if auc is not None else "pooled")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1),
+           title=f"{scores['run']['run_id']} ({scores['dataset']} {scores['part']})")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def write_summary(params: Params, experiment: str, out_dir) -> dict:
+    """``<out>/<experiment>/summary.json``: mean and pooled scores of every evaluated run of the
+    experiment (as found on disk, in params order)."""
+    exp_dir = Path(out_dir) / experiment
+    exp = params.experiment(experiment)
+    runs = {}
+    for spec in expand_runs(params, experiment):
+        path = exp_dir / spec.run_id / "scores.json"
+        if not path.is_file():
+            continue
+        s = json.loads(path.read_text())
+        runs[spec.run_id] = {k: s.get(k) for k in ("mean", "pooled", "n", "dataset", "part", "aggregation")}
+    summary = {"experiment": experiment, "aggregation": exp.aggregation, "metrics": list(exp.metrics), "runs": runs}
+    with atomic_write(exp_dir / "summary.json") as f:
+        f.write(json.dumps(_json_safe(summary), indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+def run(params: Params, experiment: str, preprocessed_dir, splits_dir, raw_dir, models_dir, out_dir,
+        run_ids: Optional[Sequence[str]] = None, *, mlflow: Optional[bool] = None, progress: bool = True) -> dict:
+    """Evaluate every run of ``experiment`` (or ``run_ids``): ``models_dir/<exp>/<run_id>/best.pt`` ->
+    ``out_dir/<exp>/<run_id>/``; then ``out_dir/<exp>/summary.json``."""
+    from tcnet.config import params_hash
+    from tcnet.stages.train import select_runs
+    from tcnet.tracking import open_tracker, tracking_enabled
+
+    specs = select_runs(expand_runs(params, experiment), run_ids, experiment)
+    tracker = open_tracker(experiment, params.mlflow, params=params,
+                           base_tags={"tcnet.params_hash": params_hash(params), "tcnet.profile": params.profile},
+                           enabled=tracking_enabled(mlflow))
+    results = {}
+    for spec in specs:
+        results[spec.run_id] = evaluate_run(
+            spec, params.evaluate, preprocessed_dir, splits_dir, raw_dir,
+            Path(models_dir) / experiment / spec.run_id, Path(out_dir) / experiment / spec.run_id,
+            tracker=tracker, progress=progress,
+        )
+    summary = write_summary(params, experiment, out_dir)
+    return {"experiment": experiment, "runs": results, "summary": summary}
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--experiment", required=True, help="experiment id (params.yaml experiments:)")
+    parser.add_argument("--run", dest="runs", action="append", metavar="RUN_ID",
+                        help="evaluate only this run (repeatable; default: every run of the experiment)")
+    parser.add_argument("--preprocessed", default="outputs/preprocessed", help="preprocess output folder (manifest)")
+    parser.add_argument("--splits", default="outputs/splits", help="split output folder")
+    parser.add_argument("--raw", default="data", help="raw data root (original-size images and masks)")
+    parser.add_argument("--models", default="outputs/models", help="models root (train --out)")
+    parser.add_argument("--out", default="outputs/eval", help="writes OUT/<experiment>/<run_id>/ and OUT/<experiment>/summary.json")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+
+
+def main(args) -> int:
+    params = load_params(args.params)
+    result = run(params, args.experiment, args.preprocessed, args.splits, args.raw, args.models, args.out, args.runs,
+                 mlflow=False if args.no_mlflow else None)
+    _say(f"{args.experiment}: {len(result['runs'])} run(s) evaluated; summary in "
+         f"{Path(args.out) / args.experiment / 'summary.json'}")
+    return 0
+
+
+__all__ = ["evaluate_run", "run", "write_summary", "eval_ids", "overlay", "headline_aggregation", "add_arguments", "main"]

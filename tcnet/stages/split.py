@@ -1,0 +1,324 @@
+"""Stage ``split``: train/val/test lists and cross-validation folds, one JSON per dataset.
+
+Reads ``<preprocessed>/manifest.csv`` (ids and official splits) and writes ``<out>/<dataset>.json``
+in nnU-Net's ``splits_final.json`` shape plus a test list::
+
+    {"dataset": "drive", "source": "<how the split was made, in words>", "seed": 42,
+     "folds": [{"train": [ids], "val": [ids]}, ...], "test": [ids]}
+
+Conventions per dataset (``docs/stages-data.md``):
+
+* ``isic2017``  official train / validation / test; one fold.
+* ``isic2018``  seeded ``KFold(cv_folds, shuffle=True)`` over the official training images;
+  test = official validation + test ids when present, else [].
+* ``ph2``       no folds; every image is a test image (ISIC 2017 -> PH2 transfer).
+* ``drive``     official 20/20: test = official test; one fold whose val is a seeded
+  ``retina_val_fraction`` hold-out of the official training images (checkpoint selection).
+* ``chase_db1`` first 20 sorted images train / last 8 test; same val hold-out rule.
+
+Ids are sorted inside every list and the JSON is written with fixed formatting, so a re-run with the
+same inputs and seed gives the same bytes. A user split (``split.split_files[dataset]``) is validated
+and copied byte for byte. Outputs are replaced atomically; files of datasets not re-split in this run
+are carried over unchanged when ``datasets`` is given (a full run rewrites the folder).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from tcnet.config import DATASETS, SplitConfig, check_choice, n_folds, to_dict
+from tcnet.utils.atomic import atomic_dir
+
+CHASE_TRAIN, CHASE_TOTAL = 20, 28  # first 20 of 28 images train, last 8 test
+
+
+class SplitError(ValueError):
+    """A split that cannot be made or a user split file that does not fit; says how to fix it."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Split rules
+# ----------------------------------------------------------------------------------------------
+
+
+def holdout(ids: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded hold-out: ``(train, val)``, ``val`` = ``round(fraction * n)`` ids (at least 1 when
+    ``fraction > 0`` and n >= 2). Uses the legacy ``RandomState`` stream, stable across NumPy versions."""
+    ids = sorted(ids)
+    n_val = int(round(fraction * len(ids)))
+    if fraction > 0 and len(ids) >= 2:
+        n_val = min(max(n_val, 1), len(ids) - 1)
+    else:
+        n_val = 0
+    order = np.random.RandomState(seed).permutation(len(ids))
+    val = {ids[i] for i in order[:n_val]}
+    return [i for i in ids if i not in val], sorted(val)
+
+
+def _by_split(rows) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {"train": [], "val": [], "test": [], "": []}
+    for r in rows:
+        out.setdefault(r["official_split"], []).append(r["id"])
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _split_isic2017(ids, by, cfg):
+    train, val, test = by["train"], by["val"], by["test"]
+    if not train or not val:
+        raise SplitError(
+            "isic2017: the official split needs training and validation images "
+            f"(found train {len(train)}, val {len(val)}, test {len(test)}); "
+            "put ISIC-2017_Training_* and ISIC-2017_Validation_* under the raw folder "
+            "or supply split.split_files.isic2017"
+        )
+    source = (
+        f"official ISIC 2017 Part 1 split: train {len(train)} / validation {len(val)} (fold 0 val) / test {len(test)}"
+    )
+    return source, [{"train": train, "val": val}], test
+
+
+def _split_isic2018(ids, by, cfg):
+    from sklearn.model_selection import KFold
+
+    pool = by["train"] if by["train"] else sorted(ids)
+    test = sorted(by["val"] + by["test"])
+    k = cfg.cv_folds
+    if len(pool) < k:
+        raise SplitError(f"isic2018: {k}-fold cross-validation needs at least {k} training images, found {len(pool)}")
+    arr = np.array(pool)
+    folds = [
+        {"train": sorted(arr[tr].tolist()), "val": sorted(arr[va].tolist())}
+        for tr, va in KFold(n_splits=k, shuffle=True, random_state=cfg.seed).split(arr)
+    ]
+    what = "official training images" if by["train"] else "images (no official split found)"
+    tail = (
+        f"test = official validation + test ({len(by['val'])} + {len(by['test'])})"
+        if test else "test = [] (no official validation/test images present)"
+    )
+    source = (
+        f"seeded {k}-fold cross-validation (sklearn KFold, shuffle=True, random_state={cfg.seed}) "
+        f"over the {len(pool)} {what}; {tail}"
+    )
+    return source, folds, test
+
+
+def _split_ph2(ids, by, cfg):
+    return f"no official split: all {len(ids)} images are a test set (ISIC 2017 -> PH2 transfer)", [], sorted(ids)
+
+
+def _retina_fold(pool, cfg):
+    train, val = holdout(pool, cfg.retina_val_fraction, cfg.seed)
+    return [{"train": train, "val": val}], (
+        f"fold 0: {len(train)} train + a seeded hold-out of {len(val)} training images as val "
+        f"(retina_val_fraction={cfg.retina_val_fraction}, seed={cfg.seed}) for checkpoint selection"
+    )
+
+
+def _split_drive(ids, by, cfg):
+    pool, test = by["train"], by["test"]
+    if not pool:
+        raise SplitError(
+            f"drive: no official training images found ({len(ids)} images, none under training/); "
+            "the official split is training/ 20 + test/ 20"
+        )
+    folds, how = _retina_fold(pool, cfg)
+    return f"official DRIVE split: training {len(pool)} / test {len(test)}; {how}", folds, test
+
+
+def _split_chase_db1(ids, by, cfg):
+    ids = sorted(ids)
+    n = len(ids)
+    n_train = CHASE_TRAIN if n == CHASE_TOTAL else int(round(n * CHASE_TRAIN / CHASE_TOTAL))
+    if n < 2 or not 0 < n_train < n:
+        raise SplitError(f"chase_db1: need at least 2 images for a train/test split, found {n}")
+    pool, test = ids[:n_train], ids[n_train:]
+    folds, how = _retina_fold(pool, cfg)
+    rule = "first 20 / last 8" if n == CHASE_TOTAL else f"first {n_train} / last {n - n_train} (20:8 of {n} images)"
+    source = (
+        f"no official split; convention {rule} of the sorted ids: train {pool[0]}..{pool[-1]}, "
+        f"test {test[0]}..{test[-1]}; {how}"
+    )
+    return source, folds, test
+
+
+RULES = {
+    "isic2017": _split_isic2017,
+    "isic2018": _split_isic2018,
+    "ph2": _split_ph2,
+    "drive": _split_drive,
+    "chase_db1": _split_chase_db1,
+}
+
+
+def make_split(dataset: str, rows, cfg: SplitConfig) -> dict:
+    """The split of one dataset from its manifest rows (dicts with ``id`` and ``official_split``)."""
+    check_choice("dataset", dataset, DATASETS)
+    ids = sorted(r["id"] for r in rows)
+    source, folds, test = RULES[dataset](ids, _by_split(rows), cfg)
+    split = {"dataset": dataset, "source": source, "seed": cfg.seed, "folds": folds, "test": test}
+    check_split(split, dataset, set(ids), cfg, where=dataset)
+    return split
+
+
+def dumps(split: dict) -> str:
+    return json.dumps(split, indent=2) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation (also of user-supplied split files)
+# ----------------------------------------------------------------------------------------------
+
+
+def _id_list(value, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(i, str) for i in value):
+        raise SplitError(f"{where}: expected a list of id strings, got {type(value).__name__}")
+    dup = sorted({i for i in value if value.count(i) > 1}) if len(set(value)) != len(value) else []
+    if dup:
+        raise SplitError(f"{where}: duplicate ids {', '.join(dup[:5])}")
+    return value
+
+
+def check_split(split, dataset: str, known_ids: set[str], cfg: SplitConfig, where: str) -> None:
+    """Raise :class:`SplitError` unless ``split`` has the contract's shape and consistent ids."""
+    shape = '{"dataset", "source", "seed", "folds": [{"train": [ids], "val": [ids]}, ...], "test": [ids]}'
+    if not isinstance(split, dict) or not isinstance(split.get("folds"), list) or "test" not in split:
+        raise SplitError(f"{where}: expected a JSON object of the shape {shape}")
+    if split.get("dataset", dataset) != dataset:
+        raise SplitError(f"{where}: is a split of {split.get('dataset')!r}, not of {dataset!r}")
+    test = set(_id_list(split["test"], f"{where}: test"))
+    want = n_folds(dataset, cfg)  # 0 for test-only PH2
+    if want is not None and len(split["folds"]) != want:
+        hint = " (set split.cv_folds to match)" if dataset == "isic2018" else ""
+        raise SplitError(f"{where}: has {len(split['folds'])} fold(s), expected {want}{hint}")
+    used = set(test)
+    for k, fold in enumerate(split["folds"]):
+        if not isinstance(fold, dict) or set(fold) != {"train", "val"}:
+            raise SplitError(f"{where}: fold {k} must be an object with exactly the keys 'train' and 'val'")
+        train = set(_id_list(fold["train"], f"{where}: fold {k} train"))
+        val = set(_id_list(fold["val"], f"{where}: fold {k} val"))
+        if not train:
+            raise SplitError(f"{where}: fold {k} has no training ids")
+        for name, a, b in (("train and val", train, val), ("train and test", train, test), ("val and test", val, test)):
+            both = sorted(a & b)
+            if both:
+                raise SplitError(f"{where}: fold {k}: ids in both {name}: {', '.join(both[:5])}")
+        used |= train | val
+    unknown = sorted(used - known_ids)
+    if unknown:
+        raise SplitError(
+            f"{where}: {len(unknown)} id(s) not in the preprocessed {dataset} manifest, e.g. {', '.join(unknown[:5])}"
+        )
+
+
+def _read_user_split(path: Path, dataset: str, known_ids: set[str], cfg: SplitConfig) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SplitError(f"split.split_files.{dataset}: {path} not found") from None
+    try:
+        split = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SplitError(f"{path}: not valid JSON: {e}") from None
+    check_split(split, dataset, known_ids, cfg, where=str(path))
+    return data
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage
+# ----------------------------------------------------------------------------------------------
+
+
+def _manifest_rows(preprocessed_dir: Path) -> list[dict]:
+    from tcnet.data.dataset import read_manifest
+
+    df = read_manifest(preprocessed_dir)
+    return df[["id", "dataset", "official_split"]].to_dict("records")
+
+
+def run(cfg: SplitConfig, preprocessed_dir: Path, out_dir: Path, datasets: Optional[Sequence[str]] = None) -> dict:
+    """Write ``<out_dir>/<dataset>.json`` for ``datasets`` (default: every dataset preprocessed).
+
+    Returns ``{dataset: {"source", "folds": [(n_train, n_val), ...], "test": n_test, "user_file"}}``.
+    """
+    cfg.validate()
+    preprocessed_dir, out_dir = Path(preprocessed_dir), Path(out_dir)
+    rows = _manifest_rows(preprocessed_dir)
+    present = sorted({r["dataset"] for r in rows}, key=DATASETS.index)
+    keep_others = datasets is not None
+    datasets = list(present if datasets is None else datasets)
+    for d in datasets:
+        check_choice("dataset", d, DATASETS)
+        if d not in present:
+            raise SplitError(f"{d}: not in {preprocessed_dir / 'manifest.csv'} (preprocessed: {', '.join(present)})")
+
+    outputs: dict[str, bytes] = {}
+    summary = {}
+    for d in datasets:
+        d_rows = [r for r in rows if r["dataset"] == d]
+        user = cfg.split_files.get(d)
+        if user:
+            data = _read_user_split(Path(user), d, {r["id"] for r in d_rows}, cfg)
+            split = json.loads(data)
+        else:
+            split = make_split(d, d_rows, cfg)
+            data = dumps(split).encode()
+        outputs[f"{d}.json"] = data
+        summary[d] = {
+            "source": split.get("source", f"user split file {user}"),
+            "folds": [(len(f["train"]), len(f["val"])) for f in split["folds"]],
+            "test": len(split["test"]),
+            "user_file": user or "",
+        }
+
+    with atomic_dir(out_dir) as tmp:
+        if keep_others and out_dir.is_dir():  # keep the splits of datasets not re-split in this run
+            for old in sorted(out_dir.glob("*.json")):
+                if old.name not in outputs and old.stem in DATASETS:
+                    shutil.copy2(old, tmp / old.name)
+        for name, data in outputs.items():
+            (tmp / name).write_bytes(data)
+        _write_params(tmp / "params.yaml", cfg)
+    return summary
+
+
+def _write_params(path: Path, cfg: SplitConfig) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump({"split": to_dict(cfg)}, sort_keys=False))
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument(
+        "--preprocessed", default="outputs/preprocessed",
+        help="preprocess output folder (default: outputs/preprocessed)",
+    )
+    parser.add_argument("--out", default="outputs/splits", help="output folder (default: outputs/splits)")
+    parser.add_argument(
+        "--datasets", nargs="+", default=None, metavar="DATASET",
+        help="datasets to split (default: every preprocessed dataset)",
+    )
+
+
+def main(args) -> int:
+    from tcnet.config import load_params
+
+    cfg = load_params(args.params).split
+    summary = run(cfg, Path(args.preprocessed), Path(args.out), args.datasets)
+    for d, s in summary.items():
+        folds = ", ".join(f"{a}/{b}" for a, b in s["folds"]) or "none"
+        print(f"{d}: folds (train/val) {folds}; test {s['test']}")
+        print(f"  {s['source']}")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,399 @@
+"""Pipeline stage ``train``: every run of an experiment, resumable, tracked in MLflow.
+
+    tcnet train --params params.yaml --experiment ID [--run RUN_ID ...] [--preprocessed outputs/preprocessed]
+                [--splits outputs/splits] [--out outputs/models] [--nproc N] [--no-mlflow]
+
+One run (:func:`train_run`) writes ``<out>/<experiment>/<run_id>/``: ``best.pt`` (best validation
+DI), ``last.pt`` (every epoch), ``history.csv``, ``run.json``. Re-running after a crash or
+``kill -9`` resumes from ``last.pt`` when it was written by the same configuration (config hash);
+a finished run is skipped. Protocol, resume and determinism: docs/training.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from tcnet.config import ConfigError, MlflowConfig, Params, RunSpec, expand_runs, load_params, params_hash, to_dict
+from tcnet.training.loop import NonFiniteLossError
+from tcnet.utils.atomic import atomic_write
+
+OUTPUT_FILES = ("best.pt", "last.pt", "history.csv", "run.json")
+
+
+def _say(msg: str) -> None:
+    print(f"tcnet train: {msg}", file=sys.stderr, flush=True)
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with atomic_write(path) as f:
+        json.dump(data, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+
+
+def _class_weights(preprocessed_dir: Path, dataset: str) -> Optional[list[float]]:
+    """``stats.json``'s class weights of ``dataset`` (None when the file or entry is absent)."""
+    stats = _read_json(preprocessed_dir / "stats.json") or {}
+    weights = (stats.get(dataset) or {}).get("class_weights")
+    return [float(w) for w in weights] if weights else None
+
+
+def _resume_state(run_dir: Path, spec: RunSpec) -> Optional[dict]:
+    """``last.pt`` when it can be resumed (readable, same config hash); else None, saying why."""
+    from tcnet.checkpoint import CheckpointError, load_checkpoint
+
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        return None
+    try:
+        ckpt = load_checkpoint(last)
+    except CheckpointError as e:
+        _say(f"{spec.run_id}: {e}; starting fresh")
+        return None
+    want = spec.config_hash()
+    if ckpt.get("config_hash") != want:
+        _say(f"{spec.run_id}: {last} was written by another configuration (config hash "
+             f"{ckpt.get('config_hash')}, now {want}); starting fresh")
+        return None
+    return ckpt
+
+
+def _loaders(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, dist):
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from tcnet.data.dataset import SegmentationDataset, ids_for, load_split
+
+    cfg = spec.train
+    split = load_split(splits_dir, spec.data.train)
+    train_ids = ids_for(split, "train", spec.fold)
+    if cfg.max_train_images is not None:
+        train_ids = train_ids[: cfg.max_train_images]
+    val_ids = ids_for(split, "val", spec.fold)
+    if not train_ids:
+        raise ValueError(f"run {spec.run_id}: fold {spec.fold} of {splits_dir}/{spec.data.train}.json has no training ids")
+    train_ds = SegmentationDataset(preprocessed_dir, spec.data.train, train_ids, augment=cfg.augment, seed=cfg.seed)
+    val_ds = SegmentationDataset(preprocessed_dir, spec.data.train, val_ids, augment=False, seed=cfg.seed)
+    # Data order depends on (seed, epoch) only: DistributedSampler permutes with seed + epoch (also
+    # with one process), and the dataset augments item i of epoch e with a seed of (seed, e, i).
+    sampler = DistributedSampler(train_ds, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
+                                 seed=cfg.seed, drop_last=False)
+    per_rank = len(sampler)
+    # A last batch of one image breaks BatchNorm at the 1x1 coarsest scale: drop it (only then).
+    drop_last = per_rank > cfg.batch_size and per_rank % cfg.batch_size == 1
+    workers = dict(num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+                   pin_memory=torch.cuda.is_available())
+    generator = torch.Generator()
+    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last,
+                              generator=generator, **workers)
+    val_loader = None
+    if len(val_ds) and dist.is_main:
+        val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False,
+                                generator=torch.Generator().manual_seed(cfg.seed), **workers)
+    return train_ds, sampler, train_loader, generator, val_loader
+
+
+def _model_and_optim(spec: RunSpec, device: torch.device):
+    import tcnet
+
+    cfg = spec.train
+    model = tcnet.create_model(spec.model, **spec.model_kwargs).to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.min_lr)
+    return model, optimizer, scheduler
+
+
+def _checkpoint(spec: RunSpec, model, image_size: int, epoch: int, history: list, best: dict,
+                optimizer=None, scheduler=None, with_state: bool = True) -> dict:
+    from tcnet.checkpoint import rng_state
+
+    return {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_name": spec.model,
+        "model_kwargs": dict(spec.model_kwargs),
+        "num_classes": int(spec.model_kwargs.get("num_classes", 1)),
+        "image_size": int(image_size),
+        "epoch": int(epoch),
+        "optimizer": optimizer.state_dict() if with_state else {},
+        "scheduler": scheduler.state_dict() if with_state else {},
+        "rng": rng_state() if with_state else {},
+        "history": [dict(r) for r in history],
+        "run": {**to_dict(spec), "run_id": spec.run_id},
+        "config_hash": spec.config_hash(),
+        "best_epoch": int(best["epoch"]),
+        "best_score": float(best["score"]),
+    }
+
+
+def _run_tags(spec: RunSpec, device: torch.device, profile: str, params_digest: str) -> dict:
+    from tcnet.provenance import collect
+
+    return {
+        **collect(device),
+        "tcnet.experiment": spec.experiment,
+        "tcnet.run_id": spec.run_id,
+        "tcnet.variant": spec.variant,
+        "tcnet.label": spec.label,
+        "tcnet.model": spec.model,
+        "tcnet.fold": str(spec.fold),
+        "tcnet.data": spec.data.name,
+        "tcnet.train_dataset": spec.data.train,
+        "tcnet.eval_dataset": spec.data.eval_dataset,
+        "tcnet.config_hash": spec.config_hash(),
+        "tcnet.params_hash": params_digest,
+        "tcnet.seed": str(spec.train.seed),
+        "tcnet.profile": profile,
+    }
+
+
+def train_run(spec: RunSpec, preprocessed_dir, splits_dir, run_dir, mlflow_cfg: Optional[MlflowConfig] = None,
+              tracking_ctx=None, *, profile: str = "", params_digest: str = "", progress: bool = True) -> dict:
+    """Train one run into ``run_dir`` (resuming from ``last.pt`` when possible); returns ``run.json``.
+
+    ``tracking_ctx``: a :class:`tcnet.tracking.ExperimentTracker` (the experiment's parent run,
+    opened once by :func:`run` before the runs start), or None for no MLflow logging.
+    Under torchrun (``WORLD_SIZE`` > 1) every process calls this; rank 0 alone writes files and logs.
+    """
+    from tcnet.checkpoint import save_checkpoint, set_rng_state
+    from tcnet.losses import build_loss
+    from tcnet.tracking import NullRunLogger
+    from tcnet.training.loop import history_rows_csv, train_one_epoch, validate
+    from tcnet.training.runtime import configure_determinism, epoch_seed, init_distributed, resolve_device, seed_everything
+
+    cfg = spec.train
+    mlflow_cfg = mlflow_cfg or MlflowConfig()
+    preprocessed_dir, splits_dir, run_dir = Path(preprocessed_dir), Path(splits_dir), Path(run_dir)
+    dist = init_distributed(cfg.device)
+    device = resolve_device(cfg.device, dist.local_rank)
+    configure_determinism(cfg.deterministic, device)
+    config_hash = spec.config_hash()
+
+    ckpt = _resume_state(run_dir, spec)
+    info = _read_json(run_dir / "run.json") or {}
+    if ckpt is not None and int(ckpt["epoch"]) >= cfg.epochs and info.get("complete") and info.get("config_hash") == config_hash:
+        if dist.is_main:
+            _say(f"{spec.run_id}: already trained ({cfg.epochs} epochs, best val DI {info.get('best_val_DI')}); skipping")
+        return info
+    if ckpt is None and dist.is_main:
+        for name in OUTPUT_FILES:  # leftovers of another configuration
+            (run_dir / name).unlink(missing_ok=True)
+    dist.barrier()
+
+    seed_everything(cfg.seed)
+    train_ds, sampler, train_loader, loader_gen, val_loader = _loaders(spec, preprocessed_dir, splits_dir, dist)
+    image_size = train_ds.image_size
+    model, optimizer, scheduler = _model_and_optim(spec, device)
+    num_classes = int(spec.model_kwargs.get("num_classes", 1))
+    class_weights = None if cfg.loss.class_weights is not None else _class_weights(preprocessed_dir, spec.data.train)
+    loss_fn = build_loss(cfg.loss, class_weights, num_classes, bool(spec.model_kwargs.get("deep_supervision", False)))
+
+    history: list[dict] = []
+    best = {"epoch": 0, "score": -math.inf}
+    start_epoch = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        history = [dict(r) for r in ckpt["history"]]
+        best = {"epoch": int(ckpt.get("best_epoch", 0)), "score": float(ckpt.get("best_score", -math.inf))}
+        start_epoch = int(ckpt["epoch"])
+        if dist.is_main:
+            _say(f"{spec.run_id}: resuming after epoch {start_epoch} of {cfg.epochs}")
+        ckpt = None  # free the memory
+
+    raw_model = model
+    if dist.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    channels_last = device.type == "cuda" and cfg.channels_last
+
+    logger = NullRunLogger()
+    if dist.is_main and tracking_ctx is not None:
+        logger = tracking_ctx.run_logger(spec.run_id, config_hash, _run_tags(spec, device, profile, params_digest),
+                                         known_mlflow_run_id=info.get("mlflow_run_id", "") if info.get("config_hash") == config_hash else "")
+    record = {
+        "run": {**to_dict(spec), "run_id": spec.run_id}, "run_id": spec.run_id, "experiment": spec.experiment,
+        "config_hash": config_hash, "mlflow_run_id": logger.run_id, "tracking_uri": logger.uri,
+        "mlflow_experiment_id": getattr(tracking_ctx, "experiment_id", "") if logger.run_id else "",
+        "pipeline_run": getattr(tracking_ctx, "pipeline_run", "") if logger.run_id else "",
+        "model_name": spec.model, "image_size": image_size, "epochs": cfg.epochs,
+        "n_train": len(train_ds), "n_val": len(val_loader.dataset) if val_loader is not None else 0,
+        "device": str(device), "world_size": dist.world_size, "complete": False,
+        "best_epoch": best["epoch"], "best_val_DI": None if not math.isfinite(best["score"]) else best["score"],
+    }
+    if dist.is_main:
+        _write_json(run_dir / "run.json", record)
+
+    with logger.active(system_metrics=mlflow_cfg.system_metrics):
+        if dist.is_main:
+            logger.log_params({"run": to_dict(spec), "run_id": spec.run_id, "image_size": image_size,
+                               "n_train": len(train_ds), "n_val": record["n_val"], "world_size": dist.world_size})
+            logger.log_dict(record["run"], "config/run_spec.json")
+            logged = logger.metric_steps("train_loss")
+            for row in history:  # epochs trained before a crash whose metrics never reached MLflow
+                if int(row["epoch"]) not in logged:
+                    logger.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+
+        t_run = time.perf_counter()
+        for epoch in range(start_epoch + 1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            train_ds.set_epoch(epoch)
+            sampler.set_epoch(epoch)
+            loader_gen.manual_seed(epoch_seed(cfg.seed, epoch))
+            lr = float(optimizer.param_groups[0]["lr"])
+            res = train_one_epoch(model, train_loader, loss_fn, optimizer, device, epoch=epoch, run_id=spec.run_id,
+                                  bf16=cfg.bf16, channels_last=channels_last, progress=progress and dist.is_main,
+                                  desc=f"{spec.run_id} {epoch}/{cfg.epochs}")
+            loss_sum, images = dist.all_sum([res.loss * res.images, res.images])
+            train_seconds = res.seconds
+            val = validate(raw_model, val_loader, loss_fn, device, bf16=cfg.bf16, channels_last=channels_last) \
+                if dist.is_main else {}
+            dist.barrier()
+            scheduler.step()
+            row = {"epoch": epoch, "train_loss": loss_sum / max(images, 1), **val, "lr": lr,
+                   "seconds": time.perf_counter() - t0, "images_per_s": images / max(train_seconds, 1e-9)}
+            history.append(row)
+            if not dist.is_main:
+                continue
+            score = row["val_DI"]
+            if math.isnan(score) or score > best["score"]:  # no validation images: the last epoch is best
+                best = {"epoch": epoch, "score": score if not math.isnan(score) else -math.inf}
+                save_checkpoint(_checkpoint(spec, raw_model, image_size, epoch, history, best, with_state=False),
+                                run_dir / "best.pt")
+            save_checkpoint(_checkpoint(spec, raw_model, image_size, epoch, history, best, optimizer, scheduler),
+                            run_dir / "last.pt")
+            with atomic_write(run_dir / "history.csv") as f:
+                f.write(history_rows_csv(history))
+            logger.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            _say(f"{spec.run_id} epoch {epoch}/{cfg.epochs}: train_loss {row['train_loss']:.4f}, "
+                 f"val_loss {row.get('val_loss', math.nan):.4f}, val_DI {row.get('val_DI', math.nan):.4f}, "
+                 f"lr {lr:.2e}, {row['seconds']:.1f} s, {row['images_per_s']:.1f} img/s")
+
+        if dist.is_main:
+            if not history:
+                raise RuntimeError(f"run {spec.run_id}: no epoch was trained")
+            if not (run_dir / "history.csv").is_file():
+                with atomic_write(run_dir / "history.csv") as f:
+                    f.write(history_rows_csv(history))
+            best_di = next((r["val_DI"] for r in history if r["epoch"] == best["epoch"]), math.nan)
+            record.update(complete=True, best_epoch=best["epoch"],
+                          best_val_DI=None if best_di is None or math.isnan(best_di) else best_di,
+                          train_seconds=time.perf_counter() - t_run)
+            logger.set_tags({"tcnet.checkpoint": str((run_dir / "best.pt").resolve()),
+                             "tcnet.best_epoch": str(best["epoch"])})
+            logger.log_metrics({"best_val_DI": record["best_val_DI"], "best_epoch": best["epoch"]}, step=best["epoch"])
+            logger.log_artifact(run_dir / "history.csv")
+            if mlflow_cfg.log_models and logger.run_id:
+                from tcnet.checkpoint import load_model
+                from tcnet.tracking import log_model
+
+                best_model, _ = load_model(run_dir / "best.pt")
+                record["mlflow_model_uri"] = log_model(best_model, image_size, checkpoint=run_dir / "best.pt",
+                                                        metadata={"run_id": spec.run_id, "config_hash": config_hash})
+            _write_json(run_dir / "run.json", record)
+            logger.log_artifact(run_dir / "run.json")
+    dist.barrier()
+    return record
+
+
+def select_runs(specs: list[RunSpec], run_ids: Optional[Sequence[str]], experiment: str) -> list[RunSpec]:
+    if not run_ids:
+        return specs
+    known = {s.run_id: s for s in specs}
+    unknown = [r for r in run_ids if r not in known]
+    if unknown:
+        from tcnet.config import did_you_mean
+
+        raise ConfigError(
+            f"experiment {experiment!r} has no run {unknown[0]!r}{did_you_mean(unknown[0], known)}; "
+            f"valid: {', '.join(known)}"
+        )
+    return [known[r] for r in run_ids]
+
+
+def run(params: Params, experiment: str, preprocessed_dir, splits_dir, out_dir,
+        run_ids: Optional[Sequence[str]] = None, *, mlflow: Optional[bool] = None, progress: bool = True) -> dict:
+    """Train every run of ``experiment`` (or only ``run_ids``) into ``out_dir/<experiment>/<run_id>/``.
+
+    MLflow (unless ``mlflow=False`` or ``TCNET_NO_MLFLOW=1``): the store is initialised and the
+    experiment's parent run found or created once, here, before any run starts.
+    """
+    from tcnet.tracking import open_tracker, tracking_enabled
+    from tcnet.training.runtime import init_distributed
+
+    specs = select_runs(expand_runs(params, experiment), run_ids, experiment)
+    dist = init_distributed(params.train.device)
+    digest = params_hash(params)
+    tracker = None
+    if dist.is_main:
+        tracker = open_tracker(experiment, params.mlflow, params=params,
+                               base_tags={"tcnet.params_hash": digest, "tcnet.profile": params.profile},
+                               enabled=tracking_enabled(mlflow))
+    results = []
+    for spec in specs:
+        results.append(train_run(spec, preprocessed_dir, splits_dir, Path(out_dir) / experiment / spec.run_id,
+                                 params.mlflow, tracker, profile=params.profile, params_digest=digest,
+                                 progress=progress))
+    return {"experiment": experiment, "runs": results}
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--experiment", required=True, help="experiment id (params.yaml experiments:)")
+    parser.add_argument("--run", dest="runs", action="append", metavar="RUN_ID",
+                        help="train only this run (repeatable; default: every run of the experiment)")
+    parser.add_argument("--preprocessed", default="outputs/preprocessed", help="preprocess output folder")
+    parser.add_argument("--splits", default="outputs/splits", help="split output folder")
+    parser.add_argument("--out", default="outputs/models", help="models root: writes OUT/<experiment>/<run_id>/")
+    parser.add_argument("--nproc", type=int, default=1, metavar="N",
+                        help="train each run with N processes (DDP via torchrun: gloo on CPU, NCCL on CUDA)")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+
+
+def main(args) -> int:
+    from tcnet.training.runtime import in_torchrun, relaunch_with_torchrun, shutdown_distributed
+
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and not in_torchrun():
+        argv = ["train", "--params", args.params, "--experiment", args.experiment, "--preprocessed",
+                args.preprocessed, "--splits", args.splits, "--out", args.out]
+        for r in args.runs or []:
+            argv += ["--run", r]
+        if args.no_mlflow:
+            argv.append("--no-mlflow")
+        return relaunch_with_torchrun(args.nproc, argv)
+    params = load_params(args.params)
+    try:
+        result = run(params, args.experiment, args.preprocessed, args.splits, args.out, args.runs,
+                     mlflow=False if args.no_mlflow else None)
+    finally:
+        shutdown_distributed()
+    done = [r for r in result["runs"] if r.get("complete")]
+    _say(f"{args.experiment}: {len(done)}/{len(result['runs'])} run(s) trained into {Path(args.out) / args.experiment}")
+    return 0
+
+
+__all__ = ["train_run", "run", "select_runs", "add_arguments", "main", "NonFiniteLossError"]

@@ -1,0 +1,221 @@
+"""Resolve a MODEL argument to a TCNet checkpoint file, and load it.
+
+MODEL is any of:
+
+- a checkpoint file (``outputs/models/<exp>/<run_id>/best.pt``);
+- a training run folder holding ``best.pt`` (or ``last.pt``);
+- a saved MLflow pyfunc model folder (one written by :func:`tcnet.tools.serving.log_pyfunc_model`);
+- an MLflow model URI: ``runs:/<mlflow_run_id>/<name>``, ``models:/<name>/<version>``,
+  ``models:/<name>@<alias>`` (e.g. ``models:/tcnet@champion``) or ``models:/<model_id>``.
+
+A URI is downloaded from the tracking server (``MLFLOW_TRACKING_URI``, else the project default,
+``sqlite:///mlflow.db``) into a temporary folder; the checkpoint inside is found from the model's
+``MLmodel`` file (the pyfunc's ``checkpoint`` artifact), else as the one ``*.pt`` file it holds.
+A ``runs:/<id>`` URI whose artifacts hold no checkpoint (e.g. a torch-flavour model) falls back to
+the run's own checkpoint on local disk (see :func:`checkpoint_for_run`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+URI_SCHEMES = ("runs:/", "models:/")
+CHECKPOINT_ARTIFACT = "checkpoint"  # the pyfunc artifact key holding the checkpoint file
+CHECKPOINT_NAMES = ("best.pt", "last.pt")
+
+
+def is_mlflow_uri(spec: str) -> bool:
+    return str(spec).startswith(URI_SCHEMES)
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    """The MLflow tracking URI: ``explicit``, else :func:`tcnet.tracking.resolve_tracking_uri`
+    (``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` at the project root)."""
+    from tcnet.tracking import resolve_tracking_uri
+
+    return explicit or resolve_tracking_uri()
+
+
+def resolve_device(name: str = "auto"):
+    """``auto`` -> ``cuda`` when available, else ``cpu``; otherwise ``torch.device(name)``."""
+    import torch
+
+    name = (name or "auto").strip()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
+        raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu or auto")
+    return dev
+
+
+def checkpoint_in_dir(folder: Path) -> Path | None:
+    """The checkpoint a folder stands for: a pyfunc model's artifact, ``best.pt``/``last.pt``, or its one ``*.pt``."""
+    folder = Path(folder)
+    mlmodel = folder / "MLmodel"
+    if mlmodel.is_file():
+        import yaml
+
+        conf = yaml.safe_load(mlmodel.read_text()) or {}
+        art = ((conf.get("flavors") or {}).get("python_function") or {}).get("artifacts") or {}
+        entry = art.get(CHECKPOINT_ARTIFACT)
+        if entry and (folder / entry["path"]).is_file():
+            return folder / entry["path"]
+    for name in CHECKPOINT_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(p for p in folder.rglob("*.pt") if p.is_file())
+    if len(found) == 1:
+        return found[0]
+    return None
+
+
+def _recorded_mlflow_run_ids(run_json: Path) -> set[str]:
+    """The MLflow run a training folder's ``run.json`` records (``mlflow_run_id``, written by train)."""
+    import json
+
+    try:
+        data = json.loads(run_json.read_text())
+    except (OSError, ValueError):
+        return set()
+    value = data.get("mlflow_run_id") if isinstance(data, dict) else None
+    return {value} if isinstance(value, str) and value else set()
+
+
+def checkpoint_for_run(run, models_dir: str | Path = "outputs/models",
+                       names: tuple[str, ...] = CHECKPOINT_NAMES) -> Path | None:
+    """The local checkpoint of a tcnet MLflow run (an ``mlflow.entities.Run``), if it is on disk.
+
+    Looked up, in order: the tag or param ``tcnet.checkpoint`` / ``checkpoint`` (a path), then
+    ``<models_dir>/<experiment>/<tcnet.run_id>/<name>`` for ``names`` (``best.pt``, ``last.pt``),
+    with the experiment from the tag ``tcnet.experiment`` or the MLflow experiment ``tcnet/<exp>``.
+    A folder whose ``run.json`` records a different MLflow run (the run was trained again since,
+    by another pipeline run) is not this run's checkpoint and is not returned.
+    """
+    tags, params = dict(run.data.tags), dict(run.data.params)
+
+    def own(folder: Path) -> bool:
+        recorded = _recorded_mlflow_run_ids(folder / "run.json")
+        return not recorded or run.info.run_id in recorded
+
+    for key in ("tcnet.checkpoint", "checkpoint", "tcnet.best_checkpoint", "best_checkpoint"):
+        value = tags.get(key) or params.get(key)
+        if value and Path(value).is_file() and Path(value).name in names and own(Path(value).parent):
+            return Path(value)
+    run_id = tags.get("tcnet.run_id")
+    if not run_id:
+        return None
+    exps = [tags.get("tcnet.experiment"), params.get("experiment")]
+    try:
+        import mlflow
+
+        name = mlflow.MlflowClient().get_experiment(run.info.experiment_id).name
+        exps.append(name.split("/", 1)[1] if name.startswith("tcnet/") else name)
+    except Exception:  # noqa: BLE001 - best effort; the tags usually say it
+        pass
+    for exp in dict.fromkeys(e for e in exps if e):
+        folder = Path(models_dir) / exp / run_id
+        if not own(folder):
+            continue
+        for fname in names:
+            if (folder / fname).is_file():
+                return folder / fname
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_download():
+    """No per-file download progress bar off a terminal (a model holds ~90 files), unless asked for."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if key in os.environ or sys.stderr.isatty():
+        yield
+        return
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
+@contextlib.contextmanager
+def resolved_checkpoint(spec: str | os.PathLike, *, uri: str | None = None,
+                        models_dir: str | Path = "outputs/models") -> Iterator[Path]:
+    """Yield the checkpoint file MODEL ``spec`` stands for (a download lives until the block ends)."""
+    text = str(spec)
+    if not is_mlflow_uri(text):
+        path = Path(text).expanduser()
+        if path.is_file():
+            yield path
+            return
+        if path.is_dir():
+            found = checkpoint_in_dir(path)
+            if found is None:
+                raise ValueError(
+                    f"{path}: no checkpoint in this folder (expected best.pt, last.pt, one *.pt file "
+                    "or an MLflow pyfunc model folder)"
+                )
+            yield found
+            return
+        raise FileNotFoundError(
+            f"model {text!r}: no such file or folder; MODEL is a checkpoint (.pt), a run folder, "
+            "or an MLflow URI such as runs:/<run_id>/model or models:/tcnet@champion"
+        )
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    turi = tracking_uri(uri)
+    mlflow.set_tracking_uri(turi)
+    with tempfile.TemporaryDirectory(prefix="tcnet-model-") as tmp:
+        try:
+            with _quiet_download():
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=tmp, tracking_uri=turi))
+        except MlflowException as e:
+            local = None
+            error = e
+        found = None
+        if local is not None:
+            found = local if local.is_file() else checkpoint_in_dir(local)
+        if found is None and text.startswith("runs:/"):
+            run_id = text[len("runs:/"):].split("/", 1)[0]
+            with contextlib.suppress(MlflowException):
+                found = checkpoint_for_run(mlflow.MlflowClient(turi).get_run(run_id), models_dir)
+        if found is None:
+            if local is None:
+                raise ValueError(f"model {text!r}: cannot be fetched from {turi}: {error.message}") from None
+            raise ValueError(
+                f"model {text!r} (tracking {turi}): holds no tcnet checkpoint; register the pyfunc "
+                "model with 'tcnet promote', or pass a checkpoint file"
+            )
+        yield found
+
+
+def load(spec: str | os.PathLike, device: str = "auto", *, uri: str | None = None,
+         models_dir: str | Path = "outputs/models"):
+    """``(model, meta, device)`` for MODEL ``spec``: the model in eval mode on ``device``.
+
+    ``meta`` is :func:`tcnet.checkpoint.load_model`'s (``model_name``, ``model_kwargs``,
+    ``num_classes``, ``image_size``, ``run``), plus ``source`` (``spec`` as given).
+    """
+    from tcnet.checkpoint import load_model
+
+    dev = resolve_device(device)
+    with resolved_checkpoint(spec, uri=uri, models_dir=models_dir) as ckpt:
+        model, meta = load_model(ckpt, dev)
+    model.eval()
+    meta = dict(meta)
+    meta["source"] = str(spec)
+    return model, meta, dev
+
+
+__all__ = [
+    "is_mlflow_uri", "tracking_uri", "resolve_device", "checkpoint_in_dir", "checkpoint_for_run",
+    "resolved_checkpoint", "load",
+]

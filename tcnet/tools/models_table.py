@@ -1,0 +1,42 @@
+"""``tcnet models``: every registered model with its parameters (M) and GFLOPs at ``--size``.
+
+GFLOPs: one forward of one image, 1 multiply-add = 2 FLOPs, large kernels counted as the direct
+convolution (see :mod:`tcnet.models.flops`). Models are built on the ``meta`` device: no compute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", type=int, default=448, help="square input side, a multiple of 32 (default 448)")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the table as JSON to PATH")
+    parser.add_argument("--models", nargs="+", default=None, metavar="NAME", help="only these models (default: all)")
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'model':<12} {'params (M)':>11} {'GFLOPs':>10}", "-" * 35]
+    lines += [f"{r['model']:<12} {r['params_m']:>11.2f} {r['gflops']:>10.2f}" for r in rows]
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    from tcnet.models.flops import model_complexity
+    from tcnet.models.registry import list_models
+
+    if args.size <= 0 or args.size % 32:
+        raise ValueError(f"--size must be a positive multiple of 32, got {args.size}")
+    names = args.models or list_models()
+    rows = [model_complexity(n, args.size) for n in names]
+    print(f"models at {args.size}x{args.size}, batch 1, forward (GFLOPs: 1 multiply-add = 2 FLOPs)")
+    print(table(rows))
+    if args.json:
+        from tcnet.utils.atomic import atomic_write
+
+        with atomic_write(args.json) as f:
+            f.write(json.dumps({"size": args.size, "models": rows}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0

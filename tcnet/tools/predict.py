@@ -1,0 +1,315 @@
+"""``tcnet predict``: segment new images with a trained model.
+
+Every image (JPEG/PNG/BMP/TIFF/GIF, any size) is read with :func:`tcnet.data.io.read_image`, turned
+into the network input by the SAME :func:`tcnet.data.transforms.prepare_image` training used (at the
+checkpoint's ``image_size``), batched through the model, and its foreground probability is resized
+back to the image's ORIGINAL size (:func:`tcnet.data.transforms.resize_prob`) and thresholded.
+
+Outputs under ``--out`` (each file written atomically):
+
+- ``<stem>_mask.png``: the binary mask, 8-bit, 0 = background, 255 = foreground, at the input's
+  size; an ISIC image ``ISIC_0012345.jpg`` gives ``ISIC_0012345_segmentation.png`` (the challenge's
+  submission name), so ``--out`` is a ready submission folder;
+- ``probs/<stem>_prob.png`` (``--probs``): the probability as 8-bit grey, ``round(255 * p)``;
+- ``overlays/<stem>_overlay.png`` (``--overlay``): the image with the mask tinted and outlined.
+
+With ``--recursive`` the input folder's sub-folders are kept under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif")
+ISIC_ID = re.compile(r"^ISIC_\d{7}$")
+# Files that sit next to images in official layouts but are not images to segment.
+IGNORED_NAME = re.compile(r"(_superpixels|_segmentation|_mask|_prob|_overlay)$", re.IGNORECASE)
+PROBS_DIR, OVERLAYS_DIR = "probs", "overlays"
+
+EXIT_OK, EXIT_SKIPPED = 0, 1
+
+EPILOG = """\
+MODEL: a checkpoint (outputs/models/<exp>/<run_id>/best.pt), a run folder, a saved MLflow model
+folder, or an MLflow URI: runs:/<mlflow_run_id>/model, models:/tcnet/3, models:/tcnet@champion.
+
+outputs: OUT/<stem>_mask.png (ISIC_xxxxxxx images: OUT/ISIC_xxxxxxx_segmentation.png), 8-bit
+0/255 at each image's original size; --probs adds OUT/probs/<stem>_prob.png, --overlay adds
+OUT/overlays/<stem>_overlay.png. Files whose names end in _mask, _segmentation, _prob, _overlay or
+_superpixels, and hidden files, are not treated as inputs.
+
+exit status: 0 every image was segmented; 1 some inputs were skipped (unreadable, corrupt, not an
+image, or an output that could not be written) -- the others are still written and every skipped
+file is listed with its reason; 2 nothing could be done (bad MODEL, no images found, bad option).
+"""
+
+
+# ----------------------------------------------------------------------------------------------
+# Inference (shared with serving and export)
+# ----------------------------------------------------------------------------------------------
+
+
+def main_output(out):
+    """The segmentation logits of a forward pass: the tensor itself, the first of a tuple/list
+    (deep supervision: main head first), or ``out``/``logits`` of a dict."""
+    if isinstance(out, dict):
+        for key in ("out", "logits", "mask", "main"):
+            if key in out:
+                return out[key]
+        return next(iter(out.values()))
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    return out
+
+
+def foreground_prob(logits):
+    """``B x C x H x W`` logits -> ``B x H x W`` foreground probability (sigmoid for one channel,
+    softmax channel 1 for two or more)."""
+    import torch
+
+    if logits.ndim == 3:
+        logits = logits.unsqueeze(1)
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits[:, 0])
+    return torch.softmax(logits, dim=1)[:, 1]
+
+
+def image_size_of(meta: dict) -> int:
+    size = meta.get("image_size")
+    if isinstance(size, (list, tuple)):
+        size = size[0]
+    if not size:
+        raise ValueError(f"model {meta.get('source', '')!r}: its checkpoint records no image_size")
+    return int(size)
+
+
+def predict_probs(model, images: Sequence[np.ndarray], image_size: int, device) -> list[np.ndarray]:
+    """Foreground probability of each uint8 ``H x W x 3`` image at its own size (float32 ``H x W``)."""
+    import torch
+
+    from tcnet.data.transforms import prepare_image, resize_prob
+
+    if not images:
+        return []
+    batch = torch.cat([prepare_image(img, image_size) for img in images]).to(device)
+    with torch.inference_mode():
+        prob = foreground_prob(main_output(model(batch))).float().cpu()
+    return [resize_prob(p, (img.shape[1], img.shape[0])) for p, img in zip(prob, images)]
+
+
+def binarize(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """uint8 0/255 mask: foreground where ``prob >= threshold`` (the evaluate stage's rule, docs/metrics.md)."""
+    return np.where(prob >= threshold, 255, 0).astype(np.uint8)
+
+
+def prob_to_uint8(prob: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(prob * 255.0), 0, 255).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.4) -> np.ndarray:
+    """The image with the mask tinted in ``color`` and its outline drawn (uint8 ``H x W x 3``)."""
+    import cv2
+
+    out = image.astype(np.float32)
+    fg = mask > 0
+    out[fg] = (1 - alpha) * out[fg] + alpha * np.asarray(color, np.float32)
+    out = np.clip(np.round(out), 0, 255).astype(np.uint8)
+    contours, _ = cv2.findContours((fg * 255).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    thickness = max(1, round(max(image.shape[:2]) / 300))
+    cv2.drawContours(out, contours, -1, (255, 255, 0), thickness)
+    return out
+
+
+def example_image(width: int = 48, height: int = 32) -> np.ndarray:
+    """A small deterministic RGB image (a bright disc on a darker background) for input examples."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    disc = (xx - width / 2) ** 2 + (yy - height / 2) ** 2 < (min(width, height) / 3) ** 2
+    img = np.full((height, width, 3), (150, 110, 90), np.uint8)
+    img[disc] = (70, 40, 30)
+    return img
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------
+
+
+def output_stem(stem: str) -> str:
+    """Mask file name for an input stem: ``ISIC_xxxxxxx_segmentation`` for ISIC ids, else ``<stem>_mask``."""
+    return f"{stem}_segmentation" if ISIC_ID.match(stem) else f"{stem}_mask"
+
+
+def collect_inputs(path: Path, recursive: bool = False, exclude: Path | None = None) -> list[Path]:
+    """Image files to segment: ``path`` itself, or the images in the folder (sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"input {path}: no such file or folder")
+    pattern = path.rglob("*") if recursive else path.glob("*")
+    exclude = exclude.resolve() if exclude is not None else None
+    found = []
+    for p in pattern:
+        rel = p.relative_to(path)
+        if any(part.startswith(".") for part in rel.parts) or not p.is_file():
+            continue
+        if p.suffix.lower() not in IMAGE_SUFFIXES or IGNORED_NAME.search(p.stem):
+            continue
+        if exclude is not None and exclude in p.resolve().parents:
+            continue
+        found.append(p)
+    return sorted(found)
+
+
+@dataclass
+class PredictResult:
+    written: list[dict] = field(default_factory=list)  # {input, mask, width, height, foreground_fraction}
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if not self.skipped else EXIT_SKIPPED
+
+
+def _plan(inputs: list[Path], root: Path | None, result: PredictResult) -> list[tuple[Path, Path]]:
+    """(input, relative output stem) per input; an input whose mask name another input already
+    claims (``a.jpg`` and ``a.png``) is skipped."""
+    planned, claimed = [], {}
+    for p in inputs:
+        rel_dir = p.parent.relative_to(root) if root is not None else Path()
+        stem = rel_dir / p.stem
+        key = str(stem).lower()
+        if key in claimed:
+            result.skipped.append((str(p), f"same output name as {claimed[key]}; rename one of them"))
+            continue
+        claimed[key] = p
+        planned.append((p, stem))
+    return planned
+
+
+def run(
+    model: str,
+    inputs: str | Path,
+    out: str | Path,
+    *,
+    overlays: bool = False,
+    probs: bool = False,
+    threshold: float = 0.5,
+    batch_size: int = 8,
+    device: str = "auto",
+    recursive: bool = False,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+) -> PredictResult:
+    """Segment ``inputs`` (a file or folder) with MODEL into ``out``; see the module docstring.
+
+    ``progress``: None = a progress bar only on a terminal. Bad inputs are reported in the
+    result's ``skipped`` and never stop the batch.
+    """
+    from tqdm import tqdm
+
+    from tcnet.data.io import InvalidInputError, read_image, write_png
+    from tcnet.tools.model_source import load
+
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"--threshold must be in [0, 1], got {threshold}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    inputs, out = Path(inputs), Path(out)
+    log = log or (lambda msg: None)
+    files = collect_inputs(inputs, recursive=recursive, exclude=out)
+    if not files:
+        raise ValueError(
+            f"input {inputs}: no images found ({', '.join(IMAGE_SUFFIXES)})"
+            + ("" if recursive else "; add --recursive to search sub-folders")
+        )
+    net, meta, dev = load(model, device)
+    size = image_size_of(meta)
+    log(f"model {meta.get('model_name', '?')} ({model}) at {size}x{size} on {dev}; {len(files)} image(s)")
+
+    result = PredictResult()
+    plan = _plan(files, inputs if inputs.is_dir() else None, result)
+    bar = tqdm(total=len(plan), unit="img", disable=(None if progress is None else not progress), file=sys.stderr)
+    try:
+        for start in range(0, len(plan), batch_size):
+            chunk = plan[start:start + batch_size]
+            images, ok = [], []
+            for src, stem in chunk:
+                try:
+                    images.append(read_image(src))
+                    ok.append((src, stem))
+                except InvalidInputError as e:
+                    result.skipped.append((str(src), str(e)))
+                except Exception as e:  # noqa: BLE001 - permission denied, decompression bomb, ...: skip it
+                    result.skipped.append((str(src), f"{src}: cannot read: {type(e).__name__}: {e}"))
+            for (src, stem), img, prob in zip(ok, images, predict_probs(net, images, size, dev)):
+                try:
+                    result.written.append(_write_outputs(src, stem, img, prob, out, threshold, probs, overlays, write_png))
+                except OSError as e:
+                    result.skipped.append((str(src), f"cannot write its outputs under {out}: {e}"))
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    return result
+
+
+def _write_outputs(src, stem: Path, img, prob, out: Path, threshold, probs, overlays, write_png) -> dict:
+    mask = binarize(prob, threshold)
+    mask_path = out / stem.parent / f"{output_stem(stem.name)}.png"
+    write_png(mask_path, mask)
+    if probs:
+        write_png(out / PROBS_DIR / stem.parent / f"{stem.name}_prob.png", prob_to_uint8(prob))
+    if overlays:
+        write_png(out / OVERLAYS_DIR / stem.parent / f"{stem.name}_overlay.png", overlay(img, mask))
+    h, w = mask.shape
+    return {
+        "input": str(src), "mask": str(mask_path), "width": w, "height": h,
+        "foreground_fraction": float((mask > 0).mean()),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    parser.add_argument("--model", required=True, metavar="MODEL", help="checkpoint, run folder or MLflow model URI (below)")
+    parser.add_argument("--input", required=True, metavar="DIR|FILE", help="an image, or a folder of images")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the masks (created)")
+    parser.add_argument("--recursive", action="store_true", help="also segment images in sub-folders (kept under --out)")
+    parser.add_argument("--overlay", action="store_true", help="also write overlays/<stem>_overlay.png")
+    parser.add_argument("--probs", action="store_true", help="also write probs/<stem>_prob.png (8-bit probability)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="foreground where probability >= this (default 0.5, as evaluate)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+
+
+def main(args: argparse.Namespace) -> int:
+    def log(msg: str) -> None:
+        print(f"tcnet predict: {msg}", file=sys.stderr)
+
+    result = run(
+        args.model, args.input, args.out, overlays=args.overlay, probs=args.probs,
+        threshold=args.threshold, batch_size=args.batch_size, device=args.device,
+        recursive=args.recursive, log=log,
+    )
+    for src, reason in result.skipped:
+        log(f"skipped: {reason}" if src in reason else f"skipped {src}: {reason}")
+    log(f"{len(result.written)} image(s) segmented into {args.out}, {len(result.skipped)} skipped")
+    return result.exit_code
+
+
+__all__ = [
+    "main_output", "foreground_prob", "predict_probs", "binarize", "overlay", "output_stem",
+    "collect_inputs", "PredictResult", "run", "add_arguments", "main",
+]

@@ -1,0 +1,305 @@
+"""``tcnet score``: score a folder of predicted masks against ground truth, ISIC-scorer style.
+
+    tcnet score --pred PRED_DIR --truth TRUTH_DIR [--fov FOV_DIR] [--probs PROBS_DIR]
+                [--threshold 128] [--out scores.json]
+
+Files are paired by :func:`mask_id` (ISIC ``ISIC_0000000_segmentation.png`` <-> ``ISIC_0000000.png``,
+DRIVE ``01_manual1.gif`` <-> ``01_test.png``, CHASE ``Image_01L_1stHO.png`` <-> ``Image_01L.png``,
+otherwise the same stem). Predictions follow the official ISIC scorer (``isic-challenge-scoring``):
+8-bit single-channel images binarised ``> threshold`` (default 128) on 0..255, at the truth's size.
+Truth and FOV masks are binarised by the datasets' robust rule
+(:func:`tcnet.data.adapters.base.binarize_mask_file`). Every per-image score, their mean (macro,
+the ISIC convention) and the pooled (micro, the retina convention) scores are written as JSON::
+
+    {"per_image": [{"id", "AC", "SE", "SP", "JA", "DI", "TJA"[, "AUC"]}, ...],
+     "mean": {"AC", "SE", "SP", "JA", "DI", "TJA"[, "AUC"]},
+     "pooled": {"AC", "SE", "SP", "JA", "DI"[, "AUC"]}}
+
+An undefined AUC (one-class truth) is written as ``null``. See ``docs/metrics.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tcnet.metrics import METRICS, MetricAccumulator
+
+MASK_SUFFIXES = (".png", ".gif", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
+PROB_SUFFIXES = MASK_SUFFIXES + (".npy",)
+# Suffixes stripped from a file stem (repeatedly, case-insensitively) to get the image id:
+# ISIC truth, DRIVE truth/FOV/images, CHASE_DB1 observers, PH2 lesion masks, common prediction names.
+ID_SUFFIXES = (
+    "_segmentation", "_manual1", "_manual2", "_1stHO", "_2ndHO", "_lesion", "_mask",
+    "_test", "_training", "_pred", "_prediction", "_prob", "_probs", "_probability",
+)
+_ISIC_ID = re.compile(r"ISIC_(\d{7})", re.IGNORECASE)
+GREY_PALETTE_TOLERANCE = 8  # max R/G/B spread of a palette colour that still counts as grey
+TABLE_KEYS = (*METRICS, "TJA", "AUC")
+
+
+class ScoreError(ValueError):
+    """A prediction/truth folder that cannot be scored; the message names the file and the fix."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Pairing files
+# ----------------------------------------------------------------------------------------------
+
+
+def mask_id(path) -> str:
+    """The image id a mask/prediction/FOV/probability file belongs to.
+
+    ``ISIC_0000000_segmentation.png`` -> ``ISIC_0000000`` (any stem holding ``ISIC_`` + 7 digits);
+    ``01_manual1.gif``, ``01_test.tif``, ``01_test_mask.gif``, ``21_training.png`` -> ``01``/``21``;
+    ``Image_01L_1stHO.png`` -> ``Image_01L``; ``IMD002_lesion.bmp`` -> ``IMD002``; otherwise the
+    stem with any of :data:`ID_SUFFIXES` removed from its end (``case7.png`` -> ``case7``).
+    """
+    stem = Path(path).stem
+    m = _ISIC_ID.search(stem)
+    if m:
+        return f"ISIC_{m.group(1)}"
+    stripped = True
+    while stripped:
+        stripped = False
+        for suffix in ID_SUFFIXES:
+            if len(stem) > len(suffix) and stem.lower().endswith(suffix.lower()):
+                stem, stripped = stem[: -len(suffix)], True
+    return stem
+
+
+def _index(folder: Path, what: str, suffixes: tuple[str, ...]) -> dict[str, list[Path]]:
+    """id -> files in ``folder`` (not recursive; hidden and non-image files skipped)."""
+    if not folder.exists():
+        raise FileNotFoundError(f"{what} folder {folder} does not exist")
+    if not folder.is_dir():
+        raise ScoreError(f"{what} folder {folder} is not a folder")
+    out: dict[str, list[Path]] = {}
+    for f in sorted(folder.iterdir()):
+        if f.name.startswith(".") or not f.is_file() or f.suffix.lower() not in suffixes:
+            continue
+        out.setdefault(mask_id(f), []).append(f)
+    return out
+
+
+def _one(index: dict[str, list[Path]], image_id: str, truth: Path, folder: Path, what: str) -> Path:
+    files = index.get(image_id, [])
+    if not files:
+        raise ScoreError(
+            f"no {what} for truth {truth} (id {image_id}) in {folder}; expected a file such as "
+            f"{folder / (image_id + '.png')}"
+        )
+    if len(files) > 1:
+        raise ScoreError(
+            f"several {what} files for truth {truth} (id {image_id}): "
+            f"{', '.join(str(f) for f in files)}; keep exactly one"
+        )
+    return files[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading masks
+# ----------------------------------------------------------------------------------------------
+
+
+def _open(path: Path):
+    from tcnet.data.io import open_image
+
+    return open_image(path)  # InvalidInputError (a ValueError) naming the file when unreadable
+
+
+def _grey8(img, path: Path, what: str) -> np.ndarray:
+    """An 8-bit single-channel image as uint8 H x W (the ISIC scorer's rule, plus grey palettes)."""
+    mode = img.mode
+    if mode == "1":
+        return np.asarray(img.convert("L"))
+    if mode == "L":
+        return np.asarray(img)
+    if mode == "P":
+        idx = np.asarray(img)
+        palette = np.asarray(img.getpalette() or [], dtype=np.int64).reshape(-1, 3)
+        used = palette[np.unique(idx)] if idx.size and palette.size else palette
+        if used.size and int((used.max(axis=1) - used.min(axis=1)).max()) <= GREY_PALETTE_TOLERANCE:
+            return np.asarray(img.convert("L"))
+        raise ScoreError(
+            f"{path}: {what} is a palette image with colours that are not grey; save it as an "
+            "8-bit greyscale (mode L) image with values 0..255"
+        )
+    raise ScoreError(
+        f"{path}: {what} is not single-channel 8-bit greyscale (PIL mode {mode}); save it as an "
+        "8-bit greyscale (mode L) image with values 0..255"
+    )
+
+
+def load_prediction(path, threshold: int = 128) -> np.ndarray:
+    """A predicted mask as bool H x W: 8-bit single-channel, foreground where value ``> threshold``."""
+    path = Path(path)
+    return _grey8(_open(path), path, "prediction") > threshold
+
+
+def load_truth(path) -> np.ndarray:
+    """A truth (or FOV) mask as bool H x W, by the datasets' robust binarisation rule."""
+    from tcnet.data.adapters.base import binarize_mask_image
+
+    return binarize_mask_image(_open(Path(path)))
+
+
+def load_probs(path) -> np.ndarray:
+    """A probability map as float64 H x W in [0, 1]: an 8-bit image (value / 255), a 16-bit
+    greyscale image (value / 65535), or a ``.npy`` array (floats in [0, 1], or uint8 / 255)."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        try:
+            a = np.load(path, allow_pickle=False)
+        except Exception as e:  # numpy raises ValueError/OSError/EOFError/... for bad files
+            raise ScoreError(f"{path}: cannot read as a NumPy .npy array ({e})") from None
+        while a.ndim > 2 and a.shape[0] == 1:
+            a = a[0]
+        if a.ndim != 2:
+            raise ScoreError(f"{path}: probability array must be H x W, got shape {a.shape}")
+        if a.dtype == np.uint8:
+            return a.astype(np.float64) / 255.0
+        if not np.issubdtype(a.dtype, np.floating):
+            raise ScoreError(f"{path}: probability array must be float in [0, 1] or uint8 0..255, got {a.dtype}")
+        a = a.astype(np.float64)
+        if not np.isfinite(a).all() or (a.size and (a.min() < 0.0 or a.max() > 1.0)):
+            raise ScoreError(f"{path}: probabilities must be finite and in [0, 1]")
+        return a
+    img = _open(path)
+    if img.mode.startswith("I;16"):
+        return np.asarray(img).astype(np.float64) / 65535.0
+    return _grey8(img, path, "probability map").astype(np.float64) / 255.0
+
+
+def _check_size(a: np.ndarray, path: Path, truth: np.ndarray, truth_path: Path, what: str) -> None:
+    if a.shape != truth.shape:
+        raise ScoreError(
+            f"{path}: {what} is {a.shape[1]}x{a.shape[0]} (WxH) but truth {truth_path} is "
+            f"{truth.shape[1]}x{truth.shape[0]}; {what}s must be at the truth's (original) size"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring
+# ----------------------------------------------------------------------------------------------
+
+
+def score_folders(
+    pred_dir,
+    truth_dir,
+    fov_dir=None,
+    threshold: int = 128,
+    probs_dir=None,
+) -> dict:
+    """Score every truth mask in ``truth_dir`` against its prediction; returns the JSON contract.
+
+    Raises :class:`ScoreError` (or ``FileNotFoundError``/``InvalidInputError``) naming the file
+    for a missing, unreadable, non-greyscale or wrongly sized prediction (or FOV / probability map).
+    """
+    if not 0 <= int(threshold) <= 255:
+        raise ScoreError(f"--threshold must be in 0..255 (predictions are binarised > threshold), got {threshold}")
+    pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
+    truths = _index(truth_dir, "truth", MASK_SUFFIXES)
+    if not truths:
+        raise ScoreError(f"truth folder {truth_dir} holds no mask files ({', '.join(MASK_SUFFIXES)})")
+    for image_id, files in truths.items():
+        if len(files) > 1:
+            raise ScoreError(
+                f"truth folder {truth_dir} has several masks for id {image_id}: "
+                f"{', '.join(f.name for f in files)}; keep one truth mask per image in the folder"
+            )
+    preds = _index(pred_dir, "prediction", MASK_SUFFIXES)
+    fovs = None if fov_dir is None else _index(Path(fov_dir), "FOV", MASK_SUFFIXES)
+    probs = None if probs_dir is None else _index(Path(probs_dir), "probability", PROB_SUFFIXES)
+
+    acc = MetricAccumulator(with_auc=probs is not None)
+    for image_id in sorted(truths):
+        truth_path = truths[image_id][0]
+        pred_path = _one(preds, image_id, truth_path, pred_dir, "prediction")
+        truth = load_truth(truth_path)
+        pred = load_prediction(pred_path, threshold)
+        _check_size(pred, pred_path, truth, truth_path, "prediction")
+        valid = None
+        if fovs is not None:
+            fov_path = _one(fovs, image_id, truth_path, Path(fov_dir), "FOV mask")
+            valid = load_truth(fov_path)
+            _check_size(valid, fov_path, truth, truth_path, "FOV mask")
+        prob = None
+        if probs is not None:
+            prob_path = _one(probs, image_id, truth_path, Path(probs_dir), "probability map")
+            prob = load_probs(prob_path)
+            _check_size(prob, prob_path, truth, truth_path, "probability map")
+        acc.update(image_id, prob, truth, valid=valid, pred=pred)
+    return {"per_image": acc.per_image(), "mean": acc.mean(), "pooled": acc.pooled()}
+
+
+def _json_safe(x):
+    """NaN/inf -> None (JSON has no NaN), recursively."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def write_scores(result: dict, out) -> Path:
+    """Write the scores JSON atomically (fixed key order, NaN as null)."""
+    from tcnet.utils.atomic import atomic_write
+
+    out = Path(out)
+    with atomic_write(out, "w", encoding="utf-8") as f:
+        json.dump(_json_safe(result), f, indent=2, allow_nan=False)
+        f.write("\n")
+    return out
+
+
+def format_table(result: dict) -> str:
+    """The mean and pooled rows as a fixed-width table (``-`` where a score has no such form)."""
+    keys = [k for k in TABLE_KEYS if k in result["mean"] or k in result["pooled"]]
+    lines = [f"{'':<8}" + "".join(f"{k:>8}" for k in keys)]
+    for name in ("mean", "pooled"):
+        row = result[name]
+        cells = []
+        for k in keys:
+            v = row.get(k)
+            cells.append(f"{'-':>8}" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:>8.4f}")
+        lines.append(f"{name:<8}" + "".join(cells))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--pred", required=True, metavar="DIR", help="predicted masks (8-bit greyscale, 0..255)")
+    parser.add_argument("--truth", required=True, metavar="DIR", help="ground-truth masks (one per image)")
+    parser.add_argument("--fov", metavar="DIR", help="field-of-view masks: only pixels inside count (retina)")
+    parser.add_argument(
+        "--threshold", type=int, default=128, metavar="T",
+        help="a prediction pixel is foreground where its value > T (0..255; default 128, the ISIC scorer's)",
+    )
+    parser.add_argument(
+        "--probs", metavar="DIR",
+        help="probability maps (8-bit PNG 0..255 or .npy in [0, 1]) for per-image and pooled AUC",
+    )
+    parser.add_argument("--out", metavar="JSON", help="write the scores here (per_image, mean, pooled)")
+
+
+def main(args) -> int:
+    result = score_folders(args.pred, args.truth, fov_dir=args.fov, threshold=args.threshold, probs_dir=args.probs)
+    n = len(result["per_image"])
+    print(f"scored {n} image{'s' if n != 1 else ''}: mean = per-image average (ISIC), pooled = summed counts (retina)")
+    print(format_table(result))
+    if args.out:
+        path = write_scores(result, args.out)
+        print(f"wrote {path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,1 @@
+"""Helpers of the train stage (``tcnet/stages/train.py``): runtime setup and the epoch loops."""

@@ -1,0 +1,128 @@
+"""One training epoch and one validation pass: the inner loops of the train stage."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_DI", "val_JA", "lr", "seconds", "images_per_s")
+
+
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN or infinite; the message names the run, epoch and batch."""
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bfloat16 autocast on CUDA when enabled; nothing on CPU (CPU runs stay in float32)."""
+    if device.type == "cuda" and bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_device(batch: dict, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, ...]:
+    non_blocking = device.type == "cuda"
+    image = batch["image"].to(device, non_blocking=non_blocking)
+    if channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    return image, batch["mask"].to(device, non_blocking=non_blocking), batch["fov"].to(device, non_blocking=non_blocking)
+
+
+def _progress(loader, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    # disable=None: tqdm turns itself off when stderr is not a terminal (DVC, CI, Kubeflow logs).
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr,
+                disable=None if enabled else True, unit="batch")
+
+
+@dataclass
+class EpochResult:
+    loss: float  # mean over images
+    images: int  # images seen (this process)
+    seconds: float
+
+
+def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, device: torch.device, *,
+                    epoch: int, run_id: str, bf16: bool = True, channels_last: bool = False,
+                    progress: bool = True, desc: str = "") -> EpochResult:
+    """One pass over ``loader``; raises :class:`NonFiniteLossError` on a NaN/inf loss."""
+    model.train()
+    total, n = 0.0, 0
+    start = time.perf_counter()
+    bar = _progress(loader, desc or f"{run_id} epoch {epoch}", progress)
+    for batch_idx, batch in enumerate(bar):
+        image, mask, fov = to_device(batch, device, channels_last)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, bf16):
+            out = model(image)
+            if isinstance(out, (list, tuple)):
+                out = [o.float() for o in out]
+            else:
+                out = out.float()
+            loss = loss_fn(out, mask, fov)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"run {run_id}: the training loss is {value} at epoch {epoch}, batch {batch_idx} "
+                f"(batch ids: {', '.join(map(str, batch['id'][:8]))}); lower train.lr, check the data "
+                "(empty or corrupt masks) or turn off bf16"
+            )
+        loss.backward()
+        optimizer.step()
+        bs = image.shape[0]
+        total += value * bs
+        n += bs
+        elapsed = time.perf_counter() - start
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{total / n:.4f}", img_s=f"{n / max(elapsed, 1e-9):.1f}", refresh=False)
+    if hasattr(bar, "close"):
+        bar.close()
+    return EpochResult(total / max(n, 1), n, time.perf_counter() - start)
+
+
+@torch.no_grad()
+def validate(model: nn.Module, loader, loss_fn: nn.Module, device: torch.device, *, bf16: bool = True,
+             channels_last: bool = False) -> dict:
+    """Validation loss and mean per-image DI/JA (``tcnet.metrics.batch_dice_jaccard``, FOV pixels);
+    NaN everywhere for an empty loader."""
+    from tcnet.metrics import batch_dice_jaccard
+
+    if loader is None or len(loader.dataset) == 0:
+        return {"val_loss": math.nan, "val_DI": math.nan, "val_JA": math.nan}
+    model.eval()
+    loss_sum, di_sum, ja_sum, n = 0.0, 0.0, 0.0, 0
+    for batch in loader:
+        image, mask, fov = to_device(batch, device, channels_last)
+        with autocast(device, bf16):
+            logits = model(image)
+        logits = logits.float()
+        bs = image.shape[0]
+        loss_sum += float(loss_fn(logits, mask, fov)) * bs
+        di, ja = batch_dice_jaccard(logits, mask, fov)
+        di_sum += float(di.sum())
+        ja_sum += float(ja.sum())
+        n += bs
+    return {"val_loss": loss_sum / n, "val_DI": di_sum / n, "val_JA": ja_sum / n}
+
+
+def history_rows_csv(history: list[dict]) -> str:
+    """``history.csv`` text (columns :data:`HISTORY_COLUMNS`, full float precision)."""
+    lines = [",".join(HISTORY_COLUMNS)]
+    for row in history:
+        cells = []
+        for c in HISTORY_COLUMNS:
+            v = row.get(c)
+            cells.append("" if v is None or (isinstance(v, float) and math.isnan(v)) else repr(v) if isinstance(v, float) else str(v))
+        lines.append(",".join(cells))
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["HISTORY_COLUMNS", "NonFiniteLossError", "EpochResult", "train_one_epoch", "validate",
+           "history_rows_csv", "autocast"]

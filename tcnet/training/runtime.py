@@ -1,0 +1,132 @@
+"""Where and how a training runs: device, determinism, seeding, and (optionally) DDP processes."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` -> ``cuda`` when available else ``cpu``; under DDP on CUDA each process takes
+    ``cuda:<local_rank>``. Asking for CUDA without one is an error a person can act on."""
+    name = (name or "auto").strip()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"train.device is {name!r} but CUDA is not available; use device: cpu or auto")
+        if name == "cuda":
+            name = f"cuda:{local_rank % max(torch.cuda.device_count(), 1)}"
+        torch.cuda.set_device(torch.device(name))
+    elif name != "cpu":
+        raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N")
+    return torch.device(name)
+
+
+def configure_determinism(deterministic: bool, device: torch.device) -> None:
+    """``deterministic``: deterministic kernels everywhere (``torch.use_deterministic_algorithms``).
+
+    CPU: strict (an op without a deterministic kernel raises). CUDA: ``warn_only=True``, because
+    kernels TCNet needs (bilinear upsampling backward, ...) have no deterministic CUDA version; the
+    cuBLAS workspace is pinned (``CUBLAS_WORKSPACE_CONFIG``) and cuDNN autotuning is off, but GPU
+    runs are still not guaranteed bit-identical (docs/training.md, "Determinism").
+    """
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = bool(deterministic)
+        torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)
+    else:
+        torch.use_deterministic_algorithms(bool(deterministic))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python ``random``, NumPy's global generator and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A seed that depends on ``(seed, epoch)`` only (data order, loader worker seeds)."""
+    ss = np.random.SeedSequence([int(seed) % 2**32, int(epoch) % 2**32, 0x7C4E7])
+    return int(ss.generate_state(1, dtype=np.uint32)[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed data parallel
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a (possibly single-process) training."""
+
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def all_sum(self, values: Sequence[float]) -> list[float]:
+        """Element-wise sum over the processes (float64 on CPU: exact enough, works with gloo)."""
+        if not self.enabled:
+            return [float(v) for v in values]
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        if torch.distributed.get_backend() == "nccl":
+            t = t.cuda()
+        torch.distributed.all_reduce(t)
+        return t.cpu().tolist()
+
+
+def in_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+def init_distributed(device_name: str = "auto") -> Dist:
+    """Join the process group torchrun set up (``WORLD_SIZE``/``RANK``/``LOCAL_RANK``): NCCL when the
+    training runs on CUDA, else gloo. Single process (no torchrun): ``Dist()``."""
+    if not in_torchrun():
+        return Dist()
+    world, rank, local = (int(os.environ[k]) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
+    if not torch.distributed.is_initialized():
+        use_cuda = torch.cuda.is_available() and device_name != "cpu"
+        if use_cuda:
+            torch.cuda.set_device(local % torch.cuda.device_count())
+        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return Dist(world, rank, local)
+
+
+def shutdown_distributed() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def relaunch_with_torchrun(nproc: int, argv: Sequence[str]) -> int:
+    """Run ``tcnet <argv>`` in ``nproc`` processes under ``torch.distributed.run`` (one machine);
+    returns torchrun's exit status."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc)}",
+           "-m", "tcnet.cli", *argv]
+    print(f"tcnet: launching {nproc} processes: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    return subprocess.call(cmd)
+
+
+__all__ = ["resolve_device", "configure_determinism", "seed_everything", "epoch_seed", "Dist", "in_torchrun",
+           "init_distributed", "shutdown_distributed", "relaunch_with_torchrun"]

@@ -1,0 +1,284 @@
+"""Dataset adapters on their synthetic look-alikes, on the known mirrors, and on broken copies."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from tcnet.config import DATASETS
+from tcnet.data.adapters import (
+    LayoutError, MissingMaskError, Sample, binarize_mask_file, discover, get_adapter, list_adapters, load_fov,
+    load_mask,
+)
+from tcnet.data.adapters.chase_db1 import derive_fov, split_of
+from tcnet.data.io import InvalidInputError, read_image
+
+
+def _check_semantics(samples, retina: bool):
+    """Masks are binary, plausible in size, and mark the darker structure (lesion / vessel)."""
+    for s in samples:
+        img = read_image(s.image)
+        m = load_mask(s)
+        f = load_fov(s, img)
+        assert m.dtype == bool and f.dtype == bool and m.shape == f.shape == img.shape[:2]
+        frac = m[f].mean()
+        assert (0.01 < frac < 0.35) if retina else (0.01 < frac < 0.7), (s.id, frac)
+        grey = img.astype(float).mean(axis=2)
+        ring = ndimage.binary_dilation(m, iterations=3) & ~m & f  # the background right next to it
+        inside, outside = grey[m & f].mean(), grey[ring].mean()
+        assert inside < outside - 4, (s.id, inside, outside)  # foreground is the darker structure
+        assert (m & ~f).sum() <= 0.03 * m.sum()  # (a derived FOV may shave the labelled rim)
+
+
+def test_registry_matches_config_and_rejects_unknown_names():
+    assert sorted(list_adapters()) == sorted(DATASETS)
+    with pytest.raises(ValueError, match=r"unknown dataset 'isic2019'.*did you mean 'isic2018'.*valid: chase_db1"):
+        get_adapter("isic2019")
+    with pytest.raises(ValueError, match="valid:"):
+        discover("stare", "/nonexistent")
+
+
+def test_isic2017(synth_root):
+    samples = discover("isic2017", synth_root / "isic2017")
+    assert Counter(s.official_split for s in samples) == {"train": 4, "val": 2, "test": 2}
+    assert [s.id for s in samples] == sorted(s.id for s in samples)
+    assert samples[0].id == "ISIC_0000000" and samples[0].fov is None
+    # decoys present on disk but ignored: superpixels PNG and metadata CSVs
+    train_dir = synth_root / "isic2017" / "ISIC-2017_Training_Data"
+    assert (train_dir / "ISIC_0000000_superpixels.png").exists()
+    assert (train_dir / "ISIC-2017_Training_Data_metadata.csv").exists()
+    assert all(s.image.suffix == ".jpg" and s.mask.name == f"{s.id}_segmentation.png" for s in samples)
+    assert all("superpixels" not in str(s.image) for s in samples)
+    _check_semantics(samples, retina=False)
+    s = samples[0]
+    assert dataclasses.is_dataclass(s) and isinstance(s, Sample)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.id = "x"
+    assert load_fov(s).all() and load_fov(s).shape == (48, 64)  # all-true, size from the header
+
+
+def test_isic2017_mirrors_and_mask_case(synth_copy):
+    root = synth_copy("isic2017")
+    # dataset-ninja: Task1/<zip folder>/<zip folder>/ for every folder
+    for d in list(root.iterdir()):
+        inner = root / "Task1" / d.name
+        inner.mkdir(parents=True)
+        shutil.move(str(d), str(inner / d.name))
+    # the challenge page's capital-S mask name
+    gt = root / "Task1" / "ISIC-2017_Training_Part1_GroundTruth" / "ISIC-2017_Training_Part1_GroundTruth"
+    (gt / "ISIC_0000001_segmentation.png").rename(gt / "ISIC_0000001_Segmentation.png")
+    samples = discover("isic2017", root)
+    assert len(samples) == 8
+    assert {s.id: s for s in samples}["ISIC_0000001"].mask.name == "ISIC_0000001_Segmentation.png"
+
+
+def test_isic2018_optional_splits_and_ignored_texts(synth_root, synth_copy):
+    samples = discover("isic2018", synth_root / "isic2018")
+    assert Counter(s.official_split for s in samples) == {"train": 4, "val": 2}
+    gt = synth_root / "isic2018" / "ISIC2018_Task1_Training_GroundTruth"
+    assert (gt / "LICENSE.txt").exists() and (gt / "ATTRIBUTION.txt").exists()
+    _check_semantics(samples, retina=False)
+    root = synth_copy("isic2018")
+    shutil.rmtree(root / "ISIC2018_Task1-2_Training_Input")
+    with pytest.raises(LayoutError, match="ISIC2018_Task1-2_Training_Input/ folder .* required"):
+        discover("isic2018", root)
+
+
+def test_ph2_official_layout_and_root_levels(synth_root):
+    root = synth_root / "ph2"
+    samples = discover("ph2", root)
+    assert [s.id for s in samples] == ["IMD002", "IMD003", "IMD004"]
+    assert all(s.official_split == "" and s.fov is None for s in samples)
+    assert "PH2 Dataset images" in str(samples[0].image)  # the space is real
+    assert samples[0].mask.name == "IMD002_lesion.bmp"
+    assert (root / "PH2Dataset" / "PH2 Dataset images" / "IMD002" / "IMD002_roi").is_dir()  # ignored
+    _check_semantics(samples, retina=False)
+    assert [s.id for s in discover("ph2", root / "PH2Dataset")] == [s.id for s in samples]  # root = PH2Dataset
+
+
+def test_ph2_mirrors(synth_copy, tmp_path):
+    root = synth_copy("ph2")
+    (root / "PH2Dataset" / "PH2 Dataset images").rename(root / "PH2Dataset" / "PH2_Dataset_images")
+    assert len(discover("ph2", root)) == 3
+    flat = tmp_path / "flat"
+    (flat / "trainx").mkdir(parents=True)
+    (flat / "trainy").mkdir()
+    for case in (root / "PH2Dataset" / "PH2_Dataset_images").iterdir():
+        shutil.copy(case / f"{case.name}_Dermoscopic_Image" / f"{case.name}.bmp", flat / "trainx")
+        shutil.copy(case / f"{case.name}_lesion" / f"{case.name}_lesion.bmp", flat / "trainy")
+    samples = discover("ph2", flat)
+    assert [s.id for s in samples] == ["IMD002", "IMD003", "IMD004"]
+    _check_semantics(samples, retina=False)
+    (flat / "trainy" / "IMD003_lesion.bmp").unlink()
+    with pytest.raises(MissingMaskError, match=r"IMD003\.bmp.*IMD003_lesion\.bmp"):
+        discover("ph2", flat)
+
+
+def test_drive(synth_root):
+    samples = discover("drive", synth_root / "drive")
+    assert [s.id for s in samples] == ["01_test", "02_test", "21_training", "22_training"]
+    assert [s.official_split for s in samples] == ["test", "test", "train", "train"]
+    assert all(s.mask.name.endswith("_manual1.gif") and s.fov.name.endswith("_mask.gif") for s in samples)
+    _check_semantics(samples, retina=True)
+    for s in samples:  # the FOV mask is the shipped GIF: a disc, corners outside
+        f = load_fov(s)
+        assert f[f.shape[0] // 2, f.shape[1] // 2] and not f[0, 0] and not f[-1, -1]
+    assert [s.id for s in discover("drive", synth_root / "drive" / "DRIVE")] == [s.id for s in samples]
+
+
+def test_drive_palette_second_observer_binarises_on_the_index(synth_root):
+    test_dir = synth_root / "drive" / "DRIVE" / "test"
+    second = test_dir / "2nd_manual" / "01_manual2.gif"
+    img = Image.open(second)
+    assert img.mode == "P" and img.getpalette()[:6] == [4, 2, 4, 252, 254, 252]
+    naive = np.asarray(img.convert("L")) > 0
+    assert naive.all()  # the pitfall: {3, 253} > 0 marks every pixel as vessel
+    m2 = binarize_mask_file(second)
+    np.testing.assert_array_equal(m2, np.asarray(img) > 0)
+    m1 = binarize_mask_file(test_dir / "1st_manual" / "01_manual1.gif")
+    fov = binarize_mask_file(test_dir / "mask" / "01_test_mask.gif")
+    assert 0.01 < m2[fov].mean() < 0.35
+    assert (m1 & m2).sum() / (m1 | m2).sum() > 0.5  # two observers of the same tree agree broadly
+
+
+def test_drive_test_without_labels_is_refused_with_a_way_out(synth_copy):
+    root = synth_copy("drive")
+    shutil.rmtree(root / "DRIVE" / "test" / "1st_manual")
+    with pytest.raises(LayoutError) as e:
+        discover("drive", root)
+    msg = str(e.value)
+    assert "grand-challenge" in msg and "no vessel labels" in msg and "1st_manual" in msg
+    assert "delete" in msg and str(root / "DRIVE" / "test") in msg
+    shutil.rmtree(root / "DRIVE" / "test")  # the documented way out: training images only
+    assert [s.official_split for s in discover("drive", root)] == ["train", "train"]
+
+
+def test_drive_missing_fov_or_label(synth_copy):
+    root = synth_copy("drive")
+    fov = root / "DRIVE" / "training" / "mask" / "22_training_mask.gif"
+    kept = fov.read_bytes()
+    fov.unlink()
+    with pytest.raises(MissingMaskError, match=r"no FOV mask for image .*22_training\.tif.*22_training_mask\.gif"):
+        discover("drive", root)
+    fov.write_bytes(kept)
+    (root / "DRIVE" / "training" / "1st_manual" / "21_manual1.gif").unlink()
+    with pytest.raises(MissingMaskError, match=r"no mask for image .*21_training\.tif.*21_manual1\.gif"):
+        discover("drive", root)
+
+
+def test_chase_db1_split_and_labels(synth_root, synth_copy):
+    samples = discover("chase_db1", synth_root / "chase_db1")
+    assert len(samples) == 28 and samples[0].id == "Image_01L" and samples[-1].id == "Image_14R"
+    splits = [s.official_split for s in samples]
+    assert splits == ["train"] * 20 + ["test"] * 8
+    assert samples[19].id == "Image_10R" and samples[20].id == "Image_11L"
+    assert all(s.mask.name == f"{s.id}_1stHO.png" and s.fov is None for s in samples)
+    assert Image.open(samples[0].mask).mode == "1"
+    _check_semantics(samples[:6], retina=True)
+    assert split_of(0, 7) == "train" and split_of(5, 7) == "test"  # 20:8 proportion when fewer
+    # a CHASEDB1/ subfolder is fine; a 0/1 8-bit label binarises like the 1-bit one
+    root = synth_copy("chase_db1")
+    sub = root / "CHASEDB1"
+    sub.mkdir()
+    for p in list(root.iterdir()):
+        if p.is_file():
+            shutil.move(str(p), str(sub / p.name))
+    s = discover("chase_db1", root)[0]
+    ref = load_mask(s)
+    Image.fromarray(ref.astype(np.uint8)).save(s.mask)  # values 0/1, mode L
+    np.testing.assert_array_equal(load_mask(s), ref)
+    Image.fromarray(ref.astype(np.uint8) * 255).save(s.mask)  # values 0/255
+    np.testing.assert_array_equal(load_mask(s), ref)
+
+
+def test_chase_fov_is_derived_sensibly(synth_root):
+    from tcnet.data.synth.common import rng_for
+    from tcnet.data.synth.retina import make_fundus
+
+    for k in (0, 7, 26):
+        img, vessels, true_fov = make_fundus(rng_for(11, "fovtest", k), 200, 192, eye="LR"[k % 2],
+                                             fov_radius=0.45, centre_jitter=0.02)
+        fov = derive_fov(img)
+        iou = (fov & true_fov).sum() / (fov | true_fov).sum()
+        assert iou > 0.95, iou
+        assert (fov & ~true_fov).sum() <= 0.002 * fov.size  # (almost) nothing outside the disc
+        assert vessels[true_fov].any() and (vessels & fov).sum() / vessels.sum() > 0.95
+        for corner in (fov[0, 0], fov[0, -1], fov[-1, 0], fov[-1, -1]):
+            assert not corner
+        disc_y, disc_x = np.unravel_index(np.argmax(img.astype(int).sum(2)), fov.shape)  # brightest: optic disc
+        assert fov[disc_y, disc_x]
+    # through the adapter, from the JPEG on disk (compression noise in the black surround)
+    s = discover("chase_db1", synth_root / "chase_db1")[3]
+    fov = load_fov(s)
+    h, w = fov.shape
+    assert 0.45 < fov.mean() < 0.75 and fov[h // 2, w // 2] and not fov[0, 0] and not fov[-1, -1]
+    np.testing.assert_array_equal(fov, load_fov(s, read_image(s.image)))
+    assert not derive_fov(np.zeros((40, 50, 3), np.uint8)).any()  # black image: empty FOV, no crash
+    full = derive_fov(np.full((40, 50, 3), 150, np.uint8))  # cropped inside the FOV: the edges stay
+    assert full.all()
+
+
+def test_missing_mask_names_the_image(synth_copy):
+    root = synth_copy("isic2017")
+    (root / "ISIC-2017_Validation_Part1_GroundTruth" / "ISIC_0001001_segmentation.png").unlink()
+    with pytest.raises(MissingMaskError) as e:
+        discover("isic2017", root)
+    assert "ISIC_0001001.jpg" in str(e.value) and "ISIC_0001001_segmentation.png" in str(e.value)
+    root = synth_copy("chase_db1")
+    (root / "Image_05R_1stHO.png").unlink()
+    with pytest.raises(MissingMaskError, match=r"Image_05R\.jpg.*Image_05R_1stHO\.png"):
+        discover("chase_db1", root)
+
+
+def test_missing_ground_truth_folder(synth_copy):
+    root = synth_copy("isic2017")
+    shutil.rmtree(root / "ISIC-2017_Test_v2_Part1_GroundTruth")
+    with pytest.raises(LayoutError, match=r"holds the test images but no ISIC-2017_Test_v2_Part1_GroundTruth/"):
+        discover("isic2017", root)
+
+
+def test_corrupt_and_truncated_files_name_themselves(synth_copy):
+    root = synth_copy("isic2017")
+    samples = {s.id: s for s in discover("isic2017", root)}  # pairing does not decode images
+    img = samples["ISIC_0000002"].image
+    img.write_bytes(img.read_bytes()[: img.stat().st_size // 3])
+    with pytest.raises(InvalidInputError, match=rf"{img}: image file is truncated"):
+        read_image(img)
+    mask = samples["ISIC_0000003"].mask
+    mask.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    with pytest.raises(InvalidInputError, match=rf"{mask}"):
+        load_mask(samples["ISIC_0000003"])
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_unknown_layout_says_expected_found_and_where(dataset, tmp_path):
+    root = tmp_path / "wrong"
+    (root / "some_folder").mkdir(parents=True)
+    (root / "readme.txt").write_text("x")
+    with pytest.raises(LayoutError) as e:
+        discover(dataset, root)
+    msg = str(e.value)
+    assert "Expected layout" in msg and get_adapter(dataset).layout.strip().splitlines()[1].strip() in msg
+    assert "Found in" in msg and "readme.txt" in msg and "some_folder/" in msg
+    assert f"data/{dataset}/" in msg and f"tcnet synth {dataset}" in msg
+    with pytest.raises(LayoutError, match="does not exist"):
+        discover(dataset, tmp_path / "missing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(LayoutError, match=r"\(empty folder\)"):
+        discover(dataset, empty)
+
+
+def test_two_copies_are_ambiguous(synth_copy):
+    root = synth_copy("drive")
+    shutil.copytree(root / "DRIVE", root / "copy" / "DRIVE")
+    (root / "a").mkdir()
+    shutil.move(str(root / "DRIVE"), str(root / "a" / "DRIVE"))
+    with pytest.raises(LayoutError, match="more than one place"):
+        discover("drive", root)

@@ -1,0 +1,69 @@
+"""Each component is a thin wrapper: a few lines that call the stage's run() (no logic of its own)."""
+
+import ast
+import inspect
+import textwrap
+
+import pytest
+
+import components
+from components.image import IMAGE
+
+STAGE_COMPONENTS = ("preprocess", "split", "train", "evaluate", "compare")
+
+
+def body_statements(func) -> list[str]:
+    """Source lines of the function body without its docstring, imports, blank lines and comments."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
+    fn = tree.body[0]
+    body = fn.body[1:] if isinstance(fn.body[0], ast.Expr) and isinstance(fn.body[0].value, ast.Constant) else fn.body
+    src = textwrap.dedent(inspect.getsource(func)).splitlines()
+    lines = src[body[0].lineno - 1: body[-1].end_lineno]
+    return [ln for ln in lines if ln.strip() and not ln.strip().startswith(("#", "import ", "from "))]
+
+
+@pytest.mark.parametrize("name", ("fetch_data", *STAGE_COMPONENTS))
+def test_component_is_short_and_runs_on_the_project_image(name):
+    comp = getattr(components, name)
+    container = comp.component_spec.implementation.container
+    assert container.image == IMAGE
+    lines = body_statements(comp.python_func)
+    assert 2 <= len(lines) <= 12, f"{name}: {len(lines)} lines besides imports; a component only wires a stage's run()"
+    # what runs in the pod is exactly this function's source
+    assert inspect.getsource(comp.python_func).split("\n", 2)[1].strip() in "\n".join(container.command)
+
+
+def stage_calls(func) -> list[str]:
+    """How the component reaches the stage: ``tcnet.stages.<x>.run`` calls and ``tcnet`` CLI commands."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
+    names = {a.asname or a.name: f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    calls = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in names:
+            target = names[node.func.id]
+            if target.startswith("tcnet.stages.") and target.endswith(".run"):
+                calls.append(target.removesuffix(".run"))
+            elif target == "tcnet.cli.main":  # tcnet.cli.main(["<command>", ...])
+                calls.append("tcnet.stages." + ast.literal_eval(node.args[0].elts[0]))
+    return calls
+
+
+@pytest.mark.parametrize("name", STAGE_COMPONENTS)
+def test_component_calls_the_stage_once_and_has_no_logic(name):
+    func = getattr(components, name).python_func
+    assert stage_calls(func) == [f"tcnet.stages.{name}"]
+    tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
+    for node in ast.walk(tree):  # no branching beyond "fail loudly"; loops only copy results
+        assert not isinstance(node, (ast.While, ast.Try, ast.With, ast.IfExp)), f"{name}: {ast.dump(node)[:80]}"
+        if isinstance(node, ast.If):
+            assert len(node.body) == 1 and isinstance(node.body[0], ast.Raise) and not node.orelse, name
+
+
+def test_train_uses_the_stage_multi_gpu_option():
+    src = inspect.getsource(components.train.python_func)
+    assert '"--nproc", str(gpus)' in src and '"--run", run_id' in src
+
+
+def test_fetch_data_reads_through_dvc():
+    src = inspect.getsource(components.fetch_data.python_func)
+    assert "DVCFileSystem(repo_url, rev=" in src

@@ -1,0 +1,116 @@
+"""The data components under the KFP local runner, against a real git + DVC repository.
+
+A temporary git repository tracks a tiny ISIC 2017 look-alike with DVC and pushes it to a local
+remote; its cache and working copy are then deleted, so ``fetch_data`` (given a ``file://`` URL and
+a commit, as a pod gets an https URL and a revision) must clone the repository and pull from the
+remote. ``preprocess`` and ``split`` then run on the artifacts, and give what the stages give when
+called directly on the same data.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from tcnet.config import Params, from_dict
+
+BIN = Path(sys.executable).parent
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+pytestmark = pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")
+PARAMS = {"preprocess": {"datasets": ["isic2017"], "image_size": 32, "workers": 1}, "split": {"seed": 3}}
+
+
+def sh(cmd, cwd) -> str:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **GIT_ENV}
+    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    assert p.returncode == 0, f"{' '.join(cmd)}: {p.stdout}\n{p.stderr}"
+    return p.stdout.strip()
+
+
+def write_isic2017(root: Path, n_train: int = 4, n_val: int = 2) -> None:
+    """The official ISIC 2017 layout: JPEG images, 0/255 PNG masks named <id>_segmentation.png."""
+    rng = np.random.default_rng(0)
+    k = 0
+    for images, masks, n in (("ISIC-2017_Training_Data", "ISIC-2017_Training_Part1_GroundTruth", n_train),
+                             ("ISIC-2017_Validation_Data", "ISIC-2017_Validation_Part1_GroundTruth", n_val)):
+        (root / images).mkdir(parents=True)
+        (root / masks).mkdir(parents=True)
+        for _ in range(n):
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / images / f"ISIC_{k:07d}.jpg")
+            mask = np.zeros((40, 48), np.uint8)
+            mask[5 + k:20 + k, 8:30] = 255
+            Image.fromarray(mask).save(root / masks / f"ISIC_{k:07d}_segmentation.png")
+            k += 1
+
+
+@pytest.fixture(scope="module")
+def data_repo(tmp_path_factory):
+    """(file:// URL, commit) of a git repository whose data lives only on its DVC remote."""
+    base = tmp_path_factory.mktemp("dvc")
+    repo = base / "repo"
+    repo.mkdir()
+    write_isic2017(repo / "data" / "isic2017")
+    sh(["git", "init", "-q"], repo)
+    sh(["dvc", "init", "-q"], repo)
+    sh(["dvc", "add", "-q", "data"], repo)
+    sh(["dvc", "remote", "add", "-d", "storage", str(base / "remote")], repo)
+    sh(["dvc", "push", "-q"], repo)
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "commit", "-qm", "data"], repo)
+    sh(["rm", "-rf", "data", ".dvc/cache"], repo)
+    return f"file://{repo}", sh(["git", "rev-parse", "HEAD"], repo), base
+
+
+@pytest.fixture(scope="module")
+def outputs(data_repo, tmp_path_factory):
+    """The three data components chained in a pipeline under the local runner: their artifacts."""
+    from kfp import dsl, local
+    from kfp.dsl import Dataset
+
+    from components import fetch_data, preprocess, split
+    from pipeline.pipeline import one_line_yaml
+
+    @dsl.pipeline
+    def data_stages(params_yaml: str, repo_url: str, rev: str) -> NamedTuple(
+            "Outputs", raw=Dataset, preprocessed=Dataset, splits=Dataset):
+        f = fetch_data(params_yaml=params_yaml, repo_url=repo_url, rev=rev)
+        p = preprocess(params_yaml=params_yaml, raw=f.outputs["raw"])
+        s = split(params_yaml=params_yaml, preprocessed=p.outputs["preprocessed"])
+        return NamedTuple("Outputs", raw=Dataset, preprocessed=Dataset, splits=Dataset)(
+            f.outputs["raw"], p.outputs["preprocessed"], s.outputs["splits"])
+
+    url, commit, _ = data_repo
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path_factory.mktemp("kfp")))
+    return data_stages(params_yaml=one_line_yaml(yaml.safe_dump(PARAMS)), repo_url=url, rev=commit).outputs
+
+
+def test_fetch_data_materialises_the_dvc_tracked_data_at_the_revision(outputs, data_repo):
+    raw = Path(outputs["raw"].path)
+    assert len(list(raw.glob("isic2017/*/*.jpg"))) == 6
+    assert len(list(raw.glob("isic2017/*/*_segmentation.png"))) == 6
+    assert outputs["raw"].metadata["rev"] == data_repo[1]
+
+
+def test_preprocess_and_split_components_match_the_stages(outputs, tmp_path):
+    from tcnet.stages import preprocess, split
+
+    params = from_dict(Params, PARAMS).validate()
+    raw = Path(outputs["raw"].path)
+    preprocess.run(params.preprocess, raw, tmp_path / "pre")
+    split.run(params.split, tmp_path / "pre", tmp_path / "splits")
+
+    kfp_pre = Path(outputs["preprocessed"].path)
+    for name in ("images.npy", "masks.npy", "fov.npy"):
+        np.testing.assert_array_equal(np.load(kfp_pre / "isic2017" / name), np.load(tmp_path / "pre" / "isic2017" / name))
+    assert (kfp_pre / "manifest.csv").read_text() == (tmp_path / "pre" / "manifest.csv").read_text()
+    assert outputs["preprocessed"].metadata["images"] == {"isic2017": 6}
+
+    kfp_split = Path(outputs["splits"].path) / "isic2017.json"
+    assert json.loads(kfp_split.read_text()) == json.loads((tmp_path / "splits" / "isic2017.json").read_text())

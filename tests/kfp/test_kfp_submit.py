@@ -1,0 +1,108 @@
+"""``python -m pipeline submit`` against a stand-in for the KFP API server on 127.0.0.1.
+
+The server speaks the part of the v2beta1 REST surface that ``kfp.Client`` 2.17 calls for
+``create_run_from_pipeline_package`` (the URLs of kfp_server_api's generated client): the health
+check, experiment lookup/creation and run creation. It records what arrives.
+"""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import yaml
+
+
+class FakeKfp(BaseHTTPRequestHandler):
+    requests: list  # (method, path, query, body), set per server
+
+    def _reply(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _record(self):
+        url = urlparse(self.path)
+        n = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(n)) if n else None
+        self.server.requests.append((self.command, url.path, parse_qs(url.query), body))
+        return url.path, body
+
+    def do_GET(self):
+        path, _ = self._record()
+        if path == "/apis/v2beta1/healthz":
+            return self._reply(200, {"multi_user": False, "pipeline_store": "database"})
+        if path == "/apis/v2beta1/experiments":
+            return self._reply(200, {"experiments": self.server.experiments, "total_size": len(self.server.experiments)})
+        self._reply(404, {"error": f"not served: GET {path}"})
+
+    def do_POST(self):
+        path, body = self._record()
+        if path == "/apis/v2beta1/experiments":
+            exp = {**body, "experiment_id": "exp-0001"}
+            self.server.experiments.append(exp)
+            return self._reply(200, exp)
+        if path == "/apis/v2beta1/runs":
+            return self._reply(200, {**body, "run_id": "run-0001", "state": "PENDING"})
+        self._reply(404, {"error": f"not served: POST {path}"})
+
+    def log_message(self, *args):  # keep pytest output quiet
+        pass
+
+
+@pytest.fixture
+def kfp_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeKfp)
+    server.requests, server.experiments = [], []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.filterwarnings("ignore:This client only works with Kubeflow Pipeline:FutureWarning")
+def test_submit_sends_the_compiled_package_and_parameters(kfp_server, compiled, tmp_path, monkeypatch, capsys):
+    from pipeline.__main__ import main
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.config/kfp/context.json from the machine
+    host = f"http://127.0.0.1:{kfp_server.server_address[1]}"
+    rc = main(["submit", "--host", host, "--experiment-name", "tcnet-test", "--run-name", "smoke",
+               "--data-repo-url", "https://git.example.com/tcnet.git", "--data-rev", "v0.1.0", "--gpus", "2"])
+    assert rc == 0
+    assert "submitted run run-0001" in capsys.readouterr().out
+
+    calls = [(m, p) for m, p, _, _ in kfp_server.requests]
+    assert calls == [
+        ("GET", "/apis/v2beta1/healthz"),
+        ("GET", "/apis/v2beta1/experiments"),  # lookup by name: none yet
+        ("POST", "/apis/v2beta1/experiments"),
+        ("POST", "/apis/v2beta1/runs"),
+    ]
+    lookup = json.loads(kfp_server.requests[1][2]["filter"][0])
+    assert lookup["predicates"][0]["stringValue"] == "tcnet-test"
+    assert kfp_server.requests[2][3]["display_name"] == "tcnet-test"
+
+    run = kfp_server.requests[3][3]
+    assert run["experiment_id"] == "exp-0001" and run["display_name"] == "smoke"
+    # the package that arrives is the one `compile` writes with the same options
+    _, spec, platform = compiled
+    assert run["pipeline_spec"]["pipeline_spec"] == json.loads(json.dumps(spec))
+    assert run["pipeline_spec"]["platform_spec"] == json.loads(json.dumps(platform))
+    assert run["runtime_config"]["parameters"] == {
+        "data_repo_url": "https://git.example.com/tcnet.git", "data_rev": "v0.1.0"}
+    defaults = run["pipeline_spec"]["pipeline_spec"]["root"]["inputDefinitions"]["parameters"]
+    assert yaml.safe_load(defaults["params_yaml"]["defaultValue"])["profile"] == "demo"
+
+
+def test_submit_without_a_data_repository_says_what_to_pass(monkeypatch, capsys):
+    import pipeline.pipeline as pl
+    from pipeline.__main__ import main
+
+    monkeypatch.setattr(pl, "default_data_source", lambda: ("", ""))
+    assert main(["submit", "--host", "http://127.0.0.1:9"]) == 2
+    assert "--data-repo-url" in capsys.readouterr().err

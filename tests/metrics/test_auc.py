@@ -1,0 +1,64 @@
+"""AUC and ROC points (scikit-learn underneath): valid masks, one-class truth, thinning, histograms."""
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from tcnet.metrics import ProbabilityHistogram, downsample_curve, roc_auc, roc_curve
+
+
+def _case(seed=0, shape=(40, 50)):
+    rng = np.random.default_rng(seed)
+    t = rng.random(shape) < 0.3
+    p = np.clip(0.35 * t + rng.random(shape) * 0.65, 0, 1)
+    v = rng.random(shape) < 0.8
+    return p, t, v
+
+
+def test_roc_auc_by_hand_and_against_sklearn():
+    # 2 positives (0.9, 0.4), 2 negatives (0.6, 0.1): 3 of 4 pairs ordered right -> 0.75
+    assert roc_auc(np.array([0.9, 0.4, 0.6, 0.1]), np.array([1, 1, 0, 0])) == pytest.approx(0.75)
+    p, t, v = _case()
+    assert roc_auc(p, t) == pytest.approx(roc_auc_score(t.ravel(), p.ravel()))
+    assert roc_auc(p, t, v) == pytest.approx(roc_auc_score(t[v], p[v]))
+
+
+def test_one_class_truth_is_nan():
+    p = np.random.default_rng(0).random((5, 5))
+    assert math.isnan(roc_auc(p, np.zeros((5, 5), bool)))
+    assert math.isnan(roc_auc(p, np.ones((5, 5), bool)))
+    fpr, tpr = roc_curve(p, np.zeros((5, 5), bool))
+    assert fpr.size == tpr.size == 0
+
+
+def test_roc_curve_points():
+    p, t, v = _case(1, (200, 200))
+    fpr, tpr = roc_curve(p, t, v, max_points=200)
+    assert 2 <= fpr.size <= 200
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    # the trapezoid area of the thinned curve is still close to the AUC
+    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc(p, t, v), abs=2e-3)
+
+
+def test_downsample_keeps_real_points_and_ends():
+    x = np.linspace(0, 1, 1000) ** 3
+    y = np.sqrt(np.linspace(0, 1, 1000))
+    dx, dy = downsample_curve(x, y, 50)
+    assert dx.size <= 50 and dx[0] == x[0] and dx[-1] == x[-1]
+    assert set(zip(dx, dy)) <= set(zip(x, y))
+    assert downsample_curve(x[:10], y[:10], 50)[0].size == 10
+
+
+def test_histogram_auc_is_exact_for_8bit_probs_and_close_otherwise():
+    p, t, v = _case(2, (60, 70))
+    p8 = np.round(p * 255) / 255
+    h = ProbabilityHistogram()
+    h.add(p8[v], t[v])
+    assert h.auc() == pytest.approx(roc_auc_score(t[v], p8[v]), abs=1e-12)
+    h = ProbabilityHistogram()
+    h.add(p[v], t[v])
+    assert h.auc() == pytest.approx(roc_auc_score(t[v], p[v]), abs=1e-4)
+    assert math.isnan(ProbabilityHistogram().auc())

@@ -1,0 +1,35 @@
+"""FLOP and parameter counting."""
+
+from torch import nn
+
+from tcnet.models import LargeKernelDWConv, create_model
+from tcnet.models.flops import count_flops, count_params, model_complexity
+
+
+def test_count_flops_of_a_conv_by_hand():
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    # 2 FLOPs per multiply-add: 2 * (8*32*32 outputs) * (3*3*3 taps)
+    assert count_flops(conv, 32) == 2 * 8 * 32 * 32 * 27
+    assert count_params(conv) == 8 * 27
+
+
+def test_large_kernel_counted_as_direct_and_impl_restored():
+    conv = nn.Sequential(LargeKernelDWConv(4, 31, lk_impl="fft"))
+    conv.train()
+    flops = count_flops(conv, 16, in_channels=4)
+    assert flops == 2 * 4 * 16 * 16 * 31 * 31  # the whole kernel, as F.conv2d computes it
+    assert conv[0].lk_impl == "fft" and conv.training
+
+
+def test_model_complexity_on_meta_matches_real_model():
+    info = model_complexity("tcnet_tiny", 64)
+    model = create_model("tcnet_tiny")
+    assert info["params"] == count_params(model)
+    assert info["flops"] == count_flops(model, 64)  # incl. attention: SDPA's CPU kernel is counted too
+    assert info["gflops"] > 0 and info["size"] == 64
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def test_flops_scale_with_area():
+    small, big = (model_complexity("unet", s)["flops"] for s in (64, 128))
+    assert 3.9 < big / small < 4.1

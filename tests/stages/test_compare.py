@@ -1,0 +1,297 @@
+"""The compare stage on fabricated evaluation outputs: tables, statistics, report, MLflow, CLI."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import shutil
+import statistics
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "report"))  # the shared fabricator
+
+from fabricate import ROOT, fabricate_eval, params_with_added_experiment  # noqa: E402
+from tcnet.cli import main as cli_main  # noqa: E402
+from tcnet.config import ConfigError, load_params  # noqa: E402
+from tcnet.stages import compare  # noqa: E402
+
+REPORTED = ROOT / "paper" / "reported.yaml"
+DVC = shutil.which("dvc", path=str(Path(sys.executable).parent))
+EXPERIMENTS = ("loss_sweep", "attention", "ph2_transfer", "isic2018_cv", "ablation")
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    """Every experiment of params.yaml fabricated and compared once (no MLflow)."""
+    tmp = tmp_path_factory.mktemp("compare")
+    params = load_params(ROOT / "params.yaml")
+    written = fabricate_eval(params, tmp / "eval")
+    result = compare.run(params, tmp / "eval", REPORTED, tmp / "reports", log_mlflow=False)
+    return params, written, result, tmp / "reports"
+
+
+def table(out: Path, exp_id: str) -> pd.DataFrame:
+    return pd.read_csv(out / exp_id / "table.csv", keep_default_na=False, na_values=[""])
+
+
+def cell(t: pd.DataFrame, **where) -> pd.Series:
+    rows = t
+    for k, v in where.items():
+        rows = rows[rows[k] == v]
+    assert len(rows) == 1, (where, rows)
+    return rows.iloc[0]
+
+
+def fold_values(written, exp_id, variant, metric, aggregation="mean", scale=100.0, data=None):
+    """What the fabricator wrote for one variant, fold by fold (in the table's unit)."""
+    return [s[aggregation][metric] * scale for (e, run_id), s in sorted(written.items())
+            if e == exp_id and run_id.split("__")[1] == variant and data in (None, run_id.split("__")[0])]
+
+
+def test_every_experiment_gets_its_outputs(done):
+    params, _, result, out = done
+    assert set(result["experiments"]) == set(EXPERIMENTS)
+    for exp_id in EXPERIMENTS:
+        for f in ("table.md", "table.csv", "stats.csv"):
+            assert (out / exp_id / f).is_file(), (exp_id, f)
+        md = (out / exp_id / "table.md").read_text()
+        assert "Data: synthetic look-alike" in md  # in the caption and the header, every table
+        assert result["experiments"][exp_id]["figures"], exp_id
+        assert all(Path(f).is_file() for f in result["experiments"][exp_id]["figures"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data_label"] == "synthetic look-alike" and set(EXPERIMENTS) <= set(metrics)
+    assert sorted(p.name for p in (out / "loss_sweep").glob("*.png")) == ["fig_sweep.png"]
+    assert {p.name for p in (out / "ablation").glob("*.png")} == {
+        "fig_train_loss.png", "fig_val_loss.png", "fig_roc.png", "fig_bars.png"}
+    assert len(list((out / "plots" / "curves").glob("*.csv"))) == 40  # every run, for `dvc plots`
+
+
+def test_isic2018_cv_cells_mean_sd_over_folds_and_paper_delta(done):
+    _, written, _, out = done
+    t = table(out, "isic2018_cv")
+    ja = fold_values(written, "isic2018_cv", "tcnet", "JA")
+    assert len(ja) == 3  # the demo profile's three folds
+    c = cell(t, kind="value", variant="tcnet", metric="JA")
+    assert c.paper == 90.334
+    assert math.isclose(c.ours, statistics.mean(ja)) and math.isclose(c.ours_sd, statistics.stdev(ja))
+    assert math.isclose(c["diff"], c.ours - 90.334)
+    assert (c.unit, c.aggregation, c.data_label, c.n_folds) == ("percent", "mean", "synthetic look-alike", 3)
+    assert cell(t, kind="value", variant="tcnet", metric="AC").paper == 93.457
+    assert cell(t, kind="value", variant="tcnet", metric="DI").paper == 91.773
+    assert math.isnan(cell(t, kind="value", variant="unetpp", metric="JA").paper)  # never invented
+    d = cell(t, kind="delta", variant="unetpp", metric="JA")
+    ours = statistics.mean(ja) - statistics.mean(fold_values(written, "isic2018_cv", "unetpp", "JA"))
+    assert d.paper == 7.64 and d.label == "TCNet - UNet++"
+    assert math.isclose(d.ours, ours) and math.isclose(d["diff"], ours - 7.64)
+    md = (out / "isic2018_cv" / "table.md").read_text()
+    (row,) = [line for line in md.splitlines() if line.startswith("| TCNet |")]
+    assert f"| {c.ours:.3f} ± {c.ours_sd:.3f} | 90.334 | {c['diff']:+.3f} |" in row
+    assert "mean ± sd over folds" in md and "mean of per-image scores" in md
+
+
+def test_ablation_table3_cells_are_pooled_fractions(done):
+    _, written, _, out = done
+    t = table(out, "ablation")
+    c = cell(t, kind="value", data="drive", variant="lkm_etm_mfm", metric="AUC")
+    (auc,) = fold_values(written, "ablation", "lkm_etm_mfm", "AUC", "pooled", 1.0, data="drive")
+    assert c.paper == 0.989 and c.unit == "fraction" and c.aggregation == "pooled"
+    assert math.isclose(c.ours, auc) and math.isclose(c["diff"], auc - 0.989)
+    assert cell(t, kind="value", data="chase_db1", variant="lkm", metric="AC").paper == 0.958
+    assert cell(t, kind="value", data="chase_db1", variant="lkm", metric="AC").metric_name == "Acc"
+    assert t[t.kind == "value"].paper.notna().sum() == 32  # every Table 3 cell, nothing more
+    md = (out / "ablation" / "table.md").read_text()
+    assert "| Data | Variant | Acc | Acc paper | Acc Δ | Sen |" in md
+    assert "pooled" in md
+
+
+def test_ph2_relative_claims_only_and_ssls_reported_elsewhere(done):
+    _, written, _, out = done
+    t = table(out, "ph2_transfer")
+    assert t[t.kind == "value"].paper.isna().all()  # the paper gives no absolute PH2 number
+    d = cell(t, kind="delta", variant="unet", metric="JA")
+    (tcnet_ja,), (unet_ja,) = (fold_values(written, "ph2_transfer", v, "JA") for v in ("tcnet", "unet"))
+    ours = tcnet_ja - unet_ja
+    assert d.paper == 2.475 and math.isclose(d.ours, ours) and math.isclose(d["diff"], ours - 2.475)
+    assert cell(t, kind="delta", variant="unet", metric="DI").paper == 3.96
+    ssls = t[t.label.str.contains("SSLS")]
+    assert len(ssls) == 1 and ssls.iloc[0].kind == "delta" and ssls.iloc[0].paper == 11.153
+    assert math.isnan(ssls.iloc[0].ours)
+    md = (out / "ph2_transfer" / "table.md").read_text()
+    assert "| SSLS (reported elsewhere) | — | — | — |" in md
+    assert "TCNet - SSLS AC = +11.153" in md
+
+
+def test_paired_statistics_equal_scipy(done):
+    params, _, _, out = done
+    s = pd.read_csv(out / "isic2018_cv" / "stats.csv")
+    assert set(s.other) == {"unetpp", "deeplabv3p", "cenet", "deeplabv3"} and set(s.metric) == {"DI", "JA"}
+    row = s[(s.other == "unetpp") & (s.metric == "DI")].iloc[0]
+    ev = out.parent / "eval" / "isic2018_cv"
+    a, b = [], []
+    for k in range(3):  # per fold joined on id, folds concatenated
+        pa = pd.read_csv(ev / f"isic2018__tcnet__fold{k}" / "per_image.csv")
+        pb = pd.read_csv(ev / f"isic2018__unetpp__fold{k}" / "per_image.csv")
+        j = pa.merge(pb, on="id")
+        a += list(j.DI_x * 100)
+        b += list(j.DI_y * 100)
+    d = np.array(a) - np.array(b)
+    assert row.n == len(d) == 36
+    assert math.isclose(row.p_value, stats.wilcoxon(d).pvalue)
+    assert math.isclose(row.mean_diff, d.mean())
+    assert row.ci_low < d.mean() < row.ci_high
+    assert row.n_resamples == params.compare.bootstrap and row.confidence == params.compare.confidence
+    assert pd.read_csv(out / "loss_sweep" / "stats.csv").empty  # no baseline_of: no paired tests
+
+
+def test_statistics_are_seeded(done, tmp_path):
+    params, _, _, out = done
+    again = compare.run(params, out.parent / "eval", REPORTED, tmp_path / "r", ["ph2_transfer"], log_mlflow=False)
+    first = pd.read_csv(out / "ph2_transfer" / "stats.csv")
+    pd.testing.assert_frame_equal(first, pd.read_csv(Path(again["out_dir"]) / "ph2_transfer" / "stats.csv"))
+
+
+class _Html(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.ids, self.text = [], set(), []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.imgs.append(a.get("src", ""))
+        if "id" in a:
+            self.ids.add(a["id"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_html_report_is_self_contained(done):
+    _, _, result, out = done
+    p = _Html()
+    p.feed(Path(result["report"]).read_text())
+    p.close()
+    assert {f"exp-{e}" for e in EXPERIMENTS} <= p.ids and "data-label" in p.ids
+    n_figures = sum(len(r["figures"]) for r in result["experiments"].values())
+    assert len(p.imgs) == n_figures >= 5 + 4
+    for src in p.imgs:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    text = " ".join(p.text)
+    assert "Data: synthetic look-alike. These numbers are NOT from the paper's datasets" in text
+    for needle in ("Reproduces", "Fig. 1", "Table 3", "Paired statistics", "Ours vs the paper", "93.457"):
+        assert needle in text, needle
+
+
+def test_added_experiment_appears_in_tables_and_report(tmp_path):
+    params = load_params(params_with_added_experiment(ROOT / "params.yaml", tmp_path / "params.yaml"))
+    fabricate_eval(params, tmp_path / "eval", ["ph2_transfer", "lr_check"])
+    result = compare.run(params, tmp_path / "eval", REPORTED, tmp_path / "out", log_mlflow=False)
+    out = tmp_path / "out"
+    assert (out / "lr_check" / "fig_bars.png").is_file()
+    t = table(out, "lr_check")
+    assert set(t.variant) == {"slow", "fast"} and t.paper.isna().all()
+    assert len(pd.read_csv(out / "lr_check" / "stats.csv")) == 2  # baseline_of: fast vs slow, DI and JA
+    html = (out / "report.html").read_text()
+    assert 'id="exp-lr_check"' in html and "Learning rate check on PH2" in html
+    assert "lr_check" in json.loads((out / "metrics.json").read_text())
+    # experiments declared but never evaluated still get a table and a section that says so
+    assert result["experiments"]["loss_sweep"]["missing_runs"] == [
+        f"isic2017__lam{x}__fold0" for x in ("0.1", "0.3", "0.5", "0.7", "0.9")]
+    assert "not evaluated" in (out / "loss_sweep" / "table.md").read_text()
+
+
+@pytest.mark.skipif(not (ROOT / "dvc.yaml").is_file() or DVC is None, reason="needs the project's dvc.yaml and dvc")
+def test_added_experiment_gets_dvc_stages_upstream_of_compare(tmp_path):
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    params_with_added_experiment(ROOT / "params.yaml", tmp_path / "params.yaml")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([DVC, "init", "-q"], cwd=tmp_path, check=True)
+    # `dvc repro --dry` stops at the first missing output in a fresh tree; `dvc dag` shows the graph
+    dag = subprocess.run([DVC, "dag", "--md", "compare"], cwd=tmp_path, check=True, capture_output=True, text=True)
+    assert "train@lr_check" in dag.stdout and "evaluate@lr_check" in dag.stdout
+
+
+def test_missing_runs_are_reported_not_invented(tmp_path):
+    params = load_params(ROOT / "params.yaml")
+    fabricate_eval(params, tmp_path / "eval", ["isic2018_cv"], skip={"isic2018__cenet__fold1"})
+    result = compare.run(params, tmp_path / "eval", REPORTED, tmp_path / "out", ["isic2018_cv"], log_mlflow=False)
+    assert result["experiments"]["isic2018_cv"]["missing_runs"] == ["isic2018__cenet__fold1"]
+    t = table(tmp_path / "out", "isic2018_cv")
+    c = cell(t, kind="value", variant="cenet", metric="JA")
+    assert c.n_folds == 2 and "fold(s) [1] not evaluated" in c.note
+    # evaluation outputs of a run whose declaration changed since are flagged, not silently used
+    scores = tmp_path / "eval" / "isic2018_cv" / "isic2018__unetpp__fold0" / "scores.json"
+    s = json.loads(scores.read_text())
+    s["run"]["model"] = "unet"
+    s["run"]["train"]["device"] = "cuda"  # runtime-only: not a reason to re-evaluate
+    scores.write_text(json.dumps(s))
+    compare.run(params, tmp_path / "eval", REPORTED, tmp_path / "out", ["isic2018_cv"], log_mlflow=False)
+    note = cell(table(tmp_path / "out", "isic2018_cv"), kind="value", variant="unetpp", metric="JA").note
+    assert note == "stale evaluation (model: params 'unetpp', evaluated 'unet'): re-run evaluate"
+
+
+def test_explicit_experiment_without_outputs_is_an_error(tmp_path):
+    params = load_params(ROOT / "params.yaml")
+    with pytest.raises(FileNotFoundError, match="dvc repro evaluate@ablation"):
+        compare.run(params, tmp_path / "eval", REPORTED, tmp_path / "out", ["ablation"], log_mlflow=False)
+    with pytest.raises(ConfigError, match="did you mean 'ablation'"):
+        compare.run(params, tmp_path / "eval", REPORTED, tmp_path / "out", ["ablatoin"], log_mlflow=False)
+
+
+def test_subset_run_keeps_the_other_experiments(done, tmp_path):
+    params, _, _, out = done
+    copy = tmp_path / "reports"
+    shutil.copytree(out, copy)
+    compare.run(params, out.parent / "eval", REPORTED, copy, ["ph2_transfer"], log_mlflow=False)
+    assert (copy / "ablation" / "table.md").is_file() and (copy / "ph2_transfer" / "fig_bars.png").is_file()
+    assert set(json.loads((copy / "metrics.json").read_text())) == {"data_label", "profile", "ph2_transfer"}
+
+
+def test_cli(done, tmp_path, capsys):
+    _, _, _, out = done
+    args = ["compare", "--params", str(ROOT / "params.yaml"), "--eval", str(out.parent / "eval"),
+            "--reported", str(REPORTED), "--out", str(tmp_path / "o"), "--no-mlflow"]
+    assert cli_main(args + ["--experiment", "ph2_transfer", "--experiment", "isic2018_cv"]) == 0
+    printed = capsys.readouterr().out
+    assert "ph2_transfer:" in printed and "[data: synthetic look-alike]" in printed
+    assert (tmp_path / "o" / "isic2018_cv" / "table.md").is_file()
+    assert cli_main(args + ["--experiment", "nope"]) == 2
+    assert "unknown experiment 'nope'" in capsys.readouterr().err
+
+
+def test_mlflow_tables_and_figures_on_the_parent_run(done, tmp_path, monkeypatch):
+    from tcnet.tracking import get_or_create_experiment, init_store
+
+    params, _, _, out = done
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("TCNET_PIPELINE_RUN_ID", "p1")  # as the Kubeflow component sets it
+    client = init_store(uri)
+    exp_id = get_or_create_experiment(client, "tcnet/ph2_transfer", uri)  # artifacts beside the db
+    parent = client.create_run(exp_id, tags={"tcnet.pipeline_run": "p1"}).info.run_id
+    client.create_run(exp_id, tags={"tcnet.pipeline_run": "p2"})  # a later pipeline run's parent
+    client.create_run(exp_id, tags={"tcnet.pipeline_run": "p1", "mlflow.parentRunId": parent, "tcnet.run_id": "x"})
+
+    result = compare.run(params, out.parent / "eval", REPORTED, tmp_path / "r", ["ph2_transfer"], log_mlflow=True)
+    assert result["experiments"]["ph2_transfer"]["mlflow_run_id"] == parent  # this pipeline run's parent
+    assert len(client.search_runs([exp_id])) == 3  # nothing created
+    run = client.get_run(parent)
+    assert run.data.tags["tcnet.data_label"] == "synthetic look-alike"
+    names = {a.path for a in client.list_artifacts(parent, "compare")}
+    assert {"compare/table.md", "compare/table.csv", "compare/stats.csv", "compare/fig_bars.png",
+            "compare/table.json", "compare/stats.json"} <= names
+    logged = json.loads(Path(client.download_artifacts(parent, "compare/table.json", str(tmp_path))).read_text())
+    labels = {row[logged["columns"].index("label")] for row in logged["data"]}
+    assert labels >= {"TCNet", "UNet", "TCNet - SSLS"}
+    tcnet_ja = table(out, "ph2_transfer").pipe(lambda t: cell(t, kind="value", variant="tcnet", metric="JA")).ours
+    assert math.isclose(run.data.metrics["compare.ph2.tcnet.JA"], tcnet_ja)

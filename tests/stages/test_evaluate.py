@@ -1,0 +1,163 @@
+"""Stage evaluate: every declared output, original-size masks, FOV-restricted pooled retina scores,
+summary.json, and eval metrics/tables logged into the training's MLflow run."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tcnet.cli import main as cli
+from tcnet.config import Params, expand_runs, from_dict
+
+EXPERIMENT = "e"
+ISIC_RUN, DRIVE_RUN = "isic2017__tiny__fold0", "drive__tiny__fold0"
+ISIC_SIZE, DRIVE_SIZE = (50, 40), (45, 40)  # original (width, height) of the look-alikes
+
+
+def params_dict(root: Path, uri: str) -> dict:
+    return {
+        "preprocess": {"datasets": ["isic2017", "drive"], "image_size": 32},
+        "train": {"epochs": 1, "batch_size": 2, "device": "cpu"},
+        "evaluate": {"n_overlays": 2, "batch_size": 2},
+        "mlflow": {"tracking_uri": uri, "log_models": False, "system_metrics": False},
+        "experiments": {EXPERIMENT: {
+            "title": "tiny", "reproduces": "test", "model": "tcnet_tiny", "runs": [{"name": "tiny"}],
+            "data": [{"name": "isic2017", "train": "isic2017", "part": "val"},
+                     {"name": "drive", "train": "isic2017", "eval": "drive", "part": "test"}],
+        }},
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Raw look-alikes -> preprocess (32 px) -> split -> both runs trained 1 epoch, logged to MLflow."""
+    from tcnet.config import PreprocessConfig, SplitConfig
+    from tcnet.data.synth.writers import write_dataset
+    from tcnet.stages import preprocess, split, train
+
+    root = tmp_path_factory.mktemp("eval_data")
+    write_dataset("isic2017", root / "raw" / "isic2017", n=6, seed=1, size=ISIC_SIZE)
+    write_dataset("drive", root / "raw" / "drive", n=3, seed=1, size=DRIVE_SIZE)
+    preprocess.run(PreprocessConfig(datasets=("isic2017", "drive"), image_size=32, workers=1), root / "raw", root / "pre")
+    split.run(SplitConfig(), root / "pre", root / "splits")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    (root / "params.yaml").write_text(json.dumps(params_dict(root, uri)))  # JSON is YAML
+    params = from_dict(Params, params_dict(root, uri)).validate()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.setenv("TCNET_PIPELINE_RUN_ID", "eval-test")
+        result = train.run(params, EXPERIMENT, root / "pre", root / "splits", root / "models", mlflow=True,
+                           progress=False)
+    return root, params, uri, {r["run_id"]: r for r in result["runs"]}
+
+
+def args(root: Path, *extra: str) -> list[str]:
+    return ["evaluate", "--params", str(root / "params.yaml"), "--experiment", EXPERIMENT,
+            "--preprocessed", str(root / "pre"), "--splits", str(root / "splits"), "--raw", str(root / "raw"),
+            "--models", str(root / "models"), "--out", str(root / "eval"), *extra]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_evaluate_writes_every_output_at_original_size(trained, monkeypatch):
+    root, params, uri, _ = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("TCNET_PIPELINE_RUN_ID", "eval-test")
+    assert cli(args(root)) == 0
+
+    out = root / "eval" / EXPERIMENT / ISIC_RUN
+    assert {p.name for p in out.iterdir()} == {"per_image.csv", "scores.json", "roc.csv", "history.csv", "masks",
+                                               "overlays"}
+    scores = json.loads((out / "scores.json").read_text())
+    assert {"mean", "pooled", "n", "dataset", "part", "aggregation", "run"} <= set(scores)
+    assert scores["n"] == 3 and scores["dataset"] == "isic2017" and scores["part"] == "val"
+    assert scores["aggregation"] == "mean" and scores["run"]["run_id"] == ISIC_RUN
+    assert set(scores["mean"]) == {"AC", "SE", "SP", "JA", "DI", "TJA", "AUC"}
+    assert all(0.0 <= v <= 1.0 for v in scores["mean"].values() if v is not None)
+
+    rows = read_csv(out / "per_image.csv")
+    assert list(rows[0]) == ["id", "AC", "SE", "SP", "JA", "DI", "TJA", "AUC"]
+    ids = [r["id"] for r in rows]
+    assert ids == ["ISIC_0001000", "ISIC_0001001", "ISIC_0001002"]  # the fold's val ids
+    assert np.mean([float(r["DI"]) for r in rows]) == pytest.approx(scores["mean"]["DI"])
+    assert list(read_csv(out / "roc.csv")[0]) == ["fpr", "tpr", "threshold"]
+    assert (out / "history.csv").read_bytes() == (root / "models" / EXPERIMENT / ISIC_RUN / "history.csv").read_bytes()
+
+    for image_id in ids:  # 0/255 masks at the ORIGINAL size
+        mask = np.asarray(Image.open(out / "masks" / f"{image_id}.png"))
+        assert mask.shape == ISIC_SIZE[::-1] and set(np.unique(mask)) <= {0, 255}
+    overlays = sorted(p.name for p in (out / "overlays").iterdir())
+    assert overlays == [f"{i}.png" for i in ids[:2]]  # evaluate.n_overlays
+    assert np.asarray(Image.open(out / "overlays" / overlays[0])).shape == (*ISIC_SIZE[::-1], 3)
+
+    summary = json.loads((root / "eval" / EXPERIMENT / "summary.json").read_text())
+    assert set(summary["runs"]) == {ISIC_RUN, DRIVE_RUN}
+    assert summary["runs"][ISIC_RUN]["mean"] == scores["mean"]
+
+
+def test_retina_scores_are_pooled_inside_the_fov(trained):
+    """DRIVE test images (the FOV gif ships): AC inside the FOV only, pooled headline with AUC."""
+    from tcnet.data.adapters import discover, load_fov, load_mask
+
+    root = trained[0]
+    out = root / "eval" / EXPERIMENT / DRIVE_RUN
+    if not out.is_dir():
+        assert cli(args(root, "--no-mlflow", "--run", DRIVE_RUN)) == 0
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["aggregation"] == "pooled" and scores["dataset"] == "drive" and scores["part"] == "test"
+    assert scores["n"] == 3 and 0.0 <= scores["pooled"]["AUC"] <= 1.0
+    samples = {s.id: s for s in discover("drive", root / "raw" / "drive")}
+    for row in read_csv(out / "per_image.csv"):
+        s = samples[row["id"]]
+        pred = np.asarray(Image.open(out / "masks" / f"{row['id']}.png")) > 0
+        truth, fov = load_mask(s), load_fov(s)
+        assert pred.shape == truth.shape == DRIVE_SIZE[::-1]
+        assert float(row["AC"]) == pytest.approx(np.mean(pred[fov] == truth[fov]))  # FOV pixels only
+
+
+def test_eval_metrics_and_tables_land_in_the_training_mlflow_run(trained, monkeypatch):
+    from mlflow import MlflowClient
+
+    root, params, uri, runs = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("TCNET_PIPELINE_RUN_ID", "eval-test")
+    from tcnet.stages import evaluate
+
+    evaluate.run(params, EXPERIMENT, root / "pre", root / "splits", root / "raw", root / "models", root / "eval",
+                 run_ids=[ISIC_RUN], progress=False)
+    client = MlflowClient(uri)
+    run = client.get_run(runs[ISIC_RUN]["mlflow_run_id"])  # the nested run training created
+    scores = json.loads((root / "eval" / EXPERIMENT / ISIC_RUN / "scores.json").read_text())
+    assert run.data.metrics["eval_mean_DI"] == pytest.approx(scores["mean"]["DI"])
+    assert run.data.metrics["eval_pooled_AUC"] == pytest.approx(scores["pooled"]["AUC"])
+    assert "train_loss" in run.data.metrics and run.data.tags["tcnet.eval_part"] == "val"
+    eval_files = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
+    assert {"eval/per_image.json", "eval/scores.json", "eval/roc.csv", "eval/roc.png", "eval/overlays"} <= eval_files
+    exp = client.get_experiment_by_name(f"tcnet/{EXPERIMENT}")
+    tops = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
+    assert len(tops) == 1  # one parent run for the pipeline run: train and evaluate met there
+
+
+def test_errors_name_what_is_missing_or_stale(trained, tmp_path):
+    from tcnet.stages import evaluate
+
+    root, params, _, _ = trained
+    spec = next(s for s in expand_runs(params, EXPERIMENT) if s.run_id == ISIC_RUN)
+    with pytest.raises(FileNotFoundError, match="best.pt"):
+        evaluate.evaluate_run(spec, params.evaluate, root / "pre", root / "splits", root / "raw", tmp_path / "none",
+                              tmp_path / "out")
+    raw = params_dict(root, "sqlite:///x.db")
+    raw["train"]["lr"] = 0.5
+    changed = next(s for s in expand_runs(from_dict(Params, raw).validate(), EXPERIMENT) if s.run_id == ISIC_RUN)
+    with pytest.raises(ValueError, match="another configuration"):
+        evaluate.evaluate_run(changed, params.evaluate, root / "pre", root / "splits", root / "raw",
+                              root / "models" / EXPERIMENT / ISIC_RUN, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

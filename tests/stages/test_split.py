@@ -1,0 +1,237 @@
+"""Split stage: conventions per dataset, invariants, seeded stability, user split files."""
+
+import csv
+import json
+
+import pytest
+
+from tcnet.config import SplitConfig, n_folds
+from tcnet.data.dataset import MANIFEST_COLUMNS, ids_for, load_split
+from tcnet.stages import split as split_stage
+from tcnet.stages.split import SplitError, holdout, run
+
+
+def _write_manifest(root, datasets: dict[str, list[tuple[str, str]]]):
+    """datasets: name -> [(id, official_split)]; writes a manifest.csv with the contract's columns."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+        w.writeheader()
+        for name, items in datasets.items():
+            for k, (i, part) in enumerate(items):
+                w.writerow({
+                    "id": i, "dataset": name, "index": k, "official_split": part, "image_path": f"{name}/{i}.jpg",
+                    "mask_path": f"{name}/{i}.png", "fov_path": "", "orig_width": 10, "orig_height": 10,
+                    "fg_fraction": 0.1, "checksum": "0" * 64,
+                })
+    return root
+
+
+def _isic2017():
+    return ([(f"ISIC_{i:07d}", "train") for i in range(20)] + [(f"ISIC_{i:07d}", "val") for i in range(20, 26)]
+            + [(f"ISIC_{i:07d}", "test") for i in range(26, 34)])
+
+
+def _isic2018(with_test=True):
+    items = [(f"ISIC_{i:07d}", "train") for i in range(23)]
+    if with_test:
+        items += [(f"ISIC_{i:07d}", "val") for i in range(100, 103)]
+        items += [(f"ISIC_{i:07d}", "test") for i in range(200, 205)]
+    return items
+
+
+def _drive():
+    return [(f"{i:02d}_training", "train") for i in range(21, 41)] + [(f"{i:02d}_test", "test") for i in range(1, 21)]
+
+
+def _chase():
+    return [(f"Image_{k:02d}{e}", "") for k in range(1, 15) for e in "LR"]
+
+
+def _ph2():
+    return [(f"IMD{i:03d}", "") for i in (2, 3, 4, 6, 8, 9)]
+
+
+@pytest.fixture()
+def pre(tmp_path):
+    return _write_manifest(tmp_path / "pre", {
+        "isic2017": _isic2017(), "isic2018": _isic2018(), "ph2": _ph2(), "drive": _drive(), "chase_db1": _chase(),
+    })
+
+
+CFG = SplitConfig(seed=7, cv_folds=3, retina_val_fraction=0.2)
+
+
+def _parts(split):
+    return [set(f["train"]) | set(f["val"]) for f in split["folds"]], set(split["test"])
+
+
+def test_every_dataset_follows_its_convention(pre, tmp_path):
+    out = tmp_path / "splits"
+    summary = run(CFG, pre, out)
+    assert set(summary) == {"isic2017", "isic2018", "ph2", "drive", "chase_db1"}
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["isic2017.json", "isic2018.json", "ph2.json", "drive.json", "chase_db1.json", "params.yaml"])
+
+    s = load_split(out, "isic2017")
+    assert set(s) == {"dataset", "source", "seed", "folds", "test"} and s["seed"] == 7
+    assert s["folds"] == [{"train": sorted(i for i, p in _isic2017() if p == "train"),
+                           "val": sorted(i for i, p in _isic2017() if p == "val")}]
+    assert s["test"] == sorted(i for i, p in _isic2017() if p == "test")
+
+    s = load_split(out, "isic2018")
+    assert len(s["folds"]) == n_folds("isic2018", CFG) == 3
+    train = sorted(i for i, p in _isic2018() if p == "train")
+    vals = [v for f in s["folds"] for v in f["val"]]
+    assert sorted(vals) == train  # every training image is validation exactly once
+    for f in s["folds"]:
+        assert sorted(f["train"] + f["val"]) == train and not set(f["train"]) & set(f["val"])
+    assert s["test"] == sorted(i for i, p in _isic2018() if p in ("val", "test"))
+    assert "KFold" in s["source"] and "random_state=7" in s["source"]
+
+    s = load_split(out, "ph2")
+    assert s["folds"] == [] and s["test"] == sorted(i for i, _ in _ph2())
+
+    s = load_split(out, "drive")
+    (fold,) = s["folds"]
+    assert s["test"] == [f"{i:02d}_test" for i in range(1, 21)]
+    assert len(fold["val"]) == 4 and len(fold["train"]) == 16
+    assert sorted(fold["train"] + fold["val"]) == [f"{i:02d}_training" for i in range(21, 41)]
+
+    s = load_split(out, "chase_db1")
+    ids = sorted(i for i, _ in _chase())
+    (fold,) = s["folds"]
+    assert s["test"] == ids[20:] and s["test"][0] == "Image_11L"
+    assert sorted(fold["train"] + fold["val"]) == ids[:20] and len(fold["val"]) == 4
+    assert "first 20 / last 8" in s["source"] and "Image_11L" in s["source"]
+
+
+def test_no_id_in_two_parts_and_counts_match_n_folds(pre, tmp_path):
+    run(CFG, pre, tmp_path / "s")
+    for d in ("isic2017", "isic2018", "ph2", "drive", "chase_db1"):
+        s = load_split(tmp_path / "s", d)
+        if d != "ph2":
+            assert len(s["folds"]) == n_folds(d, CFG)
+        for f in s["folds"]:
+            assert not set(f["train"]) & set(f["val"])
+            assert not (set(f["train"]) | set(f["val"])) & set(s["test"])
+            assert f["train"] == sorted(f["train"]) and f["val"] == sorted(f["val"])
+
+
+def test_seeded_and_byte_stable(pre, tmp_path):
+    run(CFG, pre, tmp_path / "a")
+    run(CFG, pre, tmp_path / "b")
+    for d in ("isic2018", "drive", "chase_db1", "isic2017", "ph2"):
+        assert (tmp_path / "a" / f"{d}.json").read_bytes() == (tmp_path / "b" / f"{d}.json").read_bytes()
+    run(SplitConfig(seed=8, cv_folds=3), pre, tmp_path / "c")
+    a, c = load_split(tmp_path / "a", "isic2018"), load_split(tmp_path / "c", "isic2018")
+    assert a["folds"] != c["folds"]
+    # the drive hold-out depends on the seed only through the legacy RandomState stream
+    assert holdout(["a", "b", "c", "d", "e"], 0.4, 1) == holdout(["e", "d", "c", "b", "a"], 0.4, 1)
+
+
+def test_isic2018_without_official_test_has_empty_test(tmp_path):
+    pre = _write_manifest(tmp_path / "pre", {"isic2018": _isic2018(with_test=False)})
+    run(CFG, pre, tmp_path / "s")
+    s = load_split(tmp_path / "s", "isic2018")
+    assert s["test"] == [] and len(s["folds"]) == 3
+
+
+def test_zero_val_fraction_gives_empty_val(tmp_path):
+    pre = _write_manifest(tmp_path / "pre", {"drive": _drive()})
+    run(SplitConfig(retina_val_fraction=0.0), pre, tmp_path / "s")
+    (fold,) = load_split(tmp_path / "s", "drive")["folds"]
+    assert fold["val"] == [] and len(fold["train"]) == 20
+
+
+def test_subset_run_keeps_other_datasets(pre, tmp_path):
+    out = tmp_path / "s"
+    run(CFG, pre, out)
+    before = (out / "isic2017.json").read_bytes()
+    run(SplitConfig(seed=1, cv_folds=3), pre, out, datasets=["drive"])
+    assert (out / "isic2017.json").read_bytes() == before
+    assert load_split(out, "drive")["seed"] == 1
+    with pytest.raises(SplitError, match="not in"):
+        run(CFG, _write_manifest(tmp_path / "p2", {"drive": _drive()}), out, datasets=["ph2"])
+
+
+def test_user_split_file_is_validated_and_copied_as_is(pre, tmp_path):
+    ids = sorted(i for i, _ in _chase())
+    user = {"dataset": "chase_db1", "source": "reverse protocol (Fraz 2012): 8 train / 20 test", "seed": 0,
+            "folds": [{"train": ids[20:26], "val": ids[26:]}], "test": ids[:20]}
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(user))  # compact formatting: must be kept byte for byte
+    run(SplitConfig(split_files={"chase_db1": str(path)}), pre, tmp_path / "s")
+    assert (tmp_path / "s" / "chase_db1.json").read_bytes() == path.read_bytes()
+    s = load_split(tmp_path / "s", "chase_db1")
+    assert ids_for(s, "test") == ids[:20] and ids_for(s, "train", 0) == ids[20:26]
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda u: u["folds"][0]["val"].append(u["folds"][0]["train"][0]), "both train and val"),
+    (lambda u: u["folds"][0]["train"].append("Image_99L"), "not in the preprocessed"),
+    (lambda u: u.pop("test"), "shape"),
+    (lambda u: u["folds"].append({"train": ["Image_01L"], "val": []}), "expected 1"),
+    (lambda u: u["folds"][0].update(train="Image_01L"), "list of id strings"),
+    (lambda u: u["test"].append(u["folds"][0]["train"][0]), "both train and test"),
+    (lambda u: u.update(dataset="drive"), "not of 'chase_db1'"),
+])
+def test_bad_user_split_is_rejected(pre, tmp_path, mutate, message):
+    ids = sorted(i for i, _ in _chase())
+    user = {"dataset": "chase_db1", "folds": [{"train": ids[:16], "val": ids[16:20]}], "test": ids[20:]}
+    mutate(user)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(user))
+    out = tmp_path / "s"
+    with pytest.raises(SplitError, match=message):
+        run(SplitConfig(split_files={"chase_db1": str(path)}), pre, out)
+    assert not out.exists() and not list(tmp_path.glob(".s.tmp-*"))
+
+
+def test_user_split_not_json_or_missing(pre, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(SplitError, match="not valid JSON"):
+        run(SplitConfig(split_files={"ph2": str(bad)}), pre, tmp_path / "s")
+    with pytest.raises(SplitError, match="not found"):
+        run(SplitConfig(split_files={"ph2": str(tmp_path / "nope.json")}), pre, tmp_path / "s")
+
+
+def test_missing_manifest_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tcnet preprocess"):
+        run(CFG, tmp_path / "nothing", tmp_path / "s")
+
+
+def test_isic2017_without_validation_is_a_clear_error(tmp_path):
+    pre = _write_manifest(tmp_path / "pre", {"isic2017": [("ISIC_0000001", "train"), ("ISIC_0000002", "test")]})
+    with pytest.raises(SplitError, match="validation"):
+        run(CFG, pre, tmp_path / "s")
+
+
+def test_ids_for_errors():
+    s = {"dataset": "ph2", "folds": [], "test": ["a"]}
+    assert ids_for(s, "test") == ["a"]
+    with pytest.raises(ValueError, match="test-only"):
+        ids_for(s, "train")
+    with pytest.raises(ValueError, match="valid: train, val, test"):
+        ids_for(s, "validation")
+    with pytest.raises(ValueError, match="fold 3"):
+        ids_for({"folds": [{"train": ["a"], "val": []}], "test": []}, "val", 3)
+
+
+def test_cli(pre, tmp_path, capsys):
+    from tcnet.cli import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text("split: {seed: 3, cv_folds: 2}\npreprocess: {datasets: [isic2018]}\n")
+    assert main(["split", "--params", str(params), "--preprocessed", str(pre), "--out", str(tmp_path / "s"),
+                 "--datasets", "isic2018"]) == 0
+    assert len(load_split(tmp_path / "s", "isic2018")["folds"]) == 2
+    assert "isic2018" in capsys.readouterr().out
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    params.write_text(f"split: {{split_files: {{ph2: {bad}}}}}\n")
+    assert main(["split", "--params", str(params), "--preprocessed", str(pre), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and str(bad) in err and "Traceback" not in err
+    assert split_stage.dumps({"a": [1]}) == '{\n  "a": [\n    1\n  ]\n}\n'

@@ -1,0 +1,257 @@
+"""Stage train: outputs, skip/fresh-start rules, bit-exact resume after kill -9, non-finite loss,
+DDP with two gloo processes, and the MLflow record of a trained run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tcnet.checkpoint import load_checkpoint
+from tcnet.config import Params, expand_runs, from_dict
+from tcnet.stages import train
+
+EXPERIMENT = "e"
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_DI", "val_JA", "lr", "seconds", "images_per_s"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Tiny ISIC 2017 look-alike (6 train / 3 val / 3 test, 50x40) through the real preprocess
+    (32 px) and split stages: ``<root>/{raw,pre,splits}``."""
+    from tcnet.config import PreprocessConfig, SplitConfig
+    from tcnet.data.synth.writers import write_dataset
+    from tcnet.stages import preprocess, split
+
+    root = tmp_path_factory.mktemp("train_data")
+    write_dataset("isic2017", root / "raw" / "isic2017", n=6, seed=1, size=(50, 40))
+    preprocess.run(PreprocessConfig(datasets=("isic2017",), image_size=32, workers=1), root / "raw", root / "pre")
+    split.run(SplitConfig(), root / "pre", root / "splits")
+    return root
+
+
+def params_dict(root: Path, epochs: int = 2, **train) -> dict:
+    return {
+        "preprocess": {"datasets": ["isic2017"], "image_size": 32},
+        "train": {"epochs": epochs, "batch_size": 2, "lr": 1e-3, "device": "cpu", **train},
+        "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "log_models": False, "system_metrics": False},
+        "experiments": {EXPERIMENT: {
+            "title": "tiny", "reproduces": "test", "data": [{"name": "isic2017", "train": "isic2017"}],
+            "model": "tcnet_tiny", "runs": [{"name": "tiny"}],
+        }},
+    }
+
+
+def make_params(root: Path, **kw) -> Params:
+    return from_dict(Params, params_dict(root, **kw)).validate()
+
+
+def the_spec(params: Params):
+    (spec,) = expand_runs(params, EXPERIMENT)
+    return spec
+
+
+def read_history(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def tensors_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_trains_two_epochs_and_writes_every_output(data, tmp_path, capsys):
+    params = make_params(tmp_path)
+    t0 = time.perf_counter()
+    result = train.run(params, EXPERIMENT, data / "pre", data / "splits", tmp_path / "models", mlflow=False)
+    seconds = time.perf_counter() - t0
+    run_dir = tmp_path / "models" / EXPERIMENT / "isic2017__tiny__fold0"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "history.csv", "last.pt", "run.json"]
+
+    history = read_history(run_dir / "history.csv")
+    assert list(history[0]) == HISTORY_COLUMNS and [r["epoch"] for r in history] == ["1", "2"]
+    assert all(float(r["train_loss"]) == float(r["train_loss"]) for r in history)  # finite, not NaN
+    assert float(history[1]["lr"]) < float(history[0]["lr"])  # cosine annealing, stepped per epoch
+
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info == result["runs"][0]
+    assert info["complete"] and info["config_hash"] == the_spec(params).config_hash()
+    assert info["best_epoch"] in (1, 2) and 0.0 <= info["best_val_DI"] <= 1.0
+    assert info["run"]["run_id"] == "isic2017__tiny__fold0" and info["n_train"] == 6 and info["n_val"] == 3
+
+    last = load_checkpoint(run_dir / "last.pt")
+    assert {"model", "model_name", "model_kwargs", "num_classes", "image_size", "epoch", "optimizer", "scheduler",
+            "rng", "history", "run", "config_hash"} <= set(last)
+    assert last["epoch"] == 2 and last["image_size"] == 32 and last["model_name"] == "tcnet_tiny"
+    best = load_checkpoint(run_dir / "best.pt")
+    assert best["epoch"] == info["best_epoch"] and best["optimizer"] == {}  # best.pt: weights, no optimizer
+    print(f"\n[timing] tcnet_tiny, 2 epochs x 6 images at 32 px (+3 val), CPU: {seconds:.1f} s", file=sys.stderr)
+
+    # a finished run is skipped, untouched
+    mtime = (run_dir / "last.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    again = train.run(params, EXPERIMENT, data / "pre", data / "splits", tmp_path / "models", mlflow=False)
+    assert again["runs"][0] == info and (run_dir / "last.pt").stat().st_mtime_ns == mtime
+    assert "skipping" in capsys.readouterr().err
+
+    # another configuration does not resume from this last.pt: it starts fresh and says why
+    changed = make_params(tmp_path, lr=5e-4, epochs=1)
+    out = train.run(changed, EXPERIMENT, data / "pre", data / "splits", tmp_path / "models", mlflow=False)
+    assert "another configuration" in capsys.readouterr().err
+    assert out["runs"][0]["config_hash"] == the_spec(changed).config_hash()
+    assert len(read_history(run_dir / "history.csv")) == 1
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(data, tmp_path):
+    """SIGKILL a CLI training during epoch 2 of 2, resume, compare with a run never interrupted."""
+    params = make_params(tmp_path, epochs=2)
+    spec = the_spec(params)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict(tmp_path, epochs=2)))
+
+    ref_dir = tmp_path / "reference"
+    train.train_run(spec, data / "pre", data / "splits", ref_dir, params.mlflow, None, progress=False)
+
+    out = tmp_path / "models"
+    run_dir = out / EXPERIMENT / spec.run_id
+    cmd = [sys.executable, "-m", "tcnet.cli", "train", "--params", str(tmp_path / "params.yaml"), "--experiment",
+           EXPERIMENT, "--preprocessed", str(data / "pre"), "--splits", str(data / "splits"), "--out", str(out),
+           "--no-mlflow"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            h = run_dir / "history.csv"
+            if h.is_file() and len(h.read_text().splitlines()) >= 2:  # epoch 1 checkpointed: now in epoch 2
+                break
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"training ended before it could be killed: {err[-2000:]}"
+    killed_at = load_checkpoint(run_dir / "last.pt")["epoch"]
+    assert killed_at == 1
+
+    resumed = train.train_run(spec, data / "pre", data / "splits", run_dir, params.mlflow, None, progress=False)
+    assert resumed["complete"]
+    a, b = load_checkpoint(ref_dir / "last.pt"), load_checkpoint(run_dir / "last.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    assert tensors_equal(a["model"], b["model"]), "resumed weights differ from the uninterrupted run"
+    assert tensors_equal(load_checkpoint(ref_dir / "best.pt")["model"], load_checkpoint(run_dir / "best.pt")["model"])
+    for ra, rb in zip(a["history"], b["history"], strict=True):
+        for key in ("epoch", "train_loss", "val_loss", "val_DI", "val_JA", "lr"):
+            assert ra[key] == rb[key] or (ra[key] != ra[key] and rb[key] != rb[key]), (key, ra, rb)
+    assert [r["epoch"] for r in read_history(run_dir / "history.csv")] == ["1", "2"]
+
+
+def test_non_finite_loss_stops_with_run_epoch_and_batch(data, tmp_path, monkeypatch):
+    import tcnet.losses
+
+    real = tcnet.losses.build_loss
+
+    def poisoned(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        calls = {"n": 0}
+
+        def forward(out, target, valid=None):
+            value = loss(out, target, valid)
+            if not torch.is_grad_enabled():  # validation
+                return value
+            calls["n"] += 1
+            return value * float("nan") if calls["n"] == 5 else value  # epoch 2 (3 batches/epoch), batch 1
+
+        return forward
+
+    monkeypatch.setattr(tcnet.losses, "build_loss", poisoned)
+    params = make_params(tmp_path, epochs=2)
+    with pytest.raises(train.NonFiniteLossError) as e:
+        train.run(params, EXPERIMENT, data / "pre", data / "splits", tmp_path / "models", mlflow=False)
+    msg = str(e.value)
+    assert "isic2017__tiny__fold0" in msg and "epoch 2" in msg and "batch 1" in msg and "nan" in msg
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes(data, tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict(tmp_path, epochs=1, batch_size=2)))
+    out = tmp_path / "models"
+    cmd = [sys.executable, "-m", "tcnet.cli", "train", "--params", str(tmp_path / "params.yaml"), "--experiment",
+           EXPERIMENT, "--preprocessed", str(data / "pre"), "--splits", str(data / "splits"), "--out", str(out),
+           "--no-mlflow", "--nproc", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_dir = out / EXPERIMENT / "isic2017__tiny__fold0"
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["world_size"] == 2 and info["complete"]
+    ckpt = load_checkpoint(run_dir / "last.pt")
+    loss = ckpt["history"][0]["train_loss"]
+    assert ckpt["epoch"] == 1 and loss == loss and abs(loss) != float("inf")
+    assert (run_dir / "best.pt").is_file()
+
+
+def test_mlflow_record_of_a_trained_run(data, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'tracking.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # wins over params' mlflow.tracking_uri
+    monkeypatch.setenv("TCNET_PIPELINE_RUN_ID", "test-pipeline")
+    params = make_params(tmp_path, epochs=2)
+    result = train.run(params, EXPERIMENT, data / "pre", data / "splits", tmp_path / "models", mlflow=True)
+    info = result["runs"][0]
+    assert info["mlflow_run_id"] and info["tracking_uri"] == uri
+    assert not (tmp_path / "mlflow.db").exists()
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(f"tcnet/{EXPERIMENT}")
+    run = client.get_run(info["mlflow_run_id"])
+    assert run.info.experiment_id == exp.experiment_id and run.info.status == "FINISHED"
+    tags = run.data.tags
+    parent = client.get_run(tags["mlflow.parentRunId"])
+    assert parent.data.tags["tcnet.pipeline_run"] == "test-pipeline"
+    for key in ("tcnet.git_commit", "tcnet.git_dirty", "tcnet.data_hash", "tcnet.params_hash", "tcnet.seed",
+                "tcnet.version.torch", "tcnet.version.tcnet", "tcnet.version.mlflow", "tcnet.version.numpy",
+                "tcnet.version.smp", "tcnet.device", "tcnet.profile", "tcnet.run_id", "tcnet.config_hash",
+                "tcnet.model", "tcnet.checkpoint"):
+        assert tags.get(key), key
+    assert tags["tcnet.run_id"] == "isic2017__tiny__fold0" and tags["tcnet.seed"] == "42"
+    assert tags["tcnet.model"] == "tcnet_tiny" and Path(tags["tcnet.checkpoint"]).is_file()
+    assert run.data.params["run.train.lr"] == "0.001"
+    for key in ("train_loss", "val_loss", "val_DI", "val_JA", "lr", "seconds", "images_per_s"):
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [1, 2], key
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"history.csv", "run.json", "config"}
+
+    # training it again (complete: skipped) or resuming it finds the same MLflow run
+    again = train.run(params, EXPERIMENT, data / "pre", data / "splits", tmp_path / "models", mlflow=True)
+    assert again["runs"][0]["mlflow_run_id"] == info["mlflow_run_id"]
+
+
+@pytest.mark.slow
+def test_logged_model_is_pt2_and_predicts(data, tmp_path, monkeypatch):
+    import mlflow
+    import numpy as np
+
+    uri = f"sqlite:///{tmp_path / 'tracking.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    raw = params_dict(tmp_path, epochs=1)
+    raw["mlflow"]["log_models"] = True
+    params = from_dict(Params, raw).validate()
+    info = train.run(params, EXPERIMENT, data / "pre", data / "splits", tmp_path / "models")["runs"][0]
+    assert info["mlflow_model_uri"].startswith("models:/")
+    mlflow.set_tracking_uri(uri)
+    local = Path(mlflow.artifacts.download_artifacts(info["mlflow_model_uri"], dst_path=str(tmp_path / "dl")))
+    assert (local / "data" / "model.pt2").is_file() and not list(local.rglob("*.pkl"))
+    model = mlflow.pytorch.load_model(info["mlflow_model_uri"])
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32))
+    from tcnet.checkpoint import load_model
+
+    ref, _ = load_model(tmp_path / "models" / EXPERIMENT / "isic2017__tiny__fold0" / "best.pt")
+    with torch.no_grad():
+        assert torch.allclose(model(x), ref(x), atol=1e-5)

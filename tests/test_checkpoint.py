@@ -1,0 +1,143 @@
+"""Checkpoints: atomic writes, weights_only loads, plain data only, RNG round trip, model rebuild."""
+
+from __future__ import annotations
+
+import pickletools
+import random
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from tcnet.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model,
+    plain,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+
+
+def _state(model) -> dict:
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=3, eta_min=1e-6)
+    model(torch.randn(2, 3, 32, 32)).mean().backward()
+    opt.step()
+    sched.step()
+    return {
+        "model": model.state_dict(), "model_name": "tcnet_tiny", "model_kwargs": {"lk_size": 7},
+        "num_classes": 1, "image_size": 32, "epoch": 1, "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(), "rng": rng_state(),
+        "history": [{"epoch": 1, "train_loss": np.float32(0.5), "val_DI": float("nan")}],
+        "run": {"experiment": "e", "fold": 0, "model_kwargs": {"lk_size": 7}}, "config_hash": "abc",
+        "best_epoch": 1, "best_score": 0.25,
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    import tcnet
+
+    torch.manual_seed(0)
+    return tcnet.create_model("tcnet_tiny", lk_size=7)
+
+
+def _pickle_globals(path) -> set[str]:
+    """Every ``module.name`` the pickle inside a torch checkpoint refers to."""
+    with zipfile.ZipFile(path) as z:
+        name = next(n for n in z.namelist() if n.endswith("data.pkl"))
+        data = z.read(name)
+    found, strings = set(), []
+    for op, arg, _ in pickletools.genops(data):
+        if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+            strings.append(arg)
+        elif op.name == "GLOBAL":
+            found.add(arg.replace(" ", "."))
+        elif op.name == "STACK_GLOBAL":
+            found.add(f"{strings[-2]}.{strings[-1]}")
+    return found
+
+
+def test_round_trip_loads_with_weights_only_and_holds_no_objects(tiny, tmp_path):
+    path = save_checkpoint(_state(tiny), tmp_path / "last.pt")
+    # only torch's tensor rebuild helpers and OrderedDict: nothing that could run tcnet/numpy code
+    allowed_prefixes = ("torch._utils.", "torch.", "collections.OrderedDict")
+    refs = _pickle_globals(path)
+    assert refs and all(r.startswith(allowed_prefixes) for r in refs), refs
+    assert not any("numpy" in r or "tcnet" in r for r in refs), refs
+    ckpt = torch.load(path, weights_only=True)  # the contract: loads without unpickling objects
+    assert ckpt["history"][0]["train_loss"] == pytest.approx(0.5) and type(ckpt["history"][0]["train_loss"]) is float
+    assert load_checkpoint(path)["config_hash"] == "abc"
+    for k, v in tiny.state_dict().items():
+        assert torch.equal(ckpt["model"][k], v)
+
+
+def test_optimizer_and_scheduler_state_restore(tiny, tmp_path):
+    state = _state(tiny)
+    path = save_checkpoint(state, tmp_path / "last.pt")
+    ckpt = load_checkpoint(path)
+    opt = torch.optim.Adam(tiny.parameters(), lr=1e-3)
+    opt.load_state_dict(ckpt["optimizer"])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=3, eta_min=1e-6)
+    sched.load_state_dict(ckpt["scheduler"])
+    assert sched.last_epoch == 1 and opt.param_groups[0]["lr"] == pytest.approx(state["optimizer"]["param_groups"][0]["lr"])
+
+
+def test_rng_state_round_trip(tmp_path):
+    torch.manual_seed(3)
+    np.random.seed(3)
+    random.seed(3)
+    path = save_checkpoint({"model": {}, "rng": rng_state()}, tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(99)
+    np.random.seed(99)
+    random.seed(99)
+    set_rng_state(load_checkpoint(path)["rng"])
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1])
+    assert random.random() == expected[2]
+
+
+def test_load_model_rebuilds_the_network(tiny, tmp_path):
+    path = save_checkpoint(_state(tiny), tmp_path / "best.pt")
+    model, meta = load_model(path)
+    assert not model.training and meta["model_name"] == "tcnet_tiny" and "optimizer" not in meta
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), tiny.eval()(x))
+
+
+def test_atomic_write_keeps_the_old_file_when_saving_fails(tmp_path):
+    path = save_checkpoint({"model": {}, "epoch": 1}, tmp_path / "last.pt")
+
+    class NotPlain:
+        pass
+
+    with pytest.raises(TypeError, match="cannot go into a checkpoint"):
+        save_checkpoint({"model": {}, "epoch": 2, "bad": NotPlain()}, path)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_plain_converts_numpy_and_refuses_objects():
+    out = plain({"a": np.float64(1.5), "b": np.arange(3), "c": (1, [np.int64(2)])})
+    assert out["a"] == 1.5 and type(out["a"]) is float
+    assert torch.equal(out["b"], torch.arange(3))
+    assert out["c"] == (1, [2])
+    with pytest.raises(TypeError, match=r"checkpoint\.x"):
+        plain({"x": object()})
+
+
+def test_unreadable_checkpoints_are_named(tmp_path):
+    bad = tmp_path / "torn.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="torn.pt"):
+        load_checkpoint(bad)
+    torch.save({"model": {}, "obj": np.arange(3)}, tmp_path / "pickled.pt")  # numpy array: pickled object
+    with pytest.raises(CheckpointError, match="weights_only"):
+        load_checkpoint(tmp_path / "pickled.pt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")

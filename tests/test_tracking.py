@@ -1,0 +1,138 @@
+"""MLflow tracking: URI resolution, retries, and concurrent writers on one sqlite store losing nothing."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from tcnet import tracking
+from tcnet.provenance import collect, dvc_data_hash, package_versions
+
+
+def test_tracking_uri_env_wins_and_relative_sqlite_is_anchored(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.resolve_tracking_uri("sqlite:///m.db", root=tmp_path) == f"sqlite:///{tmp_path}/m.db"
+    assert tracking.resolve_tracking_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert tracking.resolve_tracking_uri("http://mlflow:5000") == "http://mlflow:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://server:5000")
+    assert tracking.resolve_tracking_uri("sqlite:///m.db") == "http://server:5000"
+
+
+def test_pipeline_run_id_from_env_or_commit_and_params(monkeypatch):
+    monkeypatch.setenv("TCNET_PIPELINE_RUN_ID", "kfp-123")
+    assert tracking.pipeline_run_id({"a": 1}) == "kfp-123"
+    monkeypatch.delenv("TCNET_PIPELINE_RUN_ID")
+    a, b = tracking.pipeline_run_id({"a": 1}), tracking.pipeline_run_id({"a": 2})
+    assert a != b and a == tracking.pipeline_run_id({"a": 1})  # stable for the same code and params
+
+
+def test_retry_backs_off_on_locked_database_only(monkeypatch):
+    monkeypatch.setattr(tracking, "RETRY_BASE_DELAY", 0.001)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise sqlite3.OperationalError("database is locked")
+        return "ok"
+
+    assert tracking.retry(flaky) == "ok" and len(calls) == 3
+
+    def broken():
+        calls.append(1)
+        raise KeyError("not transient")
+
+    calls.clear()
+    with pytest.raises(KeyError):
+        tracking.retry(broken)
+    assert len(calls) == 1
+
+
+def test_flatten_and_null_logger():
+    assert tracking.flatten({"t": {"loss": {"w": 0.5}, "sizes": [1, 2]}, "x": None}) == {
+        "t.loss.w": 0.5, "t.sizes": "[1, 2]", "x": None}
+    null = tracking.NullRunLogger()
+    null.log_metrics({"a": 1}, step=1)
+    with null.active(system_metrics=True):
+        assert null.metric_steps("a") == set()
+
+
+def test_provenance_has_versions_and_data_hash(tmp_path):
+    (tmp_path / "data.dvc").write_text("outs:\n- md5: abc123.dir\n  path: data\n")
+    assert dvc_data_hash(tmp_path) == "abc123.dir"
+    assert dvc_data_hash(tmp_path / "nowhere") == ""
+    versions = package_versions()
+    assert {"torch", "mlflow", "numpy", "smp", "tcnet"} <= set(versions)
+    tags = collect("cpu", root=tmp_path)
+    assert tags["tcnet.data_hash"] == "abc123.dir" and tags["tcnet.device"].startswith("cpu")
+    assert tags["tcnet.git_commit"]  # a sha, or "unknown" outside git
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from tcnet.tracking import ExperimentTracker
+
+    uri, wid, runs, steps, sync = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5])
+    (sync / f"ready{wid}").touch()
+    while not (sync / "go").exists():
+        time.sleep(0.01)
+    tracker = ExperimentTracker.open("concurrency", uri=uri)  # every writer races on the parent run
+    for r in range(runs):
+        log = tracker.run_logger(f"w{wid}_r{r}", "hash", {"writer": str(wid)})
+        log.log_params({"writer": wid, "run": r})
+        for s in range(steps):  # one transaction per step: maximal lock contention
+            log.log_metrics({"loss": wid + s / 1000, "step_copy": s}, step=s)
+        log.terminate("FINISHED")
+    print(tracker.parent_run_id)
+    """
+)
+
+
+@pytest.mark.slow
+def test_concurrent_writers_lose_no_run_and_no_metric(tmp_path):
+    """>= 4 processes log runs and metrics into ONE sqlite store at once; everything is read back."""
+    from mlflow import MlflowClient
+
+    writers, runs, steps = 4, 2, 25
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.init_store(uri)  # the documented protocol: initialise the store once, then fan out
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    env = {**os.environ, "TCNET_PIPELINE_RUN_ID": "concurrency-test", "MLFLOW_TRACKING_URI": uri}
+    procs = [
+        subprocess.Popen([sys.executable, str(script), uri, str(w), str(runs), str(steps), str(sync)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for w in range(writers)
+    ]
+    deadline = time.time() + 120
+    while len(list(sync.glob("ready*"))) < writers and time.time() < deadline:
+        time.sleep(0.05)
+    (sync / "go").touch()
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    parents = {out.strip().splitlines()[-1] for out, _ in outs}
+    assert len(parents) == 1, f"writers disagree on the parent run: {parents}"
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tcnet/concurrency")
+    all_runs = client.search_runs([exp.experiment_id], max_results=1000)
+    top = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
+    assert [r.info.run_id for r in top] == list(parents)  # exactly one parent run
+    children = {r.data.tags["tcnet.run_id"]: r for r in all_runs if r.data.tags.get("mlflow.parentRunId") in parents}
+    assert sorted(children) == sorted(f"w{w}_r{r}" for w in range(writers) for r in range(runs))
+    for name, r in children.items():
+        assert r.info.status == "FINISHED" and r.data.params["writer"] == name[1]
+        for key in ("loss", "step_copy"):
+            history = client.get_metric_history(r.info.run_id, key)
+            assert sorted(m.step for m in history) == list(range(steps)), (name, key)

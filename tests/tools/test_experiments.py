@@ -1,0 +1,65 @@
+"""`tcnet experiments` and the paper profile (profiles/paper.yaml)."""
+
+import json
+from pathlib import Path
+
+from tcnet.cli import main as cli_main
+from tcnet.config import expand_runs, load_params
+from tcnet.tools.experiments import describe, render_text
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_describe_lists_every_experiment_and_run():
+    p = load_params(ROOT / "params.yaml")
+    items = {i["id"]: i for i in describe(p, with_runs=True)}
+    assert list(items) == ["loss_sweep", "attention", "ph2_transfer", "isic2018_cv", "ablation"]
+    cv = items["isic2018_cv"]
+    assert cv["n_runs"] == 5 * p.split.cv_folds and cv["reproduces"] == "Fig. 5"
+    assert [r["run_id"] for r in cv["runs"]] == [r.run_id for r in expand_runs(p, "isic2018_cv")]
+    assert items["ph2_transfer"]["datasets"] == ["isic2017->ph2:test"]
+    assert items["ablation"]["datasets"] == ["drive:test", "chase_db1:test"]
+    sweep = items["loss_sweep"]["runs"]
+    assert [r["train_overrides"] for r in sweep] == [{"loss.ce_weight": x} for x in (0.1, 0.3, 0.5, 0.7, 0.9)]
+    att = items["attention"]["runs"][1]
+    assert att["model_kwargs"] == {"attention_placement": "none", "deep_supervision": True}
+    text = render_text(list(items.values()))
+    assert "isic2018__tcnet__fold2" in text and "train@<id>, evaluate@<id>" in text
+
+
+def test_cli_text_and_json(capsys):
+    assert cli_main(["experiments", "--params", str(ROOT / "params.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "ablation" in out and "Table 3" in out and "isic2017__lam0.1__fold0" not in out
+    assert cli_main(["experiments", "--params", str(ROOT / "params.yaml"), "--runs", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert sum(i["n_runs"] for i in data) == sum(len(i["runs"]) for i in data)
+    assert cli_main(["experiments", "--params", str(ROOT / "missing.yaml")]) == 2
+
+
+def _runs_but_models(p, exp_id):
+    return [
+        (r.experiment, r.variant, r.label, r.data, r.fold, tuple(sorted(r.model_kwargs.items())),
+         r.train.loss.ce_weight, r.model.startswith("tcnet"))
+        for r in expand_runs(p, exp_id)
+    ]
+
+
+def test_paper_profile_loads_and_expands_the_same_runs():
+    demo = load_params(ROOT / "params.yaml")
+    paper = load_params(ROOT / "profiles" / "paper.yaml")
+    assert paper.profile == "paper" and paper.compare.data_label == "real"
+    assert (paper.preprocess.image_size, paper.train.epochs, paper.train.batch_size) == (448, 120, 15)
+    assert (paper.train.lr, paper.train.min_lr, paper.split.cv_folds) == (1e-4, 1e-6, 5)
+    assert (paper.train.num_workers, paper.train.device) == (8, "auto")
+    assert list(paper.experiments) == list(demo.experiments)
+    for exp_id in demo.experiments:
+        runs = _runs_but_models(paper, exp_id)
+        want = _runs_but_models(demo, exp_id)
+        if exp_id == "isic2018_cv":  # 5 folds instead of the demo's 3: same variants on every fold
+            assert {r[:4] + r[5:] for r in runs} == {r[:4] + r[5:] for r in want}
+            assert {r[4] for r in runs} == set(range(5))
+        else:
+            assert runs == want
+        tcnet_models = {r.model for r in expand_runs(paper, exp_id) if r.model.startswith("tcnet")}
+        assert tcnet_models <= {"tcnet_base"}

@@ -1,0 +1,101 @@
+"""tcnet export: ONNX (onnxruntime, dynamic batch) and TorchScript match PyTorch to 1e-4."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import tcnet
+from tcnet.cli import main as cli
+from tcnet.tools import export as export_mod
+
+SIZE = 64
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tcnet_tiny checkpoint in the documented format."""
+    torch.manual_seed(1)
+    model = tcnet.create_model("tcnet_tiny", num_classes=1)
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    torch.save({"model": model.state_dict(), "model_name": "tcnet_tiny", "model_kwargs": {}, "num_classes": 1,
+                "image_size": SIZE, "epoch": 1, "run": {}, "config_hash": "test"}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint):
+    """The PyTorch model as loaded (its own lk_impl) and an input batch of 2 it was not exported with."""
+    from tcnet.checkpoint import load_model
+
+    model, _ = load_model(checkpoint, torch.device("cpu"))
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        y = model.eval()(x).numpy()
+    return x.numpy(), y
+
+
+def test_onnx_runs_under_onnxruntime_and_matches(checkpoint, reference, tmp_path, capsys):
+    import onnx
+    import onnxruntime as ort
+
+    out = tmp_path / "tcnet.onnx"
+    assert cli(["export", "--model", str(checkpoint), "--format", "onnx", "--out", str(out)]) == 0
+    assert "verified" in capsys.readouterr().err
+    proto = onnx.load(str(out))
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [3, SIZE, SIZE]
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["tcnet.image_size"] == str(SIZE) and meta["tcnet.model_name"] == "tcnet_tiny"
+
+    x, y = reference
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"image": x})[0]
+    assert got.shape == y.shape == (2, 1, SIZE, SIZE)
+    np.testing.assert_allclose(got, y, rtol=0, atol=ATOL)
+
+
+def test_torchscript_loads_and_matches(checkpoint, reference, tmp_path):
+    out = tmp_path / "tcnet.pt"
+    result = export_mod.export(str(checkpoint), "torchscript", out)
+    assert result.max_abs_diff <= ATOL and result.image_size == SIZE
+    extra = {"tcnet.json": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        loaded = torch.jit.load(str(out), _extra_files=extra)
+    assert json.loads(extra["tcnet.json"])["tcnet.model_name"] == "tcnet_tiny"
+    x, y = reference
+    with torch.no_grad():
+        got = loaded(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, y, rtol=0, atol=ATOL)
+
+
+def test_exportable_copy_is_exact_and_leaves_the_model_alone(checkpoint):
+    from tcnet.checkpoint import load_model
+    from tcnet.models.lk_conv import LargeKernelDWConv
+
+    model, _ = load_model(checkpoint, torch.device("cpu"))
+    before = {n: m.lk_impl for n, m in model.named_modules() if isinstance(m, LargeKernelDWConv)}
+    copy = export_mod.exportable_copy(model, SIZE)
+    assert {m.lk_impl for m in copy.modules() if isinstance(m, LargeKernelDWConv)} == {"direct"}
+    assert before == {n: m.lk_impl for n, m in model.named_modules() if isinstance(m, LargeKernelDWConv)}
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(copy(x), model.eval()(x), rtol=0, atol=1e-5)
+
+
+def test_failed_verification_writes_nothing(checkpoint, tmp_path):
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(export_mod.ExportVerificationError, match="does not match PyTorch"):
+        export_mod.export(str(checkpoint), "onnx", out, atol=-1.0)  # no export can meet a negative tolerance
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_bad_size_is_a_usage_error(checkpoint, tmp_path, capsys):
+    assert cli(["export", "--model", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--size", "50"]) == 2
+    assert "multiple of 32" in capsys.readouterr().err

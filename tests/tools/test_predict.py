@@ -1,0 +1,151 @@
+"""tcnet predict: mixed folders, original sizes, 0/255 masks, ISIC naming, skipped files, exit codes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tcnet
+from tcnet.cli import main as cli
+from tcnet.tools import predict
+
+SIZE = 64
+
+
+def write_checkpoint(path, seed: int = 0, size: int = SIZE):
+    """A checkpoint in the documented format (architecture.md: tensors + plain data, torch.save)."""
+    torch.manual_seed(seed)
+    model = tcnet.create_model("tcnet_tiny", num_classes=1)
+    torch.save(
+        {
+            "model": model.state_dict(), "model_name": "tcnet_tiny", "model_kwargs": {}, "num_classes": 1,
+            "image_size": size, "epoch": 1, "optimizer": {}, "scheduler": {}, "rng": {}, "history": [],
+            "run": {"experiment": "demo", "variant": "tcnet", "fold": 0}, "config_hash": "test",
+        },
+        path,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt")
+
+
+def rgb(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def read_png(path):
+    img = Image.open(path)
+    assert img.format == "PNG"
+    return img.mode, np.asarray(img)
+
+
+def test_output_names():
+    assert predict.output_stem("ISIC_0012345") == "ISIC_0012345_segmentation"
+    assert predict.output_stem("ISIC_12345") == "ISIC_12345_mask"  # not a 7-digit ISIC id
+    assert predict.output_stem("patient 7") == "patient 7_mask"
+
+
+def test_folder_of_mixed_images(checkpoint, tmp_path, capsys):
+    import tifffile
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    Image.fromarray(rgb(80, 100, 1)).save(src / "ISIC_0000001.jpg", quality=90)
+    Image.fromarray(np.dstack([rgb(70, 50, 2), np.full((70, 50), 200, np.uint8)])).save(src / "photo.png")  # RGBA
+    Image.fromarray(rgb(33, 47, 3)).save(src / "scan.bmp")
+    tifffile.imwrite(src / "slide.tif", np.random.default_rng(4).integers(0, 65535, (30, 41), dtype=np.uint16))
+    Image.fromarray(rgb(20, 20, 5)[..., 0]).save(src / "grey.PNG")  # greyscale, upper-case suffix
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (src / "empty.png").write_bytes(b"")
+    (src / "notes.txt").write_text("not an image")
+    Image.fromarray(rgb(80, 100, 6)).save(src / "ISIC_0000001_superpixels.png")  # ISIC Part 2 file: ignored
+
+    rc = cli(["predict", "--model", str(checkpoint), "--input", str(src), "--out", str(out),
+              "--probs", "--overlay", "--batch-size", "2"])
+    err = capsys.readouterr().err
+    assert rc == 1  # some inputs skipped, the others written
+    assert "broken.jpg" in err and "empty.png" in err and "5 image(s) segmented" in err and "2 skipped" in err
+
+    expected = {
+        "ISIC_0000001_segmentation.png": (80, 100), "photo_mask.png": (70, 50), "scan_mask.png": (33, 47),
+        "slide_mask.png": (30, 41), "grey_mask.png": (20, 20),
+    }
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(expected)
+    for name, shape in expected.items():
+        mode, mask = read_png(out / name)
+        assert mode == "L" and mask.shape == shape and mask.dtype == np.uint8
+        assert set(np.unique(mask)) <= {0, 255}
+        stem = name.rsplit("_", 1)[0]
+        assert read_png(out / "probs" / f"{stem}_prob.png")[1].shape == shape
+        assert read_png(out / "overlays" / f"{stem}_overlay.png")[1].shape == shape + (3,)
+    assert not list(out.rglob(".*"))  # no temporary files left behind
+
+
+def test_masks_match_the_training_preprocessing(checkpoint, tmp_path):
+    """The written mask is resize_prob(sigmoid(model(prepare_image(img)))) >= threshold, exactly."""
+    from tcnet.checkpoint import load_model
+    from tcnet.data.io import read_image
+    from tcnet.data.transforms import prepare_image, resize_prob
+
+    img = rgb(90, 61, 7)
+    Image.fromarray(img).save(tmp_path / "a.png")
+    model, meta = load_model(checkpoint, torch.device("cpu"))
+    model.eval()
+    with torch.no_grad():
+        prob = torch.sigmoid(model(prepare_image(read_image(tmp_path / "a.png"), meta["image_size"])))[0, 0]
+    p = resize_prob(prob, (61, 90))
+    thr = float(np.median(p))  # a threshold that splits this image's pixels
+    result = predict.run(str(checkpoint), tmp_path / "a.png", tmp_path / "out", threshold=thr, device="cpu")
+    assert result.exit_code == 0 and len(result.written) == 1
+    _, mask = read_png(tmp_path / "out" / "a_mask.png")
+    np.testing.assert_array_equal(mask, np.where(p >= thr, 255, 0))
+    assert 0 < (mask == 255).mean() < 1
+
+
+def test_threshold_extremes_give_0_and_255(checkpoint, tmp_path):
+    Image.fromarray(rgb(40, 30)).save(tmp_path / "x.jpg")
+    assert predict.run(str(checkpoint), tmp_path / "x.jpg", tmp_path / "lo", threshold=0.0).exit_code == 0
+    assert predict.run(str(checkpoint), tmp_path / "x.jpg", tmp_path / "hi", threshold=1.0).exit_code == 0
+    assert (read_png(tmp_path / "lo" / "x_mask.png")[1] == 255).all()
+    assert (read_png(tmp_path / "hi" / "x_mask.png")[1] == 0).all()
+
+
+def test_recursive_keeps_subfolders_and_name_clashes_are_skipped(checkpoint, tmp_path):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(rgb(16, 24)).save(src / "a.jpg")
+    Image.fromarray(rgb(16, 24)).save(src / "a.png")  # same output name as a.jpg
+    Image.fromarray(rgb(25, 12)).save(src / "sub" / "b.bmp")
+    flat = predict.run(str(checkpoint), src, tmp_path / "flat")
+    assert [p.name for p in (tmp_path / "flat").glob("*.png")] == ["a_mask.png"]
+    assert flat.exit_code == 1 and "same output name" in flat.skipped[0][1]
+    deep = predict.run(str(checkpoint), src, tmp_path / "deep", recursive=True)
+    assert read_png(tmp_path / "deep" / "sub" / "b_mask.png")[1].shape == (25, 12)
+    assert len(deep.written) == 2
+
+
+def test_usage_errors_exit_2(checkpoint, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert cli(["predict", "--model", str(checkpoint), "--input", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "no images found" in capsys.readouterr().err
+    Image.fromarray(rgb(8, 8)).save(tmp_path / "x.png")
+    assert cli(["predict", "--model", str(tmp_path / "missing.pt"), "--input", str(tmp_path / "x.png"), "--out", str(tmp_path / "o")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+
+
+def test_real_fundus_photograph_end_to_end(checkpoint, tmp_path):
+    """skimage.data.retina(): a real fundus photograph shipped with scikit-image (no download).
+    Smoke test only: the model is untrained, so no accuracy is claimed."""
+    from skimage import data
+
+    retina = data.retina()
+    Image.fromarray(retina).save(tmp_path / "retina.jpg", quality=95)
+    rc = cli(["predict", "--model", str(checkpoint), "--input", str(tmp_path / "retina.jpg"), "--out", str(tmp_path / "out")])
+    assert rc == 0
+    mode, mask = read_png(tmp_path / "out" / "retina_mask.png")
+    assert mode == "L" and mask.shape == retina.shape[:2] and set(np.unique(mask)) <= {0, 255}
