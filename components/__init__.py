@@ -1,8 +1,10 @@
 """Kubeflow components: one per pipeline stage, each a few lines that call the stage's ``run()``.
 
-Every component is a containerized Python component on the project image (``components.image``):
-the body imports ``tcnet`` (installed in the image) and calls the same ``tcnet.stages.<stage>.run``
-as the ``tcnet`` CLI and ``dvc repro``. No component has logic of its own.
+Every component is a Python component on the project image (``base_image=components.image.IMAGE``,
+nothing pip-installed at run time): the body imports ``tcnet`` (installed in the image) and calls the
+same ``tcnet.stages.<stage>.run`` as the ``tcnet`` CLI and ``dvc repro`` (train: the ``tcnet train``
+command itself, for its ``--nproc``). No component has logic of its own. The same functions run in
+pods and, unchanged, under ``kfp.local.SubprocessRunner(use_venv=False)``.
 """
 
 from components.compare import compare

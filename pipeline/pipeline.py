@@ -96,6 +96,10 @@ def default_data_source() -> tuple[str, str]:
 
 
 def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
+    if opts.gpu_node_label and "=" not in opts.gpu_node_label:
+        raise ValueError(f"gpu_node_label must be KEY=VALUE (e.g. nvidia.com/gpu.present=true), got {opts.gpu_node_label!r}")
+    if opts.gpus < 1:
+        raise ValueError(f"gpus must be >= 1, got {opts.gpus}")
     params_text = one_line_yaml(Path(opts.params).read_text())
     reported_text = one_line_yaml(Path(opts.reported).read_text())
     items = run_items(opts.params)
@@ -171,8 +175,8 @@ def local_run(opts: PipelineOptions, workdir: Path, arguments: Optional[dict] = 
     """Run the whole pipeline on this machine with the KFP local runner (tasks as subprocesses).
 
     ``kfp.local.SubprocessRunner(use_venv=False)``: each task runs in this Python environment (which
-    has tcnet), nothing is pip-installed. Accelerator/CPU/memory settings, the secret and the
-    retries' pod settings have no effect locally (kfp warns once per task); that is expected.
+    has tcnet), nothing is pip-installed. Accelerator/CPU/memory settings have no effect locally (kfp
+    warns once per task), nor do the Kubernetes settings (secret, toleration, /dev/shm); expected.
     An sqlite MLflow store is created here, once, before the runs loop fans out: MLflow migrates a
     new sqlite database's schema on first use, and two training tasks doing that at once collide.
     Returns the pipeline run's folder under ``<workdir>/runs``.

@@ -170,11 +170,13 @@ def init_store(uri: str):
     """
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
-    if uri not in _INITIALISED:
-        with store_lock(uri):
-            retry(client.search_experiments, max_results=1)
-        _INITIALISED.add(uri)
+    if uri in _INITIALISED:
+        return MlflowClient(tracking_uri=uri)
+    # The client's constructor already migrates a sqlite schema, so it too runs under the lock.
+    with store_lock(uri):
+        client = MlflowClient(tracking_uri=uri)
+        retry(client.search_experiments, max_results=1)
+    _INITIALISED.add(uri)
     return client
 
 
@@ -347,7 +349,9 @@ class RunLogger:
         import mlflow
 
         mlflow.set_tracking_uri(self.uri)
-        retry(mlflow.start_run, run_id=self.run_id, log_system_metrics=bool(system_metrics))
+        # nested=True only when the caller already has an active run (a notebook, a sweep driver)
+        retry(mlflow.start_run, run_id=self.run_id, log_system_metrics=bool(system_metrics),
+              nested=mlflow.active_run() is not None)
         status = "FAILED"
         try:
             yield self
@@ -422,6 +426,16 @@ class ExperimentTracker:
         return logger
 
 
+def pipeline_tags(params, device) -> dict[str, str]:
+    """Provenance tags shared by the parent run and every nested run of a pipeline run: git commit
+    and dirty flag, DVC data hash, package versions, device, params hash, seed, profile."""
+    from tcnet.config import params_hash
+    from tcnet.provenance import collect
+
+    return {**collect(device), "tcnet.params_hash": params_hash(params), "tcnet.profile": params.profile,
+            "tcnet.seed": str(params.train.seed)}
+
+
 def open_tracker(exp_id: str, mlflow_cfg, params=None, base_tags=None, enabled: bool = True):
     """:meth:`ExperimentTracker.open`, or None when tracking is off."""
     if not enabled:
@@ -447,7 +461,7 @@ __all__ = [
     "DEFAULT_TRACKING_URI", "PIPELINE_TAG", "RUN_ID_TAG", "EXPERIMENT_TAG", "CONFIG_HASH_TAG",
     "resolve_tracking_uri", "experiment_name", "pipeline_run_id", "flatten", "retry", "is_retryable",
     "store_lock", "init_store", "get_or_create_experiment", "find_or_create_run", "RunLogger",
-    "NullRunLogger", "ExperimentTracker", "open_tracker", "run_logger_for", "tracking_enabled", "log_model",
+    "NullRunLogger", "ExperimentTracker", "open_tracker", "pipeline_tags", "run_logger_for", "tracking_enabled", "log_model",
 ]
 
 

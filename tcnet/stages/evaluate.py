@@ -303,14 +303,15 @@ def run(params: Params, experiment: str, preprocessed_dir, splits_dir, raw_dir, 
         run_ids: Optional[Sequence[str]] = None, *, mlflow: Optional[bool] = None, progress: bool = True) -> dict:
     """Evaluate every run of ``experiment`` (or ``run_ids``): ``models_dir/<exp>/<run_id>/best.pt`` ->
     ``out_dir/<exp>/<run_id>/``; then ``out_dir/<exp>/summary.json``."""
-    from tcnet.config import params_hash
     from tcnet.stages.train import select_runs
-    from tcnet.tracking import open_tracker, tracking_enabled
+    from tcnet.tracking import open_tracker, pipeline_tags, tracking_enabled
+    from tcnet.training.runtime import resolve_device
 
     specs = select_runs(expand_runs(params, experiment), run_ids, experiment)
-    tracker = open_tracker(experiment, params.mlflow, params=params,
-                           base_tags={"tcnet.params_hash": params_hash(params), "tcnet.profile": params.profile},
-                           enabled=tracking_enabled(mlflow))
+    tracker = None
+    if tracking_enabled(mlflow):
+        tracker = open_tracker(experiment, params.mlflow, params=params,
+                               base_tags=pipeline_tags(params, resolve_device(params.train.device)))
     results = {}
     for spec in specs:
         results[spec.run_id] = evaluate_run(

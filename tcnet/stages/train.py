@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,7 +52,7 @@ def _class_weights(preprocessed_dir: Path, dataset: str) -> Optional[list[float]
     return [float(w) for w in weights] if weights else None
 
 
-def _resume_state(run_dir: Path, spec: RunSpec) -> Optional[dict]:
+def _resume_state(run_dir: Path, spec: RunSpec, verbose: bool = True) -> Optional[dict]:
     """``last.pt`` when it can be resumed (readable, same config hash); else None, saying why."""
     from tcnet.checkpoint import CheckpointError, load_checkpoint
 
@@ -61,11 +62,13 @@ def _resume_state(run_dir: Path, spec: RunSpec) -> Optional[dict]:
     try:
         ckpt = load_checkpoint(last)
     except CheckpointError as e:
-        _say(f"{spec.run_id}: {e}; starting fresh")
+        if verbose:
+            _say(f"{spec.run_id}: {e}; starting fresh")
         return None
     want = spec.config_hash()
     if ckpt.get("config_hash") != want:
-        _say(f"{spec.run_id}: {last} was written by another configuration (config hash "
+        if verbose:
+            _say(f"{spec.run_id}: {last} was written by another configuration (config hash "
              f"{ckpt.get('config_hash')}, now {want}); starting fresh")
         return None
     return ckpt
@@ -167,40 +170,50 @@ def train_run(spec: RunSpec, preprocessed_dir, splits_dir, run_dir, mlflow_cfg: 
     ``tracking_ctx``: a :class:`tcnet.tracking.ExperimentTracker` (the experiment's parent run,
     opened once by :func:`run` before the runs start), or None for no MLflow logging.
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this; rank 0 alone writes files and logs.
+    Global torch settings changed for the run (deterministic algorithms, cuDNN flags) are restored.
     """
+    from tcnet.training.runtime import determinism, init_distributed, resolve_device
+
+    dist = init_distributed(spec.train.device)
+    device = resolve_device(spec.train.device, dist.local_rank)
+    with determinism(spec.train.deterministic, device):
+        return _train(spec, Path(preprocessed_dir), Path(splits_dir), Path(run_dir), mlflow_cfg or MlflowConfig(),
+                      tracking_ctx, dist, device, profile, params_digest, progress)
+
+
+def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Path, mlflow_cfg: MlflowConfig,
+           tracking_ctx, dist, device: torch.device, profile: str, params_digest: str, progress: bool) -> dict:
     from tcnet.checkpoint import save_checkpoint, set_rng_state
     from tcnet.losses import build_loss
     from tcnet.tracking import NullRunLogger
     from tcnet.training.loop import history_rows_csv, train_one_epoch, validate
-    from tcnet.training.runtime import configure_determinism, epoch_seed, init_distributed, resolve_device, seed_everything
+    from tcnet.training.runtime import epoch_seed, seed_everything
 
     cfg = spec.train
-    mlflow_cfg = mlflow_cfg or MlflowConfig()
-    preprocessed_dir, splits_dir, run_dir = Path(preprocessed_dir), Path(splits_dir), Path(run_dir)
-    dist = init_distributed(cfg.device)
-    device = resolve_device(cfg.device, dist.local_rank)
-    configure_determinism(cfg.deterministic, device)
     config_hash = spec.config_hash()
-
-    ckpt = _resume_state(run_dir, spec)
+    ckpt = _resume_state(run_dir, spec, verbose=dist.is_main)
     info = _read_json(run_dir / "run.json") or {}
-    if ckpt is not None and int(ckpt["epoch"]) >= cfg.epochs and info.get("complete") and info.get("config_hash") == config_hash:
+    if info.get("config_hash") != config_hash:
+        info = {}
+    if ckpt is not None and int(ckpt["epoch"]) >= cfg.epochs and info.get("complete"):
         if dist.is_main:
             _say(f"{spec.run_id}: already trained ({cfg.epochs} epochs, best val DI {info.get('best_val_DI')}); skipping")
         return info
     if ckpt is None and dist.is_main:
-        for name in OUTPUT_FILES:  # leftovers of another configuration
+        for name in OUTPUT_FILES:  # leftovers of another configuration or of a run killed in epoch 1
             (run_dir / name).unlink(missing_ok=True)
     dist.barrier()
 
+    # -- data, model, optimiser, loss ----------------------------------------------------------
     seed_everything(cfg.seed)
     train_ds, sampler, train_loader, loader_gen, val_loader = _loaders(spec, preprocessed_dir, splits_dir, dist)
     image_size = train_ds.image_size
     model, optimizer, scheduler = _model_and_optim(spec, device)
-    num_classes = int(spec.model_kwargs.get("num_classes", 1))
     class_weights = None if cfg.loss.class_weights is not None else _class_weights(preprocessed_dir, spec.data.train)
-    loss_fn = build_loss(cfg.loss, class_weights, num_classes, bool(spec.model_kwargs.get("deep_supervision", False)))
+    loss_fn = build_loss(cfg.loss, class_weights, int(spec.model_kwargs.get("num_classes", 1)),
+                         bool(spec.model_kwargs.get("deep_supervision", False)))
 
+    # -- resume ---------------------------------------------------------------------------------
     history: list[dict] = []
     best = {"epoch": 0, "score": -math.inf}
     start_epoch = 0
@@ -212,7 +225,7 @@ def train_run(spec: RunSpec, preprocessed_dir, splits_dir, run_dir, mlflow_cfg: 
         history = [dict(r) for r in ckpt["history"]]
         best = {"epoch": int(ckpt.get("best_epoch", 0)), "score": float(ckpt.get("best_score", -math.inf))}
         start_epoch = int(ckpt["epoch"])
-        if dist.is_main:
+        if dist.is_main and start_epoch < cfg.epochs:
             _say(f"{spec.run_id}: resuming after epoch {start_epoch} of {cfg.epochs}")
         ckpt = None  # free the memory
 
@@ -224,10 +237,11 @@ def train_run(spec: RunSpec, preprocessed_dir, splits_dir, run_dir, mlflow_cfg: 
         model = torch.compile(model)
     channels_last = device.type == "cuda" and cfg.channels_last
 
+    # -- tracking -------------------------------------------------------------------------------
     logger = NullRunLogger()
     if dist.is_main and tracking_ctx is not None:
         logger = tracking_ctx.run_logger(spec.run_id, config_hash, _run_tags(spec, device, profile, params_digest),
-                                         known_mlflow_run_id=info.get("mlflow_run_id", "") if info.get("config_hash") == config_hash else "")
+                                         known_mlflow_run_id=info.get("mlflow_run_id", ""))
     record = {
         "run": {**to_dict(spec), "run_id": spec.run_id}, "run_id": spec.run_id, "experiment": spec.experiment,
         "config_hash": config_hash, "mlflow_run_id": logger.run_id, "tracking_uri": logger.uri,
@@ -236,21 +250,16 @@ def train_run(spec: RunSpec, preprocessed_dir, splits_dir, run_dir, mlflow_cfg: 
         "model_name": spec.model, "image_size": image_size, "epochs": cfg.epochs,
         "n_train": len(train_ds), "n_val": len(val_loader.dataset) if val_loader is not None else 0,
         "device": str(device), "world_size": dist.world_size, "complete": False,
-        "best_epoch": best["epoch"], "best_val_DI": None if not math.isfinite(best["score"]) else best["score"],
+        "best_epoch": best["epoch"], "best_val_DI": _finite_or_none(best["score"]),
     }
     if dist.is_main:
         _write_json(run_dir / "run.json", record)
 
     with logger.active(system_metrics=mlflow_cfg.system_metrics):
         if dist.is_main:
-            logger.log_params({"run": to_dict(spec), "run_id": spec.run_id, "image_size": image_size,
-                               "n_train": len(train_ds), "n_val": record["n_val"], "world_size": dist.world_size})
-            logger.log_dict(record["run"], "config/run_spec.json")
-            logged = logger.metric_steps("train_loss")
-            for row in history:  # epochs trained before a crash whose metrics never reached MLflow
-                if int(row["epoch"]) not in logged:
-                    logger.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+            _log_start(logger, spec, record, history)
 
+        # -- epochs -----------------------------------------------------------------------------
         t_run = time.perf_counter()
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             t0 = time.perf_counter()
@@ -262,55 +271,77 @@ def train_run(spec: RunSpec, preprocessed_dir, splits_dir, run_dir, mlflow_cfg: 
                                   bf16=cfg.bf16, channels_last=channels_last, progress=progress and dist.is_main,
                                   desc=f"{spec.run_id} {epoch}/{cfg.epochs}")
             loss_sum, images = dist.all_sum([res.loss * res.images, res.images])
-            train_seconds = res.seconds
             val = validate(raw_model, val_loader, loss_fn, device, bf16=cfg.bf16, channels_last=channels_last) \
                 if dist.is_main else {}
             dist.barrier()
             scheduler.step()
             row = {"epoch": epoch, "train_loss": loss_sum / max(images, 1), **val, "lr": lr,
-                   "seconds": time.perf_counter() - t0, "images_per_s": images / max(train_seconds, 1e-9)}
+                   "seconds": time.perf_counter() - t0, "images_per_s": images / max(res.seconds, 1e-9)}
             history.append(row)
             if not dist.is_main:
                 continue
-            score = row["val_DI"]
-            if math.isnan(score) or score > best["score"]:  # no validation images: the last epoch is best
-                best = {"epoch": epoch, "score": score if not math.isnan(score) else -math.inf}
+            if math.isnan(row["val_DI"]) or row["val_DI"] > best["score"]:  # no val images: the last epoch is best
+                best = {"epoch": epoch, "score": -math.inf if math.isnan(row["val_DI"]) else row["val_DI"]}
                 save_checkpoint(_checkpoint(spec, raw_model, image_size, epoch, history, best, with_state=False),
                                 run_dir / "best.pt")
             save_checkpoint(_checkpoint(spec, raw_model, image_size, epoch, history, best, optimizer, scheduler),
-                            run_dir / "last.pt")
+                            run_dir / "last.pt")  # after best.pt: a crash in between re-runs the epoch
             with atomic_write(run_dir / "history.csv") as f:
                 f.write(history_rows_csv(history))
             logger.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             _say(f"{spec.run_id} epoch {epoch}/{cfg.epochs}: train_loss {row['train_loss']:.4f}, "
-                 f"val_loss {row.get('val_loss', math.nan):.4f}, val_DI {row.get('val_DI', math.nan):.4f}, "
-                 f"lr {lr:.2e}, {row['seconds']:.1f} s, {row['images_per_s']:.1f} img/s")
+                 f"val_loss {row['val_loss']:.4f}, val_DI {row['val_DI']:.4f}, lr {lr:.2e}, "
+                 f"{row['seconds']:.1f} s, {row['images_per_s']:.1f} img/s")
 
         if dist.is_main:
-            if not history:
-                raise RuntimeError(f"run {spec.run_id}: no epoch was trained")
-            if not (run_dir / "history.csv").is_file():
-                with atomic_write(run_dir / "history.csv") as f:
-                    f.write(history_rows_csv(history))
-            best_di = next((r["val_DI"] for r in history if r["epoch"] == best["epoch"]), math.nan)
-            record.update(complete=True, best_epoch=best["epoch"],
-                          best_val_DI=None if best_di is None or math.isnan(best_di) else best_di,
-                          train_seconds=time.perf_counter() - t_run)
-            logger.set_tags({"tcnet.checkpoint": str((run_dir / "best.pt").resolve()),
-                             "tcnet.best_epoch": str(best["epoch"])})
-            logger.log_metrics({"best_val_DI": record["best_val_DI"], "best_epoch": best["epoch"]}, step=best["epoch"])
-            logger.log_artifact(run_dir / "history.csv")
-            if mlflow_cfg.log_models and logger.run_id:
-                from tcnet.checkpoint import load_model
-                from tcnet.tracking import log_model
-
-                best_model, _ = load_model(run_dir / "best.pt")
-                record["mlflow_model_uri"] = log_model(best_model, image_size, checkpoint=run_dir / "best.pt",
-                                                        metadata={"run_id": spec.run_id, "config_hash": config_hash})
-            _write_json(run_dir / "run.json", record)
-            logger.log_artifact(run_dir / "run.json")
+            record["train_seconds"] = time.perf_counter() - t_run
+            _finish(logger, spec, run_dir, record, history, best, image_size, mlflow_cfg)
     dist.barrier()
+    if not dist.is_main:  # rank 0 wrote the final record
+        return _read_json(run_dir / "run.json") or record
     return record
+
+
+def _finite_or_none(x) -> Optional[float]:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _log_start(logger, spec: RunSpec, record: dict, history: list[dict]) -> None:
+    """Params and the resolved run config; epochs trained before a crash whose metrics never
+    reached MLflow (killed between the checkpoint and the log call) are logged now."""
+    logger.log_params({"run": to_dict(spec), "run_id": spec.run_id, "image_size": record["image_size"],
+                       "n_train": record["n_train"], "n_val": record["n_val"], "world_size": record["world_size"]})
+    logger.log_dict(record["run"], "config/run_spec.json")
+    logged = logger.metric_steps("train_loss")
+    for row in history:
+        if int(row["epoch"]) not in logged:
+            logger.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+
+
+def _finish(logger, spec: RunSpec, run_dir: Path, record: dict, history: list[dict], best: dict, image_size: int,
+            mlflow_cfg: MlflowConfig) -> None:
+    """history.csv, the final run.json, and the MLflow summary (best score, checkpoint path, model)."""
+    from tcnet.training.loop import history_rows_csv
+
+    if not history:
+        raise RuntimeError(f"run {spec.run_id}: no epoch was trained")
+    if not (run_dir / "history.csv").is_file():
+        with atomic_write(run_dir / "history.csv") as f:
+            f.write(history_rows_csv(history))
+    best_di = next((r.get("val_DI") for r in history if r["epoch"] == best["epoch"]), None)
+    record.update(complete=True, best_epoch=best["epoch"], best_val_DI=_finite_or_none(best_di))
+    logger.set_tags({"tcnet.checkpoint": str((run_dir / "best.pt").resolve()), "tcnet.best_epoch": str(best["epoch"])})
+    logger.log_metrics({"best_val_DI": record["best_val_DI"], "best_epoch": best["epoch"]}, step=best["epoch"])
+    logger.log_artifact(run_dir / "history.csv")
+    if mlflow_cfg.log_models and logger.run_id:
+        from tcnet.checkpoint import load_model
+        from tcnet.tracking import log_model
+
+        best_model, _ = load_model(run_dir / "best.pt")
+        record["mlflow_model_uri"] = log_model(best_model, image_size, checkpoint=run_dir / "best.pt",
+                                               metadata={"run_id": spec.run_id, "config_hash": record["config_hash"]})
+    _write_json(run_dir / "run.json", record)
+    logger.log_artifact(run_dir / "run.json")
 
 
 def select_runs(specs: list[RunSpec], run_ids: Optional[Sequence[str]], experiment: str) -> list[RunSpec]:
@@ -335,17 +366,16 @@ def run(params: Params, experiment: str, preprocessed_dir, splits_dir, out_dir,
     MLflow (unless ``mlflow=False`` or ``TCNET_NO_MLFLOW=1``): the store is initialised and the
     experiment's parent run found or created once, here, before any run starts.
     """
-    from tcnet.tracking import open_tracker, tracking_enabled
-    from tcnet.training.runtime import init_distributed
+    from tcnet.tracking import open_tracker, pipeline_tags, tracking_enabled
+    from tcnet.training.runtime import init_distributed, resolve_device
 
     specs = select_runs(expand_runs(params, experiment), run_ids, experiment)
     dist = init_distributed(params.train.device)
     digest = params_hash(params)
     tracker = None
-    if dist.is_main:
-        tracker = open_tracker(experiment, params.mlflow, params=params,
-                               base_tags={"tcnet.params_hash": digest, "tcnet.profile": params.profile},
-                               enabled=tracking_enabled(mlflow))
+    if dist.is_main and tracking_enabled(mlflow):
+        device = resolve_device(params.train.device, dist.local_rank)
+        tracker = open_tracker(experiment, params.mlflow, params=params, base_tags=pipeline_tags(params, device))
     results = []
     for spec in specs:
         results.append(train_run(spec, preprocessed_dir, splits_dir, Path(out_dir) / experiment / spec.run_id,
@@ -391,6 +421,8 @@ def main(args) -> int:
                      mlflow=False if args.no_mlflow else None)
     finally:
         shutdown_distributed()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     done = [r for r in result["runs"] if r.get("complete")]
     _say(f"{args.experiment}: {len(done)}/{len(result['runs'])} run(s) trained into {Path(args.out) / args.experiment}")
     return 0

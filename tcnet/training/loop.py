@@ -7,7 +7,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from typing import Optional
+
 
 import torch
 from torch import nn

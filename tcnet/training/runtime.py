@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -45,6 +46,20 @@ def configure_determinism(deterministic: bool, device: torch.device) -> None:
         torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)
     else:
         torch.use_deterministic_algorithms(bool(deterministic))
+
+
+@contextlib.contextmanager
+def determinism(deterministic: bool, device: torch.device):
+    """:func:`configure_determinism` for the block, then the previous global settings again (so a
+    training inside a larger process, a test session or a notebook, leaves no global change)."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    configure_determinism(deterministic, device)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
 
 
 def seed_everything(seed: int) -> None:
@@ -128,5 +143,5 @@ def relaunch_with_torchrun(nproc: int, argv: Sequence[str]) -> int:
     return subprocess.call(cmd)
 
 
-__all__ = ["resolve_device", "configure_determinism", "seed_everything", "epoch_seed", "Dist", "in_torchrun",
+__all__ = ["resolve_device", "configure_determinism", "determinism", "seed_everything", "epoch_seed", "Dist", "in_torchrun",
            "init_distributed", "shutdown_distributed", "relaunch_with_torchrun"]

@@ -14,7 +14,7 @@ def test_dvc_pull_repro_then_nothing_to_do(pipeline_repo, tmp_path, run_cmd):
     sh = run_cmd
     repo = pipeline_repo
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    sh(["dvc", "pull", "-q"], repo)
+    sh(["dvc", "pull", "-q", "data.dvc"], repo)
     assert (repo / "data" / "drive").is_dir()
 
     first = sh(["dvc", "repro"], repo, env=env)
@@ -60,5 +60,10 @@ def test_added_experiment_gets_stages(pipeline_repo, run_cmd):
         "metrics": ["AC", "JA", "DI"], "runs": [{"name": "unet", "model": "unet"}],
     }
     (pipeline_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    dry = sh(["dvc", "repro", "--dry", "compare"], pipeline_repo).stdout
-    assert "train@my_new_experiment" in dry and "evaluate@my_new_experiment" in dry
+    stages = sh(["dvc", "stage", "list"], pipeline_repo).stdout
+    assert "train@my_new_experiment" in stages and "evaluate@my_new_experiment" in stages
+    # DVC 3.67's --dry lists the stages it would run, then stops at the first upstream output that
+    # does not exist yet (outputs/models/my_new_experiment): check the listing, not the exit code.
+    dry = sh(["dvc", "repro", "--dry", "compare"], pipeline_repo, check=False).stdout
+    assert "Running stage 'train@my_new_experiment'" in dry
+    assert "Running stage 'preprocess'" not in dry  # only the new experiment's stages are out of date

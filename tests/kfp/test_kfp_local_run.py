@@ -103,7 +103,7 @@ def test_local_kfp_run_matches_dvc_repro(repo, tmp_path):
     assert run_dir is not None and run_dir.is_dir()
 
     # 2. The same stages through DVC and the tcnet CLI.
-    sh(["dvc", "pull", "-q"], repo)
+    sh(["dvc", "pull", "-q", "data.dvc"], repo)
     sh(["dvc", "repro", "compare"], repo, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'dvc-mlflow.db'}"})
 
     # Every run: same evaluation scores.
@@ -126,3 +126,16 @@ def test_local_kfp_run_matches_dvc_repro(repo, tmp_path):
     executor = json.loads((run_dir / "compare" / "executor_output.json").read_text())
     headline = executor["artifacts"]["metrics"]["artifacts"][0]["metadata"]
     assert headline and all(isinstance(v, float) for v in headline.values())
+
+    # MLflow: one parent run for this pipeline run (TCNET_PIPELINE_RUN_ID = the KFP run id), the two
+    # trainings nested under it with their evaluation metrics, compare's numbers on the parent.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(opts.mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name(f"tcnet/{EXPERIMENT}").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["tcnet.run_id"] for r in children) == sorted(dvc_scores)
+    assert {r.data.tags["tcnet.pipeline_run"] for r in runs} == {parent.data.tags["tcnet.pipeline_run"]}
+    assert all("eval_mean_AUC" in r.data.metrics for r in children)
+    assert any(k.startswith("compare.") for k in parent.data.metrics)

@@ -178,6 +178,17 @@ def test_non_finite_loss_stops_with_run_epoch_and_batch(data, tmp_path, monkeypa
     assert "isic2017__tiny__fold0" in msg and "epoch 2" in msg and "batch 1" in msg and "nan" in msg
 
 
+def test_unknown_run_id_is_a_usage_error(data, tmp_path, capsys):
+    from tcnet.cli import main as cli
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict(tmp_path)))
+    rc = cli(["train", "--params", str(tmp_path / "params.yaml"), "--experiment", EXPERIMENT, "--run",
+              "isic2017__tiny__fold9", "--no-mlflow", "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "isic2017__tiny__fold9" in err and "isic2017__tiny__fold0" in err
+    assert not (tmp_path / "m").exists()
+
+
 @pytest.mark.slow
 def test_ddp_two_gloo_processes(data, tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict(tmp_path, epochs=1, batch_size=2)))
@@ -203,7 +214,11 @@ def test_mlflow_record_of_a_trained_run(data, tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'tracking.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # wins over params' mlflow.tracking_uri
     monkeypatch.setenv("TCNET_PIPELINE_RUN_ID", "test-pipeline")
-    params = make_params(tmp_path, epochs=2)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    raw = params_dict(tmp_path, epochs=2)
+    raw["mlflow"]["system_metrics"] = True
+    params = from_dict(Params, raw).validate()
     result = train.run(params, EXPERIMENT, data / "pre", data / "splits", tmp_path / "models", mlflow=True)
     info = result["runs"][0]
     assert info["mlflow_run_id"] and info["tracking_uri"] == uri
@@ -216,6 +231,8 @@ def test_mlflow_record_of_a_trained_run(data, tmp_path, monkeypatch):
     tags = run.data.tags
     parent = client.get_run(tags["mlflow.parentRunId"])
     assert parent.data.tags["tcnet.pipeline_run"] == "test-pipeline"
+    for key in ("tcnet.git_commit", "tcnet.data_hash", "tcnet.params_hash", "tcnet.version.torch", "tcnet.device"):
+        assert parent.data.tags.get(key), key  # provenance on the parent run too
     for key in ("tcnet.git_commit", "tcnet.git_dirty", "tcnet.data_hash", "tcnet.params_hash", "tcnet.seed",
                 "tcnet.version.torch", "tcnet.version.tcnet", "tcnet.version.mlflow", "tcnet.version.numpy",
                 "tcnet.version.smp", "tcnet.device", "tcnet.profile", "tcnet.run_id", "tcnet.config_hash",
@@ -227,6 +244,7 @@ def test_mlflow_record_of_a_trained_run(data, tmp_path, monkeypatch):
     for key in ("train_loss", "val_loss", "val_DI", "val_JA", "lr", "seconds", "images_per_s"):
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [1, 2], key
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"history.csv", "run.json", "config"}
+    assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)  # system metrics
 
     # training it again (complete: skipped) or resuming it finds the same MLflow run
     again = train.run(params, EXPERIMENT, data / "pre", data / "splits", tmp_path / "models", mlflow=True)

@@ -1,0 +1,79 @@
+"""Predict throughput (images/s) of every registered model: eval mode, ``torch.inference_mode``.
+
+Each model is built once (default options: TCNet with ``lk_impl="auto"``, i.e. the FFT for its
+31×31 kernels on CPU without gradients), float32, NCHW -- what ``tcnet predict`` runs. For each
+batch size all models are timed interleaved in one process; images/s = batch / median seconds per
+forward. GFLOP/image is ``tcnet.models.flops`` (direct-conv convention, 1 MAC = 2 FLOPs), so the
+model-GFLOP/s column says how well each network uses the machine. "vs U-Net" is images/s relative
+to the U-Net of the same batch. A model whose warm-up forward takes 15 s or more (UNet3+ at batch 8:
+over a TFLOP per image) is timed by that one call only (n = 1 in the JSON).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks import common
+from benchmarks.common import Col
+
+HELP = "predict images/s of every registered model, batch 1 and 8, inference_mode"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--size", type=int, default=None, help="image size (default 448; quick 224; tiny 32)")
+    p.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (default 1 8)")
+    p.add_argument("--models", nargs="+", default=None, help="models (default: every registered model)")
+
+
+COLS = [Col("model", "model"), Col("batch", "batch", "d"), Col("ms_per_batch", "ms / batch", ".1f"),
+        Col("images_per_s", "images/s", ".2f"), Col("gflop_per_image", "GFLOP/image", ".1f"),
+        Col("gflops", "model GFLOP/s", ".1f"), Col("vs_unet", "vs U-Net", ".2f")]
+
+
+def run(args, mode: common.Mode) -> dict:
+    import tcnet
+    from tcnet.models.flops import model_complexity
+
+    size = args.size or mode.pick(32, 224, 448)
+    batches = args.batches or mode.pick([1, 2], [1, 8], [1, 8])
+    models = args.models or mode.pick(["tcnet_tiny", "unet"], ["tcnet_tiny", "tcnet_small", "tcnet_base", "unet"],
+                                      tcnet.list_models())
+    repeats = args.repeats or mode.pick(1, 3, 3)
+    common.progress(f"building {len(models)} models")
+    built = {}
+    for name in models:
+        torch.manual_seed(0)
+        built[name] = tcnet.create_model(name).eval()
+    gflop = {name: model_complexity(name, size)["flops"] / 1e9 for name in models}
+    rows = []
+    for b in batches:
+        x = torch.randn(b, 3, size, size)
+
+        def fwd(m):
+            def fn():
+                with torch.inference_mode():
+                    m(x)
+            return fn
+
+        common.progress(f"batch {b}: timing {len(models)} models (interleaved, {repeats} repeats)")
+        times = common.time_interleaved({n: fwd(m) for n, m in built.items()}, repeats, warmup=mode.warmup(),
+                                        budget_s=mode.pick(None, 40.0, 300.0), slow_s=mode.pick(None, 10.0, 15.0))
+        batch_rows = []
+        for name in models:
+            st = common.stats(times[name])
+            batch_rows.append({"model": name, "batch": b, "ms_per_batch": st["median_s"] * 1000,
+                               "images_per_s": b / st["median_s"], "gflop_per_image": gflop[name],
+                               "gflops": gflop[name] * b / st["median_s"], "times_s": st})
+        ref = next((r for r in batch_rows if r["model"] == "unet"), None)
+        for r in batch_rows:
+            r["vs_unet"] = r["images_per_s"] / ref["images_per_s"] if ref else None
+        rows += batch_rows
+    common.print_table(f"## inference at {size}², float32, NCHW, inference_mode, median of {repeats}", COLS, rows)
+    return {
+        "settings": {"size": size, "batches": batches, "models": models, "repeats": repeats, "dtype": "float32"},
+        "tables": {"inference": rows},
+        "summary": {"metric": "images/s per model and batch (no target)", "value": None, "target": None,
+                    "met": None,
+                    "images_per_s": {f"{r['model']}@b{r['batch']}": r["images_per_s"] for r in rows}},
+        "notes": [],
+    }

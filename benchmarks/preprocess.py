@@ -1,0 +1,207 @@
+"""Throughput of the preprocess stage against the limit of decoding + resizing the same files.
+
+Data: an ISIC 2018 look-alike written by ``tcnet synth isic2018`` at an ISIC-like size (JPEG
+1024×768 images, PNG masks), resized to 448 (the paper profile). Kept between runs in the system's
+temporary folder (``--data`` to choose; ``--fresh`` to rewrite).
+
+- candidate: the real stage, ``tcnet.stages.preprocess.run`` (isic2018 only, workers = all cores),
+  wall time of the call: pool start, decoding, mask checks, resizing, checksums, ``.npy`` writing;
+- limit: ``tcnet.data.io.read_image`` + ``tcnet.data.transforms.resize_image`` of the same image
+  files in a ``ProcessPoolExecutor`` of ``os.cpu_count()`` workers (one OpenCV thread each, the same
+  chunk size as the stage), each resized image sent back to the parent; pool start included.
+
+Both run interleaved, after one warm-up each (so the files are in the page cache for both).
+Images/s = N / median wall time; ratio = stage / limit, target >= 0.9.
+
+A second reference is shown beside it, "limit + masks": the same pool also decoding each pair's
+mask (``read_gray``) and resizing it (``resize_mask``) -- the least work a stage that must read the
+masks can do. The full mode adds a per-step breakdown of the stage's per-pair work (one process)
+to show where any gap comes from. The synthetic data is written once (about 1-2 s per 1024×768
+image on the 2-core machine) and reused.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import common
+from benchmarks.common import Col
+
+HELP = "preprocess stage images/s vs decode+resize of the same files on all cores"
+TARGET_RATIO = 0.9
+DATASET = "isic2018"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--n", type=int, default=None, help="images (default 160; quick 64; tiny 6)")
+    p.add_argument("--image-size", default=None, help="raw image WxH (default 1024x768; tiny 256x192)")
+    p.add_argument("--out-size", type=int, default=None, help="preprocessed side (default 448; tiny 64)")
+    p.add_argument("--data", type=Path, default=None, help="where the synthetic raw data lives (default: a temp folder)")
+    p.add_argument("--fresh", action="store_true", help="rewrite the synthetic data even if present")
+
+
+def _wh(text: str) -> tuple[int, int]:
+    w, h = (int(v) for v in text.lower().split("x"))
+    return w, h
+
+
+def ensure_data(root: Path, n: int, size: tuple[int, int], fresh: bool) -> Path:
+    """``root/isic2018`` holding the look-alike (written unless already there with the same spec)."""
+    from tcnet.tools.synth import run as synth
+
+    stamp = root / f".spec-{DATASET}-{n}-{size[0]}x{size[1]}"
+    folder = root / DATASET
+    if fresh or not stamp.exists() or not folder.is_dir():
+        if root.exists():
+            shutil.rmtree(root)
+        root.mkdir(parents=True)
+        common.progress(f"writing {n} synthetic {DATASET} images {size[0]}x{size[1]} to {folder}")
+        t = time.perf_counter()
+        synth(DATASET, folder, n=n, seed=0, size=size, force=True)
+        common.progress(f"  written in {time.perf_counter() - t:.1f} s")
+        stamp.touch()
+    return folder
+
+
+def _init_limit_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _decode_resize(args):
+    from tcnet.data.io import read_gray, read_image
+    from tcnet.data.transforms import resize_image, resize_mask
+
+    path, mask_path, size = args
+    image = resize_image(read_image(path), size)
+    if mask_path is None:
+        return image
+    return image, resize_mask(read_gray(mask_path), size)
+
+
+def limit_run(paths: list[str], size: int, workers: int, mask_paths: list[str] | None = None):
+    n = len(paths)
+    chunksize = max(1, min(16, n // (4 * workers)))  # the stage's rule
+    masks = mask_paths or [None] * n
+    with cf.ProcessPoolExecutor(max_workers=workers, initializer=_init_limit_worker) as pool:
+        for _ in pool.map(_decode_resize, [(p, m, size) for p, m in zip(paths, masks)], chunksize=chunksize):
+            pass
+
+
+def breakdown(samples, size: int, n: int) -> list[dict]:
+    """Per-pair milliseconds of each step of the stage's worker, in this process (one core)."""
+    import numpy as np
+
+    from tcnet.data.adapters import load_fov, load_mask
+    from tcnet.data.io import read_gray, read_image
+    from tcnet.data.transforms import resize_image, resize_mask
+    from tcnet.stages.preprocess import _sha256, mask_binary_problem
+
+    acc: dict[str, float] = {}
+
+    def tick(name, t0):
+        acc[name] = acc.get(name, 0.0) + time.perf_counter() - t0
+
+    for s in samples[:n]:
+        t = time.perf_counter(); image = read_image(s.image); tick("read_image (JPEG decode)", t)
+        t = time.perf_counter(); gray = read_gray(s.mask); tick("read_gray (mask PNG decode)", t)
+        t = time.perf_counter(); mask_binary_problem(gray); tick("mask_binary_problem", t)
+        t = time.perf_counter(); mask = np.asarray(load_mask(s)).astype(bool); tick("load_mask (mask decoded again)", t)
+        t = time.perf_counter(); fov = np.asarray(load_fov(s, image)).astype(bool); tick("load_fov", t)
+        t = time.perf_counter(); float(np.count_nonzero(mask & fov)) / max(int(np.count_nonzero(fov)), 1)
+        tick("fg fraction", t)
+        t = time.perf_counter(); resize_image(image, size); tick("resize_image (area)", t)
+        t = time.perf_counter()
+        resize_mask(mask.astype(np.uint8), size); resize_mask(fov.astype(np.uint8), size)
+        tick("resize_mask ×2 (mask, fov)", t)
+        t = time.perf_counter(); _sha256(s.image, s.mask); tick("sha256 (image + mask files)", t)
+    total = sum(acc.values())
+    rows = [{"step": k, "ms_per_pair": v / n * 1000, "pct": 100 * v / total} for k, v in acc.items()]
+    rows.append({"step": "total per pair (one core)", "ms_per_pair": total / n * 1000, "pct": 100.0})
+    return rows
+
+
+COLS = [Col("what", "what"), Col("seconds", "s (median)", ".3f"), Col("min_s", "min s", ".3f"),
+        Col("images_per_s", "images/s", ".1f"), Col("ratio", "vs limit", ".2f")]
+BREAK_COLS = [Col("step", "step of the stage's per-pair work"), Col("ms_per_pair", "ms / pair", ".2f"),
+              Col("pct", "%", ".1f")]
+
+
+def run(args, mode: common.Mode) -> dict:
+    from tcnet.config import PreprocessConfig
+    from tcnet.data.adapters import discover
+    from tcnet.stages.preprocess import run as preprocess_run
+
+    n = args.n or mode.pick(6, 64, 160)
+    raw_size = _wh(args.image_size) if args.image_size else mode.pick((256, 192), (1024, 768), (1024, 768))
+    out_size = args.out_size or mode.pick(64, 448, 448)
+    repeats = args.repeats or mode.pick(1, 3, 5)
+    workers = os.cpu_count() or 1
+    root = args.data or Path(tempfile.gettempdir()) / f"tcnet-bench-{os.getuid()}" / f"preprocess-{mode.name}"
+    ensure_data(Path(root), n, raw_size, args.fresh)
+    samples = sorted(discover(DATASET, Path(root) / DATASET), key=lambda s: s.id)
+    paths = [str(s.image) for s in samples]
+    mask_paths = [str(s.mask) for s in samples]
+    cfg = PreprocessConfig(raw_dir=str(root), datasets=(DATASET,), image_size=out_size, workers=0)
+    out_dir = Path(tempfile.mkdtemp(prefix="tcnet-bench-preprocess-out-"))
+    summaries = []
+
+    def stage():
+        summaries.append(preprocess_run(cfg, Path(root), out_dir / "preprocessed"))
+
+    def limit():
+        limit_run(paths, out_size, workers)
+
+    def limit_masks():
+        limit_run(paths, out_size, workers, mask_paths)
+
+    try:
+        common.progress(f"timing stage vs limits, {len(paths)} images, {workers} workers (interleaved)")
+        times = common.time_interleaved({"stage": stage, "limit": limit, "limit_masks": limit_masks}, repeats,
+                                        warmup=mode.warmup())
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    st, lim, lim2 = (common.stats(times[k]) for k in ("stage", "limit", "limit_masks"))
+    n_img = len(paths)
+    rows = [
+        {"what": f"preprocess stage (tcnet.stages.preprocess.run, {workers} workers)", "seconds": st["median_s"],
+         "min_s": st["min_s"], "images_per_s": n_img / st["median_s"], "times_s": st},
+        {"what": f"limit: read_image + resize_image, pool of {workers}", "seconds": lim["median_s"],
+         "min_s": lim["min_s"], "images_per_s": n_img / lim["median_s"], "times_s": lim},
+        {"what": "limit + masks: also read_gray + resize_mask of each mask", "seconds": lim2["median_s"],
+         "min_s": lim2["min_s"], "images_per_s": n_img / lim2["median_s"], "times_s": lim2},
+    ]
+    for r in rows:
+        r["ratio"] = r["images_per_s"] / rows[1]["images_per_s"]
+    ratio = rows[0]["ratio"]
+    common.print_table(
+        f"## preprocess: {n_img} {DATASET} look-alike pairs, JPEG {raw_size[0]}x{raw_size[1]} -> {out_size}², "
+        f"median of {repeats} (wall time)", COLS, rows)
+    stage_own = [s["images_per_s"] for s in summaries]
+    common.say(f"the stage's own images_per_s (excludes its imports): median "
+               f"{sorted(stage_own)[len(stage_own) // 2]:.1f}")
+    tables = {"throughput": rows}
+    if mode.full or mode.tiny:
+        k = min(len(samples), mode.pick(2, 16, 24))
+        common.progress(f"per-step breakdown over {k} pairs (one process)")
+        br = breakdown(samples, out_size, k)
+        common.print_table(f"## where a pair's time goes (one core, mean of {k} pairs)", BREAK_COLS, br)
+        tables["breakdown"] = br
+    common.say("")
+    common.say(f"stage over 'limit + masks' (the least work that reads the masks too): {rows[0]['images_per_s'] / rows[2]['images_per_s']:.2f}x")
+    common.say(common.summary_line("preprocess images/s over the decode+resize limit", ratio, TARGET_RATIO))
+    return {
+        "settings": {"dataset": DATASET, "n": n_img, "raw_size": list(raw_size), "out_size": out_size,
+                     "workers": workers, "repeats": repeats, "data": str(root)},
+        "tables": tables,
+        "summary": {"metric": "preprocess stage images/s / (read_image + resize_image on all cores) images/s",
+                    "value": ratio, "target": TARGET_RATIO, "met": common.verdict(ratio, TARGET_RATIO),
+                    "ratio_vs_limit_with_masks": rows[0]["images_per_s"] / rows[2]["images_per_s"]},
+        "notes": [],
+    }

@@ -1,0 +1,242 @@
+"""TCNet train-step throughput as model FLOP/s, against smp U-Net/ResNet-34 at the same size and batch.
+
+A train step is: forward, the project's loss (``CombinedLoss``, λ = 0.5: WCE + Dice), backward,
+``Adam.step()``, ``zero_grad(set_to_none=True)`` -- in float32 on CPU, as the train stage runs.
+
+Model FLOPs convention: the forward FLOPs of the architecture counted by ``tcnet.models.flops``
+(``FlopCounterMode``; 1 multiply-add = 2 FLOPs; convolutions, matmuls and attention only; the large
+depthwise kernels counted as the DIRECT convolution whatever ``lk_impl`` computes them with), times
+the batch, times 3 for a train step (backward ≈ 2 × forward). Model FLOP/s = those FLOPs / the
+measured median step time: an FFT that does the same layer with fewer operations raises it.
+
+Every configuration (model × ``lk_impl`` × memory format) is built once and all are timed
+interleaved in one process. The reference is the faster U-Net setting; the ratio is the best TCNet
+setting's model FLOP/s over it (target >= 0.9). ``--profile`` (automatic in the full mode when the
+target is missed) prints the top ops by self CPU time for the best TCNet setting and for U-Net.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from benchmarks import common
+from benchmarks.common import Col
+
+HELP = "TCNet train-step model FLOP/s vs smp U-Net/ResNet-34 at the same size and batch"
+TARGET_RATIO = 0.9
+REFERENCE = "unet"
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str
+    lk_impl: str | None = None  # None: not a TCNet
+    channels_last: bool = False
+
+    @property
+    def label(self) -> str:
+        layout = "channels_last" if self.channels_last else "NCHW"
+        return f"{self.model} {self.lk_impl + ' ' if self.lk_impl else ''}{layout}"
+
+    @property
+    def is_reference(self) -> bool:
+        return self.model == REFERENCE
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--size", type=int, default=None, help="image size (default 448; quick 224; tiny 32)")
+    p.add_argument("--batch", type=int, default=None, help="batch (default 2)")
+    p.add_argument("--models", nargs="+", default=None,
+                   help="TCNet variants (default tcnet_tiny tcnet_small tcnet_base; quick tiny and small)")
+    p.add_argument("--profile", action="store_true", help="print the top-10 ops by self CPU time (torch.profiler)")
+    p.add_argument("--no-profile", dest="profile", action="store_false")
+    p.set_defaults(profile=None)
+
+
+def configs_for(mode: common.Mode, models: list[str] | None) -> list[Config]:
+    variants = models or mode.pick(["tcnet_tiny"], ["tcnet_tiny", "tcnet_small"],
+                                   ["tcnet_tiny", "tcnet_small", "tcnet_base"])
+    layouts = (False,) if mode.tiny else (False, True)
+    cfgs = [Config(REFERENCE, None, cl) for cl in layouts]
+    for v in variants:
+        cfgs += [Config(v, "auto", cl) for cl in layouts]
+    if mode.full and "tcnet_tiny" in variants:
+        cfgs.append(Config("tcnet_tiny", "direct", False))  # what the fast path saves, on a whole step
+    return cfgs
+
+
+class Step:
+    """One configured model with its optimizer, loss and a fixed batch; calling it runs one step."""
+
+    def __init__(self, cfg: Config, size: int, batch: int):
+        import tcnet
+        from tcnet.losses.combined import CombinedLoss
+
+        torch.manual_seed(0)
+        kwargs = {"lk_impl": cfg.lk_impl} if cfg.lk_impl else {}
+        self.model = tcnet.create_model(cfg.model, **kwargs).train()
+        self.x = torch.randn(batch, 3, size, size)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
+        g = torch.Generator().manual_seed(1)
+        self.mask = (torch.rand(batch, 1, size, size, generator=g) > 0.7).float()
+        self.loss_fn = CombinedLoss(ce_weight=0.5)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+
+    def __call__(self, label=None) -> None:
+        label = label or _no_label
+        with label("step: zero_grad"):
+            self.opt.zero_grad(set_to_none=True)
+        with label("step: forward"):
+            out = self.model(self.x)
+        with label("step: loss"):
+            loss = self.loss_fn(out, self.mask)
+        with label("step: backward"):
+            loss.backward()
+        with label("step: optimizer (Adam)"):
+            self.opt.step()
+
+
+@contextmanager
+def _no_label(name):
+    yield
+
+
+def model_step_flops(name: str, size: int, batch: int) -> int:
+    from tcnet.models.flops import model_complexity
+
+    return int(model_complexity(name, size)["flops"]) * batch * 3
+
+
+ROW_COLS = [
+    Col("config", "configuration"), Col("step_s", "step s (median)", ".3f"), Col("min_s", "min s", ".3f"),
+    Col("images_per_s", "images/s", ".2f"), Col("gflop_step", "model GFLOP/step", ".1f"),
+    Col("gflops", "model GFLOP/s", ".1f"), Col("ratio", "vs U-Net", ".2f"),
+]
+
+
+def run(args, mode: common.Mode) -> dict:
+    size = args.size or mode.pick(32, 224, 448)
+    batch = args.batch or 2
+    repeats = args.repeats or mode.pick(1, 3, 5)
+    cfgs = configs_for(mode, args.models)
+    common.progress(f"building {len(cfgs)} configurations at {size}², batch {batch}")
+    steps = {c.label: Step(c, size, batch) for c in cfgs}
+    flops = {m: model_step_flops(m, size, batch) for m in {c.model for c in cfgs}}
+    common.progress("timing (interleaved)")
+    times = common.time_interleaved(steps, repeats, warmup=mode.warmup(), budget_s=mode.pick(None, 45.0, 600.0))
+    rows = []
+    for c in cfgs:
+        st = common.stats(times[c.label])
+        rows.append({
+            "config": c.label, "model": c.model, "lk_impl": c.lk_impl, "channels_last": c.channels_last,
+            "step_s": st["median_s"], "min_s": st["min_s"], "times_s": st,
+            "images_per_s": batch / st["median_s"], "gflop_step": flops[c.model] / 1e9,
+            "gflops": flops[c.model] / st["median_s"] / 1e9,
+        })
+    ref = max((r for r in rows if r["model"] == REFERENCE), key=lambda r: r["gflops"])
+    for r in rows:
+        r["ratio"] = r["gflops"] / ref["gflops"]
+    common.print_table(
+        f"## train step at {size}², batch {batch}, float32, median of {repeats}; model FLOPs = direct-conv "
+        f"forward FLOPs × batch × 3; ratio to the faster U-Net setting ({ref['config']})", ROW_COLS, rows)
+    tcnet_rows = [r for r in rows if r["model"] != REFERENCE]
+    best = max(tcnet_rows, key=lambda r: r["gflops"])
+    best_per_variant = {}
+    for r in tcnet_rows:
+        if r["model"] not in best_per_variant or r["gflops"] > best_per_variant[r["model"]]["gflops"]:
+            best_per_variant[r["model"]] = r
+    common.say("")
+    for v, r in best_per_variant.items():
+        common.say(f"best setting for {v}: {r['config']} -> {r['gflops']:.1f} GFLOP/s ({r['ratio']:.2f}× U-Net)")
+    common.say(common.summary_line(f"best TCNet model FLOP/s over U-Net ({best['config']})", best["ratio"],
+                                   TARGET_RATIO))
+    result = {
+        "settings": {"size": size, "batch": batch, "repeats": repeats, "dtype": "float32",
+                     "loss": "CombinedLoss(ce_weight=0.5)", "optimizer": "Adam(lr=1e-4)",
+                     "flops_convention": "forward FLOPs (tcnet.models.flops, direct conv, 1 MAC = 2 FLOPs) "
+                                         "x batch x 3"},
+        "tables": {"steps": rows},
+        "summary": {
+            "metric": "best TCNet model FLOP/s / U-Net model FLOP/s (train step)",
+            "value": best["ratio"], "target": TARGET_RATIO, "met": common.verdict(best["ratio"], TARGET_RATIO),
+            "best_config": best["config"], "reference_config": ref["config"],
+            "best_per_variant": {v: {"config": r["config"], "gflops": r["gflops"], "ratio": r["ratio"]}
+                                 for v, r in best_per_variant.items()},
+        },
+        "notes": [],
+    }
+    do_profile = args.profile if args.profile is not None else (mode.full and best["ratio"] < TARGET_RATIO)
+    if do_profile:
+        cfg_best = next(c for c in cfgs if c.label == best["config"])
+        cfg_ref = next(c for c in cfgs if c.label == ref["config"])
+        result["tables"]["profile"] = {}
+        for c in (cfg_best, cfg_ref):
+            top, cats, phases = profile_step(steps[c.label])
+            common.print_table(f"## profile: {c.label}, one step, top 10 ops by self CPU time", PROFILE_COLS, top)
+            common.print_table(f"## profile: {c.label}, self CPU time by kind of op", CAT_COLS, cats)
+            common.print_table(f"## profile: {c.label}, CPU time by phase of the step", PHASE_COLS, phases)
+            result["tables"]["profile"][c.label] = {"top_ops": top, "by_kind": cats, "by_phase": phases}
+    return result
+
+
+PROFILE_COLS = [Col("op", "op"), Col("self_ms", "self CPU ms", ".1f"), Col("pct", "% of step", ".1f"),
+                Col("calls", "calls", "d"), Col("ms_per_call", "ms/call", ".2f")]
+CAT_COLS = [Col("kind", "kind"), Col("self_ms", "self CPU ms", ".1f"), Col("pct", "% of step", ".1f")]
+PHASE_COLS = [Col("kind", "phase"), Col("self_ms", "CPU ms", ".1f"), Col("pct", "% of step", ".1f")]
+
+# Which kind of work an aten op is (for the "where the time goes" table).
+KINDS = [
+    ("FFT (large kernels)", ("fft",)),
+    ("convolution (oneDNN)", ("conv", "mkldnn")),
+    ("matmul / linear", ("addmm", "::mm", "bmm", "matmul", "linear")),
+    ("attention (SDPA)", ("attention",)),
+    ("normalisation", ("batch_norm", "layer_norm", "native_norm")),
+    ("optimizer (Adam)", ("_foreach", "adam")),
+    ("copies / layout", ("copy_", "contiguous", "clone", "cat", "constant_pad", "pad", "to_copy", "empty_like",
+                         "flip", "index", "slice", "permute")),
+    ("pooling / resampling", ("pool", "upsample", "interp")),
+    ("element-wise", ("add", "mul", "gelu", "relu", "sigmoid", "sub", "div", "sum", "mean", "amax", "max",
+                      "where", "threshold", "exp", "log", "fill", "zero", "clamp", "neg", "pow", "sqrt",
+                      "binary_cross", "softplus")),
+]
+
+
+def _kind(op: str) -> str:
+    name = op.lower()
+    for kind, keys in KINDS:
+        if any(k in name for k in keys):
+            return kind
+    return "other"
+
+
+def profile_step(step) -> tuple[list[dict], list[dict], list[dict]]:
+    """One step (after a warm-up step) under torch.profiler: the top-10 ops by self CPU time, self
+    time by kind of op, and wall time per phase (forward, loss, backward, optimizer)."""
+    from torch.autograd.profiler import record_function
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(record_function)
+    averages = prof.key_averages()
+    phase_events = [e for e in averages if e.key.startswith("step: ")]
+    phase_total = sum(e.cpu_time_total for e in phase_events)
+    phases = [{"kind": e.key[len("step: "):], "self_ms": e.cpu_time_total / 1000,
+               "pct": 100 * e.cpu_time_total / phase_total} for e in phase_events]
+    events = [e for e in averages if e.self_cpu_time_total > 0 and not e.key.startswith("step: ")]
+    total = sum(e.self_cpu_time_total for e in events)  # microseconds, exclusive, sums to the step
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    top = [{"op": e.key, "self_ms": e.self_cpu_time_total / 1000, "pct": 100 * e.self_cpu_time_total / total,
+            "calls": e.count, "ms_per_call": e.self_cpu_time_total / 1000 / max(e.count, 1)} for e in events[:10]]
+    cats: dict[str, float] = {}
+    for e in events:
+        cats[_kind(e.key)] = cats.get(_kind(e.key), 0.0) + e.self_cpu_time_total
+    kinds = [{"kind": k, "self_ms": v / 1000, "pct": 100 * v / total}
+             for k, v in sorted(cats.items(), key=lambda kv: kv[1], reverse=True)]
+    kinds.append({"kind": "total (one step)", "self_ms": total / 1000, "pct": 100.0})
+    return top, kinds, phases

@@ -1,0 +1,64 @@
+"""Smoke test: every benchmark target runs in its ``--tiny`` mode and writes well-formed JSON.
+
+Not a timing assertion: the tiny modes use toy shapes whose figures mean nothing. The targets run
+in this process (one torch import for all), except what they start themselves (``memory``'s fresh
+child process, ``dvc``, the preprocess pool).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.__main__ import TARGETS, main  # noqa: E402
+
+REQUIRED = {"target", "mode", "command", "started", "seconds", "machine", "load_average", "settings", "tables",
+            "summary", "notes"}
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_tiny_run_writes_json(target, tmp_path, capsys):
+    out = tmp_path / f"{target}.json"
+    extra = ["--data", str(tmp_path / "raw")] if target == "preprocess" else []
+    extra += ["--repo", str(tmp_path / "dvc")] if target == "dvc_noop" else []
+    assert main([target, "--tiny", "--json", str(out), *extra]) == 0
+    printed = capsys.readouterr().out
+    payload = json.loads(out.read_text())
+    assert REQUIRED <= set(payload), REQUIRED - set(payload)
+    assert payload["target"] == target and payload["mode"] == "tiny"
+    assert payload["command"].startswith(f"python -m benchmarks {target} --tiny")
+    assert payload["machine"]["cores"] >= 1 and payload["machine"]["torch"]
+    assert {"metric", "value", "target", "met"} <= set(payload["summary"])
+    assert not payload.get("error")
+    if payload.get("skipped"):  # gpu_step without CUDA
+        assert target == "gpu_step" and "no CUDA GPU" in printed
+        return
+    assert payload["tables"] and all(rows for rows in payload["tables"].values())
+    assert "| " in printed  # a table was printed
+    first = next(iter(payload["tables"].values()))
+    assert isinstance(first, list) and isinstance(first[0], dict)
+
+
+def test_every_target_has_help():
+    from benchmarks.__main__ import build_parser
+
+    parser = build_parser()
+    for target in TARGETS:
+        args = parser.parse_args([target, "--quick"])
+        assert args.mode == "quick" and args.target == target
