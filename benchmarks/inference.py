@@ -23,6 +23,8 @@ def add_arguments(p) -> None:
     p.add_argument("--size", type=int, default=None, help="image size (default 448; quick 224; tiny 32)")
     p.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (default 1 8)")
     p.add_argument("--models", nargs="+", default=None, help="models (default: every registered model)")
+    p.add_argument("--no-channels-last-rows", dest="cl_rows", action="store_false",
+                   help="full mode: leave out the extra channels_last rows of the TCNet variants")
 
 
 COLS = [Col("model", "model"), Col("batch", "batch", "d"), Col("ms_per_batch", "ms / batch", ".1f"),
@@ -40,26 +42,35 @@ def run(args, mode: common.Mode) -> dict:
                                       tcnet.list_models())
     repeats = args.repeats or mode.pick(1, 3, 3)
     common.progress(f"building {len(models)} models")
-    built = {}
+    built, gflop = {}, {}
     for name in models:
         torch.manual_seed(0)
         built[name] = tcnet.create_model(name).eval()
-    gflop = {name: model_complexity(name, size)["flops"] / 1e9 for name in models}
+        gflop[name] = model_complexity(name, size)["flops"] / 1e9
+    if mode.full and args.cl_rows:  # TCNet also in channels_last (not what predict does today)
+        for name in [m for m in models if m.startswith("tcnet")]:
+            torch.manual_seed(0)
+            built[f"{name} channels_last"] = tcnet.create_model(name).eval().to(memory_format=torch.channels_last)
+            gflop[f"{name} channels_last"] = gflop[name]
     rows = []
     for b in batches:
         x = torch.randn(b, 3, size, size)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
 
-        def fwd(m):
+        def fwd(m, cl=False):
+            inp = x_cl if cl else x
+
             def fn():
                 with torch.inference_mode():
-                    m(x)
+                    m(inp)
             return fn
 
         common.progress(f"batch {b}: timing {len(models)} models (interleaved, {repeats} repeats)")
-        times = common.time_interleaved({n: fwd(m) for n, m in built.items()}, repeats, warmup=mode.warmup(),
+        times = common.time_interleaved({n: fwd(m, n.endswith("channels_last")) for n, m in built.items()}, repeats,
+                                        warmup=mode.warmup(),
                                         budget_s=mode.pick(None, 40.0, 300.0), slow_s=mode.pick(None, 10.0, 15.0))
         batch_rows = []
-        for name in models:
+        for name in built:
             st = common.stats(times[name])
             batch_rows.append({"model": name, "batch": b, "ms_per_batch": st["median_s"] * 1000,
                                "images_per_s": b / st["median_s"], "gflop_per_image": gflop[name],
@@ -68,7 +79,8 @@ def run(args, mode: common.Mode) -> dict:
         for r in batch_rows:
             r["vs_unet"] = r["images_per_s"] / ref["images_per_s"] if ref else None
         rows += batch_rows
-    common.print_table(f"## inference at {size}², float32, NCHW, inference_mode, median of {repeats}", COLS, rows)
+    common.print_table(f"## inference at {size}², float32, NCHW (\x27channels_last\x27 rows: model and input channels_last), "
+                       f"inference_mode, median of {repeats}", COLS, rows)
     return {
         "settings": {"size": size, "batches": batches, "models": models, "repeats": repeats, "dtype": "float32"},
         "tables": {"inference": rows},

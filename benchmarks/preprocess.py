@@ -23,6 +23,7 @@ image on the 2-core machine) and reused.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import multiprocessing as mp
 import os
 import shutil
 import tempfile
@@ -94,6 +95,72 @@ def limit_run(paths: list[str], size: int, workers: int, mask_paths: list[str] |
             pass
 
 
+def _touch_worker(_):
+    """What a stage worker imports before its first pair (``_process_or_raise``'s imports)."""
+    import tcnet.data.adapters  # noqa: F401
+    import tcnet.data.io  # noqa: F401
+    import tcnet.data.transforms  # noqa: F401
+    import tcnet.stages.preprocess  # noqa: F401
+
+    return os.getpid()
+
+
+def stage_start_method() -> str:
+    """The multiprocessing start method the stage's pool uses (read from its source)."""
+    import inspect
+
+    import tcnet.stages.preprocess as stage
+
+    src = inspect.getsource(stage)
+    for method in ("forkserver", "spawn"):
+        if f'get_context("{method}")' in src or f"get_context('{method}')" in src:
+            return method
+    return mp.get_start_method()
+
+
+def pool_start_s(workers: int, method: str) -> float:
+    """Seconds to start the stage's pool (its start method and initializer) and import the worker
+    modules in every worker -- paid once per run, before the first pair."""
+    from tcnet.stages.preprocess import _init_worker
+
+    t = time.perf_counter()
+    with cf.ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
+                                mp_context=mp.get_context(method)) as pool:
+        list(pool.map(_touch_worker, range(workers)))
+    return time.perf_counter() - t
+
+
+def fixed_costs(out_size: int, n: int, workers: int, repeats: int) -> list[dict]:
+    """The per-run costs outside the per-pair work: pool start, and the parent's serial tail
+    (saving the arrays, the class statistics) on arrays the size of this run's."""
+    import numpy as np
+
+    from tcnet.stages.preprocess import _dataset_stats
+
+    method = stage_start_method()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, out_size, out_size, 3), dtype=np.uint8)
+    masks = (rng.random((n, out_size, out_size)) > 0.7).astype(np.uint8)
+    fovs = np.ones_like(masks)
+    rows_meta = [{"official_split": "train"} for _ in range(n)]
+    folder = Path(tempfile.mkdtemp(prefix="tcnet-bench-save-"))
+
+    def save():
+        for name, arr in (("images", images), ("masks", masks), ("fov", fovs)):
+            np.save(folder / f"{name}.npy", arr)
+
+    try:
+        times = common.time_interleaved({
+            f"pool start ({method}, {workers} workers, worker imports)": lambda: pool_start_s(workers, method),
+            "np.save images/masks/fov (parent, after the pool)": save,
+            "_dataset_stats: fg fraction, class weights (parent)": lambda: _dataset_stats(rows_meta, masks, fovs,
+                                                                                          out_size),
+        }, repeats, warmup=1)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return [{"step": k, "seconds": common.median(v)} for k, v in times.items()]
+
+
 def breakdown(samples, size: int, n: int) -> list[dict]:
     """Per-pair milliseconds of each step of the stage's worker, in this process (one core)."""
     import numpy as np
@@ -131,6 +198,7 @@ COLS = [Col("what", "what"), Col("seconds", "s (median)", ".3f"), Col("min_s", "
         Col("images_per_s", "images/s", ".1f"), Col("ratio", "vs limit", ".2f")]
 BREAK_COLS = [Col("step", "step of the stage's per-pair work"), Col("ms_per_pair", "ms / pair", ".2f"),
               Col("pct", "%", ".1f")]
+FIXED_COLS = [Col("step", "per-run cost outside the per-pair work"), Col("seconds", "s (median)", ".3f")]
 
 
 def run(args, mode: common.Mode) -> dict:
@@ -193,6 +261,11 @@ def run(args, mode: common.Mode) -> dict:
         br = breakdown(samples, out_size, k)
         common.print_table(f"## where a pair's time goes (one core, mean of {k} pairs)", BREAK_COLS, br)
         tables["breakdown"] = br
+        common.progress("per-run fixed costs")
+        fixed = fixed_costs(out_size, n_img, workers, mode.pick(1, 3, 3))
+        common.print_table(f"## per-run costs of the stage outside the per-pair work ({n_img} pairs)", FIXED_COLS,
+                           fixed)
+        tables["fixed_costs"] = fixed
     common.say("")
     common.say(f"stage over 'limit + masks' (the least work that reads the masks too): {rows[0]['images_per_s'] / rows[2]['images_per_s']:.2f}x")
     common.say(common.summary_line("preprocess images/s over the decode+resize limit", ratio, TARGET_RATIO))

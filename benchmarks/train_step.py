@@ -11,8 +11,9 @@ measured median step time: an FFT that does the same layer with fewer operations
 
 Every configuration (model × ``lk_impl`` × memory format) is built once and all are timed
 interleaved in one process. The reference is the faster U-Net setting; the ratio is the best TCNet
-setting's model FLOP/s over it (target >= 0.9). ``--profile`` (automatic in the full mode when the
-target is missed) prints the top ops by self CPU time for the best TCNet setting and for U-Net.
+setting's model FLOP/s over it (target >= 0.9). ``--profile`` prints, for the best setting of each
+variant and for U-Net, the top-10 ops by self CPU time, self time by kind of op and time per phase
+of the step (automatic in the full mode for the variants below the target).
 """
 
 from __future__ import annotations
@@ -170,23 +171,30 @@ def run(args, mode: common.Mode) -> dict:
         },
         "notes": [],
     }
-    do_profile = args.profile if args.profile is not None else (mode.full and best["ratio"] < TARGET_RATIO)
+    below = [r["config"] for r in best_per_variant.values() if r["ratio"] < TARGET_RATIO]
+    do_profile = args.profile if args.profile is not None else (mode.full and bool(below))
     if do_profile:
-        cfg_best = next(c for c in cfgs if c.label == best["config"])
-        cfg_ref = next(c for c in cfgs if c.label == ref["config"])
+        # the best setting of every variant (of those below the target, when profiling by default), and U-Net
+        labels = [r["config"] for r in best_per_variant.values()] if args.profile else below
+        labels.append(ref["config"])
         result["tables"]["profile"] = {}
-        for c in (cfg_best, cfg_ref):
-            top, cats, phases = profile_step(steps[c.label])
+        for c in (next(c for c in cfgs if c.label == lab) for lab in labels):
+            top, cats, phases, shapes = profile_step(steps[c.label])
             common.print_table(f"## profile: {c.label}, one step, top 10 ops by self CPU time", PROFILE_COLS, top)
             common.print_table(f"## profile: {c.label}, self CPU time by kind of op", CAT_COLS, cats)
             common.print_table(f"## profile: {c.label}, CPU time by phase of the step", PHASE_COLS, phases)
-            result["tables"]["profile"][c.label] = {"top_ops": top, "by_kind": cats, "by_phase": phases}
+            common.print_table(f"## profile: {c.label}, top 10 (op, input shapes) by self CPU time", SHAPE_COLS,
+                               shapes)
+            result["tables"]["profile"][c.label] = {"top_ops": top, "by_kind": cats, "by_phase": phases,
+                                                    "by_shape": shapes}
     return result
 
 
 PROFILE_COLS = [Col("op", "op"), Col("self_ms", "self CPU ms", ".1f"), Col("pct", "% of step", ".1f"),
                 Col("calls", "calls", "d"), Col("ms_per_call", "ms/call", ".2f")]
 CAT_COLS = [Col("kind", "kind"), Col("self_ms", "self CPU ms", ".1f"), Col("pct", "% of step", ".1f")]
+SHAPE_COLS = [Col("op", "op"), Col("shapes", "input shapes"), Col("self_ms", "self CPU ms", ".1f"),
+              Col("pct", "% of step", ".1f"), Col("calls", "calls", "d")]
 PHASE_COLS = [Col("kind", "phase"), Col("self_ms", "CPU ms", ".1f"), Col("pct", "% of step", ".1f")]
 
 # Which kind of work an aten op is (for the "where the time goes" table).
@@ -214,15 +222,19 @@ def _kind(op: str) -> str:
     return "other"
 
 
-def profile_step(step) -> tuple[list[dict], list[dict], list[dict]]:
+def profile_step(step) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
     """One step (after a warm-up step) under torch.profiler: the top-10 ops by self CPU time, self
-    time by kind of op, and wall time per phase (forward, loss, backward, optimizer)."""
+    time by kind of op, CPU time per phase (forward, loss, backward, optimizer), and the top-10
+    (op, input shapes) pairs -- which layers the time goes to."""
     from torch.autograd.profiler import record_function
     from torch.profiler import ProfilerActivity, profile
 
     step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         step(record_function)
+    by_shape = [e for e in prof.key_averages(group_by_input_shape=True)
+                if e.self_cpu_time_total > 0 and not e.key.startswith("step: ")]
+    by_shape.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
     averages = prof.key_averages()
     phase_events = [e for e in averages if e.key.startswith("step: ")]
     phase_total = sum(e.cpu_time_total for e in phase_events)
@@ -239,4 +251,12 @@ def profile_step(step) -> tuple[list[dict], list[dict], list[dict]]:
     kinds = [{"kind": k, "self_ms": v / 1000, "pct": 100 * v / total}
              for k, v in sorted(cats.items(), key=lambda kv: kv[1], reverse=True)]
     kinds.append({"kind": "total (one step)", "self_ms": total / 1000, "pct": 100.0})
-    return top, kinds, phases
+    shapes = [{"op": e.key, "shapes": _shapes(e.input_shapes), "self_ms": e.self_cpu_time_total / 1000,
+               "pct": 100 * e.self_cpu_time_total / total, "calls": e.count} for e in by_shape[:10]]
+    return top, kinds, phases, shapes
+
+
+def _shapes(input_shapes) -> str:
+    """The tensor inputs' shapes, short: ``2x64x112x112, 64x1x31x31``."""
+    parts = ["x".join(map(str, s)) for s in (input_shapes or []) if isinstance(s, (list, tuple)) and s]
+    return ", ".join(parts[:3])

@@ -338,17 +338,24 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def read_yaml_mapping(path: str | Path, what: str = "file") -> dict:
+    """A YAML file whose top level is a mapping; errors name the file and what is wrong."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file. Errors name the file and the offending key."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: params file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = read_yaml_mapping(path, "params file")
     try:
         return from_dict(Params, raw).validate()
     except ConfigError as e:

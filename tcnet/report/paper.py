@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import yaml
 
 from tcnet.config import ExperimentConfig, RunVariant
 
@@ -111,16 +110,9 @@ class PaperRef:
 
 
 def load_reported(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: the paper's reported numbers file does not exist") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    return data
+    from tcnet.config import read_yaml_mapping
+
+    return read_yaml_mapping(path, "the paper's reported numbers file")
 
 
 def paper_reference(reported: dict, exp_id: str, exp: ExperimentConfig) -> PaperRef:

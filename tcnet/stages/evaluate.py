@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from tcnet.models.outputs import foreground_prob
 from tcnet.config import RETINA_DATASETS, EvaluateConfig, Params, RunSpec, expand_runs, load_params, to_dict
 from tcnet.utils.atomic import atomic_dir, atomic_write
 
@@ -81,18 +82,6 @@ def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarra
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(out, contours, -1, color, thickness)
     return out
-
-
-def _foreground_prob(logits):
-    """``B x K x S x S`` logits -> ``B x S x S`` foreground probability (sigmoid, or softmax channel 1)."""
-    import torch
-
-    if isinstance(logits, (list, tuple)):
-        logits = logits[0]
-    logits = logits.float()
-    if logits.shape[1] == 1:
-        return torch.sigmoid(logits[:, 0])
-    return torch.softmax(logits, dim=1)[:, 1]
 
 
 def _roc_rows(hist) -> list[tuple[float, float, float]]:
@@ -184,7 +173,7 @@ def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, spli
                 samples.append(sample)
             batch = torch.cat([prepare_image(img, size) for img in images]).to(dev)
             with torch.inference_mode():
-                probs = _foreground_prob(model(batch)).cpu()
+                probs = foreground_prob(model(batch)).cpu()
             for k, (image_id, rgb, sample) in enumerate(zip(chunk, images, samples)):
                 h, w = rgb.shape[:2]
                 prob = resize_prob(probs[k], (w, h))

@@ -40,7 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tcnet.tools.predict import example_image, main_output
+from tcnet.models.outputs import main_output
+from tcnet.tools.predict import example_image
 
 FORMATS = ("onnx", "torchscript")
 DEFAULT_ATOL = 1e-4

@@ -27,6 +27,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from tcnet.models.outputs import foreground_prob, main_output
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif")
 ISIC_ID = re.compile(r"^ISIC_\d{7}$")
 # Files that sit next to images in official layouts but are not images to segment.
@@ -55,32 +57,6 @@ file is listed with its reason; 2 nothing could be done (bad MODEL, no images fo
 # ----------------------------------------------------------------------------------------------
 
 
-def main_output(out):
-    """The segmentation logits of a forward pass: the tensor itself, the first of a tuple/list
-    (deep supervision: main head first), or ``out``/``logits`` of a dict."""
-    if isinstance(out, dict):
-        for key in ("out", "logits", "mask", "main"):
-            if key in out:
-                return out[key]
-        return next(iter(out.values()))
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    return out
-
-
-def foreground_prob(logits):
-    """``B x C x H x W`` logits -> ``B x H x W`` foreground probability (sigmoid for one channel,
-    softmax channel 1 for two or more)."""
-    import torch
-
-    if logits.ndim == 3:
-        logits = logits.unsqueeze(1)
-    logits = logits.float()
-    if logits.shape[1] == 1:
-        return torch.sigmoid(logits[:, 0])
-    return torch.softmax(logits, dim=1)[:, 1]
-
-
 def image_size_of(meta: dict) -> int:
     size = meta.get("image_size")
     if isinstance(size, (list, tuple)):
@@ -100,7 +76,7 @@ def predict_probs(model, images: Sequence[np.ndarray], image_size: int, device) 
         return []
     batch = torch.cat([prepare_image(img, image_size) for img in images]).to(device)
     with torch.inference_mode():
-        prob = foreground_prob(main_output(model(batch))).float().cpu()
+        prob = foreground_prob(model(batch)).cpu()
     return [resize_prob(p, (img.shape[1], img.shape[0])) for p, img in zip(prob, images)]
 
 
