@@ -18,13 +18,13 @@ numpy scalars/arrays on the way in and refuses anything it does not know.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
+
+from tcnet.utils.atomic import atomic_write
 
 
 class CheckpointError(ValueError):
@@ -55,21 +55,9 @@ def save_checkpoint(state: dict, path) -> Path:
     A crash (even ``kill -9``) leaves either the old file or the new one, never a torn one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = plain(state)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(path, "wb") as f:
+        torch.save(data, f)
     return path
 
 

@@ -1,7 +1,7 @@
 """TCNet (Li 2025): a large-kernel CNN branch and a Transformer branch, fused per scale, U-Net decoder.
 
 ``docs/model.md`` describes the network as built and every choice where the paper is silent;
-``/work/shared/design/tcnet.md`` is the reading of the paper it follows.
+the project design note it follows is summarised there, with the deviations in ``docs/deviations.md``.
 
     image ─ Stem ─ LKM stage 1 ─ LKM stage 2 ─ LKM stage 3 ─ LKM stage 4      C_1..C_4  (CNN branch)
           └ PatchEmbed ─ ETM 1 ─ ETM 2 ─ ETM 3 ─ ETM 4                        T_1..T_4  (Transformer)
