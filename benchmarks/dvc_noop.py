@@ -1,16 +1,19 @@
 """``dvc repro`` with nothing changed (target <= 2 s), and ``dvc status``.
 
-The project's own working tree has no pipeline outputs unless someone ran ``dvc repro`` there, and
-it is shared with other work, so the default is a temporary copy: what a clone holds (tracked +
-untracked-not-ignored files), ``git init`` + commit, ``dvc pull data.dvc`` (the raw data) from the bundled
-remote, ``params.yaml`` cut to a tiny profile (every experiment kept -- the stage count, 13, is the
-project's -- but one or two runs each, 1 epoch, 8 training images), one real ``dvc repro``, then the timed
-no-op ``dvc repro`` and ``dvc status`` (interleaved, wall time of the command as a user runs it).
-The copy is kept in the temporary folder and reused while ``dvc status`` says it is up to date
-(``--fresh`` rebuilds it). ``dvc --version`` is timed too: the CLI's fixed start-up cost.
+The project's working tree is shared with other work, so the no-op ``dvc repro`` is timed on a
+temporary copy: what a clone holds (tracked + untracked-not-ignored files), ``git init`` + commit,
+``dvc pull data.dvc`` (the raw data) from the bundled remote, ``params.yaml`` cut to a tiny profile
+(every experiment kept -- the stage count, 13, is the project's -- but one or two runs each, 1
+epoch, 8 training images), one real ``dvc repro``, then the timed no-op ``dvc repro`` and ``dvc
+status`` (interleaved, wall time of the command as a user runs it). The copy is kept in the
+temporary folder (about 3 GB, mostly checkpoints; delete ``$TMPDIR/tcnet-bench-<uid>/dvc_noop-project``
+to reclaim it) and reused while ``dvc status`` says it is up to date (``--fresh`` rebuilds it).
+``dvc --version`` is timed too: the CLI's fixed start-up cost.
 
-Also reported: whether the project itself has outputs (``dvc.lock``, ``outputs/``); where it does,
-``--in-place`` times the no-op repro there too (only after ``dvc status`` says nothing changed).
+Also timed, on the project itself: ``dvc status``, and, when it has outputs (``dvc.lock``,
+``outputs/``) and ``dvc status`` says nothing changed, ``dvc repro --dry`` -- the same up-to-date
+checks as a no-op repro, but unable to start a stage should someone change a dependency meanwhile
+in a shared working tree. ``--in-place`` adds the real ``dvc repro`` there (for your own tree).
 """
 
 from __future__ import annotations
@@ -183,13 +186,19 @@ def run(args, mode: common.Mode) -> dict:
     }
     if not mode.tiny:
         fns["dvc --version"] = _timed(dvc("--version"), repo, False, errors)
-    in_place = args.in_place and state["has_outputs"] and is_up_to_date(common.ROOT)
-    if args.in_place and not in_place:
-        notes.append("--in-place skipped: the project has no outputs or `dvc status` is not clean")
-    if in_place:
-        fns["dvc repro (project)"] = _timed(dvc("repro"), common.ROOT, True, errors)
-    if not mode.tiny and not state["has_outputs"]:
+    clean = not mode.tiny and state["has_outputs"] and is_up_to_date(common.ROOT)
+    if not mode.tiny:
         fns["dvc status (project)"] = _timed(dvc("status"), common.ROOT, False, errors)
+    if clean:
+        # The same up-to-date checks as a no-op repro, without the risk of running a stage in a tree
+        # others are editing (a dependency changed between the check and the repro would start one).
+        fns["dvc repro --dry (project)"] = _timed(dvc("repro", "--dry"), common.ROOT, True, errors)
+    elif state["has_outputs"] and not mode.tiny:
+        notes.append("the project has outputs but `dvc status` is not clean: its no-op repro is not timed")
+    if args.in_place and clean:
+        fns["dvc repro (project)"] = _timed(dvc("repro"), common.ROOT, True, errors)
+    elif args.in_place:
+        notes.append("--in-place skipped: the project has no outputs or `dvc status` is not clean")
     common.progress(f"timing {', '.join(fns)} (interleaved, {repeats} repeats)")
     times = common.time_interleaved(fns, repeats, warmup=0 if mode.tiny else 1)
     rows = []
@@ -204,15 +213,27 @@ def run(args, mode: common.Mode) -> dict:
         common.say(f"first (real) repro of the copy: {first_s:.1f} s")
     for e in errors:
         common.say(f"ERROR: {e}")
+    by_name = dict(zip(times, rows))
     noop = rows[0]["seconds"]
+    candidates = {"no-op dvc repro (copy)": noop}
+    for name in ("dvc repro --dry (project)", "dvc repro (project)"):
+        if name in by_name:
+            candidates[f"no-op {name}"] = by_name[name]["seconds"]
     common.say("")
-    common.say(common.summary_line("no-op dvc repro", noop, TARGET_S, unit=" s", higher_is_better=False))
+    for label, value in candidates.items():
+        common.say(common.summary_line(label, value, TARGET_S, unit=" s", higher_is_better=False))
+    noop = max(candidates.values())  # the headline: the slower of the copy's repro and the project's
     return {
         "settings": {"repeats": repeats, "repo": str(repo), "stages": n_stages, "project_state": state},
         "tables": {"commands": rows},
-        "summary": {"metric": "no-op `dvc repro` seconds", "value": noop, "target": TARGET_S,
+        "summary": {"metric": "no-op `dvc repro` seconds (the slower of: the project copy's `dvc repro`, the "
+                              "project's own `dvc repro --dry` when it is up to date)",
+                    "value": noop, "target": TARGET_S,
                     "met": common.verdict(noop, TARGET_S, higher_is_better=False),
-                    "dvc_status_s": rows[1]["seconds"], "first_repro_s": first_s},
+                    "dvc_status_s": rows[1]["seconds"], "first_repro_s": first_s,
+                    "candidates_s": candidates,
+                    "project_dvc_status_s": by_name["dvc status (project)"]["seconds"]
+                    if "dvc status (project)" in by_name else None},
         "notes": notes,
         "error": "; ".join(errors) or None,
     }

@@ -129,7 +129,7 @@ def run(args, mode: common.Mode) -> dict:
     steps = {c.label: Step(c, size, batch) for c in cfgs}
     flops = {m: model_step_flops(m, size, batch) for m in {c.model for c in cfgs}}
     common.progress("timing (interleaved)")
-    times = common.time_interleaved(steps, repeats, warmup=mode.warmup(), budget_s=mode.pick(None, 45.0, 600.0))
+    times = common.time_interleaved(steps, repeats, warmup=mode.warmup(), budget_s=mode.pick(None, 30.0, 600.0))
     rows = []
     for c in cfgs:
         st = common.stats(times[c.label])
