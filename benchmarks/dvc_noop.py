@@ -76,6 +76,7 @@ def tiny_profile(params: dict) -> dict:
         keep = {exp["runs"][0]["name"], exp.get("baseline_of")}  # the run the others are compared with stays
         exp["runs"] = [r for r in exp["runs"] if r["name"] in keep]
         exp["data"] = exp["data"][:1]
+        exp.pop("train", None)  # experiment-level train overrides (the demo's ablation) would win over train.*
     return p
 
 

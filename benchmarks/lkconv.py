@@ -224,7 +224,7 @@ def run(args, mode: common.Mode) -> dict:
     common.say(f"auto picked the measured winner (or a tie within 10 %) in {cpu['auto_right']} of "
                f"{cpu['auto_cases']} cases; wrong: {cpu['auto_wrong'] or 'none'}")
     common.say(f"measured crossover (first k where fft wins, NCHW): train k={cpu['crossover_train_nchw']}, "
-               f"inference k={cpu['crossover_infer_nchw']}; choose_impl's rule: train k>=9, inference k>=15")
+               f"inference k={cpu['crossover_infer_nchw']}; choose_impl's rule: train k>=9, inference k>=15 (NCHW), k>=29 on maps >= 48² (channels_last)")
     return {
         "settings": {"size": args.size, "batch": args.batch, "repeats": repeats, "devices": devices,
                      "sweep_shape": list(sweep_shape), "sweep_ks": list(sweep_ks)},

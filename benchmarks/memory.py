@@ -127,7 +127,7 @@ def child(spec: dict) -> dict:
         x = x.contiguous(memory_format=torch.channels_last)
     mask = (torch.rand(b, 1, s, s, device=device) > 0.7).float()
     loss_fn = CombinedLoss(ce_weight=0.5)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as the train stage builds it
     n_params = sum(p.numel() for p in model.parameters())
     rss_before = _rss_mib()
     peak_before = _maxrss_mib()

@@ -23,7 +23,6 @@ image on the 2-core machine) and reused.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import multiprocessing as mp
 import os
 import shutil
 import tempfile
@@ -105,56 +104,38 @@ def _touch_worker(_):
     return os.getpid()
 
 
-def stage_start_method() -> str:
-    """The multiprocessing start method the stage's pool uses (read from its source)."""
-    import inspect
-
-    import tcnet.stages.preprocess as stage
-
-    src = inspect.getsource(stage)
-    for method in ("forkserver", "spawn"):
-        if f'get_context("{method}")' in src or f"get_context('{method}')" in src:
-            return method
-    return mp.get_start_method()
-
-
-def pool_start_s(workers: int, method: str) -> float:
-    """Seconds to start the stage's pool (its start method and initializer) and import the worker
-    modules in every worker -- paid once per run, before the first pair."""
-    from tcnet.stages.preprocess import _init_worker
+def pool_start_s(workers: int) -> float:
+    """Seconds to start the stage's pool (:func:`tcnet.stages.preprocess._start_pool`: forkserver,
+    preloaded modules) until every worker has run a task -- paid once per run, before the first pair
+    (the stage overlaps part of it with its own imports and file discovery)."""
+    from tcnet.stages.preprocess import _start_pool
 
     t = time.perf_counter()
-    with cf.ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
-                                mp_context=mp.get_context(method)) as pool:
+    pool = _start_pool(workers)
+    try:
         list(pool.map(_touch_worker, range(workers)))
+    finally:
+        pool.shutdown(wait=True)
     return time.perf_counter() - t
 
 
 def fixed_costs(out_size: int, n: int, workers: int, repeats: int) -> list[dict]:
-    """The per-run costs outside the per-pair work: pool start, and the parent's serial tail
-    (saving the arrays, the class statistics) on arrays the size of this run's."""
+    """The per-run costs outside the per-pair work: pool start, and creating the output arrays
+    (memory-mapped ``.npy`` files the workers fill in place)."""
     import numpy as np
 
-    from tcnet.stages.preprocess import _dataset_stats
-
-    method = stage_start_method()
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n, out_size, out_size, 3), dtype=np.uint8)
-    masks = (rng.random((n, out_size, out_size)) > 0.7).astype(np.uint8)
-    fovs = np.ones_like(masks)
-    rows_meta = [{"official_split": "train"} for _ in range(n)]
     folder = Path(tempfile.mkdtemp(prefix="tcnet-bench-save-"))
+    shapes = {"images": (n, out_size, out_size, 3), "masks": (n, out_size, out_size),
+              "fov": (n, out_size, out_size)}
 
-    def save():
-        for name, arr in (("images", images), ("masks", masks), ("fov", fovs)):
-            np.save(folder / f"{name}.npy", arr)
+    def create():
+        for name, shape in shapes.items():
+            np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.uint8, shape=shape).flush()
 
     try:
         times = common.time_interleaved({
-            f"pool start ({method}, {workers} workers, worker imports)": lambda: pool_start_s(workers, method),
-            "np.save images/masks/fov (parent, after the pool)": save,
-            "_dataset_stats: fg fraction, class weights (parent)": lambda: _dataset_stats(rows_meta, masks, fovs,
-                                                                                          out_size),
+            f"pool start (forkserver with preload, {workers} workers, first task each)": lambda: pool_start_s(workers),
+            "create the output .npy memory maps (parent)": create,
         }, repeats, warmup=1)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -165,10 +146,10 @@ def breakdown(samples, size: int, n: int) -> list[dict]:
     """Per-pair milliseconds of each step of the stage's worker, in this process (one core)."""
     import numpy as np
 
-    from tcnet.data.adapters import load_fov, load_mask
-    from tcnet.data.io import read_gray, read_image
+    from tcnet.data.adapters import load_fov
+    from tcnet.data.io import read_image
     from tcnet.data.transforms import resize_image, resize_mask
-    from tcnet.stages.preprocess import _sha256, mask_binary_problem
+    from tcnet.stages.preprocess import _read_mask, _sha256, mask_binary_problem
 
     acc: dict[str, float] = {}
 
@@ -177,16 +158,18 @@ def breakdown(samples, size: int, n: int) -> list[dict]:
 
     for s in samples[:n]:
         t = time.perf_counter(); image = read_image(s.image); tick("read_image (JPEG decode)", t)
-        t = time.perf_counter(); gray = read_gray(s.mask); tick("read_gray (mask PNG decode)", t)
+        t = time.perf_counter(); gray, mask = _read_mask(s); tick("_read_mask (PNG decode, binarise)", t)
         t = time.perf_counter(); mask_binary_problem(gray); tick("mask_binary_problem", t)
-        t = time.perf_counter(); mask = np.asarray(load_mask(s)).astype(bool); tick("load_mask (mask decoded again)", t)
-        t = time.perf_counter(); fov = np.asarray(load_fov(s, image)).astype(bool); tick("load_fov", t)
-        t = time.perf_counter(); float(np.count_nonzero(mask & fov)) / max(int(np.count_nonzero(fov)), 1)
-        tick("fg fraction", t)
+        t = time.perf_counter(); fov = np.asarray(load_fov(s, image)).astype(bool, copy=False); full = fov.all()
+        tick("load_fov (+ all-true check)", t)
+        t = time.perf_counter(); float(np.count_nonzero(mask)) / mask.size; tick("fg fraction", t)
         t = time.perf_counter(); resize_image(image, size); tick("resize_image (area)", t)
         t = time.perf_counter()
-        resize_mask(mask.astype(np.uint8), size); resize_mask(fov.astype(np.uint8), size)
-        tick("resize_mask ×2 (mask, fov)", t)
+        m = np.asarray(resize_mask(np.ascontiguousarray(mask).view(np.uint8), size)) > 0
+        if not full:
+            resize_mask(fov.view(np.uint8), size)
+        np.count_nonzero(m)
+        tick("resize_mask (mask; fov if not all-true) + counts", t)
         t = time.perf_counter(); _sha256(s.image, s.mask); tick("sha256 (image + mask files)", t)
     total = sum(acc.values())
     rows = [{"step": k, "ms_per_pair": v / n * 1000, "pct": 100 * v / total} for k, v in acc.items()]

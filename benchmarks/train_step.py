@@ -1,7 +1,7 @@
 """TCNet train-step throughput as model FLOP/s, against smp U-Net/ResNet-34 at the same size and batch.
 
 A train step is: forward, the project's loss (``CombinedLoss``, λ = 0.5: WCE + Dice), backward,
-``Adam.step()``, ``zero_grad(set_to_none=True)`` -- in float32 on CPU, as the train stage runs.
+``Adam(fused=True).step()``, ``zero_grad(set_to_none=True)`` -- in float32 on CPU, as the train stage runs.
 
 Model FLOPs convention: the forward FLOPs of the architecture counted by ``tcnet.models.flops``
 (``FlopCounterMode``; 1 multiply-add = 2 FLOPs; convolutions, matmuls and attention only; the large
@@ -86,7 +86,7 @@ class Step:
         g = torch.Generator().manual_seed(1)
         self.mask = (torch.rand(batch, 1, size, size, generator=g) > 0.7).float()
         self.loss_fn = CombinedLoss(ce_weight=0.5)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4, fused=True)  # as the train stage builds it
 
     def __call__(self, label=None) -> None:
         label = label or _no_label
@@ -129,7 +129,10 @@ def run(args, mode: common.Mode) -> dict:
     steps = {c.label: Step(c, size, batch) for c in cfgs}
     flops = {m: model_step_flops(m, size, batch) for m in {c.model for c in cfgs}}
     common.progress("timing (interleaved)")
-    times = common.time_interleaved(steps, repeats, warmup=mode.warmup(), budget_s=mode.pick(None, 30.0, 600.0))
+    from tcnet.training.runtime import flush_denormal
+
+    with flush_denormal(torch.device("cpu")):  # as the train stage runs, for every configuration alike
+        times = common.time_interleaved(steps, repeats, warmup=mode.warmup(), budget_s=mode.pick(None, 30.0, 600.0))
     rows = []
     for c in cfgs:
         st = common.stats(times[c.label])
@@ -158,7 +161,7 @@ def run(args, mode: common.Mode) -> dict:
                                    TARGET_RATIO))
     result = {
         "settings": {"size": size, "batch": batch, "repeats": repeats, "dtype": "float32",
-                     "loss": "CombinedLoss(ce_weight=0.5)", "optimizer": "Adam(lr=1e-4)",
+                     "loss": "CombinedLoss(ce_weight=0.5)", "optimizer": "Adam(lr=1e-4, fused=True)",
                      "flops_convention": "forward FLOPs (tcnet.models.flops, direct conv, 1 MAC = 2 FLOPs) "
                                          "x batch x 3"},
         "tables": {"steps": rows},

@@ -154,19 +154,31 @@ def read_gray(path) -> np.ndarray:
     _check_file(path)
     try:
         with _open_pil(path) as img:
-            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                arr = _to_uint8(np.asarray(img), path)
-            elif img.mode in ("RGBA", "LA", "PA"):
-                arr = np.asarray(img.convert("RGBA").convert("L"))
-            else:
-                arr = np.asarray(img.convert("L"))
+            return gray_of(img, path)
     except InvalidInputError:
         if path.suffix.lower() not in TIFF_SUFFIXES:
             raise
         arr = _read_tifffile(path)
-        if arr.ndim == 3:
-            rgb = arr[..., :3].astype(np.float64)
-            arr = np.round(rgb @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
+    return _gray_array(arr, path)
+
+
+def gray_of(img, path) -> np.ndarray:
+    """:func:`read_gray`'s grey levels of an already decoded ``PIL.Image`` (``path`` for errors)."""
+    if img.mode == "L":
+        arr = np.asarray(img)
+    elif img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = _to_uint8(np.asarray(img), Path(path))
+    elif img.mode in ("RGBA", "LA", "PA"):
+        arr = np.asarray(img.convert("RGBA").convert("L"))
+    else:
+        arr = np.asarray(img.convert("L"))
+    return _gray_array(arr, Path(path))
+
+
+def _gray_array(arr: np.ndarray, path: Path) -> np.ndarray:
+    if arr.ndim == 3:
+        rgb = arr[..., :3].astype(np.float64)
+        arr = np.round(rgb @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
     if arr.ndim != 2:
         raise InvalidInputError(f"{path}: expected a single-channel image, got an array of shape {arr.shape}")
     return np.ascontiguousarray(arr, dtype=np.uint8)

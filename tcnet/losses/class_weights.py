@@ -55,6 +55,17 @@ def class_weights_from_masks(
         if v is not None:
             labels = labels[v != 0]
         counts += np.bincount(labels.ravel(), minlength=num_classes)[:num_classes]
+    return class_weights_from_counts(counts, clip)
+
+
+def class_weights_from_counts(counts, clip: tuple[float, float] = DEFAULT_CLIP) -> list[float]:
+    """:func:`class_weights_from_masks`'s rule from pixel counts per class (``counts[c]`` = pixels
+    of class ``c``), for callers that counted as they went (the preprocess stage's workers)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    num_classes = counts.shape[0]
+    lo, hi = float(clip[0]), float(clip[1])
+    if not 0 < lo <= hi:
+        raise ValueError(f"clip must be (low, high) with 0 < low <= high, got {clip}")
     if counts.sum() == 0:
         return [1.0] * num_classes
     present = counts > 0

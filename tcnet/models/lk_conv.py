@@ -41,28 +41,37 @@ def check_lk_impl(impl: str) -> str:
     return impl
 
 
-def choose_impl(device: torch.device | str, C: int, H: int, W: int, k: int, requires_grad: bool = True) -> str:
+def choose_impl(device: torch.device | str, C: int, H: int, W: int, k: int, requires_grad: bool = True,
+                channels_last: bool = False) -> str:
     """The faster implementation of a depthwise ``k``×``k`` convolution on a ``C×H×W`` map.
 
     The rule, from measurements on the project's 2-core CPU with torch 2.14.1 (``python -m
-    tcnet.models.lk_bench``; the table is in ``docs/model.md``):
+    benchmarks lkconv``; the tables are in ``docs/performance.md``):
 
     - not CPU (CUDA, MPS, ...): ``direct`` -- cuDNN's depthwise kernels (not yet measured against
       fft on a GPU);
-    - CPU, gradients needed (training): ``fft`` from k = 9 on. Around k = 5-7 the two trade places
-      with the shape; from k = 9 fft wins everywhere measured, and by 15-30× at k = 31
-      (fwd+bwd, 2×64×112²: direct ~940 ms, fft ~30 ms);
-    - CPU, no gradients (inference): ``fft`` from k = 15 on, where oneDNN's NCHW depthwise forward
-      leaves its fast path (2×64×56²: k = 13 direct 0.9 ms, k = 15 18-22 ms, fft ~2 ms).
+    - CPU, gradients needed (training): ``fft`` from k = 9 on, in either layout. Around k = 5-7 the
+      two trade places with the shape; from k = 9 fft wins everywhere measured, and by 15-40× at
+      k = 31 (fwd+bwd, 2×64×112²: direct ~1 s, fft ~27 ms): oneDNN's depthwise backward is slow at
+      every large size;
+    - CPU, no gradients, NCHW: ``fft`` from k = 15 on, where oneDNN's NCHW depthwise forward leaves
+      its fast path (2×64×56²: k = 13 direct 1.0 ms, k = 15 19 ms, fft ~2.3 ms);
+    - CPU, no gradients, channels_last: oneDNN's channels_last depthwise forward stays fast at every
+      k (175-290 GFLOP/s), so ``direct`` wins on small maps; ``fft`` only for k >= 29 on maps of
+      at least 48×48 (k = 31: 112² fft 1.7× faster, 56² 1.1-1.3×, 28² and 14² direct 1.6-3.9× faster).
 
-    ``C``, ``H``, ``W`` are accepted so that the rule can grow shape terms; the measured crossovers
-    did not depend on them enough to matter (on tiny maps both paths take well under a millisecond).
+    ``C`` is accepted so that the rule can grow a channel term; the measured crossovers did not
+    depend on it.
     """
-    del C, H, W
+    del C
     dev = torch.device(device) if isinstance(device, str) else device
     if dev.type != "cpu":
         return "direct"
-    return "fft" if k >= (9 if requires_grad else 15) else "direct"
+    if requires_grad:
+        return "fft" if k >= 9 else "direct"
+    if channels_last:
+        return "fft" if k >= 29 and H * W >= 48 * 48 else "direct"
+    return "fft" if k >= 15 else "direct"
 
 
 def _same_pad(k: int) -> tuple[int, int]:
@@ -184,7 +193,8 @@ class LargeKernelDWConv(nn.Module):
             return self.lk_impl
         H, W = x.shape[-2:]
         grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        return choose_impl(x.device, self.channels, H, W, self.kernel_size, requires_grad=grad)
+        cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        return choose_impl(x.device, self.channels, H, W, self.kernel_size, requires_grad=grad, channels_last=cl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.resolved_impl(x) == "fft":

@@ -2,7 +2,8 @@
 
 For each configured dataset the adapter (:func:`tcnet.data.adapters.discover`) pairs the files of
 the official layout; each pair is then checked and resized in a process pool (one pair per task),
-and the parent assembles the arrays::
+each worker writing its pair straight into its slot of the output ``.npy`` files, and
+the parent collects the manifest rows and pixel counts::
 
     <out>/<dataset>/images.npy   uint8 N x S x S x 3   (area resize)
     <out>/<dataset>/masks.npy    uint8 N x S x S, 0/1  (nearest resize)
@@ -43,6 +44,7 @@ MANIFEST_COLUMNS = (
     "orig_width", "orig_height", "fg_fraction", "checksum",
 )
 SKIPPED_COLUMNS = ("dataset", "id", "path", "problem")
+ARRAY_NAMES = ("images", "masks", "fov")
 
 # A raw mask is "binary-ish" when at most this fraction of its pixels lies in the mid-grey band
 # (MID_LOW, MID_HIGH) of the 0..255 grey scale. Tolerates a few anti-aliased edge pixels; rejects
@@ -62,6 +64,8 @@ class _Task:
     size: int
     raw_dir: str
     sample: Any  # tcnet.data.adapters.Sample
+    index: int = -1  # slot in the output arrays
+    arrays_dir: str = ""  # folder of the images/masks/fov .npy files the worker writes into
 
 
 @dataclass
@@ -70,10 +74,9 @@ class _Result:
     sample_id: str
     path: str = ""  # the offending file (errors only)
     problem: str = ""
-    image: Optional[np.ndarray] = None
-    mask: Optional[np.ndarray] = None
-    fov: Optional[np.ndarray] = None
+    index: int = -1
     row: Optional[dict] = None
+    counts: tuple[int, int] = (0, 0)  # resized (background, foreground) pixels inside the FOV
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,6 +113,13 @@ def mask_binary_problem(gray: np.ndarray) -> Optional[str]:
     """Why a raw grey mask (uint8 H x W) is not binary under the documented rule, else ``None``."""
     if gray.size == 0:
         return "mask is empty (0 pixels)"
+    gray = np.ascontiguousarray(gray, np.uint8)
+    if gray.ndim == 2:  # the common case, a clean mask, in one OpenCV pass (bincount is ~5x slower)
+        import cv2
+
+        mid = cv2.countNonZero(cv2.inRange(gray, MID_LOW + 1, MID_HIGH - 1))
+        if mid <= MAX_MID_FRACTION * gray.size:
+            return None
     hist = np.bincount(np.asarray(gray, np.uint8).ravel(), minlength=256)
     n_values = int(np.count_nonzero(hist))
     if n_values <= 2 or not hist[2:].any():  # two levels (0/255, palette 3/253, 0/1 ...) are unambiguous
@@ -146,9 +156,67 @@ def _process(task: _Task) -> _Result:
         return _Result(False, s.id, str(s.image), f"unexpected {type(e).__name__}: {e}")
 
 
+class _Slots:
+    """The output arrays of one dataset, open for writing: a worker writes its pair's slot straight
+    into the ``.npy`` files (``os.pwrite`` at the slot's offset), so no image travels back through
+    the pool (the parent is a third process on the cores), and no page of a memory map is faulted."""
+
+    def __init__(self, arrays_dir: str):
+        self.files = []
+        for name in ARRAY_NAMES:
+            path = Path(arrays_dir) / f"{name}.npy"
+            header = np.load(path, mmap_mode="r")  # reads the header only
+            item = int(np.prod(header.shape[1:], dtype=np.int64)) * header.itemsize
+            self.files.append((os.open(path, os.O_WRONLY), int(header.offset), item))
+            del header
+
+    def write(self, index: int, *arrays: np.ndarray) -> None:
+        for (fd, offset, item), a in zip(self.files, arrays, strict=True):
+            data = memoryview(np.ascontiguousarray(a, dtype=np.uint8)).cast("B")
+            if data.nbytes != item:
+                raise AssertionError(f"slot of {item} bytes, array of {data.nbytes}")
+            pos, done = offset + index * item, 0
+            while done < item:  # pwrite may write less than asked (signals, huge slots)
+                done += os.pwrite(fd, data[done:], pos + done)
+
+    def close(self) -> None:
+        for fd, _, _ in self.files:
+            os.close(fd)
+        self.files = []
+
+
+_SLOTS: dict[str, _Slots] = {}  # per process: arrays_dir -> its open files (one dataset at a time)
+
+
+def _slots(arrays_dir: str) -> _Slots:
+    slots = _SLOTS.get(arrays_dir)
+    if slots is None:
+        _close_slots()
+        slots = _SLOTS[arrays_dir] = _Slots(arrays_dir)
+    return slots
+
+
+def _close_slots() -> None:
+    for slots in _SLOTS.values():
+        slots.close()
+    _SLOTS.clear()
+
+
+def _read_mask(sample) -> tuple[np.ndarray, np.ndarray]:
+    """``(grey, mask)``: one decode of the mask file when the dataset's adapter uses the default
+    mask rule (every bundled adapter); an adapter with its own ``load_mask`` is asked for it."""
+    from tcnet.data.adapters import load_mask
+    from tcnet.data.adapters.base import Adapter, get_adapter, read_mask_file
+    from tcnet.data.io import read_gray
+
+    if type(get_adapter(sample.dataset)).load_mask is Adapter.load_mask:
+        return read_mask_file(sample.mask)
+    return read_gray(sample.mask), np.asarray(load_mask(sample)).astype(bool)
+
+
 def _process_or_raise(task: _Task) -> _Result:
-    from tcnet.data.adapters import load_fov, load_mask
-    from tcnet.data.io import read_gray, read_image
+    from tcnet.data.adapters import load_fov
+    from tcnet.data.io import read_image
     from tcnet.data.transforms import resize_image, resize_mask
 
     s, size = task.sample, task.size
@@ -169,38 +237,42 @@ def _process_or_raise(task: _Task) -> _Result:
     h, w = image.shape[:2]
 
     try:
-        gray = read_gray(s.mask)
+        gray, mask = _read_mask(s)
     except Exception as e:
         raise _PairProblem(s.mask, f"cannot read mask: {_msg(e, s.mask)}") from None
     if gray.shape[:2] != (h, w):
         raise _PairProblem(
             s.mask, f"mask size {gray.shape[1]}x{gray.shape[0]} (WxH) does not match image size {w}x{h} ({s.image})"
         )
-    problem = mask_binary_problem(np.asarray(gray))
+    problem = mask_binary_problem(gray)
     if problem:
         raise _PairProblem(s.mask, problem)
-    try:
-        mask = np.asarray(load_mask(s)).astype(bool)
-    except Exception as e:
-        raise _PairProblem(s.mask, f"cannot load mask: {_msg(e, s.mask)}") from None
+    if mask.shape != (h, w):
+        raise _PairProblem(s.mask, f"mask size {mask.shape[1]}x{mask.shape[0]} (WxH) does not match image size {w}x{h}")
 
     fov_file = s.fov or s.image  # a derived FOV comes from the image
     try:
-        fov = np.asarray(load_fov(s, image)).astype(bool)
+        fov = np.asarray(load_fov(s, image)).astype(bool, copy=False)
     except Exception as e:
         raise _PairProblem(fov_file, f"cannot load or derive the FOV mask: {_msg(e, fov_file)}") from None
     if fov.shape != (h, w):
         raise _PairProblem(fov_file, f"FOV size {fov.shape[1]}x{fov.shape[0]} (WxH) does not match image size {w}x{h}")
-    if not fov.any():
+    full_fov = bool(fov.all())  # ISIC/PH2 (no FOV file): skip the per-pixel FOV work
+    if not full_fov and not fov.any():
         raise _PairProblem(fov_file, "FOV mask is empty (no pixel inside the field of view)")
 
-    n_fov = int(np.count_nonzero(fov))
-    fg_fraction = float(np.count_nonzero(mask & fov)) / n_fov
-    out_image = np.ascontiguousarray(resize_image(image, size), dtype=np.uint8)
-    out_mask = (np.asarray(resize_mask(mask.astype(np.uint8), size)) > 0).astype(np.uint8)
-    out_fov = (np.asarray(resize_mask(fov.astype(np.uint8), size)) > 0).astype(np.uint8)
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    if full_fov:
+        fg_fraction = float(np.count_nonzero(mask)) / mask.size
+    else:
+        fg_fraction = float(np.count_nonzero(mask & fov)) / int(np.count_nonzero(fov))
+    out_image = resize_image(image, size)
+    out_mask = np.asarray(resize_mask(mask.view(np.uint8), size)) > 0
+    out_fov = np.ones((size, size), bool) if full_fov else np.asarray(resize_mask(fov.view(np.uint8), size)) > 0
     if out_image.shape != (size, size, 3) or out_mask.shape != (size, size) or out_fov.shape != (size, size):
         raise AssertionError(f"resize gave {out_image.shape}, {out_mask.shape}, {out_fov.shape}")
+    n_fov = size * size if full_fov else int(np.count_nonzero(out_fov))
+    n_fg = int(np.count_nonzero(out_mask if full_fov else out_mask & out_fov))
 
     row = {
         "id": s.id,
@@ -215,7 +287,8 @@ def _process_or_raise(task: _Task) -> _Result:
         "fg_fraction": round(fg_fraction, 6),
         "checksum": _sha256(s.image, s.mask),
     }
-    return _Result(True, s.id, image=out_image, mask=out_mask, fov=out_fov, row=row)
+    _slots(task.arrays_dir).write(task.index, out_image, out_mask, out_fov)
+    return _Result(True, s.id, index=task.index, row=row, counts=(n_fov - n_fg, n_fg))
 
 
 def _msg(e: Exception, path=None) -> str:
@@ -232,7 +305,8 @@ def _msg(e: Exception, path=None) -> str:
 
 def class_weights(masks: np.ndarray, fov: np.ndarray) -> list[float]:
     """``[w_bg, w_fg]``: inverse pixel frequency over FOV pixels, smallest = 1, clipped to [1, 50]
-    (the rule of :func:`tcnet.losses.class_weights_from_masks`, which computes it)."""
+    (the rule of :func:`tcnet.losses.class_weights_from_masks`; the stage counts pixels as it goes
+    and applies the same rule through :func:`tcnet.losses.class_weights_from_counts`)."""
     from tcnet.losses import class_weights_from_masks
 
     return [float(w) for w in class_weights_from_masks(masks, fov, clip=WEIGHT_CLIP)]
@@ -279,55 +353,75 @@ def _write_csv(path: Path, columns, rows) -> None:
         writer.writerows(rows)
 
 
-def _process_dataset(dataset: str, cfg: PreprocessConfig, raw_dir: Path, pool, workers: int):
+def _process_dataset(dataset: str, cfg: PreprocessConfig, raw_dir: Path, out: Path, pool, workers: int):
+    """Write ``out/{images,masks,fov}.npy`` for ``dataset``; returns (rows, skipped, class counts).
+
+    The arrays are created full-size first and filled in place by the workers (:class:`_Slots`);
+    pairs left out under ``skip_invalid`` are squeezed out at the end.
+    """
     samples = _discover(dataset, raw_dir)
     size = cfg.size_for(dataset)
-    tasks = [_Task(dataset, size, str(raw_dir), s) for s in samples]
-    n = len(tasks)
-    images = np.zeros((n, size, size, 3), np.uint8)
-    masks = np.zeros((n, size, size), np.uint8)
-    fovs = np.zeros((n, size, size), np.uint8)
-    rows, skipped = [], []
-    chunksize = max(1, min(16, n // (4 * workers)))  # few round trips, yet balanced across workers
+    n = len(samples)
+    shapes = {"images": (n, size, size, 3), "masks": (n, size, size), "fov": (n, size, size)}
+    for name in ARRAY_NAMES:
+        np.lib.format.open_memmap(out / f"{name}.npy", mode="w+", dtype=np.uint8, shape=shapes[name]).flush()
+    tasks = [_Task(dataset, size, str(raw_dir), smp, i, str(out)) for i, smp in enumerate(samples)]
+    ok: list[_Result] = []
+    skipped = []
+    # Small chunks: a pair is ~10 ms, and the last chunk of one worker is the other's idle time.
+    chunksize = max(1, min(4, n // (8 * workers)))
     results = pool.map(_process, tasks, chunksize=chunksize) if pool else map(_process, tasks)
-    with _progress(n, dataset) as bar:
-        for r in results:
-            bar.update(1)
-            if not r.ok:
-                where = f"{r.path}: " if r.path else ""
-                if not cfg.skip_invalid:
-                    raise PreprocessError(
-                        f"{dataset}: {where}{r.problem} (sample {r.sample_id}; set preprocess.skip_invalid: "
-                        "true to skip bad pairs)"
-                    )
-                skipped.append({"dataset": dataset, "id": r.sample_id, "path": r.path, "problem": r.problem})
-                continue
-            k = len(rows)
-            images[k], masks[k], fovs[k] = r.image, r.mask, r.fov
-            rows.append({**r.row, "index": k})
-    k = len(rows)
-    if k == 0:
+    try:
+        with _progress(n, dataset) as bar:
+            for r in results:
+                bar.update(1)
+                if not r.ok:
+                    where = f"{r.path}: " if r.path else ""
+                    if not cfg.skip_invalid:
+                        raise PreprocessError(
+                            f"{dataset}: {where}{r.problem} (sample {r.sample_id}; set preprocess.skip_invalid: "
+                            "true to skip bad pairs)"
+                        )
+                    skipped.append({"dataset": dataset, "id": r.sample_id, "path": r.path, "problem": r.problem})
+                    continue
+                ok.append(r)
+    finally:
+        _close_slots()  # this process's files (single-process mode), before they are touched again
+    if not ok:
         raise PreprocessError(f"{dataset}: all {n} pairs in {raw_dir / dataset} are invalid (see the skipped list)")
-    return images[:k], masks[:k], fovs[:k], rows, skipped
+    keep = [r.index for r in ok]  # in sample order: pool.map keeps the order
+    if len(keep) < n:
+        for name in ARRAY_NAMES:
+            arr = np.load(out / f"{name}.npy", mmap_mode="r")
+            kept = np.ascontiguousarray(arr[keep])
+            del arr
+            np.save(out / f"{name}.npy", kept)
+    rows = [{**r.row, "index": k} for k, r in enumerate(ok)]
+    counts = {"all": np.sum([r.counts for r in ok], axis=0),
+              "train": np.sum([r.counts for r in ok if r.row["official_split"] == "train"] or [[0, 0]], axis=0)}
+    return rows, skipped, counts
 
 
-def _dataset_stats(rows, masks, fovs, size: int) -> dict:
-    splits = np.array([r["official_split"] for r in rows])
-    train = splits == "train" if (splits == "train").any() else np.ones(len(rows), bool)
-    n_fov = int(np.count_nonzero(fovs))
-    n_fg = sum(int(np.count_nonzero(m & f)) for m, f in zip(masks, fovs))  # per image: no N x S x S temporary
-    fg = n_fg / max(n_fov, 1)
+def _dataset_stats(rows, counts: dict, size: int) -> dict:
+    """fg fraction over every kept pair; class weights from the official training pairs (all pairs
+    if the dataset has no official split), both over resized FOV pixels."""
+    from tcnet.losses import class_weights_from_counts
+
+    has_train = any(r["official_split"] == "train" for r in rows)
+    bg, fg = (int(c) for c in counts["all"])
+    weights = class_weights_from_counts(counts["train"] if has_train else counts["all"], WEIGHT_CLIP)
     return {
         "n": len(rows),
         "size": size,
-        "fg_fraction": round(fg, 6),
-        "class_weights": [round(w, 6) for w in class_weights(masks[train], fovs[train])],
+        "fg_fraction": round(fg / max(bg + fg, 1), 6),
+        "class_weights": [round(float(w), 6) for w in weights],
     }
 
 
 def _import_once() -> None:
-    """Import what the workers use before the pool forks, so each worker does not import it again
-    (scipy for the CHASE_DB1 FOV, OpenCV, Pillow); and the class-weight rule (tcnet.losses)."""
+    """Import up front what the parent (discovery, class weights) and the single-process mode use,
+    so the summary can report import time apart from the per-pair work. Pool workers get the same
+    modules from the forkserver's preload (:func:`_start_pool`)."""
     import cv2  # noqa: F401
     import scipy.ndimage  # noqa: F401
     from PIL import Image  # noqa: F401
@@ -336,6 +430,24 @@ def _import_once() -> None:
     import tcnet.data.io  # noqa: F401
     import tcnet.data.transforms  # noqa: F401
     import tcnet.losses  # noqa: F401
+
+
+_WORKER_MODULES = ["cv2", "PIL.Image", "PIL.PngImagePlugin", "PIL.JpegImagePlugin", "scipy.ndimage",
+                   "tcnet.stages.preprocess", "tcnet.data.adapters", "tcnet.data.io", "tcnet.data.transforms"]
+
+
+def _start_pool(workers: int) -> cf.ProcessPoolExecutor:
+    """A pool whose workers are up and have imported what they use before the first pair.
+
+    forkserver, not fork: a worker forked from a parent whose OpenCV thread pool is alive can
+    deadlock on its first OpenCV call; forkserver children start from a clean process. The server
+    imports the worker modules once (preload), so each worker forks with them already loaded.
+    """
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(_WORKER_MODULES)
+    pool = cf.ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, mp_context=ctx)
+    pool.submit(int)  # starts the forkserver and a first worker while the parent lists the files
+    return pool
 
 
 def run(cfg: PreprocessConfig, raw_dir: Path, out_dir: Path) -> dict:
@@ -352,31 +464,25 @@ def run(cfg: PreprocessConfig, raw_dir: Path, out_dir: Path) -> dict:
         raise PreprocessError(f"raw data folder {raw_dir} not found (preprocess.raw_dir / --raw)")
     workers = cfg.workers or os.cpu_count() or 1
     t_start = time.perf_counter()
-    _import_once()
+    pool = _start_pool(workers) if workers > 1 else None  # the workers import while the parent does
+    try:
+        _import_once()
+    except BaseException:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        raise
     t_imported = time.perf_counter()
     summary: dict[str, Any] = {"out_dir": str(out_dir), "datasets": {}, "skipped": []}
     manifest, stats = [], {}
-    # forkserver, not fork: a worker forked from a parent whose OpenCV thread pool is alive can
-    # deadlock on its first OpenCV call; forkserver children start from a clean process.
-    pool = (
-        cf.ProcessPoolExecutor(
-            max_workers=workers, initializer=_init_worker, mp_context=multiprocessing.get_context("forkserver")
-        )
-        if workers > 1
-        else None
-    )
     try:
         with atomic_dir(out_dir) as tmp:
             for dataset in cfg.datasets:
                 t0 = time.perf_counter()
-                images, masks, fovs, rows, skipped = _process_dataset(dataset, cfg, raw_dir, pool, workers)
                 d = tmp / dataset
                 d.mkdir()
-                np.save(d / "images.npy", images)
-                np.save(d / "masks.npy", masks)
-                np.save(d / "fov.npy", fovs)
+                rows, skipped, counts = _process_dataset(dataset, cfg, raw_dir, d, pool, workers)
                 manifest.extend(rows)
-                stats[dataset] = _dataset_stats(rows, masks, fovs, cfg.size_for(dataset))
+                stats[dataset] = _dataset_stats(rows, counts, cfg.size_for(dataset))
                 secs = time.perf_counter() - t0
                 summary["datasets"][dataset] = {
                     "n": len(rows), "skipped": len(skipped), "seconds": round(secs, 3),

@@ -4,7 +4,8 @@
                 [--splits outputs/splits] [--out outputs/models] [--nproc N] [--no-mlflow]
 
 One run (:func:`train_run`) writes ``<out>/<experiment>/<run_id>/``: ``best.pt`` (best validation
-DI), ``last.pt`` (every epoch), ``history.csv``, ``run.json``. Re-running after a crash or
+DI), ``last.pt`` (every epoch; without the optimizer state once the run is finished),
+``history.csv``, ``run.json``. Re-running after a crash or
 ``kill -9`` resumes from ``last.pt`` when it was written by the same configuration (config hash);
 a finished run is skipped. Protocol, resume and determinism: docs/training.md.
 """
@@ -115,7 +116,10 @@ def _model_and_optim(spec: RunSpec, device: torch.device):
     model = tcnet.create_model(spec.model, **spec.model_kwargs).to(device)
     if device.type == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel over every parameter instead of ~10 ops per tensor (tcnet_base has 509):
+    # the optimizer step 2-4x faster on CPU (docs/performance.md); same update rule.
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                 fused=device.type in ("cpu", "cuda"))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.min_lr)
     return model, optimizer, scheduler
 
@@ -172,11 +176,11 @@ def train_run(spec: RunSpec, preprocessed_dir, splits_dir, run_dir, mlflow_cfg: 
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this; rank 0 alone writes files and logs.
     Global torch settings changed for the run (deterministic algorithms, cuDNN flags) are restored.
     """
-    from tcnet.training.runtime import determinism, init_distributed, resolve_device
+    from tcnet.training.runtime import determinism, flush_denormal, init_distributed, resolve_device
 
     dist = init_distributed(spec.train.device)
     device = resolve_device(spec.train.device, dist.local_rank)
-    with determinism(spec.train.deterministic, device):
+    with determinism(spec.train.deterministic, device), flush_denormal(device):
         return _train(spec, Path(preprocessed_dir), Path(splits_dir), Path(run_dir), mlflow_cfg or MlflowConfig(),
                       tracking_ctx, dist, device, profile, params_digest, progress)
 
@@ -199,6 +203,10 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
         if dist.is_main:
             _say(f"{spec.run_id}: already trained ({cfg.epochs} epochs, best val DI {info.get('best_val_DI')}); skipping")
         return info
+    if ckpt is not None and not ckpt.get("optimizer"):  # a finished run's last.pt, without a finished run.json
+        if dist.is_main:
+            _say(f"{spec.run_id}: {run_dir / 'last.pt'} holds no optimizer state to resume from; starting fresh")
+        ckpt = None
     if ckpt is None and dist.is_main:
         for name in OUTPUT_FILES:  # leftovers of another configuration or of a run killed in epoch 1
             (run_dir / name).unlink(missing_ok=True)
@@ -295,6 +303,10 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
 
         if dist.is_main:
             record["train_seconds"] = time.perf_counter() - t_run
+            # A finished run never resumes (more epochs is another config hash), so last.pt drops the
+            # optimizer, scheduler and RNG state: Adam's two moments are 2/3 of a checkpoint.
+            save_checkpoint(_checkpoint(spec, raw_model, image_size, int(history[-1]["epoch"]) if history else 0,
+                                        history, best, with_state=False), run_dir / "last.pt")
             _finish(logger, spec, run_dir, record, history, best, image_size, mlflow_cfg)
     dist.barrier()
     if not dist.is_main:  # rank 0 wrote the final record

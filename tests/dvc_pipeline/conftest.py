@@ -55,6 +55,8 @@ def tiny_params(params: dict) -> dict:
     exps["ablation"]["data"] = exps["ablation"]["data"][:1]
     del exps["attention"]
     del exps["ph2_transfer"]
+    for e in exps.values():  # experiment-level train overrides (the demo's ablation: 20 epochs) win over train.*
+        e.pop("train", None)
     return p
 
 

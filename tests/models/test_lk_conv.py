@@ -94,6 +94,26 @@ def test_choose_impl_rule():
     assert choose_impl(cpu, 64, 56, 56, 3, requires_grad=True) == "direct"
     assert choose_impl(cuda, 64, 112, 112, 31) == "direct"
     assert choose_impl("meta", 64, 112, 112, 31) == "direct"
+    # channels_last inference: oneDNN's CL depthwise forward wins on small maps, fft only on big ones
+    assert choose_impl(cpu, 64, 112, 112, 31, requires_grad=False, channels_last=True) == "fft"
+    assert choose_impl(cpu, 256, 28, 28, 31, requires_grad=False, channels_last=True) == "direct"
+    assert choose_impl(cpu, 64, 56, 56, 21, requires_grad=False, channels_last=True) == "direct"
+    assert choose_impl(cpu, 256, 28, 28, 31, requires_grad=True, channels_last=True) == "fft"
+
+
+def test_auto_sees_the_layout():
+    conv = LargeKernelDWConv(8, 31, lk_impl="auto").to(memory_format=torch.channels_last)
+    small = torch.randn(1, 8, 14, 14)
+    with torch.inference_mode():
+        assert conv.resolved_impl(small) == "fft"
+        assert conv.resolved_impl(small.contiguous(memory_format=torch.channels_last)) == "direct"
+        big = torch.randn(1, 8, 64, 64).contiguous(memory_format=torch.channels_last)
+        assert conv.resolved_impl(big) == "fft"
+        # both paths give the same numbers in channels_last
+        ref = conv(small)
+        set_lk_impl(conv, "direct")
+        torch.testing.assert_close(conv(small.contiguous(memory_format=torch.channels_last)), ref,
+                                   rtol=1e-4, atol=1e-4)
 
 
 def test_auto_resolves_per_call():

@@ -262,6 +262,21 @@ def test_all_five_synthetic_datasets_then_split_and_dataset(tmp_path):
     stats = json.loads((tmp_path / "pre" / "stats.json").read_text())
     assert list(stats) == list(DATASETS)
     assert all(1.0 <= w <= 50.0 for s in stats.values() for w in s["class_weights"])
+    # the workers' pixel counts give what the rule gives on the written arrays, and each slot holds its pair
+    from tcnet.data.io import read_image
+    from tcnet.data.transforms import resize_image
+    from tcnet.stages.preprocess import class_weights
+
+    for d in DATASETS:
+        masks, fovs = (np.load(tmp_path / "pre" / d / f"{n}.npy") for n in ("masks", "fov"))
+        rows = m[m.dataset == d].sort_values("index")
+        train = (rows["official_split"] == "train").to_numpy()
+        train = train if train.any() else np.ones_like(train)
+        assert stats[d]["class_weights"] == pytest.approx(class_weights(masks[train], fovs[train]), abs=1e-5)
+        assert stats[d]["fg_fraction"] == pytest.approx((masks & fovs).sum() / fovs.sum(), abs=1e-5)
+        last = rows.iloc[-1]
+        want = resize_image(read_image(raw / last["image_path"]), stats[d]["size"])
+        np.testing.assert_array_equal(np.load(tmp_path / "pre" / d / "images.npy")[int(last["index"])], want)
 
     split.run(SplitConfig(cv_folds=3), tmp_path / "pre", tmp_path / "splits")
     s = load_split(tmp_path / "splits", "drive")

@@ -92,6 +92,7 @@ def test_trains_two_epochs_and_writes_every_output(data, tmp_path, capsys):
     assert {"model", "model_name", "model_kwargs", "num_classes", "image_size", "epoch", "optimizer", "scheduler",
             "rng", "history", "run", "config_hash"} <= set(last)
     assert last["epoch"] == 2 and last["image_size"] == 32 and last["model_name"] == "tcnet_tiny"
+    assert last["optimizer"] == {} and last["scheduler"] == {}  # finished: no resume state kept (size)
     best = load_checkpoint(run_dir / "best.pt")
     assert best["epoch"] == info["best_epoch"] and best["optimizer"] == {}  # best.pt: weights, no optimizer
     print(f"\n[timing] tcnet_tiny, 2 epochs x 6 images at 32 px (+3 val), CPU: {seconds:.1f} s", file=sys.stderr)

@@ -162,7 +162,11 @@ def binarize_mask_image(img) -> np.ndarray:
             return g > 0
         hi = 65535 if img.mode.startswith("I;16") or float(g.max()) > 255 else 255
         return g >= (hi + 1) / 2
-    g = np.asarray(img.convert("L"))
+    g = np.asarray(img) if img.mode == "L" else np.asarray(img.convert("L"))
+    return _binarize_gray(g)
+
+
+def _binarize_gray(g: np.ndarray) -> np.ndarray:
     if g.size and int(g.max()) <= 1:
         return g > 0
     return g >= 128
@@ -174,6 +178,23 @@ def binarize_mask_file(path) -> np.ndarray:
 
     with open_image(path) as img:
         return binarize_mask_image(img)
+
+
+def read_mask_file(path) -> tuple[np.ndarray, np.ndarray]:
+    """``(grey, mask)`` from one decode of a mask file: ``grey`` as :func:`tcnet.data.io.read_gray`
+    gives it (for the preprocess stage's binary check), ``mask`` as :func:`binarize_mask_file`."""
+    from tcnet.data.io import InvalidInputError, TIFF_SUFFIXES, gray_of, open_image, read_gray
+
+    try:
+        img = open_image(path)
+    except InvalidInputError:
+        if Path(path).suffix.lower() not in TIFF_SUFFIXES:
+            raise
+        return read_gray(path), binarize_mask_file(path)  # tifffile fallbacks of each
+    with img:
+        grey = gray_of(img, path)
+        mask = _binarize_gray(grey) if img.mode == "L" else binarize_mask_image(img)
+    return grey, mask
 
 
 def image_hw(sample: Sample, image: Optional[np.ndarray] = None) -> tuple[int, int]:
