@@ -42,18 +42,10 @@ def tracking_uri(explicit: str | None = None) -> str:
 
 
 def resolve_device(name: str = "auto"):
-    """``auto`` -> ``cuda`` when available, else ``cpu``; otherwise ``torch.device(name)``."""
-    import torch
+    """The ``--device`` of predict / serve: :func:`tcnet.training.runtime.resolve_device`'s rule."""
+    from tcnet.training.runtime import resolve_device as resolve
 
-    name = (name or "auto").strip()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
-        raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu or auto")
-    return dev
+    return resolve(name, option="--device")
 
 
 def checkpoint_in_dir(folder: Path) -> Path | None:

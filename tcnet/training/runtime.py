@@ -14,20 +14,25 @@ import numpy as np
 import torch
 
 
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+def resolve_device(name: str = "auto", local_rank: int = 0, *, option: str = "train.device") -> torch.device:
     """``auto`` -> ``cuda`` when available else ``cpu``; under DDP on CUDA each process takes
-    ``cuda:<local_rank>``. Asking for CUDA without one is an error a person can act on."""
+    ``cuda:<local_rank>``. Asking for a device that is not there is an error a person can act on;
+    ``option`` names the setting in it (``train.device``, ``--device``). The one device rule of the
+    project: training, evaluation, predict and serve all resolve through here."""
     name = (name or "auto").strip()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"train.device is {name!r} but CUDA is not available; use device: cpu or auto")
+            raise ValueError(f"{option} is {name!r} but CUDA is not available; use cpu or auto")
         if name == "cuda":
             name = f"cuda:{local_rank % max(torch.cuda.device_count(), 1)}"
         torch.cuda.set_device(torch.device(name))
+    elif name == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"{option} is 'mps' but MPS is not available; use cpu or auto")
     elif name != "cpu":
-        raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N")
+        raise ValueError(f"unknown device {name!r} ({option}); valid: auto, cpu, cuda, cuda:N, mps")
     return torch.device(name)
 
 

@@ -1,0 +1,44 @@
+"""Device resolution and the CPU speed settings of tcnet.training.runtime."""
+
+import pytest
+import torch
+
+from tcnet.training.runtime import flush_denormal, resolve_device
+
+
+def test_resolve_device_auto_and_cpu():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("") == resolve_device("auto")
+
+
+@pytest.mark.parametrize("name, want", [("gpu", r"unknown device 'gpu' \(--device\); valid: auto, cpu, cuda"),
+                                        ("tpu:0", r"unknown device 'tpu:0'")])
+def test_resolve_device_names_the_option_and_the_choices(name, want):
+    with pytest.raises(ValueError, match=want):
+        resolve_device(name, option="--device")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"train.device is 'cuda' but CUDA is not available; use cpu or auto"):
+        resolve_device("cuda")
+
+
+def test_predict_and_serve_use_the_same_rule():
+    from tcnet.tools.model_source import resolve_device as tools_resolve
+
+    assert tools_resolve("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"\(--device\)"):
+        tools_resolve("gpu")
+
+
+def test_flush_denormal_is_on_in_the_block_and_off_after():
+    supported = torch.set_flush_denormal(True)  # False where the CPU has no such mode
+    torch.set_flush_denormal(False)
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # a float32 denormal
+    with flush_denormal(torch.device("cpu")):
+        inside = (tiny * 1.0).item()
+    after = (tiny * 1.0).item()
+    assert after != 0.0
+    assert inside == (0.0 if supported else after)
