@@ -40,9 +40,7 @@ def class_weights_from_masks(
             raise ValueError(f"valid has shape {valid.shape}, masks have shape {masks.shape}; they must match")
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2 (2 for binary masks), got {num_classes}")
-    lo, hi = float(clip[0]), float(clip[1])
-    if not 0 < lo <= hi:
-        raise ValueError(f"clip must be (low, high) with 0 < low <= high, got {clip}")
+    _check_clip(clip)  # before counting: a bad clip should not wait for a 2000-image pass
     counts = np.zeros(num_classes, dtype=np.int64)
     # One image at a time, so a 2000 x 448 x 448 stack needs no second full-size temporary.
     chunks = [(masks, valid)] if masks.ndim < 3 else [
@@ -63,9 +61,7 @@ def class_weights_from_counts(counts, clip: tuple[float, float] = DEFAULT_CLIP) 
     of class ``c``), for callers that counted as they went (the preprocess stage's workers)."""
     counts = np.asarray(counts, dtype=np.int64)
     num_classes = counts.shape[0]
-    lo, hi = float(clip[0]), float(clip[1])
-    if not 0 < lo <= hi:
-        raise ValueError(f"clip must be (low, high) with 0 < low <= high, got {clip}")
+    lo, hi = _check_clip(clip)
     if counts.sum() == 0:
         return [1.0] * num_classes
     present = counts > 0
@@ -73,3 +69,10 @@ def class_weights_from_counts(counts, clip: tuple[float, float] = DEFAULT_CLIP) 
     inv[present] = counts.sum() / counts[present]
     w = inv / inv[present].min()
     return [float(x) for x in np.clip(w, lo, hi)]
+
+
+def _check_clip(clip) -> tuple[float, float]:
+    lo, hi = float(clip[0]), float(clip[1])
+    if not 0 < lo <= hi:
+        raise ValueError(f"clip must be (low, high) with 0 < low <= high, got {clip}")
+    return lo, hi

@@ -318,16 +318,13 @@ def run(params: Params, experiment: str, preprocessed_dir, splits_dir, raw_dir, 
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument("--experiment", required=True, help="experiment id (params.yaml experiments:)")
-    parser.add_argument("--run", dest="runs", action="append", metavar="RUN_ID",
-                        help="evaluate only this run (repeatable; default: every run of the experiment)")
-    parser.add_argument("--preprocessed", default="outputs/preprocessed", help="preprocess output folder (manifest)")
-    parser.add_argument("--splits", default="outputs/splits", help="split output folder")
+    from tcnet.stages._cli import add_experiment_arguments, add_no_mlflow
+
+    add_experiment_arguments(parser, "evaluate")
     parser.add_argument("--raw", default="data", help="raw data root (original-size images and masks)")
     parser.add_argument("--models", default="outputs/models", help="models root (train --out)")
     parser.add_argument("--out", default="outputs/eval", help="writes OUT/<experiment>/<run_id>/ and OUT/<experiment>/summary.json")
-    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    add_no_mlflow(parser)
 
 
 def main(args) -> int:

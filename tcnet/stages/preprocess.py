@@ -120,7 +120,7 @@ def mask_binary_problem(gray: np.ndarray) -> Optional[str]:
         mid = cv2.countNonZero(cv2.inRange(gray, MID_LOW + 1, MID_HIGH - 1))
         if mid <= MAX_MID_FRACTION * gray.size:
             return None
-    hist = np.bincount(np.asarray(gray, np.uint8).ravel(), minlength=256)
+    hist = np.bincount(gray.ravel(), minlength=256)
     n_values = int(np.count_nonzero(hist))
     if n_values <= 2 or not hist[2:].any():  # two levels (0/255, palette 3/253, 0/1 ...) are unambiguous
         return None
@@ -296,20 +296,6 @@ def _msg(e: Exception, path=None) -> str:
     text = str(e) or type(e).__name__
     prefix = f"{path}: " if path else ""
     return text[len(prefix):] if prefix and text.startswith(prefix) else text
-
-
-# ----------------------------------------------------------------------------------------------
-# Class statistics
-# ----------------------------------------------------------------------------------------------
-
-
-def class_weights(masks: np.ndarray, fov: np.ndarray) -> list[float]:
-    """``[w_bg, w_fg]``: inverse pixel frequency over FOV pixels, smallest = 1, clipped to [1, 50]
-    (the rule of :func:`tcnet.losses.class_weights_from_masks`; the stage counts pixels as it goes
-    and applies the same rule through :func:`tcnet.losses.class_weights_from_counts`)."""
-    from tcnet.losses import class_weights_from_masks
-
-    return [float(w) for w in class_weights_from_masks(masks, fov, clip=WEIGHT_CLIP)]
 
 
 # ----------------------------------------------------------------------------------------------

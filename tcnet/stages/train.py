@@ -402,16 +402,13 @@ def run(params: Params, experiment: str, preprocessed_dir, splits_dir, out_dir,
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument("--experiment", required=True, help="experiment id (params.yaml experiments:)")
-    parser.add_argument("--run", dest="runs", action="append", metavar="RUN_ID",
-                        help="train only this run (repeatable; default: every run of the experiment)")
-    parser.add_argument("--preprocessed", default="outputs/preprocessed", help="preprocess output folder")
-    parser.add_argument("--splits", default="outputs/splits", help="split output folder")
+    from tcnet.stages._cli import add_experiment_arguments, add_no_mlflow
+
+    add_experiment_arguments(parser, "train")
     parser.add_argument("--out", default="outputs/models", help="models root: writes OUT/<experiment>/<run_id>/")
     parser.add_argument("--nproc", type=int, default=1, metavar="N",
                         help="train each run with N processes (DDP via torchrun: gloo on CPU, NCCL on CUDA)")
-    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    add_no_mlflow(parser)
 
 
 def main(args) -> int:

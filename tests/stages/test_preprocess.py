@@ -208,6 +208,22 @@ def test_failed_run_keeps_previous_outputs(raw, tmp_path, monkeypatch):
         run(PreprocessConfig(datasets=("isic2017",), image_size=64, workers=1, skip_invalid=True), raw, out)
     assert len(calls) == 2
     assert _tree(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["pre", "raw"]
+    # 3) killed while a worker writes a pair into the arrays (the normal path: no skipped pair)
+    monkeypatch.undo()
+    writes = []
+    real_write = preprocess._Slots.write
+
+    def write(self, index, *arrays):
+        writes.append(index)
+        if len(writes) == 3:
+            raise KeyboardInterrupt
+        real_write(self, index, *arrays)
+
+    monkeypatch.setattr(preprocess._Slots, "write", write)
+    with pytest.raises(KeyboardInterrupt):
+        run(PreprocessConfig(datasets=("isic2017",), image_size=64, workers=1, skip_invalid=True), raw, out)
+    assert len(writes) == 3
+    assert _tree(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["pre", "raw"]
 
 
 def test_mask_binary_rule():
@@ -265,14 +281,16 @@ def test_all_five_synthetic_datasets_then_split_and_dataset(tmp_path):
     # the workers' pixel counts give what the rule gives on the written arrays, and each slot holds its pair
     from tcnet.data.io import read_image
     from tcnet.data.transforms import resize_image
-    from tcnet.stages.preprocess import class_weights
+    from tcnet.losses import class_weights_from_masks
+    from tcnet.stages.preprocess import WEIGHT_CLIP
 
     for d in DATASETS:
         masks, fovs = (np.load(tmp_path / "pre" / d / f"{n}.npy") for n in ("masks", "fov"))
         rows = m[m.dataset == d].sort_values("index")
         train = (rows["official_split"] == "train").to_numpy()
         train = train if train.any() else np.ones_like(train)
-        assert stats[d]["class_weights"] == pytest.approx(class_weights(masks[train], fovs[train]), abs=1e-5)
+        assert stats[d]["class_weights"] == pytest.approx(
+            class_weights_from_masks(masks[train], fovs[train], clip=WEIGHT_CLIP), abs=1e-5)
         assert stats[d]["fg_fraction"] == pytest.approx((masks & fovs).sum() / fovs.sum(), abs=1e-5)
         last = rows.iloc[-1]
         want = resize_image(read_image(raw / last["image_path"]), stats[d]["size"])

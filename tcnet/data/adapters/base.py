@@ -222,21 +222,22 @@ def _visible(entry: os.DirEntry) -> bool:
     return not entry.name.startswith(".") and entry.name not in SKIP_DIRS
 
 
-def list_files(folder: Path) -> list[Path]:
-    """Plain files directly in ``folder`` (sorted, hidden files skipped)."""
+def _entries(folder: Path, dirs: bool) -> list[Path]:
     try:
         with os.scandir(folder) as it:
-            return sorted(folder / e.name for e in it if _visible(e) and e.is_file())
+            return sorted(folder / e.name for e in it if _visible(e) and (e.is_dir() if dirs else e.is_file()))
     except OSError:
         return []
+
+
+def list_files(folder: Path) -> list[Path]:
+    """Plain files directly in ``folder`` (sorted, hidden files skipped)."""
+    return _entries(folder, dirs=False)
 
 
 def list_dirs(folder: Path) -> list[Path]:
-    try:
-        with os.scandir(folder) as it:
-            return sorted(folder / e.name for e in it if _visible(e) and e.is_dir())
-    except OSError:
-        return []
+    """Sub-folders directly in ``folder`` (sorted, hidden and tool folders skipped)."""
+    return _entries(folder, dirs=True)
 
 
 def find_dirs(root: Path, names: Iterable[str], max_depth: int = 3) -> list[Path]:
@@ -253,6 +254,18 @@ def find_dirs(root: Path, names: Iterable[str], max_depth: int = 3) -> list[Path
                 nxt.extend(list_dirs(d))
         level = nxt
     return found
+
+
+def shallowest_dirs(root: Path, accept, max_depth: int) -> list[Path]:
+    """The folders ``accept``-ed at the shallowest level that has any (``root`` = level 0, down to
+    ``max_depth``), breadth first: where a dataset was unpacked, however deep the archive put it."""
+    level = [root]
+    for _ in range(max_depth + 1):
+        found = [d for d in level if accept(d)]
+        if found:
+            return found
+        level = [c for d in level for c in list_dirs(d)]
+    return []
 
 
 def child(folder: Path, name: str) -> Optional[Path]:

@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from tcnet.data.adapters.base import (
-    Adapter, Sample, list_dirs, list_files, matching, missing_mask, register_adapter,
+    Adapter, Sample, list_files, matching, missing_mask, register_adapter, shallowest_dirs,
 )
 
 IMAGE_RE = re.compile(r"(Image_\d{2}[LR])\.jpg", re.IGNORECASE)
@@ -90,12 +90,7 @@ data/chase_db1/                 (the zip's 84 files, flat; a CHASEDB1/ subfolder
 """
 
     def find(self, root: Path) -> list[Sample]:
-        level, holders = [root], []
-        for _ in range(SEARCH_DEPTH + 1):
-            holders += [d for d in level if matching(list_files(d), IMAGE_RE)]
-            if holders:
-                break
-            level = [c for d in level for c in list_dirs(d)]
+        holders = shallowest_dirs(root, lambda d: bool(matching(list_files(d), IMAGE_RE)), SEARCH_DEPTH)
         if not holders:
             raise self.error(root, "no Image_NN[L|R].jpg images found")
         if len(holders) > 1:

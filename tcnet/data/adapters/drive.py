@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from tcnet.data.adapters.base import (
-    Adapter, Sample, child, list_dirs, list_files, matching, missing_mask, register_adapter,
+    Adapter, Sample, child, list_files, matching, missing_mask, register_adapter, shallowest_dirs,
 )
 
 PARTS = {  # part folder -> (split, image pattern, FOV mask name pattern)
@@ -59,12 +59,7 @@ data/drive/
 """
 
     def find(self, root: Path) -> list[Sample]:
-        level, roots = [root], []
-        for _ in range(SEARCH_DEPTH + 1):
-            roots += [d for d in level if _is_drive_root(d)]
-            if roots:
-                break
-            level = [c for d in level for c in list_dirs(d)]
+        roots = shallowest_dirs(root, _is_drive_root, SEARCH_DEPTH)
         if not roots:
             raise self.error(root, "no DRIVE folder with training/images/ (or test/images/) found")
         if len(roots) > 1:
