@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tcnet.models.gates import channel_gate, spatial_gate
+
 
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of a ``B×C×H×W`` map (timm's ``LayerNorm2d``)."""
@@ -69,32 +71,33 @@ class ChannelAttention(nn.Module):
     """CBAM channel attention: ``x · sigmoid(MLP(avgpool x) + MLP(maxpool x))``, shared MLP, ratio r.
 
     The MLP is Conv1×1 (C → max(C // r, 1)) → ReLU → Conv1×1 (→ C), without bias (CBAM, timm).
+    Computed by :func:`tcnet.models.gates.channel_gate` (a leaner backward on CPU).
     """
 
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
         hidden = max(channels // reduction, 1)
         self.fc1 = nn.Conv2d(channels, hidden, 1, bias=False)
-        self.act = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        avg = x.mean(dim=(2, 3), keepdim=True)
-        mx = x.amax(dim=(2, 3), keepdim=True)
-        attn = self.fc2(self.act(self.fc1(avg))) + self.fc2(self.act(self.fc1(mx)))
-        return x * torch.sigmoid(attn)
+        return channel_gate(x, self.fc1.weight, self.fc2.weight)
 
 
 class SpatialAttention(nn.Module):
-    """CBAM spatial attention: ``x · sigmoid(Conv7×7(concat[mean_c x, max_c x]))``."""
+    """CBAM spatial attention: ``x · sigmoid(Conv7×7(concat[mean_c x, max_c x]))``.
+
+    Computed by :func:`tcnet.models.gates.spatial_gate` (a leaner backward on CPU).
+    """
 
     def __init__(self, kernel_size: int = 7):
         super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(f"spatial attention needs an odd kernel_size ('same' padding), got {kernel_size}")
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        desc = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-        return x * torch.sigmoid(self.conv(desc))
+        return spatial_gate(x, self.conv.weight, self.conv.bias)
 
 
 class HAM(nn.Module):

@@ -8,8 +8,8 @@ convolution through the FFT is exact up to float rounding and 15-30× faster for
 
 - ``"direct"``: ``F.conv2d(groups=C)``, what cuDNN / oneDNN do; the form to export (ONNX,
   TorchScript, ``torch.export``) and to count FLOPs with.
-- ``"fft"``: ``rfft2`` of the zero-padded input and kernel, a product, ``irfft2``, a crop. Plain
-  autograd gives the gradients (input and weight).
+- ``"fft"``: ``rfft2`` of the zero-padded input and kernel, a product, ``irfft2``, a crop; the
+  input and weight gradients are two more products in the same Fourier grid (``_FFTDepthwise``).
 - ``"auto"``: :func:`choose_impl` per call, from the device, the shape and whether gradients are
   needed.
 
@@ -135,12 +135,52 @@ def dwconv_direct(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return F.conv2d(F.pad(x, (left, right, top, bottom)), weight, bias, groups=weight.shape[0])
 
 
+class _FFTDepthwise(torch.autograd.Function):
+    """``irfft2(rfft2(x) · rfft2(flip(w)))`` cropped, with a hand-written backward.
+
+    The backward is two correlations in the same Fourier grid: ``grad_x = irfft2(G · conj(Wf))``
+    and ``grad_w = irfft2(Σ_b G · conj(Xf))`` (the batch summed in the frequency domain, so the
+    weight's inverse transform is C maps, not B·C), where ``G`` is the output gradient placed where
+    the forward cropped it. Autograd through the FFT ops instead takes a full complex-to-complex
+    transform for each real FFT's backward and pads, slices and scatters around them: measured,
+    this backward is ~35 % faster for tcnet_base's shapes (``docs/performance.md``, §2).
+    """
+
+    @staticmethod
+    def forward(ctx, x, wflip, n: tuple[int, int], offset: tuple[int, int]):
+        H, W = x.shape[-2:]
+        oh, ow = offset
+        # Contiguous NCHW in, so that every spectrum below is contiguous: the FFTs and complex
+        # products are 2-3x slower on the strides a channels_last input would give them.
+        Xf = torch.fft.rfft2(x.contiguous(), s=n)
+        Wf = torch.fft.rfft2(wflip, s=n)
+        y = torch.fft.irfft2(Xf * Wf, s=n)[..., oh : oh + H, ow : ow + W]
+        ctx.save_for_backward(Xf, Wf)
+        ctx.geometry = (H, W, wflip.shape[-2], wflip.shape[-1], n, offset)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):
+        Xf, Wf = ctx.saved_tensors
+        H, W, kh, kw, (nh, nw), (oh, ow) = ctx.geometry
+        # "same" crops leave room: oh + H <= nh and ow + W <= nw (see dwconv_fft).
+        G = torch.fft.rfft2(F.pad(gy.contiguous(), (ow, nw - ow - W, oh, nh - oh - H)))
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.fft.irfft2(G * Wf.conj(), s=(nh, nw))[..., :H, :W]
+        if ctx.needs_input_grad[1]:
+            gw = torch.fft.irfft2((G * Xf.conj()).sum(0), s=(nh, nw))[..., :kh, :kw]
+        return gx, gw, None, None
+
+
 def dwconv_fft(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """The same convolution as :func:`dwconv_direct`, computed through ``torch.fft``.
 
     ``conv2d`` is a cross-correlation, so the kernel is flipped and the result is a true linear
     convolution: ``full = x * flip(w)``, ``y[i] = full[i + kh-1-top]``. The FFT size only needs
-    ``H + max(top, bottom)`` (not ``H + kh - 1``): wrap-around beyond that lands outside the crop.
+    ``H + max(top, bottom)`` (not ``H + kh - 1``): wrap-around beyond that lands outside the crop
+    (and, in the backward, outside the rows and taps read back).
     """
     if x.dtype in (torch.float16, torch.bfloat16):  # FFTs want float32 (and bf16 FFTs do not exist)
         y = dwconv_fft(x.float(), weight.float(), None if bias is None else bias.float())
@@ -150,11 +190,8 @@ def dwconv_fft(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     kh, kw = w.shape[-2:]
     nh = _fast_size(H + max(top, bottom))
     nw = _fast_size(W + max(left, right), even=True)
-    Xf = torch.fft.rfft2(x, s=(nh, nw))
-    Wf = torch.fft.rfft2(w.flip((-2, -1)).reshape(C, kh, kw), s=(nh, nw))
-    y = torch.fft.irfft2(Xf * Wf, s=(nh, nw))
-    oh, ow = kh - 1 - top, kw - 1 - left
-    y = y[..., oh : oh + H, ow : ow + W]
+    wflip = w.flip((-2, -1)).reshape(C, kh, kw)
+    y = _FFTDepthwise.apply(x, wflip, (nh, nw), (kh - 1 - top, kw - 1 - left))
     if bias is not None:
         y = y + bias.to(x.dtype).view(1, C, 1, 1)
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():

@@ -1,0 +1,106 @@
+"""The CBAM gates of HAM, MFM's channel and spatial attention, with a lean backward on CPU.
+
+``channel_gate(x, w1, w2)  = x · σ(MLP(mean_hw x) + MLP(max_hw x))``   (MLP: 1×1 w1, ReLU, 1×1 w2)
+``spatial_gate(x, w, b)    = x · σ(conv_k×k([mean_c x, max_c x]; w, b))``
+
+Plain autograd runs each gate's backward as about seven passes over the full ``B×C×H×W`` map:
+the product's two gradients, the mean's broadcast, the max's ``x == max`` mask, its division and
+product, and the sums that join them. These are memory-bound passes that do no model FLOPs, and
+on CPU tcnet_base spends ~80 ms of a 2.2 s train step in them. Here each gate is one
+``autograd.Function`` whose backward makes two full passes (one product-and-sum for the gate's
+gradient, one fused multiply-add for the input's) plus a scatter of the max's gradient to the
+arg-max positions; the small part (MLP or k×k conv on the pooled descriptors) is recomputed under
+autograd in the backward, so its parameters get their gradients the usual way.
+
+Only on CPU: on a GPU the plain form is already fast, and its backward kernels are deterministic,
+where ``scatter_add_`` on CUDA is not. At exact ties of the maximum, plain autograd shares the
+gradient among the tied positions, the CPU path gives it to the first (both are subgradients).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _channel_logits(avg, mx, w1, w2):
+    """``MLP(avg) + MLP(max)`` on ``B×C×1×1`` descriptors (shared MLP, no bias)."""
+    return F.conv2d(F.relu(F.conv2d(avg, w1)), w2) + F.conv2d(F.relu(F.conv2d(mx, w1)), w2)
+
+
+def _spatial_logits(mean, mx, w, b, channels_last: bool = False):
+    """``conv([mean, max])`` on ``B×1×H×W`` descriptors, "same" padding. ``channels_last``: run the
+    2 → 1 conv in that layout, where oneDNN's backward is 2-4× faster on CPU (5.0 → 1.2 ms at 112²)."""
+    desc = torch.cat([mean, mx], dim=1)
+    if channels_last:
+        desc = desc.contiguous(memory_format=torch.channels_last)
+    return F.conv2d(desc, w, b, padding=w.shape[-1] // 2)
+
+
+class _ChannelGate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w1, w2):
+        flat = x.flatten(2)  # B×C×HW (a view in either memory format)
+        avg = flat.mean(-1)[..., None, None]
+        mx, idx = flat.max(-1)
+        gate = torch.sigmoid(_channel_logits(avg, mx[..., None, None], w1, w2))
+        ctx.save_for_backward(x, avg, mx, idx, gate, w1, w2)
+        return x * gate
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):
+        x, avg, mx, idx, gate, w1, w2 = ctx.saved_tensors
+        # d gate: sum over H, W of gy · x; then back through σ and the MLP under autograd.
+        g_gate = (gy * x).sum((2, 3), keepdim=True)
+        with torch.enable_grad():
+            a, m = avg.detach().requires_grad_(), mx.detach()[..., None, None].requires_grad_()
+            p1, p2 = w1.detach().requires_grad_(), w2.detach().requires_grad_()
+            logits = _channel_logits(a, m, p1, p2)
+            g_a, g_m, g_w1, g_w2 = torch.autograd.grad(logits, (a, m, p1, p2), g_gate * gate * (1 - gate))
+        # d x = gy · gate + (d avg) / HW everywhere + (d max) at each arg-max position.
+        hw = x.shape[2] * x.shape[3]
+        gx = torch.addcmul(g_a / hw, gy, gate)
+        # view, not flatten: the scatter must land in gx (a view exists in both memory formats)
+        gx.view(gx.shape[0], gx.shape[1], hw).scatter_add_(2, idx[..., None], g_m.flatten(2))
+        return gx, g_w1, g_w2
+
+
+class _SpatialGate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, b):
+        mean = x.mean(1, keepdim=True)
+        mx, idx = x.max(1, keepdim=True)
+        gate = torch.sigmoid(_spatial_logits(mean, mx, w, b, channels_last=True))
+        ctx.save_for_backward(x, mean, mx, idx, gate, w, b)
+        return x * gate
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):
+        x, mean, mx, idx, gate, w, b = ctx.saved_tensors
+        g_gate = (gy * x).sum(1, keepdim=True)
+        with torch.enable_grad():
+            me, m = mean.detach().requires_grad_(), mx.detach().requires_grad_()
+            p, q = w.detach().requires_grad_(), b.detach().requires_grad_()
+            logits = _spatial_logits(me, m, p, q, channels_last=True)
+            g_me, g_m, g_w, g_b = torch.autograd.grad(logits, (me, m, p, q), g_gate * gate * (1 - gate))
+        gx = torch.addcmul(g_me / x.shape[1], gy, gate)
+        gx.scatter_add_(1, idx, g_m)
+        return gx, g_w, g_b
+
+
+def channel_gate(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """CBAM channel attention of ``x`` (``B×C×H×W``) with MLP weights ``w1`` (``R×C×1×1``), ``w2`` (``C×R×1×1``)."""
+    if x.device.type == "cpu" and torch.is_grad_enabled():
+        return _ChannelGate.apply(x, w1, w2)
+    gate = _channel_logits(x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True), w1, w2)
+    return x * torch.sigmoid(gate)
+
+
+def spatial_gate(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """CBAM spatial attention of ``x`` (``B×C×H×W``) with a ``1×2×k×k`` conv ``w`` and bias ``b``."""
+    if x.device.type == "cpu" and torch.is_grad_enabled():
+        return _SpatialGate.apply(x, w, b)
+    gate = _spatial_logits(x.mean(1, keepdim=True), x.amax(1, keepdim=True), w, b)
+    return x * torch.sigmoid(gate)

@@ -1,0 +1,49 @@
+"""Keep freed heap memory in the process instead of handing it back to the kernel (glibc only).
+
+glibc's malloc serves blocks above a (dynamic) threshold with ``mmap`` and returns them with
+``munmap`` on ``free``, and trims freed memory at the top of the heap back to the kernel. A worker
+that decodes one full-size image after another then gets fresh pages for every image, and every
+first touch of a fresh page is a page fault: the preprocess workers took ~1 900 faults per pair (2.4 MB
+images, 1024×768) and spent about a third of their CPU time in them on the project's VM
+(``python -m benchmarks preprocess``; ``docs/performance.md``).
+
+:func:`retain_freed_memory` sets a fixed ``mmap`` threshold at glibc's maximum (32 MiB on 64-bit)
+and a trim threshold of 256 MiB, so those blocks come from the heap and are reused. The memory a
+process keeps is bounded by its own peak heap; blocks above 32 MiB are still mapped and unmapped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+# <malloc.h>
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's upper limit for M_MMAP_THRESHOLD on 64-bit
+TRIM_THRESHOLD = 256 * 1024 * 1024
+
+
+def _glibc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 -- musl and others have no such symbol: not glibc
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def retain_freed_memory() -> bool:
+    """Tune this process's glibc malloc to reuse freed blocks (see the module docstring).
+
+    Returns True where applied; False where the C library is not glibc (macOS, musl, Windows),
+    where it is a no-op. Call it once, early, in a worker process: it changes the whole process.
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    return libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
