@@ -5,7 +5,8 @@ Data: an ISIC 2018 look-alike written by ``tcnet synth isic2018`` at an ISIC-lik
 temporary folder (``--data`` to choose; ``--fresh`` to rewrite).
 
 - candidate: the real stage, ``tcnet.stages.preprocess.run`` (isic2018 only, workers = all cores),
-  wall time of the call: pool start, decoding, mask checks, resizing, checksums, ``.npy`` writing;
+  wall time of the call: pool start, decoding, mask checks, resizing, checksums, ``.npy`` writing
+  (into a new output folder each call, as under ``dvc repro``, which deletes outputs first);
 - limit over the same files: ``tcnet.data.io.read_image`` + ``tcnet.data.transforms.resize_image``
   of each image and ``read_gray`` + ``resize_mask`` of its mask -- every file the stage decodes --
   in a ``ProcessPoolExecutor`` of ``os.cpu_count()`` workers with the stage's worker settings (its
@@ -104,6 +105,23 @@ def limit_run(paths: list[str], size: int, workers: int, mask_paths: list[str] |
             pass
 
 
+def fault_counts(paths: list[str], mask_paths: list[str], size: int, workers: int) -> list[dict]:
+    """Minor page faults and CPU time per pair of the pool's workers (``RUSAGE_CHILDREN``: the
+    limit's pool forks children of this process, reaped at shutdown), with either worker setting."""
+    import resource
+
+    rows = []
+    for stage_settings, label in ((False, "default (allocator as it comes)"),
+                                  (True, "the stage's (tcnet.utils.heap.retain_freed_memory)")):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        limit_run(paths, size, workers, mask_paths, stage_settings=stage_settings)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        rows.append({"settings": label, "faults_per_pair": (after.ru_minflt - before.ru_minflt) / len(paths),
+                     "cpu_ms_per_pair": 1000 * cpu / len(paths)})
+    return rows
+
+
 def _touch_worker(_):
     """What a stage worker imports before its first pair (``_process_or_raise``'s imports)."""
     import tcnet.data.adapters  # noqa: F401
@@ -187,6 +205,8 @@ def breakdown(samples, size: int, n: int) -> list[dict]:
     return rows
 
 
+FAULT_COLS = [Col("settings", "worker settings"), Col("faults_per_pair", "minor faults / pair", ".0f"),
+              Col("cpu_ms_per_pair", "worker CPU ms / pair (start included)", ".2f")]
 COLS = [Col("what", "what"), Col("seconds", "s (median)", ".3f"), Col("min_s", "min s", ".3f"),
         Col("images_per_s", "images/s", ".1f"), Col("ratio", "stage / this", ".2f")]
 BREAK_COLS = [Col("step", "step of the stage's per-pair work"), Col("ms_per_pair", "ms / pair", ".2f"),
@@ -214,7 +234,9 @@ def run(args, mode: common.Mode) -> dict:
     summaries = []
 
     def stage():
-        summaries.append(preprocess_run(cfg, Path(root), out_dir / "preprocessed"))
+        # A new output folder per call, as under `dvc repro` (DVC deletes a stage's outputs before
+        # running it): replacing the previous call's 96 MB would add ~35 ms of unlinking to the call.
+        summaries.append(preprocess_run(cfg, Path(root), out_dir / f"preprocessed-{len(summaries)}"))
 
     candidates = {
         "stage": (f"preprocess stage (tcnet.stages.preprocess.run, {workers} workers)", stage),
@@ -234,6 +256,7 @@ def run(args, mode: common.Mode) -> dict:
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
     n_img = len(paths)
+    faults = fault_counts(paths, mask_paths, out_size, workers)
     rows = []
     for key, (what, _) in candidates.items():
         st = common.stats(times[key])
@@ -247,10 +270,12 @@ def run(args, mode: common.Mode) -> dict:
     common.print_table(
         f"## preprocess: {n_img} {DATASET} look-alike pairs, JPEG {raw_size[0]}x{raw_size[1]} -> {out_size}², "
         f"median of {repeats} (wall time); 'stage / this' = the stage's images/s over the row's", COLS, rows)
+    common.print_table("## minor page faults per pair in the workers, decode loop over the same files (one run each)",
+                       FAULT_COLS, faults)
     stage_own = [s["images_per_s"] for s in summaries]
     common.say(f"the stage's own images_per_s (excludes its imports): median "
                f"{sorted(stage_own)[len(stage_own) // 2]:.1f}")
-    tables = {"throughput": rows}
+    tables = {"throughput": rows, "page_faults": faults}
     if mode.full or mode.tiny:
         k = min(len(samples), mode.pick(2, 16, 24))
         common.progress(f"per-step breakdown over {k} pairs (one process)")

@@ -91,9 +91,16 @@ class Step:
         self.mask = (torch.rand(batch, 1, size, size, generator=g) > 0.7).float()
         self.loss_fn = CombinedLoss(ce_weight=0.5)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4, fused=True)  # as the train stage builds it
+        self.faults: list[int] = []  # minor page faults of each call (first touches of fresh pages)
 
     def __call__(self, label=None) -> None:
-        label = label or _no_label
+        import resource
+
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        self._step(label or _no_label)
+        self.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+
+    def _step(self, label) -> None:
         with label("step: zero_grad"):
             self.opt.zero_grad(set_to_none=True)
         with label("step: forward"):
@@ -122,6 +129,7 @@ ROW_COLS = [
     Col("images_per_s", "images/s", ".2f"), Col("gflop_step", "model GFLOP/step", ".1f"),
     Col("gflops", "model GFLOP/s", ".1f"), Col("ratio", "vs U-Net", ".2f"),
     Col("paired", "vs U-Net, paired", ".2f"), Col("paired_range", "paired min-max"),
+    Col("faults", "page faults / step", ".0f"),
 ]
 
 
@@ -145,6 +153,7 @@ def run(args, mode: common.Mode) -> dict:
             "config": c.label, "model": c.model, "lk_impl": c.lk_impl, "channels_last": c.channels_last,
             "step_s": st["median_s"], "min_s": st["min_s"], "times_s": st,
             "images_per_s": batch / st["median_s"], "gflop_step": flops[c.model] / 1e9,
+            "faults": common.median(steps[c.label].faults[-len(times[c.label]):]),
             "gflops": flops[c.model] / st["median_s"] / 1e9,
         })
     ref = max((r for r in rows if r["model"] == REFERENCE), key=lambda r: r["gflops"])

@@ -3,9 +3,9 @@
 glibc's malloc serves blocks above a (dynamic) threshold with ``mmap`` and returns them with
 ``munmap`` on ``free``, and trims freed memory at the top of the heap back to the kernel. A worker
 that decodes one full-size image after another then gets fresh pages for every image, and every
-first touch of a fresh page is a page fault: the preprocess workers took ~1 900 faults per pair (2.4 MB
-images, 1024×768) and spent about a third of their CPU time in them on the project's VM
-(``python -m benchmarks preprocess``; ``docs/performance.md``).
+first touch of a fresh page is a page fault: decoding and resizing ISIC-like pairs (1024×768) took
+~1 750 faults per pair, and ~30 % of the workers' CPU time went with them on the project's VM
+(``python -m benchmarks preprocess``: its page-fault table; ``docs/performance.md`` §3).
 
 :func:`retain_freed_memory` sets a fixed ``mmap`` threshold at glibc's maximum (32 MiB on 64-bit)
 and a trim threshold of 256 MiB, so those blocks come from the heap and are reused. The memory a
