@@ -61,6 +61,8 @@ class _ChannelGate(torch.autograd.Function):
         # d x = gy · gate + (d avg) / HW everywhere + (d max) at each arg-max position.
         hw = x.shape[2] * x.shape[3]
         gx = torch.addcmul(g_a / hw, gy, gate)
+        if not (gx.is_contiguous() or gx.is_contiguous(memory_format=torch.channels_last)):
+            gx = gx.contiguous()  # an odd gy layout (H, W not adjacent): make the view below possible
         # view, not flatten: the scatter must land in gx (a view exists in both memory formats)
         gx.view(gx.shape[0], gx.shape[1], hw).scatter_add_(2, idx[..., None], g_m.flatten(2))
         return gx, g_w1, g_w2

@@ -44,6 +44,16 @@ def test_gates_equal_plain_formulas(shape, channels_last):
             torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
 
 
+def test_channel_gate_backward_with_an_odd_gradient_layout():
+    # The output gradient arrives with W outside H (a transposed view): the scatter must still land.
+    x = torch.randn(2, 3, 5, 4, requires_grad=True)
+    w1, w2, _, _ = _params(3)
+    up = torch.randn(2, 3, 4, 5).transpose(2, 3)
+    (got,) = torch.autograd.grad(channel_gate(x, w1, w2), x, up)
+    (want,) = torch.autograd.grad(plain_channel(x, w1, w2), x, up)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_gates_gradcheck_float64():
     x = torch.randn(2, 4, 3, 5, dtype=torch.float64, requires_grad=True)
     w1, w2, w, b = _params(4, torch.float64)
