@@ -142,8 +142,9 @@ class _FFTDepthwise(torch.autograd.Function):
     and ``grad_w = irfft2(Σ_b G · conj(Xf))`` (the batch summed in the frequency domain, so the
     weight's inverse transform is C maps, not B·C), where ``G`` is the output gradient placed where
     the forward cropped it. Autograd through the FFT ops instead takes a full complex-to-complex
-    transform for each real FFT's backward and pads, slices and scatters around them: measured,
-    this backward is ~35 % faster for tcnet_base's shapes (``docs/performance.md``, §2).
+    transform for each real FFT's backward and pads, slices and scatters around them. Measured
+    (``python -m benchmarks lkconv``): tcnet_base's 31×31 convolutions, forward + backward, take
+    17-20 % less time than through autograd (``docs/performance.md`` §1).
     """
 
     @staticmethod
