@@ -1,5 +1,7 @@
 """The CBAM gates' CPU autograd Functions equal the plain formulas, values and gradients."""
 
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -93,3 +95,25 @@ def test_even_spatial_kernel_is_refused():
 
     with pytest.raises(ValueError, match="odd kernel_size"):
         SpatialAttention(6)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="torch.compile on CPU needs a C++ compiler")
+def test_torch_compile_keeps_values_and_grads():
+    # train.compile: true compiles the model; the CPU autograd Functions (gates, FFT convolution)
+    # must survive dynamo and give the eager numbers.
+    from torch import nn
+
+    from tcnet.models.lk_conv import LargeKernelDWConv
+
+    torch.manual_seed(0)
+    model = nn.Sequential(LargeKernelDWConv(8, 31, lk_impl="fft"), HAM(8))
+    x = torch.randn(2, 8, 32, 32, requires_grad=True)
+    inputs = [x, *model.parameters()]
+    want_y = model(x)
+    want = torch.autograd.grad(want_y.square().sum(), inputs)
+    got_y = torch.compile(model)(x)
+    got = torch.autograd.grad(got_y.square().sum(), inputs)
+    torch.testing.assert_close(got_y, want_y)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
