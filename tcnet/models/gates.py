@@ -9,8 +9,9 @@ product, and the sums that join them: memory-bound passes that do no model FLOPs
 block and decoder stage and in every MFM. Here each gate is one
 ``autograd.Function`` whose backward makes two full passes (one product-and-sum for the gate's
 gradient, one fused multiply-add for the input's) plus a scatter of the max's gradient to the
-arg-max positions; the small part (MLP or k×k conv on the pooled descriptors) is recomputed under
-autograd in the backward, so its parameters get their gradients the usual way.
+arg-max positions; the small part (MLP or k×k conv and σ on the pooled descriptors) is recomputed
+in the backward through ``torch.autograd.functional.vjp``, so its parameters get their gradients
+the usual way.
 
 Only on CPU: on a GPU the plain form is already fast, and its backward kernels are deterministic,
 where ``scatter_add_`` on CUDA is not. At exact ties of the maximum, plain autograd shares the
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.functional import vjp
 
 
 def _channel_logits(avg, mx, w1, w2):
@@ -41,23 +43,19 @@ class _ChannelGate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w1, w2):
         flat = x.flatten(2)  # B×C×HW (a view in either memory format)
-        avg = flat.mean(-1)[..., None, None]
         mx, idx = flat.max(-1)
-        gate = torch.sigmoid(_channel_logits(avg, mx[..., None, None], w1, w2))
-        ctx.save_for_backward(x, avg, mx, idx, gate, w1, w2)
+        desc = (flat.mean(-1)[..., None, None], mx[..., None, None])
+        gate = torch.sigmoid(_channel_logits(*desc, w1, w2))
+        ctx.save_for_backward(x, *desc, idx, gate, w1, w2)
         return x * gate
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
         x, avg, mx, idx, gate, w1, w2 = ctx.saved_tensors
-        # d gate: sum over H, W of gy · x; then back through σ and the MLP under autograd.
+        # d gate: sum over H, W of gy · x; then back through σ and the MLP, recomputed under autograd.
         g_gate = (gy * x).sum((2, 3), keepdim=True)
-        with torch.enable_grad():
-            a, m = avg.detach().requires_grad_(), mx.detach()[..., None, None].requires_grad_()
-            p1, p2 = w1.detach().requires_grad_(), w2.detach().requires_grad_()
-            logits = _channel_logits(a, m, p1, p2)
-            g_a, g_m, g_w1, g_w2 = torch.autograd.grad(logits, (a, m, p1, p2), g_gate * gate * (1 - gate))
+        _, (g_a, g_m, g_w1, g_w2) = vjp(lambda *t: torch.sigmoid(_channel_logits(*t)), (avg, mx, w1, w2), g_gate)
         # d x = gy · gate + (d avg) / HW everywhere + (d max) at each arg-max position.
         hw = x.shape[2] * x.shape[3]
         gx = torch.addcmul(g_a / hw, gy, gate)
@@ -82,11 +80,8 @@ class _SpatialGate(torch.autograd.Function):
     def backward(ctx, gy):
         x, mean, mx, idx, gate, w, b = ctx.saved_tensors
         g_gate = (gy * x).sum(1, keepdim=True)
-        with torch.enable_grad():
-            me, m = mean.detach().requires_grad_(), mx.detach().requires_grad_()
-            p, q = w.detach().requires_grad_(), b.detach().requires_grad_()
-            logits = _spatial_logits(me, m, p, q, channels_last=True)
-            g_me, g_m, g_w, g_b = torch.autograd.grad(logits, (me, m, p, q), g_gate * gate * (1 - gate))
+        _, (g_me, g_m, g_w, g_b) = vjp(lambda *t: torch.sigmoid(_spatial_logits(*t, channels_last=True)),
+                                       (mean, mx, w, b), g_gate)
         gx = torch.addcmul(g_me / x.shape[1], gy, gate)
         gx.scatter_add_(1, idx, g_m)
         return gx, g_w, g_b
