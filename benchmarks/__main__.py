@@ -4,7 +4,7 @@ Targets (one module each; ``python -m benchmarks <target> --help`` for its optio
 
     lkconv      large-kernel depthwise conv, direct vs fft vs auto (fwd+bwd and fwd), NCHW / channels_last
     train_step  TCNet train-step model FLOP/s vs smp U-Net/ResNet-34, same size and batch
-    cpu_settings  the train stage's CPU settings (fused Adam, flush-denormal, layout) vs their alternatives
+    cpu_settings  the train stage's CPU settings (fused Adam, flush-denormal, layout, heap) vs their alternatives
     preprocess  the preprocess stage's images/s vs decode+resize of the same files on all cores
     dvc_noop    `dvc repro` with nothing changed, and `dvc status`
     inference   predict images/s of every registered model, batch 1 and 8

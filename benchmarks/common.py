@@ -113,6 +113,51 @@ def wait_for_load(limit: float, max_wait_s: float = 1800.0, poll_s: float = 10.0
         time.sleep(poll_s)
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident set size, MiB.
+
+    ``VmHWM`` of ``/proc/self/status``: the high-water mark of this address space. Not
+    ``ru_maxrss``, which survives ``fork`` + ``exec``: a child started by a parent holding 8 GiB
+    reports at least 8 GiB, whatever it used itself. ``ru_maxrss`` only where there is no /proc.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
+
+
+def run_child(module: str, spec: dict, what: str) -> dict:
+    """Run ``python -m benchmarks.<module> --child SPEC`` (a fresh process) and return its result.
+
+    The child prints one ``RESULT <json>`` line (:func:`child_main`); ``what`` names it in errors.
+    """
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    p = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--child", json.dumps(spec)], cwd=ROOT,
+                       capture_output=True, text=True, env=env)
+    for line in p.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"{module} child for {what} failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
+
+
+def child_main(target: str, child: Callable[[dict], dict]) -> None:
+    """The ``__main__`` of a module with a child process: ``--child SPEC`` runs ``child(SPEC)``."""
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        print("RESULT " + json.dumps(child(json.loads(sys.argv[2]))), flush=True)
+    else:
+        print(f"usage: python -m benchmarks {target} [--quick | --tiny] (this module's --child is internal)",
+              file=sys.stderr)
+        raise SystemExit(2)
+
+
 def machine_info() -> dict:
     import torch
 

@@ -8,19 +8,28 @@ project's loss, backward, Adam step; ``benchmarks.train_step.Step``), float32 on
 2. denormals: the train step of tcnet_base and U-Net/ResNet-34 at 448², batch 2, channels_last,
    with ``tcnet.training.runtime.flush_denormal`` on and off;
 3. layout at the demo's size (64², batch 4): NCHW vs channels_last for every model the demo trains
-   (UNet3+ at the paper's width 64 and the demo's 32): why the train stage stays NCHW on CPU.
+   (UNet3+ at the paper's width 64 and the demo's 32): why the train stage stays NCHW on CPU;
+4. heap: glibc's allocator as it comes vs freed memory retained (``tcnet.utils.heap``,
+   ``retain_freed_memory(trim_threshold=None)``, what the train stage sets on CPU) -- the train step
+   of tcnet_base and U-Net at 448², batch 2, NCHW (the train stage's CPU layout). The setting is
+   process-wide and cannot be undone, so each (model, setting) runs in a FRESH process: warm-up
+   steps, then timed steps (median), minor page faults per step and the process's peak RSS; the
+   processes alternate (off, on / on, off) over the rounds so drift hits both settings alike.
 
 No target: the figures justify settings (docs/performance.md, "CPU settings of the train stage").
 """
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from benchmarks import common
 from benchmarks.common import Col
 
-HELP = "the train stage's CPU settings: fused Adam, flush-denormal, NCHW vs channels_last at the demo size"
+HELP = ("the train stage's CPU settings: fused Adam, flush-denormal, NCHW vs channels_last at the demo size, "
+        "retained heap (fresh processes)")
 
 DEMO_MODELS = (
     ("tcnet_tiny", {}), ("unet", {}), ("unetpp", {}), ("deeplabv3", {}), ("deeplabv3p", {}), ("cenet", {}),
@@ -28,8 +37,15 @@ DEMO_MODELS = (
 )
 
 
+SECTIONS = ("optimizer", "denormal", "layout", "heap")
+
+
 def add_arguments(p) -> None:
-    p.add_argument("--size", type=int, default=None, help="side of the denormal comparison (default 448; tiny 32)")
+    p.add_argument("--size", type=int, default=None,
+                   help="side of the denormal and heap comparisons (default 448; quick 224; tiny 32)")
+    p.add_argument("--only", nargs="+", choices=SECTIONS, default=None, metavar="SECTION",
+                   help=f"run only these comparisons ({', '.join(SECTIONS)}; default: all). The heap one runs "
+                        "--repeats rounds (default 3) of four fresh processes: ~4 min at 448²")
 
 
 def _label(name: str, kwargs: dict) -> str:
@@ -113,27 +129,98 @@ LAYOUT_COLS = [Col("model", "model"), Col("nchw_ms", "NCHW ms", ".1f"), Col("cl_
                Col("ratio", "CL / NCHW", ".2f")]
 
 
+def heap_rows(mode: common.Mode, size: int, rounds: int) -> list[dict]:
+    models = mode.pick(("tcnet_tiny",), ("tcnet_small", "unet"), ("tcnet_base", "unet"))
+    steps, warmup = mode.pick((1, 1), (3, 1), (5, 2))
+    threads = torch.get_num_threads()
+    got: dict[tuple[str, bool], list[dict]] = {(m, h): [] for m in models for h in (False, True)}
+    for r in range(rounds):
+        for m in models:
+            for heap in ((False, True) if r % 2 == 0 else (True, False)):
+                common.progress(f"round {r + 1}/{rounds}: {m}, heap {'retained' if heap else 'as it comes'} "
+                                f"(fresh process, {warmup}+{steps} steps at {size}²)")
+                spec = {"model": m, "size": size, "batch": 2, "heap": heap, "steps": steps, "warmup": warmup,
+                        "threads": threads}
+                got[(m, heap)].append(common.run_child("cpu_settings", spec, f"{m}, heap {heap}"))
+    rows = []
+    for m in models:
+        ref = common.median([c["step_s"] for c in got[(m, False)]])
+        for heap in (False, True):
+            cs = got[(m, heap)]
+            t = common.median([c["step_s"] for c in cs])
+            rows.append({"what": f"{m}, heap {'retained (the train stage)' if heap else 'as it comes'}",
+                         "ms": t * 1000, "ratio": t / ref, "faults": common.median([c["faults"] for c in cs]),
+                         "peak_mib": max(c["peak_mib"] for c in cs), "per_process_ms": [c["step_s"] * 1000 for c in cs]})
+    return rows
+
+
+def child(spec: dict) -> dict:
+    """One model's train step in this (fresh) process, with or without the retained heap."""
+    if spec["heap"]:
+        from tcnet.utils.heap import retain_freed_memory
+
+        if not retain_freed_memory(trim_threshold=None):
+            raise RuntimeError("not glibc: the heap setting does not apply here")
+    from benchmarks.train_step import Config, Step
+    from tcnet.training.runtime import flush_denormal
+
+    torch.set_num_threads(int(spec["threads"]))
+    step = Step(Config(spec["model"], "auto" if spec["model"].startswith("tcnet") else None, False),
+                int(spec["size"]), int(spec["batch"]))
+    times = []
+    with flush_denormal(torch.device("cpu")):
+        for _ in range(int(spec["warmup"])):
+            step()
+        for _ in range(int(spec["steps"])):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+    n = int(spec["steps"])
+    return {"step_s": common.median(times), "times_s": times, "faults": common.median(step.faults[-n:]),
+            "peak_mib": common.peak_rss_mib()}
+
+
+HEAP_COLS = [Col("what", "configuration"), Col("ms", "step ms (median)", ".0f"), Col("ratio", "vs as it comes", ".2f"),
+             Col("faults", "page faults / step", ".0f"), Col("peak_mib", "process peak RSS MiB", ".0f")]
+
+
 def run(args, mode: common.Mode) -> dict:
     repeats = args.repeats or mode.pick(1, 3, 5)
     size = args.size or mode.pick(32, 224, 448)
-    common.progress("optimizer step")
-    opt = optimizer_rows(mode, repeats)
-    model = mode.pick("tcnet_tiny", "tcnet_base", "tcnet_base")
-    common.print_table(f"## optimizer step alone, {model}'s parameters, median of {repeats}", COLS, opt)
-    common.progress(f"train step with and without flush-denormal at {size}², batch 2")
-    den = denormal_rows(mode, size, repeats)
-    common.print_table(f"## train step, channels_last, {size}², batch 2, flush-denormal off/on (interleaved), "
-                       f"median of {repeats}", COLS, den)
-    common.progress("train step NCHW vs channels_last at the demo size")
-    lay = layout_rows(mode, repeats)
-    common.print_table(f"## train step (fwd + bwd + fused Adam) at the demo size, NCHW vs channels_last, median of "
-                       f"{repeats}", LAYOUT_COLS, lay)
-    faster = [r["model"] for r in lay if r["ratio"] < 0.95]
-    common.say(f"channels_last faster (< 0.95x) for: {', '.join(faster) or 'none'}")
+    only = set(getattr(args, "only", None) or SECTIONS)
+    tables: dict[str, list[dict]] = {}
+    if "optimizer" in only:
+        common.progress("optimizer step")
+        tables["optimizer"] = optimizer_rows(mode, repeats)
+        model = mode.pick("tcnet_tiny", "tcnet_base", "tcnet_base")
+        common.print_table(f"## optimizer step alone, {model}'s parameters, median of {repeats}", COLS,
+                           tables["optimizer"])
+    if "denormal" in only:
+        common.progress(f"train step with and without flush-denormal at {size}², batch 2")
+        tables["flush_denormal"] = denormal_rows(mode, size, repeats)
+        common.print_table(f"## train step, channels_last, {size}², batch 2, flush-denormal off/on (interleaved), "
+                           f"median of {repeats}", COLS, tables["flush_denormal"])
+    if "layout" in only:
+        common.progress("train step NCHW vs channels_last at the demo size")
+        lay = tables["layout"] = layout_rows(mode, repeats)
+        common.print_table(f"## train step (fwd + bwd + fused Adam) at the demo size, NCHW vs channels_last, median "
+                           f"of {repeats}", LAYOUT_COLS, lay)
+        faster = [r["model"] for r in lay if r["ratio"] < 0.95]
+        common.say(f"channels_last faster (< 0.95x) for: {', '.join(faster) or 'none'}")
+    rounds = args.repeats or mode.pick(1, 1, 3)
+    if "heap" in only:
+        tables["heap"] = heap_rows(mode, size, rounds)
+        common.print_table(f"## train step, NCHW, {size}², batch 2, glibc heap as it comes vs retained (fresh "
+                           f"process per row and round; median over {rounds} round(s) of each process's median "
+                           "step)", HEAP_COLS, tables["heap"])
     return {
-        "settings": {"size": size, "repeats": repeats},
-        "tables": {"optimizer": opt, "flush_denormal": den, "layout": lay},
+        "settings": {"size": size, "repeats": repeats, "heap_rounds": rounds, "sections": sorted(only)},
+        "tables": tables,
         "summary": {"metric": "step times of the train stage's CPU settings against their alternatives (no target)",
                     "value": None, "target": None, "met": None},
         "notes": [],
     }
+
+
+if __name__ == "__main__":
+    common.child_main("cpu_settings", child)

@@ -1,23 +1,21 @@
 """Peak memory of a train step per TCNet variant and the U-Net reference.
 
 CPU: each configuration runs in a FRESH Python process (nothing left over from another model, no
-allocator cache shared): import, build the model, optimizer (Adam), loss (CombinedLoss) and a fixed
+allocator cache shared), with the train stage's allocator setting (freed heap memory retained,
+``tcnet.utils.heap``): import, build the model, optimizer (Adam), loss (CombinedLoss) and a fixed
 batch; read the resident set size (RSS, ``/proc/self/statm``); run train steps (forward, loss,
 backward, Adam step; the first allocates Adam's state); read the peak RSS
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss``, the high-water mark of the process). Reported:
+(``VmHWM``, the high-water mark of the process: ``benchmarks.common.peak_rss_mib``). Reported:
 ``peak - RSS before the steps`` (what a train step adds: activations kept for backward,
 gradients, Adam state, the FFT buffers) and the process's absolute peak. ``tracemalloc`` would miss
-torch's allocations; ru_maxrss sees them all.
+torch's allocations; the high-water mark sees them all.
 
 CUDA (when present): ``torch.cuda.max_memory_allocated`` over the same steps, in the same table.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 from benchmarks import common
 from benchmarks.common import Col
@@ -47,14 +45,8 @@ def _label(c: dict) -> str:
 
 
 def measure_in_subprocess(cfg: dict, size: int, batch: int, steps: int, threads: int) -> dict:
-    spec = json.dumps({**cfg, "size": size, "batch": batch, "steps": steps, "threads": threads})
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(common.ROOT), os.environ.get("PYTHONPATH")]))}
-    p = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--child", spec], cwd=common.ROOT,
-                       capture_output=True, text=True, env=env)
-    for line in p.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    raise RuntimeError(f"memory child for {_label(cfg)} failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
+    return common.run_child("memory", {**cfg, "size": size, "batch": batch, "steps": steps, "threads": threads},
+                            _label(cfg))
 
 
 COLS = [Col("config", "configuration"), Col("rss_before_mib", "RSS before step MiB", ".0f"),
@@ -83,7 +75,7 @@ def run(args, mode: common.Mode) -> dict:
                        COLS, rows)
     return {
         "settings": {"size": size, "batch": batch, "steps": steps, "threads": threads,
-                     "method": "peak RSS (ru_maxrss) minus RSS before the steps, fresh process per configuration"},
+                     "method": "peak RSS (VmHWM) minus RSS before the steps, fresh process per configuration"},
         "tables": {"memory": rows},
         "summary": {"metric": "train-step peak RSS delta (MiB) per configuration (no target)", "value": None,
                     "target": None, "met": None,
@@ -103,13 +95,10 @@ def _rss_mib() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _maxrss_mib() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def child(spec: dict) -> dict:
+    from tcnet.utils.heap import retain_freed_memory
+
+    retain_freed_memory(trim_threshold=None)  # as the train stage runs on CPU (tcnet/stages/train.py)
     import torch
 
     import tcnet
@@ -130,14 +119,14 @@ def child(spec: dict) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as the train stage builds it
     n_params = sum(p.numel() for p in model.parameters())
     rss_before = _rss_mib()
-    peak_before = _maxrss_mib()
+    peak_before = common.peak_rss_mib()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for _ in range(int(spec["steps"])):
         opt.zero_grad(set_to_none=True)
         loss_fn(model(x), mask).backward()
         opt.step()
-    peak = _maxrss_mib()
+    peak = common.peak_rss_mib()
     return {
         "params": n_params, "state_mib": n_params * 4 * 4 / 2**20,  # weights, grads, Adam exp_avg, exp_avg_sq
         "rss_before_mib": rss_before, "peak_before_mib": peak_before, "peak_mib": peak,
@@ -148,9 +137,4 @@ def child(spec: dict) -> dict:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        print("RESULT " + json.dumps(child(json.loads(sys.argv[2]))), flush=True)
-    else:
-        print("usage: python -m benchmarks memory [--quick | --tiny] (this module's --child is internal)",
-              file=sys.stderr)
-        raise SystemExit(2)
+    common.child_main("memory", child)

@@ -1,7 +1,8 @@
 """TCNet train-step throughput as model FLOP/s, against smp U-Net/ResNet-34 at the same size and batch.
 
 A train step is: forward, the project's loss (``CombinedLoss``, λ = 0.5: WCE + Dice), backward,
-``Adam(fused=True).step()``, ``zero_grad(set_to_none=True)`` -- in float32 on CPU, as the train stage runs.
+``Adam(fused=True).step()``, ``zero_grad(set_to_none=True)`` -- in float32 on CPU, as the train stage runs
+(denormals flushed, freed heap memory retained: ``tcnet.utils.heap``).
 
 Model FLOPs convention: the forward FLOPs of the architecture counted by ``tcnet.models.flops``
 (``FlopCounterMode``; 1 multiply-add = 2 FLOPs; convolutions, matmuls and attention only; the large
@@ -138,6 +139,12 @@ def run(args, mode: common.Mode) -> dict:
     batch = args.batch or 2
     repeats = args.repeats or mode.pick(1, 3, 9)
     cfgs = configs_for(mode, args.models)
+    from tcnet.utils.heap import retain_freed_memory
+
+    # The train stage's allocator setting on CPU (tcnet/stages/train.py), for every configuration
+    # alike. Without it the configurations' page faults depended on which model ran before them in
+    # this shared process, not on the model (docs/performance.md §2).
+    heap = retain_freed_memory(trim_threshold=None)
     common.progress(f"building {len(cfgs)} configurations at {size}², batch {batch}")
     steps = {c.label: Step(c, size, batch) for c in cfgs}
     flops = {m: model_step_flops(m, size, batch) for m in {c.model for c in cfgs}}
@@ -185,6 +192,8 @@ def run(args, mode: common.Mode) -> dict:
     result = {
         "settings": {"size": size, "batch": batch, "repeats": repeats, "dtype": "float32",
                      "loss": "CombinedLoss(ce_weight=0.5)", "optimizer": "Adam(lr=1e-4, fused=True)",
+                     "allocator": "glibc, freed memory retained (tcnet.utils.heap, as the train stage)" if heap
+                                  else "as it comes (not glibc)",
                      "flops_convention": "forward FLOPs (tcnet.models.flops, direct conv, 1 MAC = 2 FLOPs) "
                                          "x batch x 3"},
         "tables": {"steps": rows},
@@ -229,13 +238,13 @@ PHASE_COLS = [Col("kind", "phase"), Col("self_ms", "CPU ms", ".1f"), Col("pct", 
 KINDS = [
     ("FFT (large kernels)", ("fft",)),
     ("convolution (oneDNN)", ("conv", "mkldnn")),
+    ("pooling / resampling", ("pool", "upsample", "interp")),  # before matmul: "bilinear" contains "linear"
     ("matmul / linear", ("addmm", "::mm", "bmm", "matmul", "linear")),
     ("attention (SDPA)", ("attention",)),
     ("normalisation", ("batch_norm", "layer_norm", "native_norm")),
     ("optimizer (Adam)", ("_foreach", "adam")),
     ("copies / layout", ("copy_", "contiguous", "clone", "cat", "constant_pad", "pad", "to_copy", "empty_like",
                          "flip", "index", "slice", "permute")),
-    ("pooling / resampling", ("pool", "upsample", "interp")),
     ("element-wise", ("add", "mul", "gelu", "relu", "sigmoid", "sub", "div", "sum", "mean", "amax", "max",
                       "where", "threshold", "exp", "log", "fill", "zero", "clamp", "neg", "pow", "sqrt",
                       "binary_cross", "softplus")),

@@ -180,6 +180,13 @@ def train_run(spec: RunSpec, preprocessed_dir, splits_dir, run_dir, mlflow_cfg: 
 
     dist = init_distributed(spec.train.device)
     device = resolve_device(spec.train.device, dist.local_rank)
+    if device.type == "cpu":
+        from tcnet.utils.heap import retain_freed_memory
+
+        # Each step frees its activations in the backward and glibc handed them back to the kernel,
+        # so every forward faulted them in again (tcnet_base at 448²: 56-124 k page faults and
+        # 6-9 % of the step; `python -m benchmarks cpu_settings --only heap`). Process-wide, for life.
+        retain_freed_memory(trim_threshold=None)
     with determinism(spec.train.deterministic, device), flush_denormal(device):
         return _train(spec, Path(preprocessed_dir), Path(splits_dir), Path(run_dir), mlflow_cfg or MlflowConfig(),
                       tracking_ctx, dist, device, profile, params_digest, progress)

@@ -72,8 +72,8 @@ def flush_denormal(device: torch.device):
     """Denormal floats flushed to zero for the block on CPU (restored to torch's default after).
 
     Gradients and Adam moments that underflow into the denormal range take x86's slow arithmetic
-    path. Measured (``python -m benchmarks cpu_settings``, 448², batch 2): U-Net's step 4-7 %
-    faster, tcnet_base's unchanged (0 to +4 %, within noise). Values below ~1e-38 become 0: no
+    path. Measured (``python -m benchmarks cpu_settings``, 448², batch 2): U-Net's step 4-8 %
+    faster, tcnet_base's unchanged (-3 to +4 %, within noise). Values below ~1e-38 become 0: no
     effect on learning.
     torch cannot report the previous setting, so the block ends with torch's default (off).
     """

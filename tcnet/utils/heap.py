@@ -8,8 +8,15 @@ first touch of a fresh page is a page fault: decoding and resizing ISIC-like pai
 (``python -m benchmarks preprocess``: its page-fault table; ``docs/performance.md`` §3).
 
 :func:`retain_freed_memory` sets a fixed ``mmap`` threshold at glibc's maximum (32 MiB on 64-bit)
-and a trim threshold of 256 MiB, so those blocks come from the heap and are reused. The memory a
-process keeps is bounded by its own peak heap; blocks above 32 MiB are still mapped and unmapped.
+and a trim threshold (256 MiB by default), so those blocks come from the heap and are reused. The
+memory a process keeps is bounded by its own peak heap; blocks above 32 MiB are still mapped and
+unmapped.
+
+Training needs the no-trim form (``trim_threshold=None``): a train step frees most of its
+activations in the backward pass -- far more than 256 MiB at the top of the heap -- and glibc
+trimmed them after every step, so the next forward faulted them in again. Measured in a process of
+its own, as the train stage runs (``python -m benchmarks cpu_settings``, its heap table;
+``docs/performance.md``): the page faults of a tcnet_base / U-Net step at 448², batch 2.
 """
 
 from __future__ import annotations
@@ -36,14 +43,20 @@ def _glibc():
         return None
 
 
-def retain_freed_memory() -> bool:
+def retain_freed_memory(trim_threshold: int | None = TRIM_THRESHOLD) -> bool:
     """Tune this process's glibc malloc to reuse freed blocks (see the module docstring).
 
+    ``trim_threshold``: bytes of free memory at the top of the heap that glibc keeps rather than
+    returns to the kernel; ``None`` never returns it (the process keeps its peak heap).
     Returns True where applied; False where the C library is not glibc (macOS, musl, Windows),
-    where it is a no-op. Call it once, early, in a worker process: it changes the whole process.
+    where it is a no-op. Call it once, early, in a process of its own (a worker, a stage): it changes
+    the whole process, and glibc's default dynamic thresholds cannot be restored afterwards.
     """
+    if trim_threshold is not None and not 0 <= trim_threshold < 2**31:
+        raise ValueError(f"trim_threshold must be None or 0 <= bytes < 2**31 (a C int), got {trim_threshold}")
     libc = _glibc()
     if libc is None:
         return False
     ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-    return libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
+    # -1 disables trimming altogether (mallopt(3)).
+    return libc.mallopt(_M_TRIM_THRESHOLD, -1 if trim_threshold is None else trim_threshold) == 1 and ok

@@ -69,11 +69,17 @@ def tensors_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_trains_two_epochs_and_writes_every_output(data, tmp_path, capsys):
+def test_trains_two_epochs_and_writes_every_output(data, tmp_path, capsys, monkeypatch):
+    from tcnet.utils import heap
+
+    heap_calls = []
+    monkeypatch.setattr(heap, "retain_freed_memory", lambda **kw: heap_calls.append(kw) or True)
     params = make_params(tmp_path)
     t0 = time.perf_counter()
     result = train.run(params, EXPERIMENT, data / "pre", data / "splits", tmp_path / "models", mlflow=False)
     seconds = time.perf_counter() - t0
+    # On CPU the run keeps its freed heap (no trimming): the next step reuses the activations' pages.
+    assert heap_calls == [{"trim_threshold": None}]
     run_dir = tmp_path / "models" / EXPERIMENT / "isic2017__tiny__fold0"
     assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "history.csv", "last.pt", "run.json"]
 
