@@ -21,8 +21,6 @@ No target: the figures justify settings (docs/performance.md, "CPU settings of t
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from benchmarks import common
@@ -167,16 +165,9 @@ def child(spec: dict) -> dict:
     torch.set_num_threads(int(spec["threads"]))
     step = Step(Config(spec["model"], "auto" if spec["model"].startswith("tcnet") else None, False),
                 int(spec["size"]), int(spec["batch"]))
-    times = []
     with flush_denormal(torch.device("cpu")):
-        for _ in range(int(spec["warmup"])):
-            step()
-        for _ in range(int(spec["steps"])):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-    n = int(spec["steps"])
-    return {"step_s": common.median(times), "times_s": times, "faults": common.median(step.faults[-n:]),
+        times = common.time_interleaved({"step": step}, int(spec["steps"]), warmup=int(spec["warmup"]))["step"]
+    return {"step_s": common.median(times), "times_s": times, "faults": common.median(step.faults[-len(times):]),
             "peak_mib": common.peak_rss_mib()}
 
 

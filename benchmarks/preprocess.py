@@ -94,14 +94,14 @@ def limit_run(paths: list[str], size: int, workers: int, mask_paths: list[str] |
               stage_settings: bool = True) -> None:
     """Decode + resize every file on ``workers`` processes; ``stage_settings``: with the stage's
     worker initializer (:func:`tcnet.stages.preprocess._init_worker`), else one OpenCV thread only."""
-    from tcnet.stages.preprocess import _init_worker
+    from tcnet.stages.preprocess import _init_worker, chunk_size
 
     n = len(paths)
-    chunksize = max(1, min(4, n // (8 * workers)))  # the stage's rule
     masks = mask_paths or [None] * n
     init = _init_worker if stage_settings else _init_default_worker
     with cf.ProcessPoolExecutor(max_workers=workers, initializer=init) as pool:
-        for _ in pool.map(_decode_resize, [(p, m, size) for p, m in zip(paths, masks)], chunksize=chunksize):
+        tasks = [(p, m, size) for p, m in zip(paths, masks)]
+        for _ in pool.map(_decode_resize, tasks, chunksize=chunk_size(n, workers)):
             pass
 
 

@@ -119,10 +119,14 @@ def _no_label(name):
     yield
 
 
-def model_step_flops(name: str, size: int, batch: int) -> int:
-    from tcnet.models.flops import model_complexity
+def model_step_flops(name: str, size: int, batch: int) -> dict[str, int]:
+    """A train step's model FLOPs by kind (``tcnet.models.flops.flops_by_kind`` × batch × 3; model built on meta)."""
+    import tcnet
+    from tcnet.models.flops import flops_by_kind
 
-    return int(model_complexity(name, size)["flops"]) * batch * 3
+    with torch.device("meta"):
+        model = tcnet.create_model(name)
+    return {k: v * batch * 3 for k, v in flops_by_kind(model, size).items()}
 
 
 ROW_COLS = [
@@ -147,7 +151,11 @@ def run(args, mode: common.Mode) -> dict:
     heap = retain_freed_memory(trim_threshold=None)
     common.progress(f"building {len(cfgs)} configurations at {size}², batch {batch}")
     steps = {c.label: Step(c, size, batch) for c in cfgs}
-    flops = {m: model_step_flops(m, size, batch) for m in {c.model for c in cfgs}}
+    by_kind = {m: model_step_flops(m, size, batch) for m in dict.fromkeys(c.model for c in cfgs)}
+    flops = {m: k["total"] for m, k in by_kind.items()}
+    flop_rows = [{"model": m, **{k: v / 1e9 for k, v in k.items()}} for m, k in by_kind.items()]
+    common.print_table(f"## model GFLOP per train step by kind, {size}², batch {batch} (forward × batch × 3; "
+                       "31×31 kernels counted as the direct convolution)", FLOP_COLS, flop_rows)
     common.progress("timing (interleaved)")
     from tcnet.training.runtime import flush_denormal
 
@@ -196,7 +204,7 @@ def run(args, mode: common.Mode) -> dict:
                                   else "as it comes (not glibc)",
                      "flops_convention": "forward FLOPs (tcnet.models.flops, direct conv, 1 MAC = 2 FLOPs) "
                                          "x batch x 3"},
-        "tables": {"steps": rows},
+        "tables": {"steps": rows, "flops_by_kind": flop_rows},
         "summary": {
             "metric": "best TCNet model FLOP/s / U-Net model FLOP/s (train step), median of the per-repeat ratios",
             "value": best["paired"], "target": TARGET_RATIO, "met": common.verdict(best["paired"], TARGET_RATIO),
@@ -227,6 +235,8 @@ def run(args, mode: common.Mode) -> dict:
     return result
 
 
+FLOP_COLS = [Col("model", "model"), Col("total", "total", ".1f"), Col("convolution", "convolutions but 31×31", ".1f"),
+             Col("large_kernel", "31×31 depthwise", ".1f"), Col("attention_matmul", "attention + matmul", ".1f")]
 PROFILE_COLS = [Col("op", "op"), Col("self_ms", "self CPU ms", ".1f"), Col("pct", "% of step", ".1f"),
                 Col("calls", "calls", "d"), Col("ms_per_call", "ms/call", ".2f")]
 CAT_COLS = [Col("kind", "kind"), Col("self_ms", "self CPU ms", ".1f"), Col("pct", "% of step", ".1f")]

@@ -52,11 +52,8 @@ def _direct_lk(model: nn.Module):
             m.lk_impl = impl
 
 
-def count_flops(model: nn.Module, size: int | tuple[int, int] = 448, batch: int = 1, in_channels: int = 3) -> int:
-    """FLOPs of one eval-mode forward of ``model`` on a ``batch×in_channels×H×W`` input.
-
-    Runs on the model's device (``meta`` costs nothing); the model's mode and ``lk_impl`` are restored.
-    """
+def _counted(model: nn.Module, size: int | tuple[int, int], batch: int, in_channels: int) -> FlopCounterMode:
+    """The counter after one eval-mode, no-grad forward (large kernels direct); mode and ``lk_impl`` restored."""
     h, w = (size, size) if isinstance(size, int) else size
     p = next(iter(model.parameters()), None)
     device = p.device if p is not None else torch.device("cpu")
@@ -69,7 +66,31 @@ def count_flops(model: nn.Module, size: int | tuple[int, int] = 448, batch: int 
             model(x)
     finally:
         model.train(was_training)
-    return int(counter.get_total_flops())
+    return counter
+
+
+def count_flops(model: nn.Module, size: int | tuple[int, int] = 448, batch: int = 1, in_channels: int = 3) -> int:
+    """FLOPs of one eval-mode forward of ``model`` on a ``batch×in_channels×H×W`` input.
+
+    Runs on the model's device (``meta`` costs nothing); the model's mode and ``lk_impl`` are restored.
+    """
+    return int(_counted(model, size, batch, in_channels).get_total_flops())
+
+
+def flops_by_kind(model: nn.Module, size: int | tuple[int, int] = 448, batch: int = 1,
+                  in_channels: int = 3) -> dict[str, int]:
+    """:func:`count_flops`'s total split into ``large_kernel`` (the 31×31 depthwise convolutions,
+    counted direct), ``convolution`` (every other convolution) and ``attention_matmul`` (SDPA,
+    matmuls, linear layers): what each kind of kernel has to compute, to set beside its time."""
+    counter = _counted(model, size, batch, in_channels)
+    counts = counter.get_flop_counts()
+    root = type(model).__name__
+    lk = sum(sum(counts.get(f"{root}.{name}", {}).values())
+             for name, m in model.named_modules() if isinstance(m, LargeKernelDWConv))
+    conv = sum(v for op, v in counts.get("Global", {}).items() if "convolution" in str(op))
+    total = int(counter.get_total_flops())
+    return {"total": total, "large_kernel": int(lk), "convolution": int(conv - lk),
+            "attention_matmul": int(total - conv)}
 
 
 def model_complexity(name: str, size: int = 448, **overrides) -> dict:

@@ -134,6 +134,12 @@ def mask_binary_problem(gray: np.ndarray) -> Optional[str]:
     return None
 
 
+def chunk_size(n: int, workers: int) -> int:
+    """Pairs per task sent to a pool worker. Small chunks: a pair is ~10 ms, and the last chunk of
+    one worker is the other's idle time."""
+    return max(1, min(4, n // (8 * workers)))
+
+
 def _init_worker() -> None:
     """One OpenCV thread per worker (the pool already uses every core); freed image buffers kept
     for the next pair rather than faulted in afresh (:mod:`tcnet.utils.heap`: a third of the
@@ -359,9 +365,7 @@ def _process_dataset(dataset: str, cfg: PreprocessConfig, raw_dir: Path, out: Pa
     tasks = [_Task(dataset, size, str(raw_dir), smp, i, str(out)) for i, smp in enumerate(samples)]
     ok: list[_Result] = []
     skipped = []
-    # Small chunks: a pair is ~10 ms, and the last chunk of one worker is the other's idle time.
-    chunksize = max(1, min(4, n // (8 * workers)))
-    results = pool.map(_process, tasks, chunksize=chunksize) if pool else map(_process, tasks)
+    results = pool.map(_process, tasks, chunksize=chunk_size(n, workers)) if pool else map(_process, tasks)
     try:
         with _progress(n, dataset) as bar:
             for r in results:

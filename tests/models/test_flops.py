@@ -3,7 +3,7 @@
 from torch import nn
 
 from tcnet.models import LargeKernelDWConv, create_model
-from tcnet.models.flops import count_flops, count_params, model_complexity
+from tcnet.models.flops import count_flops, count_params, flops_by_kind, model_complexity
 
 
 def test_count_flops_of_a_conv_by_hand():
@@ -33,3 +33,21 @@ def test_model_complexity_on_meta_matches_real_model():
 def test_flops_scale_with_area():
     small, big = (model_complexity("unet", s)["flops"] for s in (64, 128))
     assert 3.9 < big / small < 4.1
+
+
+def test_flops_by_kind_splits_the_total():
+    model = create_model("tcnet_tiny")
+    lk = [m for m in model.modules() if isinstance(m, LargeKernelDWConv)]
+    outs = []
+    hooks = [m.register_forward_hook(lambda mod, args, out: outs.append(out.numel())) for m in lk]
+    kinds = flops_by_kind(model, 64)
+    for h in hooks:
+        h.remove()
+    # every 31×31 layer counted as the direct convolution: 2 FLOPs × 961 taps per output element
+    assert kinds["large_kernel"] == sum(2 * n * 31 * 31 for n in outs) and len(outs) == len(lk) > 0
+    assert kinds["total"] == count_flops(model, 64)
+    assert kinds["large_kernel"] + kinds["convolution"] + kinds["attention_matmul"] == kinds["total"]
+    assert kinds["convolution"] > 0 and kinds["attention_matmul"] > 0  # TCNet has both
+    plain = flops_by_kind(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False)), 32)
+    assert plain == {"total": 2 * 8 * 32 * 32 * 27, "large_kernel": 0, "convolution": 2 * 8 * 32 * 32 * 27,
+                     "attention_matmul": 0}
