@@ -5,13 +5,13 @@ project's loss, backward, Adam step; ``benchmarks.train_step.Step``), float32 on
 
 1. optimizer: ``Adam(fused=True)`` (what the train stage builds) vs torch's default per-tensor
    Adam -- the ``step()`` call alone on tcnet_base's 509 parameter tensors (random gradients);
-2. denormals: the train step of tcnet_base and U-Net/ResNet-34 at 448², batch 2, channels_last,
+2. denormals: the train step of tcnet_base and U-Net/ResNet-34 at 448², batch 2 (``--batch``), channels_last,
    with ``tcnet.training.runtime.flush_denormal`` on and off;
 3. layout at the demo's size (64², batch 4): NCHW vs channels_last for every model the demo trains
    (UNet3+ at the paper's width 64 and the demo's 32): why the train stage stays NCHW on CPU;
 4. heap: glibc's allocator as it comes vs freed memory retained (``tcnet.utils.heap``,
    ``retain_freed_memory(trim_threshold=None)``, what the train stage sets on CPU) -- the train step
-   of tcnet_base and U-Net at 448², batch 2, NCHW (the train stage's CPU layout). The setting is
+   of tcnet_base and U-Net at 448², batch 2 (``--batch``), NCHW (the train stage's CPU layout). The setting is
    process-wide and cannot be undone, so each (model, setting) runs in a FRESH process: warm-up
    steps, then timed steps (median), minor page faults per step and the process's peak RSS; the
    processes alternate (off, on / on, off) over the rounds so drift hits both settings alike.
@@ -41,6 +41,9 @@ SECTIONS = ("optimizer", "denormal", "layout", "heap")
 def add_arguments(p) -> None:
     p.add_argument("--size", type=int, default=None,
                    help="side of the denormal and heap comparisons (default 448; quick 224; tiny 32)")
+    p.add_argument("--batch", type=int, default=2,
+                   help="batch of the denormal and heap comparisons (default 2; the heap setting's large-block "
+                        "part shows from batch 4 on at 448²)")
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=None, metavar="SECTION",
                    help=f"run only these comparisons ({', '.join(SECTIONS)}; default: all). The heap one runs "
                         "--repeats rounds (default 3) of four fresh processes: ~4 min at 448²")
@@ -63,11 +66,11 @@ def optimizer_rows(mode: common.Mode, repeats: int) -> list[dict]:
     return [{"what": k, "ms": common.median(v) * 1000, "ratio": common.median(v) / ref} for k, v in times.items()]
 
 
-def denormal_rows(mode: common.Mode, size: int, repeats: int) -> list[dict]:
+def denormal_rows(mode: common.Mode, size: int, repeats: int, batch: int = 2) -> list[dict]:
     from benchmarks.train_step import Config, Step
     from tcnet.training.runtime import flush_denormal
 
-    steps = {m: Step(Config(m, "auto" if m.startswith("tcnet") else None, True), size, 2)
+    steps = {m: Step(Config(m, "auto" if m.startswith("tcnet") else None, True), size, batch)
              for m in (mode.pick("tcnet_tiny", "tcnet_base", "tcnet_base"), "unet")}
     fns = {}
     for m, step in steps.items():
@@ -127,7 +130,7 @@ LAYOUT_COLS = [Col("model", "model"), Col("nchw_ms", "NCHW ms", ".1f"), Col("cl_
                Col("ratio", "CL / NCHW", ".2f")]
 
 
-def heap_rows(mode: common.Mode, size: int, rounds: int) -> list[dict]:
+def heap_rows(mode: common.Mode, size: int, rounds: int, batch: int = 2) -> list[dict]:
     models = mode.pick(("tcnet_tiny",), ("tcnet_small", "unet"), ("tcnet_base", "unet"))
     steps, warmup = mode.pick((1, 1), (3, 1), (5, 2))
     threads = torch.get_num_threads()
@@ -137,7 +140,7 @@ def heap_rows(mode: common.Mode, size: int, rounds: int) -> list[dict]:
             for heap in ((False, True) if r % 2 == 0 else (True, False)):
                 common.progress(f"round {r + 1}/{rounds}: {m}, heap {'retained' if heap else 'as it comes'} "
                                 f"(fresh process, {warmup}+{steps} steps at {size}²)")
-                spec = {"model": m, "size": size, "batch": 2, "heap": heap, "steps": steps, "warmup": warmup,
+                spec = {"model": m, "size": size, "batch": batch, "heap": heap, "steps": steps, "warmup": warmup,
                         "threads": threads}
                 got[(m, heap)].append(common.run_child("cpu_settings", spec, f"{m}, heap {heap}"))
     rows = []
@@ -178,6 +181,9 @@ HEAP_COLS = [Col("what", "configuration"), Col("ms", "step ms (median)", ".0f"),
 def run(args, mode: common.Mode) -> dict:
     repeats = args.repeats or mode.pick(1, 3, 5)
     size = args.size or mode.pick(32, 224, 448)
+    batch = args.batch
+    if batch < 1:
+        raise SystemExit(f"cpu_settings: --batch must be >= 1, got {batch}")
     only = set(getattr(args, "only", None) or SECTIONS)
     tables: dict[str, list[dict]] = {}
     if "optimizer" in only:
@@ -187,9 +193,9 @@ def run(args, mode: common.Mode) -> dict:
         common.print_table(f"## optimizer step alone, {model}'s parameters, median of {repeats}", COLS,
                            tables["optimizer"])
     if "denormal" in only:
-        common.progress(f"train step with and without flush-denormal at {size}², batch 2")
-        tables["flush_denormal"] = denormal_rows(mode, size, repeats)
-        common.print_table(f"## train step, channels_last, {size}², batch 2, flush-denormal off/on (interleaved), "
+        common.progress(f"train step with and without flush-denormal at {size}², batch {batch}")
+        tables["flush_denormal"] = denormal_rows(mode, size, repeats, batch)
+        common.print_table(f"## train step, channels_last, {size}², batch {batch}, flush-denormal off/on (interleaved), "
                            f"median of {repeats}", COLS, tables["flush_denormal"])
     if "layout" in only:
         common.progress("train step NCHW vs channels_last at the demo size")
@@ -200,12 +206,12 @@ def run(args, mode: common.Mode) -> dict:
         common.say(f"channels_last faster (< 0.95x) for: {', '.join(faster) or 'none'}")
     rounds = args.repeats or mode.pick(1, 1, 3)
     if "heap" in only:
-        tables["heap"] = heap_rows(mode, size, rounds)
-        common.print_table(f"## train step, NCHW, {size}², batch 2, glibc heap as it comes vs retained (fresh "
+        tables["heap"] = heap_rows(mode, size, rounds, batch)
+        common.print_table(f"## train step, NCHW, {size}², batch {batch}, glibc heap as it comes vs retained (fresh "
                            f"process per row and round; median over {rounds} round(s) of each process's median "
                            "step)", HEAP_COLS, tables["heap"])
     return {
-        "settings": {"size": size, "repeats": repeats, "heap_rounds": rounds, "sections": sorted(only)},
+        "settings": {"size": size, "batch": batch, "repeats": repeats, "heap_rounds": rounds, "sections": sorted(only)},
         "tables": tables,
         "summary": {"metric": "step times of the train stage's CPU settings against their alternatives (no target)",
                     "value": None, "target": None, "met": None},

@@ -31,8 +31,8 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 20)
 """
 
 # A train step's pattern: build a working set well above the default 256 MiB trim threshold
-# (48 × 8 MiB, each below the 32 MiB mmap threshold, so from the heap), free all of it, again.
-# Prints the minor page faults of the last rounds, per round.
+# (argv[2] blocks of argv[3] MiB), free all of it, again. Prints the minor page faults of the last
+# rounds, per round.
 TRAIN_LIKE = """
 import resource, sys
 import numpy as np
@@ -41,8 +41,9 @@ if sys.argv[1] == "notrim":
     assert retain_freed_memory(trim_threshold=None)
 elif sys.argv[1] == "retain":
     assert retain_freed_memory()
+n, mib = int(sys.argv[2]), int(sys.argv[3])
 def once():
-    work = [np.ones(2**21, np.float32) for _ in range(48)]
+    work = [np.ones(mib * 2**18, np.float32) for _ in range(n)]
     del work
 once()
 f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -82,18 +83,30 @@ def test_not_glibc_is_a_no_op(monkeypatch):
     assert heap.retain_freed_memory() is False
 
 
+def _faults_per_round(mode: str, blocks: int, mib: int) -> float:
+    out = subprocess.run([sys.executable, "-c", TRAIN_LIKE, mode, str(blocks), str(mib)],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip())
+
+
 @glibc_only
 def test_no_trim_keeps_a_freed_working_set_above_the_trim_threshold():
-    def faults(mode):
-        out = subprocess.run([sys.executable, "-c", TRAIN_LIKE, mode], capture_output=True, text=True, check=True)
-        return float(out.stdout.strip())
-
-    trimmed, kept = faults("retain"), faults("notrim")
+    # 48 blocks of 8 MiB: each below the 32 MiB mmap threshold, so from the heap.
+    trimmed, kept = _faults_per_round("retain", 48, 8), _faults_per_round("notrim", 48, 8)
     # 384 MiB freed at the top of the heap is above 256 MiB: trimmed, and faulted in again next
     # round (thousands of faults: 4 KiB pages, or 2 MiB ones where numpy asks for transparent huge
     # pages); with no trimming the next round reuses the same pages.
     assert trimmed > 2_000, f"the 256 MiB trim threshold did not trim ({trimmed} faults/round): nothing to compare"
     assert kept * 100 < trimmed, (trimmed, kept)
+
+
+@glibc_only
+def test_no_trim_keeps_blocks_above_the_mmap_cap():
+    # 8 blocks of 48 MiB: above glibc's 32 MiB cap, so mapped and unmapped on every round unless
+    # mmap is off (the no-trim form): a U-Net step at batch 4 has activations of this size.
+    mapped, kept = _faults_per_round("retain", 8, 48), _faults_per_round("notrim", 8, 48)
+    assert mapped > 2_000, f"48 MiB blocks were not mapped afresh ({mapped} faults/round): nothing to compare"
+    assert kept * 100 < mapped, (mapped, kept)
 
 
 def test_trim_threshold_must_fit_a_c_int():

@@ -135,29 +135,47 @@ def dwconv_direct(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return F.conv2d(F.pad(x, (left, right, top, bottom)), weight, bias, groups=weight.shape[0])
 
 
-class _FFTDepthwise(torch.autograd.Function):
-    """``irfft2(rfft2(x) · rfft2(flip(w)))`` cropped, with a hand-written backward.
+def _spectrum(x: torch.Tensor, nh: int, nw: int) -> torch.Tensor:
+    """2-D real FFT of the last two dims, zero-padded at the end to ``nh``×``nw``, W-frequencies first.
 
-    The backward is two correlations in the same Fourier grid: ``grad_x = irfft2(G · conj(Wf))``
-    and ``grad_w = irfft2(Σ_b G · conj(Xf))`` (the batch summed in the frequency domain, so the
-    weight's inverse transform is C maps, not B·C), where ``G`` is the output gradient placed where
-    the forward cropped it. Autograd through the FFT ops instead takes a full complex-to-complex
-    transform for each real FFT's backward and pads, slices and scatters around them. Measured
-    (``python -m benchmarks lkconv``): tcnet_base's 31×31 convolutions, forward + backward, take
-    17-20 % less time than through autograd (``docs/performance.md`` §1).
+    Returns ``[..., nw//2+1, nh]``: ``rfft`` along W, then ``fft`` along H on the transposed result.
+    In this layout :func:`_inverse` can drop the rows it does not need before its real (c2r) pass;
+    the standard ``irfft2`` runs both passes over the whole grid, with copies around its c2r.
+    """
+    return torch.fft.fft(torch.fft.rfft(x, n=nw, dim=-1).transpose(-1, -2), n=nh, dim=-1)
+
+
+def _inverse(z: torch.Tensor, nw: int, rows: int) -> torch.Tensor:
+    """The inverse of :func:`_spectrum`, its first ``rows`` rows only: ``[..., rows, nw]`` (real)."""
+    return torch.fft.irfft(torch.fft.ifft(z, dim=-1)[..., :rows].transpose(-1, -2), n=nw, dim=-1)
+
+
+class _FFTDepthwise(torch.autograd.Function):
+    """Circular convolution with the kernel rolled so that output pixel ``(i, j)`` is grid ``(i, j)``.
+
+    ``wflip`` (``C×kh×kw``) is placed in an ``nh×nw`` grid and rolled by ``-offset``: the "same"
+    output is then the top-left ``H×W`` of ``x ⊛ w``, and the output gradient enters the grid where
+    ``rfft``'s own zero padding puts it (no offset pads). Spectra are in :func:`_spectrum`'s
+    transposed layout. The backward is two correlations in the same Fourier grid:
+    ``grad_x = inverse(G · conj(Wf))`` and ``grad_w = inverse(Σ_b G · conj(Xf))`` rolled back (the
+    batch summed in the frequency domain, so the weight's inverse transform is C maps, not B·C).
+    Autograd through the FFT ops instead takes a full complex-to-complex transform for each real
+    FFT's backward and pads, slices and scatters around them. Measured (``python -m benchmarks
+    lkconv``, ``docs/performance.md`` §1).
     """
 
     @staticmethod
     def forward(ctx, x, wflip, n: tuple[int, int], offset: tuple[int, int]):
         H, W = x.shape[-2:]
-        oh, ow = offset
+        (nh, nw), (oh, ow) = n, offset
+        kh, kw = wflip.shape[-2:]
         # Contiguous NCHW in, so that every spectrum below is contiguous: the FFTs and complex
         # products are 2-3x slower on the strides a channels_last input would give them.
-        Xf = torch.fft.rfft2(x.contiguous(), s=n)
-        Wf = torch.fft.rfft2(wflip, s=n)
-        y = torch.fft.irfft2(Xf * Wf, s=n)[..., oh : oh + H, ow : ow + W]
+        Xf = _spectrum(x.contiguous(), nh, nw)
+        Wf = _spectrum(F.pad(wflip, (0, nw - kw, 0, nh - kh)).roll((-oh, -ow), (-2, -1)), nh, nw)
+        y = _inverse(Xf * Wf, nw, H)[..., :W]
         ctx.save_for_backward(Xf, Wf)
-        ctx.geometry = (H, W, wflip.shape[-2], wflip.shape[-1], n, offset)
+        ctx.geometry = (H, W, kh, kw, n, offset)
         return y
 
     @staticmethod
@@ -165,13 +183,12 @@ class _FFTDepthwise(torch.autograd.Function):
     def backward(ctx, gy):
         Xf, Wf = ctx.saved_tensors
         H, W, kh, kw, (nh, nw), (oh, ow) = ctx.geometry
-        # "same" crops leave room: oh + H <= nh and ow + W <= nw (see dwconv_fft).
-        G = torch.fft.rfft2(F.pad(gy.contiguous(), (ow, nw - ow - W, oh, nh - oh - H)))
+        G = _spectrum(gy.contiguous(), nh, nw)
         gx = gw = None
         if ctx.needs_input_grad[0]:
-            gx = torch.fft.irfft2(G * Wf.conj(), s=(nh, nw))[..., :H, :W]
+            gx = _inverse(G * Wf.conj(), nw, H)[..., :W]
         if ctx.needs_input_grad[1]:
-            gw = torch.fft.irfft2((G * Xf.conj()).sum(0), s=(nh, nw))[..., :kh, :kw]
+            gw = _inverse((G * Xf.conj()).sum(0), nw, nh).roll((oh, ow), (-2, -1))[..., :kh, :kw]
         return gx, gw, None, None
 
 
@@ -180,8 +197,8 @@ def dwconv_fft(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
 
     ``conv2d`` is a cross-correlation, so the kernel is flipped and the result is a true linear
     convolution: ``full = x * flip(w)``, ``y[i] = full[i + kh-1-top]``. The FFT size only needs
-    ``H + max(top, bottom)`` (not ``H + kh - 1``): wrap-around beyond that lands outside the crop
-    (and, in the backward, outside the rows and taps read back).
+    ``H + max(top, bottom)`` (not ``H + kh - 1``): wrap-around beyond that lands outside the
+    ``H×W`` read back (and, in the backward, outside the rows and taps read back).
     """
     if x.dtype in (torch.float16, torch.bfloat16):  # FFTs want float32 (and bf16 FFTs do not exist)
         y = dwconv_fft(x.float(), weight.float(), None if bias is None else bias.float())

@@ -17,6 +17,11 @@ activations in the backward pass -- far more than 256 MiB at the top of the heap
 trimmed them after every step, so the next forward faulted them in again. Measured in a process of
 its own, as the train stage runs (``python -m benchmarks cpu_settings``, its heap table;
 ``docs/performance.md``): the page faults of a tcnet_base / U-Net step at 448², batch 2.
+The no-trim form also turns ``mmap`` off (``M_MMAP_MAX = 0``), so that blocks above the 32 MiB
+cap come from the heap too and are kept: a U-Net step at 448², batch 4 has activations of 50-100
+MiB, mapped afresh on every step otherwise (125 000 page faults per step with trimming off alone,
+``python -m benchmarks train_step --batch 4``; none with ``mmap`` off). Where the heap cannot
+grow, glibc still falls back to ``mmap``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import sys
 # <malloc.h>
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
 MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's upper limit for M_MMAP_THRESHOLD on 64-bit
 TRIM_THRESHOLD = 256 * 1024 * 1024
 
@@ -47,7 +53,8 @@ def retain_freed_memory(trim_threshold: int | None = TRIM_THRESHOLD) -> bool:
     """Tune this process's glibc malloc to reuse freed blocks (see the module docstring).
 
     ``trim_threshold``: bytes of free memory at the top of the heap that glibc keeps rather than
-    returns to the kernel; ``None`` never returns it (the process keeps its peak heap).
+    returns to the kernel; ``None`` never returns it and serves large blocks from the heap as well
+    (``mmap`` off): the process keeps its peak heap.
     Returns True where applied; False where the C library is not glibc (macOS, musl, Windows),
     where it is a no-op. Call it once, early, in a process of its own (a worker, a stage): it changes
     the whole process, and glibc's default dynamic thresholds cannot be restored afterwards.
@@ -58,5 +65,7 @@ def retain_freed_memory(trim_threshold: int | None = TRIM_THRESHOLD) -> bool:
     if libc is None:
         return False
     ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    if trim_threshold is None:
+        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and ok
     # -1 disables trimming altogether (mallopt(3)).
     return libc.mallopt(_M_TRIM_THRESHOLD, -1 if trim_threshold is None else trim_threshold) == 1 and ok
