@@ -66,7 +66,7 @@ def optimizer_rows(mode: common.Mode, repeats: int) -> list[dict]:
     return [{"what": k, "ms": common.median(v) * 1000, "ratio": common.median(v) / ref} for k, v in times.items()]
 
 
-def denormal_rows(mode: common.Mode, size: int, repeats: int, batch: int = 2) -> list[dict]:
+def denormal_rows(mode: common.Mode, size: int, repeats: int, batch: int) -> list[dict]:
     from benchmarks.train_step import Config, Step
     from tcnet.training.runtime import flush_denormal
 
@@ -130,7 +130,7 @@ LAYOUT_COLS = [Col("model", "model"), Col("nchw_ms", "NCHW ms", ".1f"), Col("cl_
                Col("ratio", "CL / NCHW", ".2f")]
 
 
-def heap_rows(mode: common.Mode, size: int, rounds: int, batch: int = 2) -> list[dict]:
+def heap_rows(mode: common.Mode, size: int, rounds: int, batch: int) -> list[dict]:
     models = mode.pick(("tcnet_tiny",), ("tcnet_small", "unet"), ("tcnet_base", "unet"))
     steps, warmup = mode.pick((1, 1), (3, 1), (5, 2))
     threads = torch.get_num_threads()
@@ -184,7 +184,7 @@ def run(args, mode: common.Mode) -> dict:
     batch = args.batch
     if batch < 1:
         raise SystemExit(f"cpu_settings: --batch must be >= 1, got {batch}")
-    only = set(getattr(args, "only", None) or SECTIONS)
+    only = set(args.only or SECTIONS)
     tables: dict[str, list[dict]] = {}
     if "optimizer" in only:
         common.progress("optimizer step")

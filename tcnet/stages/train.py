@@ -185,7 +185,7 @@ def train_run(spec: RunSpec, preprocessed_dir, splits_dir, run_dir, mlflow_cfg: 
 
         # Each step frees its activations in the backward and glibc handed them back to the kernel
         # (or unmapped the blocks above 32 MiB), so every forward faulted them in again (tcnet_base
-        # at 448², batch 2: 56-124 k page faults and 6-9 % of the step; `python -m benchmarks
+        # at 448², batch 2: 56-124 k page faults and 4-9 % of the step; `python -m benchmarks
         # cpu_settings --only heap [--batch 4]`). Process-wide, for life.
         retain_freed_memory(trim_threshold=None)
     with determinism(spec.train.deterministic, device), flush_denormal(device):

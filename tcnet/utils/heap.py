@@ -9,8 +9,8 @@ first touch of a fresh page is a page fault: decoding and resizing ISIC-like pai
 
 :func:`retain_freed_memory` sets a fixed ``mmap`` threshold at glibc's maximum (32 MiB on 64-bit)
 and a trim threshold (256 MiB by default), so those blocks come from the heap and are reused. The
-memory a process keeps is bounded by its own peak heap; blocks above 32 MiB are still mapped and
-unmapped.
+memory a process keeps is bounded by its own peak heap; in this default form blocks above 32 MiB
+are still mapped and unmapped.
 
 Training needs the no-trim form (``trim_threshold=None``): a train step frees most of its
 activations in the backward pass -- far more than 256 MiB at the top of the heap -- and glibc
