@@ -4,6 +4,7 @@ Targets (one module each; ``python -m benchmarks <target> --help`` for its optio
 
     lkconv      large-kernel depthwise conv, direct vs fft vs auto (fwd+bwd and fwd), NCHW / channels_last
     train_step  TCNet train-step model FLOP/s vs smp U-Net/ResNet-34, same size and batch
+    step_breakdown  where a train step's time goes by kind of module (hooks, no profiler), GFLOP/s per kind
     cpu_settings  the train stage's CPU settings (fused Adam, flush-denormal, layout, heap) vs their alternatives
     preprocess  the preprocess stage's images/s vs decode+resize of the same files on all cores
     dvc_noop    `dvc repro` with nothing changed, and `dvc status`
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from benchmarks import common
 
-TARGETS = ("lkconv", "train_step", "cpu_settings", "preprocess", "dvc_noop", "inference", "memory", "gpu_step")
+TARGETS = ("lkconv", "train_step", "step_breakdown", "cpu_settings", "preprocess", "dvc_noop", "inference", "memory", "gpu_step")
 
 
 def _module(target: str):

@@ -16,9 +16,10 @@ setting's model FLOP/s over it (target >= 0.9), taken two ways: of the median st
 paired -- repeat i of a configuration against repeat i of the reference (same round, seconds
 apart), the median of those ratios. The verdict uses the paired one: on a shared 2-core VM the
 machine's speed drifts between rounds by more than the gap being measured, and pairing cancels
-what the two sides of a ratio share. ``--profile`` prints, for the best setting of each
-variant and for U-Net, the top-10 ops by self CPU time, self time by kind of op and time per phase
-of the step (automatic in the full mode for the variants below the target).
+what the two sides of a ratio share. ``--profile`` adds torch.profiler tables for the best
+setting of each variant and for U-Net: the top-10 ops by self CPU time, self time by kind of op,
+time per phase of the step. They rank ops, but the profiler inflates some CPU ops several-fold on
+this machine; where a step's time goes is ``python -m benchmarks step_breakdown`` (module hooks).
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ def add_arguments(p) -> None:
     p.add_argument("--batch", type=int, default=None, help="batch (default 2)")
     p.add_argument("--models", nargs="+", default=None,
                    help="TCNet variants (default tcnet_tiny tcnet_small tcnet_base; quick tiny and small)")
-    p.add_argument("--profile", action="store_true", help="print the top-10 ops by self CPU time (torch.profiler)")
-    p.add_argument("--no-profile", dest="profile", action="store_false")
-    p.set_defaults(profile=None)
+    p.add_argument("--profile", action="store_true",
+                   help="add torch.profiler tables (op ranking; for the split of a step use step_breakdown)")
+    p.add_argument("--no-profile", dest="profile", action="store_false", help="the default (kept for old command lines)")
 
 
 def configs_for(mode: common.Mode, models: list[str] | None) -> list[Config]:
@@ -216,12 +217,9 @@ def run(args, mode: common.Mode) -> dict:
         },
         "notes": [],
     }
-    below = [r["config"] for r in best_per_variant.values() if r["paired"] < TARGET_RATIO]
-    do_profile = args.profile if args.profile is not None else (mode.full and bool(below))
-    if do_profile:
-        # the best setting of every variant (of those below the target, when profiling by default), and U-Net
-        labels = [r["config"] for r in best_per_variant.values()] if args.profile else below
-        labels.append(ref["config"])
+    if args.profile:
+        # the best setting of every variant, and U-Net
+        labels = [r["config"] for r in best_per_variant.values()] + [ref["config"]]
         result["tables"]["profile"] = {}
         for c in (next(c for c in cfgs if c.label == lab) for lab in labels):
             top, cats, phases, shapes = profile_step(steps[c.label])

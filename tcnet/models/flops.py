@@ -93,6 +93,19 @@ def flops_by_kind(model: nn.Module, size: int | tuple[int, int] = 448, batch: in
             "attention_matmul": int(total - conv)}
 
 
+def flops_by_module(model: nn.Module, size: int | tuple[int, int] = 448, batch: int = 1,
+                    in_channels: int = 3) -> dict[str, int]:
+    """Forward FLOPs of every submodule by its ``named_modules`` name (a module's count includes its
+    children's; ``""`` is the whole model), counted as :func:`count_flops` counts them."""
+    counts = _counted(model, size, batch, in_channels).get_flop_counts()
+    root = type(model).__name__
+    out = {}
+    for name, _ in model.named_modules():
+        out[name] = int(sum(counts.get(f"{root}.{name}" if name else root, {}).values()))
+    out[""] = int(sum(counts.get("Global", {}).values()))
+    return out
+
+
 def model_complexity(name: str, size: int = 448, **overrides) -> dict:
     """``{"model", "params", "params_m", "flops", "gflops", "size"}`` of a registered model (built on meta)."""
     from tcnet.models.registry import create_model

@@ -3,7 +3,7 @@
 from torch import nn
 
 from tcnet.models import LargeKernelDWConv, create_model
-from tcnet.models.flops import count_flops, count_params, flops_by_kind, model_complexity
+from tcnet.models.flops import count_flops, count_params, flops_by_kind, flops_by_module, model_complexity
 
 
 def test_count_flops_of_a_conv_by_hand():
@@ -51,3 +51,13 @@ def test_flops_by_kind_splits_the_total():
     plain = flops_by_kind(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False)), 32)
     assert plain == {"total": 2 * 8 * 32 * 32 * 27, "large_kernel": 0, "convolution": 2 * 8 * 32 * 32 * 27,
                      "attention_matmul": 0}
+
+
+def test_flops_by_module_nests_and_sums():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False),
+                          nn.Sequential(nn.Conv2d(8, 4, 1, bias=False), LargeKernelDWConv(4, 31, lk_impl="fft")))
+    per = flops_by_module(model, 16, batch=2)
+    conv0, conv1, lk = 2 * 2 * 8 * 16 * 16 * 27, 2 * 2 * 4 * 16 * 16 * 8, 2 * 2 * 4 * 16 * 16 * 31 * 31
+    assert (per["0"], per["1.0"], per["1.1"]) == (conv0, conv1, lk)  # the 31×31 layer counted direct
+    assert per["1"] == conv1 + lk  # a module's count includes its children's
+    assert per[""] == conv0 + conv1 + lk == count_flops(model, 16, batch=2)
