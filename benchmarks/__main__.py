@@ -37,10 +37,17 @@ def _module(target: str):
     return importlib.import_module(f"benchmarks.{target}")
 
 
+def _target_list() -> str:
+    """The module doc's "Targets" paragraph and list (up to the blank line after the list)."""
+    lines = __doc__.splitlines()
+    end = next(i for i in range(4, len(lines)) if not lines[i].strip())
+    return "\n".join(lines[2:end])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[2:12]))
+                                epilog=_target_list())
     sub = p.add_subparsers(dest="target", required=True, metavar="target")
     for target in TARGETS + ("all",):
         mod = _module(target) if target != "all" else None
