@@ -30,7 +30,8 @@ from pathlib import Path
 
 from benchmarks import common
 
-TARGETS = ("lkconv", "train_step", "step_breakdown", "cpu_settings", "preprocess", "dvc_noop", "inference", "memory", "gpu_step")
+TARGETS = ("lkconv", "train_step", "step_breakdown", "cpu_settings", "preprocess", "dvc_noop", "inference", "memory",
+           "gpu_step")
 
 
 def _module(target: str):

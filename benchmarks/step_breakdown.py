@@ -13,8 +13,9 @@ The step is ``train_step``'s (forward, ``CombinedLoss``, backward, fused Adam; t
 allocator setting and flush-denormal). Each kind's model FLOPs are the forward FLOPs of its
 modules (``tcnet.models.flops.flops_by_module``: 1 multiply-add = 2 FLOPs, large kernels counted
 as the direct convolution) × 3 for forward + backward, so its GFLOP/s compares with
-``train_step``'s model GFLOP/s. The hooks cost a little (backward hooks add a node per module):
-the step is also timed without them, and both are printed.
+``train_step``'s model GFLOP/s (not for a first layer, whose input needs no gradient: its backward
+computes the weight's alone, so its figure is not a rate). The hooks cost a little (backward hooks
+add a node per module): the step is also timed without them, and both are printed.
 
 Caveat: the autograd engine may run another branch's backward nodes between a module's backward
 pre-hook and its hook (it orders nodes by creation); the split is then slightly off between

@@ -93,7 +93,7 @@ class _SpatialGate(torch.autograd.Function):
 
 
 def _lean(x: torch.Tensor) -> bool:
-    """The CPU training path: not on other devices, without gradients, or while tracing for export
+    """Whether to take the lean CPU path: on CPU with gradients, and not while tracing for export
     (the exporters want the plain ops, and the pooling's kernel size would be a traced shape)."""
     return x.device.type == "cpu" and torch.is_grad_enabled() and not torch.jit.is_tracing()
 
