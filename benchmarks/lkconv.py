@@ -36,11 +36,10 @@ def tcnet_shapes(size: int = 448, batch: int = 2, k: int = 31) -> list[dict]:
 
 def lk_counts(variant: str) -> dict[int, int]:
     """How many large-kernel convolutions a variant has per width (= per stage), counted on meta."""
-    import tcnet
+    from tcnet.models.flops import meta_model
     from tcnet.models.lk_conv import LargeKernelDWConv
 
-    with torch.device("meta"):
-        model = tcnet.create_model(variant)
+    model = meta_model(variant)
     counts: dict[int, int] = {}
     for m in model.modules():
         if isinstance(m, LargeKernelDWConv):

@@ -131,16 +131,13 @@ COLS = [Col("kind", "kind of module"), Col("calls", "calls / step", "d"), Col("f
 def breakdown(model_name: str, size: int, batch: int, channels_last: bool, repeats: int, warmup: int) -> dict:
     import torch
 
-    import tcnet
     from benchmarks.train_step import Config, Step
-    from tcnet.models.flops import flops_by_module
+    from tcnet.models.flops import flops_by_module, meta_model
     from tcnet.training.runtime import flush_denormal
 
     is_tcnet = model_name.startswith("tcnet")
     step = Step(Config(model_name, "auto" if is_tcnet else None, channels_last), size, batch)
-    with torch.device("meta"):
-        meta = tcnet.create_model(model_name)
-    module_flops = flops_by_module(meta, size, batch)
+    module_flops = flops_by_module(meta_model(model_name), size, batch)
     mods = outermost(step.model)
     kind_flops: dict[str, float] = {}
     for name, _, kind in mods:

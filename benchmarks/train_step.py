@@ -122,12 +122,9 @@ def _no_label(name):
 
 def model_step_flops(name: str, size: int, batch: int) -> dict[str, int]:
     """A train step's model FLOPs by kind (``tcnet.models.flops.flops_by_kind`` × batch × 3; model built on meta)."""
-    import tcnet
-    from tcnet.models.flops import flops_by_kind
+    from tcnet.models.flops import flops_by_kind, meta_model
 
-    with torch.device("meta"):
-        model = tcnet.create_model(name)
-    return {k: v * batch * 3 for k, v in flops_by_kind(model, size).items()}
+    return {k: v * batch * 3 for k, v in flops_by_kind(meta_model(name), size).items()}
 
 
 ROW_COLS = [

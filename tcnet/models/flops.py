@@ -99,19 +99,22 @@ def flops_by_module(model: nn.Module, size: int | tuple[int, int] = 448, batch: 
     children's; ``""`` is the whole model), counted as :func:`count_flops` counts them."""
     counts = _counted(model, size, batch, in_channels).get_flop_counts()
     root = type(model).__name__
-    out = {}
-    for name, _ in model.named_modules():
-        out[name] = int(sum(counts.get(f"{root}.{name}" if name else root, {}).values()))
+    out = {name: int(sum(counts.get(f"{root}.{name}", {}).values())) for name, _ in model.named_modules() if name}
     out[""] = int(sum(counts.get("Global", {}).values()))
     return out
 
 
-def model_complexity(name: str, size: int = 448, **overrides) -> dict:
-    """``{"model", "params", "params_m", "flops", "gflops", "size"}`` of a registered model (built on meta)."""
+def meta_model(name: str, **overrides) -> nn.Module:
+    """A registered model built on the ``meta`` device: shapes and FLOPs without compute or memory."""
     from tcnet.models.registry import create_model
 
     with torch.device("meta"):
-        model = create_model(name, **overrides)
+        return create_model(name, **overrides)
+
+
+def model_complexity(name: str, size: int = 448, **overrides) -> dict:
+    """``{"model", "params", "params_m", "flops", "gflops", "size"}`` of a registered model (built on meta)."""
+    model = meta_model(name, **overrides)
     in_channels = int(overrides.get("in_channels", 3))
     flops = count_flops(model, size, in_channels=in_channels)
     params = count_params(model)
