@@ -39,6 +39,8 @@ def add_arguments(p) -> None:
     p.add_argument("--models", nargs="+", default=None,
                    help="models (default tcnet_base unet; quick tcnet_small unet; tiny tcnet_tiny)")
     p.add_argument("--nchw", action="store_true", help="NCHW instead of channels_last (train_step's best setting)")
+    p.add_argument("--scaling", action="store_true",
+                   help="also run each model on 1 thread and print each kind's speed-up from 1 to --threads threads")
 
 
 def kind_of(module) -> str | None:
@@ -123,6 +125,27 @@ class Hooks:
             h.remove()
 
 
+SCALING_COLS = [Col("kind", "kind of module"), Col("ms_1", "1 thread ms", ".1f"), Col("ms_n", "N threads ms", ".1f"),
+                Col("speedup", "speed-up", ".2f"), Col("lost_ms", "ms over a perfect split", ".1f"),
+                Col("lost_pct", "% of the step", ".1f")]
+
+
+def scaling_rows(one: list[dict], many: list[dict], threads: int) -> list[dict]:
+    """Per kind: fwd+bwd ms on 1 thread and on ``threads``, the speed-up, and the ms above ``ms_1 / threads``
+    (what the kind loses to an imperfect split of its work), also as % of the ``threads`` step."""
+    ms1 = {r["kind"]: r["ms"] for r in one}
+    step_n = many[-1]["ms"]
+    rows = []
+    for r in many:
+        a, b = ms1.get(r["kind"]), r["ms"]
+        if a is None:
+            continue
+        lost = b - a / threads
+        rows.append({"kind": r["kind"], "ms_1": a, "ms_n": b, "speedup": a / b if b > 0 else None,
+                     "lost_ms": lost, "lost_pct": 100 * lost / step_n})
+    return rows
+
+
 COLS = [Col("kind", "kind of module"), Col("calls", "calls / step", "d"), Col("fwd_ms", "forward ms", ".1f"),
         Col("bwd_ms", "backward ms", ".1f"), Col("ms", "fwd+bwd ms", ".1f"), Col("pct", "% of step", ".1f"),
         Col("gflop", "model GFLOP (fwd+bwd)", ".1f"), Col("gflops", "GFLOP/s", ".0f")]
@@ -193,6 +216,8 @@ def run(args, mode: common.Mode) -> dict:
     repeats = args.repeats or mode.pick(1, 3, 5)
     models = args.models or mode.pick(["tcnet_tiny"], ["tcnet_small", "unet"], ["tcnet_base", "unet"])
     channels_last = not args.nchw
+    import torch
+
     from tcnet.utils.heap import retain_freed_memory
 
     retain_freed_memory(trim_threshold=None)  # the train stage's allocator setting, as train_step
@@ -208,6 +233,21 @@ def run(args, mode: common.Mode) -> dict:
         tables[f"{name} {layout}"] = r["rows"]
         summary[name] = {k: r[k] for k in ("step_s_plain_median", "step_s_hooked_mean", "hook_overhead",
                                            "model_gflop_step", "modules_timed")}
+        threads = torch.get_num_threads()
+        if args.scaling and threads > 1:
+            common.progress(f"{name} {layout}: the same on 1 thread")
+            torch.set_num_threads(1)
+            try:
+                r1 = breakdown(name, size, batch, channels_last, repeats, warmup=mode.pick(1, 2, 3))
+            finally:
+                torch.set_num_threads(threads)
+            rows = scaling_rows(r1["rows"], r["rows"], threads)
+            common.print_table(
+                f"## {name} {layout}: thread scaling by kind of module, 1 → {threads} threads (hooked steps; step "
+                f"without hooks {r1['step_s_plain_median']:.3f} s on 1 thread, {r['step_s_plain_median']:.3f} s on "
+                f"{threads}: {r1['step_s_plain_median'] / r['step_s_plain_median']:.2f}×)", SCALING_COLS, rows)
+            tables[f"{name} {layout} scaling"] = rows
+            summary[name]["step_s_plain_median_1_thread"] = r1["step_s_plain_median"]
     return {
         "settings": {"size": size, "batch": batch, "repeats": repeats, "channels_last": channels_last,
                      "method": "forward (pre-)hooks and full backward (pre-)hooks on the outermost module of each "

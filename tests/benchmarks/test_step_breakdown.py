@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.step_breakdown import breakdown, kind_of, outermost  # noqa: E402
+from benchmarks.step_breakdown import breakdown, kind_of, outermost, scaling_rows  # noqa: E402
 
 
 def test_outermost_modules_of_each_kind():
@@ -38,3 +38,34 @@ def test_rows_add_up_to_the_step():
     assert rest["gflop"] == 0  # every FLOP the counter sees is inside a timed module
     assert sum(x["calls"] for x in kinds) == r["modules_timed"]  # each timed module ran once per step
     assert r["step_s_plain_median"] > 0 and step["gflop"] == r["model_gflop_step"]
+
+
+def test_scaling_rows_speedup_and_what_a_kind_loses():
+    one = [{"kind": "conv", "ms": 100.0}, {"kind": "gate", "ms": 10.0}, {"kind": "step", "ms": 110.0}]
+    two = [{"kind": "conv", "ms": 52.0}, {"kind": "gate", "ms": 20.0}, {"kind": "extra", "ms": 1.0},
+           {"kind": "step", "ms": 80.0}]
+    rows = {r["kind"]: r for r in scaling_rows(one, two, threads=2)}
+    assert set(rows) == {"conv", "gate", "step"}  # a kind missing on one side has no ratio
+    assert rows["conv"]["speedup"] == 100 / 52 and rows["conv"]["lost_ms"] == 2.0
+    assert rows["gate"]["speedup"] == 0.5 and rows["gate"]["lost_ms"] == 15.0  # slower on two threads
+    assert rows["step"]["lost_pct"] == 100 * 25 / 80
+
+
+def test_scaling_run_prints_both_thread_counts(tmp_path, capsys):
+    import json
+
+    import torch
+
+    from benchmarks.__main__ import main
+
+    n = torch.get_num_threads()
+    try:
+        out = tmp_path / "sb.json"
+        assert main(["step_breakdown", "--tiny", "--threads", "2", "--scaling", "--json", str(out)]) == 0
+    finally:
+        torch.set_num_threads(n)
+    assert "thread scaling by kind of module, 1 → 2 threads" in capsys.readouterr().out
+    payload = json.loads(out.read_text())
+    rows = payload["tables"]["tcnet_tiny channels_last scaling"]
+    assert rows[-1]["kind"].startswith("step") and all(r["ms_1"] > 0 and r["ms_n"] > 0 for r in rows)
+    assert payload["summary"]["models"]["tcnet_tiny"]["step_s_plain_median_1_thread"] > 0

@@ -117,3 +117,10 @@ def test_torch_compile_keeps_values_and_grads():
     torch.testing.assert_close(got_y, want_y)
     for a, e in zip(got, want):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+
+
+def test_spatial_gate_without_bias():
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, k: spatial_gate(a, k, None), (x, w))
+    torch.testing.assert_close(spatial_gate(x, w, None), plain_spatial(x, w, None))
