@@ -17,6 +17,11 @@ as the direct convolution) × 3 for forward + backward, so its GFLOP/s compares 
 computes the weight's alone, so its figure is not a rate). The hooks cost a little (backward hooks
 add a node per module): the step is also timed without them, and both are printed.
 
+``--scaling`` runs each model again on one thread and prints, per kind, the speed-up from one thread
+to ``--threads`` and the milliseconds above a perfect split: on this 2-core machine tcnet_base is
+near U-Net on one thread and loses the difference in the kinds that split badly (docs/performance.md
+§2, seventh round).
+
 Caveat: the autograd engine may run another branch's backward nodes between a module's backward
 pre-hook and its hook (it orders nodes by creation); the split is then slightly off between
 neighbours, never in the total.

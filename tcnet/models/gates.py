@@ -9,9 +9,12 @@ product, and the sums that join them: memory-bound passes that do no model FLOPs
 block and decoder stage and in every MFM. Here each gate is one
 ``autograd.Function`` whose backward makes two full passes (one product-and-sum for the gate's
 gradient, one fused multiply-add for the input's) plus a scatter of the max's gradient to the
-arg-max positions; the small part (MLP or k×k conv and σ on the pooled descriptors) is recomputed
-in the backward through ``torch.autograd.functional.vjp``, so its parameters get their gradients
-the usual way.
+arg-max positions. The small part (the MLP or the k×k conv, and σ, on the pooled descriptors)
+is differentiated by hand too: the channel gate's MLP as two small GEMMs on a ``2B×C`` matrix of
+both descriptors (oneDNN's 1×1 convolutions on ``1×1`` maps cost 50-600 µs a call with two
+threads, against ~5 µs with one), the spatial gate's conv through ``convolution_backward``
+directly. ``torch.autograd.functional.vjp`` did this before: a graph built and run by the
+autograd engine for a few tiny ops, 1.1-1.6 ms a gate with two threads (0.2-0.3 ms with one).
 
 Only on CPU, and not while a model is traced for export (the exporters want the plain ops): on
 a GPU the plain form is already fast, and its backward kernels are deterministic, where
