@@ -226,11 +226,17 @@ def run(args, mode: common.Mode) -> dict:
     from tcnet.utils.heap import retain_freed_memory
 
     retain_freed_memory(trim_threshold=None)  # the train stage's allocator setting, as train_step
+    warmup = mode.pick(1, 2, 3)
+    threads = torch.get_num_threads()
+    notes = ["BatchNorm is not hooked (an in-place ReLU after it conflicts with backward hooks): it is in 'rest'"]
+    if args.scaling and threads == 1:
+        notes.append("--scaling compares 1 thread with --threads; this run had 1 thread, so there is no scaling table")
+        common.say(f"note: {notes[-1]}")
     tables, summary = {}, {}
     for name in models:
         layout = "channels_last" if channels_last else "NCHW"
         common.progress(f"{name} {layout} at {size}², batch {batch}: {repeats} steps without hooks, {repeats} with")
-        r = breakdown(name, size, batch, channels_last, repeats, warmup=mode.pick(1, 2, 3))
+        r = breakdown(name, size, batch, channels_last, repeats, warmup)
         common.print_table(
             f"## {name} {layout}, train step at {size}², batch {batch}: time by kind of module (mean of {repeats} "
             f"hooked steps; step without hooks {r['step_s_plain_median']:.3f} s median, hooks "
@@ -238,12 +244,11 @@ def run(args, mode: common.Mode) -> dict:
         tables[f"{name} {layout}"] = r["rows"]
         summary[name] = {k: r[k] for k in ("step_s_plain_median", "step_s_hooked_mean", "hook_overhead",
                                            "model_gflop_step", "modules_timed")}
-        threads = torch.get_num_threads()
         if args.scaling and threads > 1:
             common.progress(f"{name} {layout}: the same on 1 thread")
             torch.set_num_threads(1)
             try:
-                r1 = breakdown(name, size, batch, channels_last, repeats, warmup=mode.pick(1, 2, 3))
+                r1 = breakdown(name, size, batch, channels_last, repeats, warmup)
             finally:
                 torch.set_num_threads(threads)
             rows = scaling_rows(r1["rows"], r["rows"], threads)
@@ -260,5 +265,5 @@ def run(args, mode: common.Mode) -> dict:
         "tables": tables,
         "summary": {"metric": "train-step time by kind of module (no target)", "value": None, "target": None,
                     "met": None, "models": summary},
-        "notes": ["BatchNorm is not hooked (an in-place ReLU after it conflicts with backward hooks): it is in 'rest'"],
+        "notes": notes,
     }
