@@ -219,7 +219,8 @@ def run(args, mode: common.Mode) -> dict:
         labels = [r["config"] for r in best_per_variant.values()] + [ref["config"]]
         result["tables"]["profile"] = {}
         for c in (next(c for c in cfgs if c.label == lab) for lab in labels):
-            top, cats, phases, shapes = profile_step(steps[c.label])
+            with flush_denormal(torch.device("cpu")):  # under the settings the steps were timed with
+                top, cats, phases, shapes = profile_step(steps[c.label])
             common.print_table(f"## profile: {c.label}, one step, top 10 ops by self CPU time", PROFILE_COLS, top)
             common.print_table(f"## profile: {c.label}, self CPU time by kind of op", CAT_COLS, cats)
             common.print_table(f"## profile: {c.label}, CPU time by phase of the step", PHASE_COLS, phases)

@@ -1,0 +1,52 @@
+"""The train-step benchmark's ``--profile`` tables: taken under the settings the steps were timed with."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import benchmarks.train_step as train_step  # noqa: E402
+from benchmarks.__main__ import main  # noqa: E402
+
+
+def _denormals_flushed() -> bool:
+    # With flush-to-zero / denormals-are-zero on, a denormal operand reads as 0.
+    return (torch.tensor([1e-39], dtype=torch.float32) * 1.0).item() == 0.0
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_profile_runs_with_denormals_flushed_as_the_timed_steps(tmp_path, monkeypatch):
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU has no flush-denormal mode")
+    torch.set_flush_denormal(False)
+    seen = []
+    original = train_step.profile_step
+
+    def recording(step):
+        seen.append(_denormals_flushed())
+        return original(step)
+
+    monkeypatch.setattr(train_step, "profile_step", recording)
+    out = tmp_path / "train_step.json"
+    assert main(["train_step", "--tiny", "--profile", "--json", str(out)]) == 0
+    assert seen and all(seen)  # every profiled setting ran with denormals flushed, as the timing did
+    assert not _denormals_flushed()  # and the setting is back to torch's default afterwards
+    profile = json.loads(out.read_text())["tables"]["profile"]
+    assert set(profile) == {"tcnet_tiny auto NCHW", "unet NCHW"}  # the best TCNet setting and U-Net
+    for tables in profile.values():
+        assert tables["top_ops"] and tables["by_phase"]
+        assert tables["by_kind"][-1]["kind"] == "total (one step)"
