@@ -23,15 +23,6 @@ REQUIRED = {"target", "mode", "command", "started", "seconds", "machine", "load_
             "summary", "notes"}
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    import torch
-
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("target", TARGETS)
 def test_tiny_run_writes_json(target, tmp_path, capsys):
     out = tmp_path / f"{target}.json"

@@ -54,16 +54,10 @@ def test_scaling_rows_speedup_and_what_a_kind_loses():
 def test_scaling_run_prints_both_thread_counts(tmp_path, capsys):
     import json
 
-    import torch
-
     from benchmarks.__main__ import main
 
-    n = torch.get_num_threads()
-    try:
-        out = tmp_path / "sb.json"
-        assert main(["step_breakdown", "--tiny", "--threads", "2", "--scaling", "--json", str(out)]) == 0
-    finally:
-        torch.set_num_threads(n)
+    out = tmp_path / "sb.json"
+    assert main(["step_breakdown", "--tiny", "--threads", "2", "--scaling", "--json", str(out)]) == 0
     assert "thread scaling by kind of module, 1 → 2 threads" in capsys.readouterr().out
     payload = json.loads(out.read_text())
     rows = payload["tables"]["tcnet_tiny channels_last scaling"]

@@ -22,13 +22,6 @@ def _denormals_flushed() -> bool:
     return (torch.tensor([1e-39], dtype=torch.float32) * 1.0).item() == 0.0
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 def test_profile_runs_with_denormals_flushed_as_the_timed_steps(tmp_path, monkeypatch):
     if not torch.set_flush_denormal(True):
         pytest.skip("this CPU has no flush-denormal mode")
