@@ -82,6 +82,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> str:
+    """The vector instruction sets the CPU reports (AVX2, AVX-512 and its BF16 / VNNI parts), from
+    ``/proc/cpuinfo``: oneDNN's kernels follow them, MKL's only on Intel (docs/performance.md §2)."""
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return " ".join(f for f in wanted if f in have) or "none of " + ", ".join(wanted)
+    except OSError:
+        pass
+    return "unknown"
+
+
 def ram_gib() -> Optional[float]:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -163,6 +177,8 @@ def machine_info() -> dict:
 
     info = {
         "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cores": cpu_count(),
         "ram_gib": ram_gib(),
         "python": platform.python_version(),
@@ -178,8 +194,8 @@ def machine_info() -> dict:
 
 def machine_line(info: dict) -> str:
     gpu = info["gpu"] or "no GPU in this environment"
-    return (f"{info['cpu']}, {info['cores']} cores, {info['ram_gib']} GiB RAM, torch {info['torch']}, "
-            f"{info['torch_threads']} threads, {gpu}")
+    return (f"{info['cpu']} ({info['cpu_flags']}), {info['cores']} cores, {info['ram_gib']} GiB RAM, "
+            f"torch {info['torch']}, {info['torch_threads']} threads, {gpu}")
 
 
 # ----------------------------------------------------------------------------------------------

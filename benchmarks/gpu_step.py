@@ -53,7 +53,7 @@ def add_arguments(p) -> None:
     p.add_argument("--model", default="tcnet_base")
     p.add_argument("--size", type=int, default=None, help="image size (default 448)")
     p.add_argument("--batch", type=int, default=None, help="batch (default 15)")
-    p.add_argument("--lk-impl", default="auto", choices=("auto", "direct", "fft"))
+    p.add_argument("--lk-impl", default="auto", choices=("auto", "direct", "fft", "mixed"))
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="float32 instead of bf16 autocast")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, if not in the table")

@@ -1,9 +1,11 @@
-"""Large-kernel depthwise convolution: ``direct`` (F.conv2d groups=C) vs ``fft`` vs ``auto``.
+"""Large-kernel depthwise convolution: ``direct`` (F.conv2d groups=C) vs ``fft`` vs ``mixed`` vs ``auto``.
 
 At the shapes TCNet runs (every variant's four stage shapes at a 448² input, batch 2, k = 31; the
 issue's 2×64×112² is tcnet_base's first stage), in NCHW and channels_last, for training
 (forward + backward, gradients of input, weight and bias) and inference (forward under
-``torch.inference_mode``). The three candidates of one shape run interleaved in the same process.
+``torch.inference_mode``). The candidates of one shape run interleaved in the same process;
+``mixed`` (direct forward and input gradient, FFT weight gradient) only in training, where its
+forward is the direct one.
 ``auto`` is timed through ``LargeKernelDWConv(lk_impl="auto")`` (its per-call choice included);
 the table shows what it picked and whether that was the measured winner (a pick within 10 % of the
 winner counts as right: a tie). A kernel-size sweep at one shape locates the measured crossover
@@ -17,7 +19,8 @@ import torch
 from benchmarks import common
 from benchmarks.common import Col
 
-HELP = "large-kernel depthwise conv: direct vs fft vs auto, fwd+bwd and fwd, NCHW / channels_last"
+HELP = "large-kernel depthwise conv: direct vs fft vs mixed vs auto, fwd+bwd and fwd, NCHW / channels_last"
+IMPLS = ("direct", "fft", "mixed")  # the candidates auto chooses among (mixed: training only)
 TARGET_SPEEDUP = 15.0
 TIE = 1.10  # auto's pick counts as right when within 10 % of the measured winner
 
@@ -55,7 +58,7 @@ def per_variant(rows: list[dict], size: int, batch: int) -> list[dict]:
     for variant in VARIANT_WIDTHS:
         counts = lk_counts(variant)
         for layout in ("NCHW", "CL"):
-            tot = {"direct_ms": 0.0, "fft_ms": 0.0, "auto_ms": 0.0, "best_ms": 0.0}
+            tot = {"direct_ms": 0.0, "fft_ms": 0.0, "mixed_ms": 0.0, "auto_ms": 0.0, "best_ms": 0.0}
             n, complete = 0, True
             for c, k in sorted(counts.items()):
                 s = size // (4 * c // VARIANT_WIDTHS[variant])
@@ -64,9 +67,9 @@ def per_variant(rows: list[dict], size: int, batch: int) -> list[dict]:
                     complete = False
                     break
                 n += k
-                for key in ("direct_ms", "fft_ms", "auto_ms"):
-                    tot[key] += k * r[key]
-                tot["best_ms"] += k * min(r["direct_ms"], r["fft_ms"])
+                for key in ("direct_ms", "fft_ms", "mixed_ms", "auto_ms"):
+                    tot[key] = None if r[key] is None or tot[key] is None else tot[key] + k * r[key]
+                tot["best_ms"] += k * r["best_ms"]
             if complete and n:
                 out.append({"variant": variant, "layout": layout, "convs": n, **tot,
                             "speedup": tot["direct_ms"] / tot["fft_ms"], "auto_vs_best": tot["auto_ms"] / tot["best_ms"],
@@ -86,7 +89,7 @@ def _dwconv_flops(B: int, C: int, H: int, W: int, k: int) -> int:
 
 def bench_shape(B: int, C: int, H: int, W: int, k: int, layout: str, regime: str, device: str,
                 repeats: int, budget_s: float | None, warmup: int = 1) -> dict:
-    from tcnet.models.lk_conv import LargeKernelDWConv, dwconv_direct, dwconv_fft
+    from tcnet.models.lk_conv import LargeKernelDWConv, dwconv_direct, dwconv_fft, dwconv_mixed
 
     torch.manual_seed(0)
     mod = LargeKernelDWConv(C, k, lk_impl="auto").to(device)
@@ -99,7 +102,10 @@ def bench_shape(B: int, C: int, H: int, W: int, k: int, layout: str, regime: str
     w, b = mod.weight, mod.bias
     train = regime == "train"
     x.requires_grad_(train)
-    impls = {"direct": lambda t: dwconv_direct(t, w, b), "fft": lambda t: dwconv_fft(t, w, b), "auto": mod}
+    impls = {"direct": lambda t: dwconv_direct(t, w, b), "fft": lambda t: dwconv_fft(t, w, b)}
+    if train:
+        impls["mixed"] = lambda t: dwconv_mixed(t, w, b)
+    impls["auto"] = mod
 
     def make(f):
         if train:
@@ -120,13 +126,14 @@ def bench_shape(B: int, C: int, H: int, W: int, k: int, layout: str, regime: str
     times = common.time_interleaved({n: make(f) for n, f in impls.items()}, repeats, warmup=warmup,
                                     sync=common.cuda_sync_for(device), budget_s=budget_s)
     ms = {n: common.median(t) * 1000 for n, t in times.items()}
-    winner = "direct" if ms["direct"] <= ms["fft"] else "fft"
-    best = min(ms["direct"], ms["fft"])
+    winner = min((n for n in IMPLS if n in ms), key=ms.get)
+    best = ms[winner]
     flops = _dwconv_flops(B, C, H, W, k) * (3 if train else 1)  # fwd + grad input + grad weight
     return {
         "shape": f"{B}x{C}x{H}x{W}", "k": k, "layout": "CL" if layout == "channels_last" else "NCHW",
         "regime": regime, "device": device,
-        "direct_ms": ms["direct"], "fft_ms": ms["fft"], "auto_ms": ms["auto"],
+        "direct_ms": ms["direct"], "fft_ms": ms["fft"], "mixed_ms": ms.get("mixed"), "auto_ms": ms["auto"],
+        "best_ms": best,
         "speedup": ms["direct"] / ms["fft"],
         "winner": winner, "auto_picks": picked,
         "auto_ok": ms[picked] <= TIE * best,
@@ -138,23 +145,26 @@ def bench_shape(B: int, C: int, H: int, W: int, k: int, layout: str, regime: str
 
 SHAPE_COLS = [
     Col("shape", "shape B×C×H×W"), Col("used_by", "TCNet stage (448²)"), Col("layout", "layout"),
-    Col("direct_ms", "direct ms", ".1f"), Col("fft_ms", "fft ms", ".1f"), Col("auto_ms", "auto ms", ".1f"),
-    Col("speedup", "direct/fft", ".1f"), Col("direct_gflops", "direct GFLOP/s", ".1f"),
+    Col("direct_ms", "direct ms", ".1f"), Col("fft_ms", "fft ms", ".1f"), Col("mixed_ms", "mixed ms", ".1f"),
+    Col("auto_ms", "auto ms", ".1f"), Col("speedup", "direct/fft", ".1f"), Col("direct_gflops", "direct GFLOP/s", ".1f"),
     Col("winner", "winner"), Col("auto_picks", "auto picks"), Col("auto_ok", "auto right"),
 ]
 VARIANT_COLS = [
     Col("variant", "variant"), Col("layout", "layout"), Col("convs", "31×31 convs", "d"),
-    Col("direct_ms", "direct ms", ".0f"), Col("fft_ms", "fft ms", ".0f"), Col("auto_ms", "auto ms", ".0f"),
-    Col("speedup", "direct/fft", ".1f"), Col("auto_vs_best", "auto / best", ".2f"),
+    Col("direct_ms", "direct ms", ".0f"), Col("fft_ms", "fft ms", ".0f"), Col("mixed_ms", "mixed ms", ".0f"),
+    Col("auto_ms", "auto ms", ".0f"), Col("speedup", "direct/fft", ".1f"), Col("auto_vs_best", "auto / best", ".2f"),
 ]
 SWEEP_COLS = [
     Col("k", "k", "d"), Col("regime", "regime"), Col("layout", "layout"), Col("direct_ms", "direct ms", ".2f"),
-    Col("fft_ms", "fft ms", ".2f"), Col("auto_ms", "auto ms", ".2f"), Col("speedup", "direct/fft", ".2f"),
+    Col("fft_ms", "fft ms", ".2f"), Col("mixed_ms", "mixed ms", ".2f"), Col("auto_ms", "auto ms", ".2f"),
+    Col("speedup", "direct/fft", ".2f"),
     Col("winner", "winner"), Col("auto_picks", "auto picks"), Col("auto_ok", "auto right"),
 ]
 
 
 def run(args, mode: common.Mode) -> dict:
+    from tcnet.models.lk_conv import MIXED_MAX_PIXELS
+
     repeats = args.repeats or mode.pick(1, 3, 5)
     layouts = ("contiguous", "channels_last")
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -222,8 +232,9 @@ def run(args, mode: common.Mode) -> dict:
                                    cpu["min_speedup_train_best_layouts"], TARGET_SPEEDUP))
     common.say(f"auto picked the measured winner (or a tie within 10 %) in {cpu['auto_right']} of "
                f"{cpu['auto_cases']} cases; wrong: {cpu['auto_wrong'] or 'none'}")
-    common.say(f"measured crossover (first k where fft wins, NCHW): train k={cpu['crossover_train_nchw']}, "
-               f"inference k={cpu['crossover_infer_nchw']}; choose_impl's rule: train k>=9, inference k>=15 (NCHW), k>=29 on maps >= 48² (channels_last)")
+    common.say(f"measured crossover (first k from which fft beats direct, NCHW): train k={cpu['crossover_train_nchw']}, "
+               f"inference k={cpu['crossover_infer_nchw']}; choose_impl's rule: train k>=9, inference k>=15 (NCHW), k>=29 on maps >= 48² (channels_last); "
+               f"mixed for channels_last training maps up to {MIXED_MAX_PIXELS} pixels")
     return {
         "settings": {"size": args.size, "batch": args.batch, "repeats": repeats, "devices": devices,
                      "sweep_shape": list(sweep_shape), "sweep_ks": list(sweep_ks)},
@@ -258,7 +269,7 @@ def _summary(train: list[dict], infer: list[dict], sweep: list[dict], ks, varian
     def crossover(regime):
         rows = sorted((r for r in sweep if r["regime"] == regime and r["layout"] == "NCHW"), key=lambda r: r["k"])
         for i, r in enumerate(rows):
-            if all(q["winner"] == "fft" for q in rows[i:]):
+            if all(q["fft_ms"] < q["direct_ms"] for q in rows[i:]):
                 return r["k"]
         return None
 

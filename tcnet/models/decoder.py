@@ -15,11 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tcnet.models.grad_layout import grad_in_layout
 from tcnet.models.layers import ConvBlock, maybe_ham
 
 
 def upsample_to(x: torch.Tensor, size) -> torch.Tensor:
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    # The decoder concatenates the upsampled map, so its gradient comes back as a channel slice:
+    # made contiguous first, the CPU backward of the interpolation is 3-4x faster (grad_layout.py).
+    return grad_in_layout(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
 
 
 class DecoderStage(nn.Module):

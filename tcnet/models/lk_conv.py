@@ -10,10 +10,13 @@ convolution through the FFT is exact up to float rounding and 15-30× faster for
   TorchScript, ``torch.export``) and to count FLOPs with.
 - ``"fft"``: ``rfft2`` of the zero-padded input and kernel, a product, ``irfft2``, a crop; the
   input and weight gradients are two more products in the same Fourier grid (``_FFTDepthwise``).
-- ``"auto"``: :func:`choose_impl` per call, from the device, the shape and whether gradients are
-  needed.
+- ``"mixed"``: the forward and the input gradient direct, the weight gradient through the FFT
+  (``_MixedDepthwise``): on small channels_last maps oneDNN's depthwise forward is fast at any
+  kernel size, and only its weight gradient is slow.
+- ``"auto"``: :func:`choose_impl` per call, from the device, the shape, the layout and whether
+  gradients are needed.
 
-The fft path first crops the kernel to the part that can reach the map: with "same" zero padding
+The fft and mixed paths first crop the kernel to the part that can reach the map: with "same" zero padding
 an output pixel only sees input pixels within ``H-1`` rows and ``W-1`` columns, so on a 2×2 map
 only the central 3×3 of a 31×31 kernel matters. The crop is exact (the cut weights get zero
 gradient) and keeps the FFT small. The direct path never crops: its graph is then the same at
@@ -30,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LK_IMPLS = ("auto", "direct", "fft")
+LK_IMPLS = ("auto", "direct", "fft", "mixed")
+MIXED_MAX_PIXELS = 20 * 20  # channels_last training maps up to this size take "mixed" (measured crossover ~24²)
 
 
 def check_lk_impl(impl: str) -> str:
@@ -53,7 +57,9 @@ def choose_impl(device: torch.device | str, C: int, H: int, W: int, k: int, requ
     - CPU, gradients needed (training): ``fft`` from k = 9 on, in either layout. Around k = 5-7 the
       two trade places with the shape; from k = 9 fft wins everywhere measured, and by 15-40× at
       k = 31 (fwd+bwd, 2×64×112²: direct ~1 s, fft ~27 ms): oneDNN's depthwise backward is slow at
-      every large size;
+      every large size. Except on channels_last maps of at most 20×20 pixels, where ``mixed``
+      wins (k = 31: 0.63-0.74× of fft's time at 14² and 16², 0.85-0.93× at 20², a tie at 24²,
+      1.15× slower at 28²);
     - CPU, no gradients, NCHW: ``fft`` from k = 15 on, where oneDNN's NCHW depthwise forward leaves
       its fast path (2×64×56²: k = 13 direct 1.0 ms, k = 15 19 ms, fft ~2.3 ms);
     - CPU, no gradients, channels_last: oneDNN's channels_last depthwise forward stays fast at every
@@ -68,7 +74,9 @@ def choose_impl(device: torch.device | str, C: int, H: int, W: int, k: int, requ
     if dev.type != "cpu":
         return "direct"
     if requires_grad:
-        return "fft" if k >= 9 else "direct"
+        if k < 9:
+            return "direct"
+        return "mixed" if channels_last and H * W <= MIXED_MAX_PIXELS else "fft"
     if channels_last:
         return "fft" if k >= 29 and H * W >= 48 * 48 else "direct"
     return "fft" if k >= 15 else "direct"
@@ -145,9 +153,35 @@ def _spectrum(x: torch.Tensor, nh: int, nw: int) -> torch.Tensor:
     return torch.fft.fft(torch.fft.rfft(x, n=nw, dim=-1).transpose(-1, -2), n=nh, dim=-1)
 
 
-def _inverse(z: torch.Tensor, nw: int, rows: int) -> torch.Tensor:
-    """The inverse of :func:`_spectrum`, its first ``rows`` rows only: ``[..., rows, nw]`` (real)."""
-    return torch.fft.irfft(torch.fft.ifft(z, dim=-1)[..., :rows].transpose(-1, -2), n=nw, dim=-1)
+def _inverse(z: torch.Tensor, nw: int, rows: int, shift: int = 0) -> torch.Tensor:
+    """The inverse of :func:`_spectrum`, rows ``-shift … rows-shift-1`` only (mod the grid): ``[..., rows, nw]``.
+
+    With ``shift = 0`` the first ``rows`` rows; a ``shift`` reads rows that wrap around the grid's
+    end (the rolled kernel's taps, :func:`_unroll`).
+    """
+    z = torch.fft.ifft(z, dim=-1)
+    z = _unroll(z, rows, shift) if shift else z[..., :rows]
+    return torch.fft.irfft(z.transpose(-1, -2), n=nw, dim=-1)
+
+
+def _unroll(z: torch.Tensor, k: int, shift: int) -> torch.Tensor:
+    """``z.roll(shift, -1)[..., :k]`` without rolling the rest: the last ``shift`` entries, then the first ``k - shift``."""
+    return torch.cat([z[..., z.shape[-1] - shift:], z[..., :k - shift]], dim=-1)
+
+
+def _rolled_kernel(wflip: torch.Tensor, nh: int, nw: int, oh: int, ow: int) -> torch.Tensor:
+    """``wflip`` (``C×kh×kw``) zero-padded to ``nh×nw`` and rolled by ``(-oh, -ow)``, built in place.
+
+    The same grid as ``F.pad(...).roll(...)`` without the pass over the whole grid that the roll
+    makes: tap ``(a, b)`` goes straight to ``((a - oh) mod nh, (b - ow) mod nw)``, in four blocks.
+    """
+    C, kh, kw = wflip.shape
+    grid = wflip.new_zeros(C, nh, nw)
+    for a0, a1, r0 in ((oh, kh, 0), (0, oh, nh - oh)):
+        for b0, b1, c0 in ((ow, kw, 0), (0, ow, nw - ow)):
+            if a1 > a0 and b1 > b0:
+                grid[:, r0:r0 + a1 - a0, c0:c0 + b1 - b0] = wflip[:, a0:a1, b0:b1]
+    return grid
 
 
 class _FFTDepthwise(torch.autograd.Function):
@@ -169,10 +203,11 @@ class _FFTDepthwise(torch.autograd.Function):
         H, W = x.shape[-2:]
         (nh, nw), (oh, ow) = n, offset
         kh, kw = wflip.shape[-2:]
+        ctx.channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         # Contiguous NCHW in, so that every spectrum below is contiguous: the FFTs and complex
         # products are 2-3x slower on the strides a channels_last input would give them.
         Xf = _spectrum(x.contiguous(), nh, nw)
-        Wf = _spectrum(F.pad(wflip, (0, nw - kw, 0, nh - kh)).roll((-oh, -ow), (-2, -1)), nh, nw)
+        Wf = _spectrum(_rolled_kernel(wflip, nh, nw, oh, ow), nh, nw)
         y = _inverse(Xf * Wf, nw, H)[..., :W]
         ctx.save_for_backward(Xf, Wf)
         ctx.geometry = (H, W, kh, kw, n, offset)
@@ -186,9 +221,15 @@ class _FFTDepthwise(torch.autograd.Function):
         G = _spectrum(gy.contiguous(), nh, nw)
         gx = gw = None
         if ctx.needs_input_grad[0]:
-            gx = _inverse(G * Wf.conj(), nw, H)[..., :W]
+            # Handed on contiguous, in the input's layout: the inverse's rows are nw wide, and the
+            # consumers of a channels_last map (the residual add, LayerNorm2d's backward) turn such
+            # a view around 2-3x slower than these two copies (NCHW, then channels_last).
+            gx = _inverse(G * Wf.conj(), nw, H)[..., :W].contiguous()
+            if ctx.channels_last:
+                gx = gx.contiguous(memory_format=torch.channels_last)
         if ctx.needs_input_grad[1]:
-            gw = _inverse((G * Xf.conj()).sum(0), nw, nh).roll((oh, ow), (-2, -1))[..., :kh, :kw]
+            # Only the grid rows and columns where the kernel's taps lie (the roll undone by slicing).
+            gw = _unroll(_inverse((G * Xf.conj()).sum(0), nw, kh, shift=oh), kw, ow)
         return gx, gw, None, None
 
 
@@ -215,6 +256,64 @@ def dwconv_fft(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         y = y.contiguous(memory_format=torch.channels_last)
     return y
+
+
+class _MixedDepthwise(torch.autograd.Function):
+    """Direct forward and input gradient, weight gradient through the FFT.
+
+    ``w`` is the cropped ``C×1×kh×kw`` kernel, ``pads`` its "same" padding ``(left, right, top,
+    bottom)``. The input gradient is the direct convolution of the output gradient with the
+    flipped kernel, padded the other way round. The weight gradient is the correlation of the
+    input with the output gradient, ``Σ_b inverse(Xf · conj(G))`` in a grid of ``H + max(top,
+    bottom)`` (by ``W + ...``), read at the kernel's offsets ``-top … bottom``: the same grid and
+    sizes as the fft path (``docs/model.md``).
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, bias, pads: tuple[int, int, int, int]):
+        ctx.save_for_backward(x, w)
+        ctx.pads, ctx.has_bias = pads, bias is not None
+        return _conv_same(x, w, bias, pads)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):
+        x, w = ctx.saved_tensors
+        left, right, top, bottom = ctx.pads
+        B, C, H, W = x.shape
+        kh, kw = w.shape[-2:]
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        gy = gy.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = _conv_same(gy, w.flip((-2, -1)), None, (right, left, bottom, top))
+        if ctx.needs_input_grad[1]:
+            nh = _fast_size(H + max(top, bottom))
+            nw = _fast_size(W + max(left, right), even=True)
+            corr = (_spectrum(x.contiguous(), nh, nw) * _spectrum(gy.contiguous(), nh, nw).conj()).sum(0)
+            gw = _unroll(_inverse(corr, nw, kh, shift=top), kw, left).view(C, 1, kh, kw)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = gy.sum((0, 2, 3))
+        return gx, gw, gb, None
+
+
+def _conv_same(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
+               pads: tuple[int, int, int, int]) -> torch.Tensor:
+    """Depthwise ``F.conv2d`` with the zero padding ``pads`` = ``(left, right, top, bottom)``."""
+    left, right, top, bottom = pads
+    if left == right and top == bottom:
+        return F.conv2d(x, w, bias, padding=(top, left), groups=w.shape[0])
+    return F.conv2d(F.pad(x, pads), w, bias, groups=w.shape[0])
+
+
+def dwconv_mixed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The same convolution as :func:`dwconv_direct`: forward and input gradient direct (kernel
+    cropped to the map), weight gradient through ``torch.fft`` (:class:`_MixedDepthwise`)."""
+    if x.dtype in (torch.float16, torch.bfloat16):  # the FFTs want float32, as in dwconv_fft
+        y = dwconv_mixed(x.float(), weight.float(), None if bias is None else bias.float())
+        return y.to(x.dtype)
+    w, pads = crop_kernel(weight.to(x.dtype), *x.shape[-2:])
+    return _MixedDepthwise.apply(x, w, None if bias is None else bias.to(x.dtype), pads)
 
 
 class LargeKernelDWConv(nn.Module):
@@ -252,8 +351,11 @@ class LargeKernelDWConv(nn.Module):
         return choose_impl(x.device, self.channels, H, W, self.kernel_size, requires_grad=grad, channels_last=cl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.resolved_impl(x) == "fft":
+        impl = self.resolved_impl(x)
+        if impl == "fft":
             return dwconv_fft(x, self.weight, self.bias)
+        if impl == "mixed":
+            return dwconv_mixed(x, self.weight, self.bias)
         return dwconv_direct(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:

@@ -37,7 +37,7 @@ class TCNetConfig:
     num_classes: int = 1  # 1: one logit channel (sigmoid); K > 1: K channels (softmax)
     in_channels: int = 3
     lk_size: int = 31  # the large depthwise kernel (LKM and ETM)
-    lk_impl: str = "auto"  # auto | direct | fft (tcnet.models.lk_conv)
+    lk_impl: str = "auto"  # auto | direct | fft | mixed (tcnet.models.lk_conv)
     attention_placement: str = "all_conv"  # where HAM goes; the paper's best
     deep_supervision: bool = False  # train-mode forward returns [main, aux...]
     use_etm: bool = True  # ablation: the Transformer branch

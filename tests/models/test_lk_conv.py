@@ -1,4 +1,4 @@
-"""The large-kernel depthwise convolution: fft == direct (values and gradients), auto rule, switches."""
+"""The large-kernel depthwise convolution: fft == mixed == direct (values and gradients), auto rule, switches."""
 
 import warnings
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tcnet.models import LargeKernelDWConv, choose_impl, set_lk_impl
-from tcnet.models.lk_conv import crop_kernel, dwconv_direct, dwconv_fft
+from tcnet.models.lk_conv import crop_kernel, dwconv_direct, dwconv_fft, dwconv_mixed
 
 # (B, C, H, W, k): kernel larger than the map, odd and even map sizes, non-square, batch > 1, even k.
 SHAPES = [
@@ -26,11 +26,15 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "channels_last"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_fft_equals_direct_values_and_grads(shape):
+def test_fft_and_mixed_equal_direct_values_and_grads(shape, layout):
     B, C, H, W, k = shape
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(B, C, H, W, generator=g, requires_grad=True)
+    x = torch.randn(B, C, H, W, generator=g)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
     w = torch.randn(C, 1, k, k, generator=g, requires_grad=True)
     b = torch.randn(C, generator=g, requires_grad=True)
     # Reference: PyTorch's own "same" padding.
@@ -39,18 +43,27 @@ def test_fft_equals_direct_values_and_grads(shape):
         ref = F.conv2d(x, w, b, padding="same", groups=C)
     up = torch.randn(ref.shape, generator=g)
     ref_grads = torch.autograd.grad(ref, (x, w, b), up)
-    for fn in (dwconv_direct, dwconv_fft):
+    for fn in (dwconv_direct, dwconv_fft, dwconv_mixed):
         y = fn(x, w, b)
         assert y.shape == (B, C, H, W)
         assert _rel(y, ref) < 1e-4, fn.__name__
-        for got, want in zip(torch.autograd.grad(y, (x, w, b), up), ref_grads):
+        grads = torch.autograd.grad(y, (x, w, b), up)
+        for got, want in zip(grads, ref_grads):
             assert _rel(got, want) < 1e-4, fn.__name__
+        if layout == "channels_last" and fn is not dwconv_direct:
+            # handed on in the input's layout (the consumers' fast path; lk_conv.py)
+            assert y.is_contiguous(memory_format=torch.channels_last), fn.__name__
+            assert grads[0].is_contiguous(memory_format=torch.channels_last), fn.__name__
 
 
-def test_fft_gradcheck_float64():
+@pytest.mark.parametrize("fn", [dwconv_fft, dwconv_mixed])
+def test_gradcheck_float64(fn):
     x = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
     w = torch.randn(2, 1, 5, 5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: dwconv_fft(a, b), (x, w))
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, v, c: fn(a, v, c), (x, w, b))
+    w6 = torch.randn(2, 1, 6, 4, dtype=torch.float64, requires_grad=True)  # even: asymmetric padding
+    assert torch.autograd.gradcheck(lambda a, v: fn(a, v), (x, w6))
 
 
 def test_kernel_crop_is_exact_and_small():
@@ -62,7 +75,7 @@ def test_kernel_crop_is_exact_and_small():
     assert same.shape == w.shape and pads == (15, 15, 15, 15)
 
 
-@pytest.mark.parametrize("impl", ["direct", "fft", "auto"])
+@pytest.mark.parametrize("impl", ["direct", "fft", "mixed", "auto"])
 def test_module_channels_last_and_impls_agree(impl):
     torch.manual_seed(0)
     conv = LargeKernelDWConv(8, 31, lk_impl="direct")
@@ -74,7 +87,7 @@ def test_module_channels_last_and_impls_agree(impl):
     assert _rel(y, ref) < 1e-4
     y.sum().backward()
     assert x_cl.grad is not None and torch.isfinite(x_cl.grad).all()
-    if impl == "fft":
+    if impl in ("fft", "mixed", "auto"):
         assert y.is_contiguous(memory_format=torch.channels_last)
 
 
@@ -99,6 +112,11 @@ def test_choose_impl_rule():
     assert choose_impl(cpu, 256, 28, 28, 31, requires_grad=False, channels_last=True) == "direct"
     assert choose_impl(cpu, 64, 56, 56, 21, requires_grad=False, channels_last=True) == "direct"
     assert choose_impl(cpu, 256, 28, 28, 31, requires_grad=True, channels_last=True) == "fft"
+    # channels_last training on small maps: direct forward and input gradient, fft weight gradient
+    assert choose_impl(cpu, 512, 14, 14, 31, requires_grad=True, channels_last=True) == "mixed"
+    assert choose_impl(cpu, 512, 20, 20, 31, requires_grad=True, channels_last=True) == "mixed"
+    assert choose_impl(cpu, 512, 14, 14, 31, requires_grad=True) == "fft"  # NCHW: oneDNN's cliff
+    assert choose_impl(cpu, 512, 14, 14, 7, requires_grad=True, channels_last=True) == "direct"
 
 
 def test_auto_sees_the_layout():
@@ -126,8 +144,26 @@ def test_auto_resolves_per_call():
     assert small.resolved_impl(x) == "direct"
 
 
+def test_auto_takes_mixed_for_small_channels_last_training_maps():
+    torch.manual_seed(0)
+    conv = LargeKernelDWConv(8, 31, lk_impl="auto").to(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 14, 14).contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert conv.resolved_impl(x) == "mixed"
+    y = conv(x)
+    y.backward(torch.ones_like(y))
+    grads = [t.grad.clone() for t in (x, conv.weight, conv.bias)]
+    for t in (x, conv.weight, conv.bias):
+        t.grad = None
+    set_lk_impl(conv, "direct")
+    ref = conv(x)
+    ref.backward(torch.ones_like(ref))
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+    for got, t in zip(grads, (x, conv.weight, conv.bias)):
+        torch.testing.assert_close(got, t.grad, rtol=1e-4, atol=1e-4)
+
+
 def test_bad_impl_lists_choices():
-    with pytest.raises(ValueError, match="did you mean 'fft'.*valid: auto, direct, fft"):
+    with pytest.raises(ValueError, match="did you mean 'fft'.*valid: auto, direct, fft, mixed"):
         LargeKernelDWConv(4, 31, lk_impl="fftt")
-    with pytest.raises(ValueError, match="valid: auto, direct, fft"):
+    with pytest.raises(ValueError, match="valid: auto, direct, fft, mixed"):
         set_lk_impl(torch.nn.Identity(), "cudnn")

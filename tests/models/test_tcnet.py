@@ -135,7 +135,7 @@ def test_size_not_multiple_of_32_is_rejected():
 def test_bad_config_values():
     with pytest.raises(ValueError, match="lkm_depths must be 4"):
         create_model("tcnet_tiny", lkm_depths=(1, 1))
-    with pytest.raises(ValueError, match="valid: auto, direct, fft"):
+    with pytest.raises(ValueError, match="valid: auto, direct, fft, mixed"):
         create_model("tcnet_tiny", lk_impl="winograd")
 
 
