@@ -232,9 +232,10 @@ def run(args, mode: common.Mode) -> dict:
                                    cpu["min_speedup_train_best_layouts"], TARGET_SPEEDUP))
     common.say(f"auto picked the measured winner (or a tie within 10 %) in {cpu['auto_right']} of "
                f"{cpu['auto_cases']} cases; wrong: {cpu['auto_wrong'] or 'none'}")
-    common.say(f"measured crossover (first k from which fft beats direct, NCHW): train k={cpu['crossover_train_nchw']}, "
-               f"inference k={cpu['crossover_infer_nchw']}; choose_impl's rule: train k>=9, inference k>=15 (NCHW), k>=29 on maps >= 48² (channels_last); "
-               f"mixed for channels_last training maps up to {MIXED_MAX_PIXELS} pixels")
+    common.say(f"measured crossover (first k from which fft beats direct, NCHW): train "
+               f"k={cpu['crossover_train_nchw']}, inference k={cpu['crossover_infer_nchw']}; choose_impl's rule: "
+               "train NCHW mixed for 5<=k<15, fft from 15; train channels_last fft from k=9, mixed on maps up to "
+               f"{MIXED_MAX_PIXELS} pixels; inference fft for k>=15 (NCHW), k>=29 on maps >= 48² (channels_last)")
     return {
         "settings": {"size": args.size, "batch": args.batch, "repeats": repeats, "devices": devices,
                      "sweep_shape": list(sweep_shape), "sweep_ks": list(sweep_ks)},

@@ -54,12 +54,14 @@ def choose_impl(device: torch.device | str, C: int, H: int, W: int, k: int, requ
 
     - not CPU (CUDA, MPS, ...): ``direct`` -- cuDNN's depthwise kernels (not yet measured against
       fft on a GPU);
-    - CPU, gradients needed (training): ``fft`` from k = 9 on, in either layout. Around k = 5-7 the
-      two trade places with the shape; from k = 9 fft wins everywhere measured, and by 15-40× at
-      k = 31 (fwd+bwd, 2×64×112²: direct ~1 s, fft ~27 ms): oneDNN's depthwise backward is slow at
-      every large size. Except on channels_last maps of at most 20×20 pixels, where ``mixed``
-      wins (k = 31: 0.63-0.74× of fft's time at 14² and 16², 0.85-0.93× at 20², a tie at 24²,
+    - CPU, gradients needed (training), channels_last: ``fft`` from k = 9 on; fft wins by 15-40×
+      at k = 31 (fwd+bwd, 2×64×112²: direct ~1 s, fft ~27 ms): oneDNN's depthwise backward is
+      slow at every large size. Except on maps of at most 20×20 pixels, where ``mixed`` wins
+      (k = 31: 0.63-0.74× of fft's time at 14² and 16², 0.85-0.93× at 20², a tie at 24²,
       1.15× slower at 28²);
+    - CPU, training, NCHW: ``direct`` for k < 5, ``mixed`` for 5 <= k < 15 (oneDNN's NCHW
+      depthwise forward is fast there, its weight gradient is not: 2×64×56², k = 5-13, mixed
+      3.6-4.3 ms, fft 4.8-5.4, direct 7.9-40; ninth round, two runs), ``fft`` from k = 15;
     - CPU, no gradients, NCHW: ``fft`` from k = 15 on, where oneDNN's NCHW depthwise forward leaves
       its fast path (2×64×56²: k = 13 direct 1.0 ms, k = 15 19 ms, fft ~2.3 ms);
     - CPU, no gradients, channels_last: oneDNN's channels_last depthwise forward stays fast at every
@@ -74,9 +76,13 @@ def choose_impl(device: torch.device | str, C: int, H: int, W: int, k: int, requ
     if dev.type != "cpu":
         return "direct"
     if requires_grad:
-        if k < 9:
+        if channels_last:
+            if k < 9:
+                return "direct"
+            return "mixed" if H * W <= MIXED_MAX_PIXELS else "fft"
+        if k < 5:
             return "direct"
-        return "mixed" if channels_last and H * W <= MIXED_MAX_PIXELS else "fft"
+        return "mixed" if k < 15 else "fft"
     if channels_last:
         return "fft" if k >= 29 and H * W >= 48 * 48 else "direct"
     return "fft" if k >= 15 else "direct"

@@ -103,8 +103,11 @@ def test_choose_impl_rule():
     assert choose_impl(cpu, 64, 112, 112, 31, requires_grad=True) == "fft"
     assert choose_impl(cpu, 64, 112, 112, 31, requires_grad=False) == "fft"
     assert choose_impl(cpu, 64, 56, 56, 13, requires_grad=False) == "direct"
-    assert choose_impl(cpu, 64, 56, 56, 13, requires_grad=True) == "fft"
+    assert choose_impl(cpu, 64, 56, 56, 13, requires_grad=True) == "mixed"  # NCHW fwd fast below 15
+    assert choose_impl(cpu, 64, 56, 56, 5, requires_grad=True) == "mixed"
+    assert choose_impl(cpu, 64, 56, 56, 15, requires_grad=True) == "fft"
     assert choose_impl(cpu, 64, 56, 56, 3, requires_grad=True) == "direct"
+    assert choose_impl(cpu, 64, 56, 56, 7, requires_grad=True, channels_last=True) == "direct"
     assert choose_impl(cuda, 64, 112, 112, 31) == "direct"
     assert choose_impl("meta", 64, 112, 112, 31) == "direct"
     # channels_last inference: oneDNN's CL depthwise forward wins on small maps, fft only on big ones
@@ -141,7 +144,9 @@ def test_auto_resolves_per_call():
     with torch.no_grad():
         assert conv.resolved_impl(x) == "fft"
     small = LargeKernelDWConv(4, 7, lk_impl="auto")
-    assert small.resolved_impl(x) == "direct"
+    assert small.resolved_impl(x) == "mixed"  # training, NCHW, 5 <= k < 15
+    with torch.no_grad():
+        assert small.resolved_impl(x) == "direct"
 
 
 def test_auto_takes_mixed_for_small_channels_last_training_maps():
