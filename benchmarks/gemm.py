@@ -29,7 +29,8 @@ PROJ_COLS = [Col("module", "attention module"), Col("proj", "projection"), Col("
              Col("blas_ms", "F.linear ms", ".2f"), Col("blas_gflops", "GFLOP/s", ".0f"),
              Col("onednn_ms", "1×1 conv ms", ".2f"), Col("onednn_gflops", "GFLOP/s", ".0f"),
              Col("ratio", "conv / linear", ".2f")]
-MOD_COLS = [Col("module", "attention module"), Col("calls", "calls / step", "d"), Col("blas_ms", "BLAS route ms", ".1f"),
+MOD_COLS = [Col("module", "attention module"), Col("calls", "calls / step", "d"),
+            Col("blas_ms", "BLAS route ms", ".1f"),
             Col("onednn_ms", "oneDNN route ms", ".1f"), Col("ratio", "oneDNN / BLAS", ".2f"),
             Col("auto_ms", "auto ms", ".1f"), Col("auto_ratio", "auto / BLAS", ".2f")]
 
@@ -80,8 +81,8 @@ def run(args, mode: common.Mode) -> dict:
     torch.manual_seed(0)
     model = tcnet.create_model(name).train().to(memory_format=torch.channels_last)
     calls = attention_calls(model, size, args.batch)
-    common.progress(f"{name} at {size}², batch {args.batch}: {sum(c['calls'] for c in calls.values())} attention calls, "
-                    f"{len(calls)} kinds")
+    n_calls = sum(c["calls"] for c in calls.values())
+    common.progress(f"{name} at {size}², batch {args.batch}: {n_calls} attention calls, {len(calls)} kinds")
     proj_rows, mod_rows = [], []
     for label, c in calls.items():
         m, (B, C, H, W) = c["module"], c["shape"]
@@ -112,7 +113,8 @@ def run(args, mode: common.Mode) -> dict:
         mod_rows.append({"module": label, "calls": c["calls"], "blas_ms": med["module blas"] * 1e3 * c["calls"],
                          "onednn_ms": med["module onednn"] * 1e3 * c["calls"],
                          "ratio": med["module onednn"] / med["module blas"],
-                         "auto_ms": med["module auto"] * 1e3 * c["calls"], "auto_ratio": med["module auto"] / med["module blas"],
+                         "auto_ms": med["module auto"] * 1e3 * c["calls"],
+                         "auto_ratio": med["module auto"] / med["module blas"],
                          "times_s": {k: common.stats(v) for k, v in times.items() if k.startswith("module")}})
     total = {"module": "all attention of one step", "calls": sum(r["calls"] for r in mod_rows),
              **{k: sum(r[k] for r in mod_rows) for k in ("blas_ms", "onednn_ms", "auto_ms")}}

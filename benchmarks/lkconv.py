@@ -72,7 +72,8 @@ def per_variant(rows: list[dict], size: int, batch: int) -> list[dict]:
                 tot["best_ms"] += k * r["best_ms"]
             if complete and n:
                 out.append({"variant": variant, "layout": layout, "convs": n, **tot,
-                            "speedup": tot["direct_ms"] / tot["fft_ms"], "auto_vs_best": tot["auto_ms"] / tot["best_ms"],
+                            "speedup": tot["direct_ms"] / tot["fft_ms"],
+                            "auto_vs_best": tot["auto_ms"] / tot["best_ms"],
                             "regime": rows[0]["regime"]})
     return out
 
@@ -146,7 +147,8 @@ def bench_shape(B: int, C: int, H: int, W: int, k: int, layout: str, regime: str
 SHAPE_COLS = [
     Col("shape", "shape B×C×H×W"), Col("used_by", "TCNet stage (448²)"), Col("layout", "layout"),
     Col("direct_ms", "direct ms", ".1f"), Col("fft_ms", "fft ms", ".1f"), Col("mixed_ms", "mixed ms", ".1f"),
-    Col("auto_ms", "auto ms", ".1f"), Col("speedup", "direct/fft", ".1f"), Col("direct_gflops", "direct GFLOP/s", ".1f"),
+    Col("auto_ms", "auto ms", ".1f"), Col("speedup", "direct/fft", ".1f"),
+    Col("direct_gflops", "direct GFLOP/s", ".1f"),
     Col("winner", "winner"), Col("auto_picks", "auto picks"), Col("auto_ok", "auto right"),
 ]
 VARIANT_COLS = [

@@ -11,8 +11,9 @@ convolution through the FFT is exact up to float rounding and 15-30× faster for
 - ``"fft"``: ``rfft2`` of the zero-padded input and kernel, a product, ``irfft2``, a crop; the
   input and weight gradients are two more products in the same Fourier grid (``_FFTDepthwise``).
 - ``"mixed"``: the forward and the input gradient direct, the weight gradient through the FFT
-  (``_MixedDepthwise``): on small channels_last maps oneDNN's depthwise forward is fast at any
-  kernel size, and only its weight gradient is slow.
+  (``_MixedDepthwise``): where oneDNN's depthwise forward is fast (channels_last maps at any
+  kernel size, NCHW below k = 15) only its weight gradient is slow, and on small maps or kernels
+  the FFT's fixed costs lose to the direct forward.
 - ``"auto"``: :func:`choose_impl` per call, from the device, the shape, the layout and whether
   gradients are needed.
 
@@ -171,7 +172,9 @@ def _inverse(z: torch.Tensor, nw: int, rows: int, shift: int = 0) -> torch.Tenso
 
 
 def _unroll(z: torch.Tensor, k: int, shift: int) -> torch.Tensor:
-    """``z.roll(shift, -1)[..., :k]`` without rolling the rest: the last ``shift`` entries, then the first ``k - shift``."""
+    """``z.roll(shift, -1)[..., :k]`` without rolling the rest.
+
+    The last ``shift`` entries, then the first ``k - shift``."""
     return torch.cat([z[..., z.shape[-1] - shift:], z[..., :k - shift]], dim=-1)
 
 
@@ -209,7 +212,8 @@ class _FFTDepthwise(torch.autograd.Function):
         H, W = x.shape[-2:]
         (nh, nw), (oh, ow) = n, offset
         kh, kw = wflip.shape[-2:]
-        ctx.channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        ctx.channels_last = (x.dim() == 4 and not x.is_contiguous()
+                             and x.is_contiguous(memory_format=torch.channels_last))
         # Contiguous NCHW in, so that every spectrum below is contiguous: the FFTs and complex
         # products are 2-3x slower on the strides a channels_last input would give them.
         Xf = _spectrum(x.contiguous(), nh, nw)
