@@ -20,7 +20,6 @@ from benchmarks import common
 from benchmarks.common import Col
 
 HELP = "large-kernel depthwise conv: direct vs fft vs mixed vs auto, fwd+bwd and fwd, NCHW / channels_last"
-IMPLS = ("direct", "fft", "mixed")  # the candidates auto chooses among (mixed: training only)
 TARGET_SPEEDUP = 15.0
 TIE = 1.10  # auto's pick counts as right when within 10 % of the measured winner
 
@@ -90,7 +89,7 @@ def _dwconv_flops(B: int, C: int, H: int, W: int, k: int) -> int:
 
 def bench_shape(B: int, C: int, H: int, W: int, k: int, layout: str, regime: str, device: str,
                 repeats: int, budget_s: float | None, warmup: int = 1) -> dict:
-    from tcnet.models.lk_conv import LargeKernelDWConv, dwconv_direct, dwconv_fft, dwconv_mixed
+    from tcnet.models.lk_conv import LK_IMPLS, LargeKernelDWConv, dwconv_direct, dwconv_fft, dwconv_mixed
 
     torch.manual_seed(0)
     mod = LargeKernelDWConv(C, k, lk_impl="auto").to(device)
@@ -127,7 +126,7 @@ def bench_shape(B: int, C: int, H: int, W: int, k: int, layout: str, regime: str
     times = common.time_interleaved({n: make(f) for n, f in impls.items()}, repeats, warmup=warmup,
                                     sync=common.cuda_sync_for(device), budget_s=budget_s)
     ms = {n: common.median(t) * 1000 for n, t in times.items()}
-    winner = min((n for n in IMPLS if n in ms), key=ms.get)
+    winner = min((n for n in LK_IMPLS if n in ms and n != "auto"), key=ms.get)  # mixed: training only
     best = ms[winner]
     flops = _dwconv_flops(B, C, H, W, k) * (3 if train else 1)  # fwd + grad input + grad weight
     return {

@@ -8,8 +8,9 @@ On CPU the three projections (q, kv, proj) run as 1×1 convolutions on the map, 
 ``nn.Linear`` layers' own weights: the same numbers through oneDNN instead of the BLAS behind
 ``F.linear``. PyTorch's wheels bring Intel MKL as that BLAS, which takes its AVX2 code on AMD
 processors, while oneDNN uses AVX-512 wherever the CPU has it: on the AMD EPYC (AVX-512) that the
-benchmarks ran on, a 1×1 convolution ran at 250-380 GFLOP/s where the same product through
-``F.linear`` ran at 100-150 (``python -m benchmarks gemm``; docs/performance.md §2, ninth round).
+benchmarks ran on, the projections with 128-512 channels ran at 135-251 GFLOP/s as 1×1
+convolutions and 105-152 through ``F.linear``, forward + backward (``python -m benchmarks gemm``;
+docs/performance.md §2, ninth round).
 On small products oneDNN's fixed cost per call wins instead: from ``ONEDNN_MIN_MACS`` multiply-adds
 a call on (tokens × in × out; measured crossover 2-8 M), and never off the CPU (CUDA, meta), the
 projections are ``F.linear`` on the tokens.
