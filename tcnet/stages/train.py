@@ -211,7 +211,10 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
         if dist.is_main:
             _say(f"{spec.run_id}: already trained ({cfg.epochs} epochs, best val DI {info.get('best_val_DI')}); skipping")
         return info
-    if ckpt is not None and not ckpt.get("optimizer"):  # a finished run's last.pt, without a finished run.json
+    # A last.pt without optimizer state is written only after the final epoch: its training is over, and
+    # what is left is _finish (a crash came between them). Before its final epoch it cannot be resumed.
+    trained = ckpt is not None and not ckpt.get("optimizer") and int(ckpt["epoch"]) >= cfg.epochs
+    if ckpt is not None and not ckpt.get("optimizer") and not trained:
         if dist.is_main:
             _say(f"{spec.run_id}: {run_dir / 'last.pt'} holds no optimizer state to resume from; starting fresh")
         ckpt = None
@@ -235,14 +238,16 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
     start_epoch = 0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
+        if not trained:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            set_rng_state(ckpt["rng"])
         history = [dict(r) for r in ckpt["history"]]
         best = {"epoch": int(ckpt.get("best_epoch", 0)), "score": float(ckpt.get("best_score", -math.inf))}
         start_epoch = int(ckpt["epoch"])
-        if dist.is_main and start_epoch < cfg.epochs:
-            _say(f"{spec.run_id}: resuming after epoch {start_epoch} of {cfg.epochs}")
+        if dist.is_main:
+            _say(f"{spec.run_id}: resuming after epoch {start_epoch} of {cfg.epochs}" if start_epoch < cfg.epochs
+                 else f"{spec.run_id}: trained ({start_epoch} epochs) but not finished; finishing")
         ckpt = None  # free the memory
 
     raw_model = model
@@ -300,8 +305,13 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
                 best = {"epoch": epoch, "score": -math.inf if math.isnan(row["val_DI"]) else row["val_DI"]}
                 save_checkpoint(_checkpoint(spec, raw_model, image_size, epoch, history, best, with_state=False),
                                 run_dir / "best.pt")
-            save_checkpoint(_checkpoint(spec, raw_model, image_size, epoch, history, best, optimizer, scheduler),
-                            run_dir / "last.pt")  # after best.pt: a crash in between re-runs the epoch
+            # After best.pt: a crash in between re-runs the epoch. The final epoch's last.pt drops the
+            # optimizer, scheduler and RNG state (Adam's two moments are 2/3 of a checkpoint): a finished
+            # run never resumes (more epochs is another config hash), and writing the full state only to
+            # replace it at once cost a baseline ~1 s a run (300 MB, fsync).
+            final = epoch == cfg.epochs
+            save_checkpoint(_checkpoint(spec, raw_model, image_size, epoch, history, best, optimizer, scheduler,
+                                        with_state=not final), run_dir / "last.pt")
             with atomic_write(run_dir / "history.csv") as f:
                 f.write(history_rows_csv(history))
             logger.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
@@ -311,10 +321,9 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
 
         if dist.is_main:
             record["train_seconds"] = time.perf_counter() - t_run
-            # A finished run never resumes (more epochs is another config hash), so last.pt drops the
-            # optimizer, scheduler and RNG state: Adam's two moments are 2/3 of a checkpoint.
-            save_checkpoint(_checkpoint(spec, raw_model, image_size, int(history[-1]["epoch"]) if history else 0,
-                                        history, best, with_state=False), run_dir / "last.pt")
+            if start_epoch >= cfg.epochs and not trained:  # resumed from a full-state last.pt of the final epoch
+                save_checkpoint(_checkpoint(spec, raw_model, image_size, start_epoch, history, best, with_state=False),
+                                run_dir / "last.pt")
             _finish(logger, spec, run_dir, record, history, best, image_size, mlflow_cfg)
     dist.barrier()
     if not dist.is_main:  # rank 0 wrote the final record
@@ -345,9 +354,9 @@ def _finish(logger, spec: RunSpec, run_dir: Path, record: dict, history: list[di
 
     if not history:
         raise RuntimeError(f"run {spec.run_id}: no epoch was trained")
-    if not (run_dir / "history.csv").is_file():
-        with atomic_write(run_dir / "history.csv") as f:
-            f.write(history_rows_csv(history))
+    # Written again: a crash between an epoch's last.pt and its history.csv leaves the file an epoch short.
+    with atomic_write(run_dir / "history.csv") as f:
+        f.write(history_rows_csv(history))
     best_di = next((r.get("val_DI") for r in history if r["epoch"] == best["epoch"]), None)
     record.update(complete=True, best_epoch=best["epoch"], best_val_DI=_finite_or_none(best_di))
     logger.set_tags({"tcnet.checkpoint": str((run_dir / "best.pt").resolve()), "tcnet.best_epoch": str(best["epoch"])})

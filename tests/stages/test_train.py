@@ -118,6 +118,54 @@ def test_trains_two_epochs_and_writes_every_output(data, tmp_path, capsys, monke
     assert len(read_history(run_dir / "history.csv")) == 1
 
 
+def test_final_epoch_writes_last_pt_once_without_resume_state(data, tmp_path, monkeypatch):
+    """Only the epochs before the last write the resume state; the final last.pt is written once."""
+    import tcnet.checkpoint as checkpoint
+
+    saves = []
+    real = checkpoint.save_checkpoint
+    monkeypatch.setattr(checkpoint, "save_checkpoint",
+                        lambda state, path: saves.append((Path(path).name, state["epoch"], bool(state["optimizer"])))
+                        or real(state, path))
+    train.run(make_params(tmp_path, epochs=3), EXPERIMENT, data / "pre", data / "splits", tmp_path / "models",
+              mlflow=False)
+    assert [s for s in saves if s[0] == "last.pt"] == [("last.pt", 1, True), ("last.pt", 2, True), ("last.pt", 3, False)]
+    assert all(not with_state for name, _, with_state in saves if name == "best.pt")
+
+
+def test_crash_after_the_final_checkpoint_finishes_without_training(data, tmp_path, monkeypatch, capsys):
+    """The process dies after the final epoch's last.pt (and before history.csv caught up): the rerun
+    trains nothing, takes weights and history from last.pt, and finishes the run."""
+    import tcnet.training.loop as loop
+
+    params = make_params(tmp_path, epochs=2)
+    out = tmp_path / "models"
+    run_dir = out / EXPERIMENT / the_spec(params).run_id
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt("died before finishing")
+
+    monkeypatch.setattr(train, "_finish", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(params, EXPERIMENT, data / "pre", data / "splits", out, mlflow=False)
+    monkeypatch.undo()
+    lines = (run_dir / "history.csv").read_text().splitlines()
+    (run_dir / "history.csv").write_text("\n".join(lines[:2]) + "\n")  # header + epoch 1: an epoch short
+    weights = load_checkpoint(run_dir / "last.pt")["model"]
+
+    epochs_trained = []
+    real_epoch = loop.train_one_epoch
+    monkeypatch.setattr(loop, "train_one_epoch", lambda *a, **k: epochs_trained.append(k.get("epoch")) or real_epoch(*a, **k))
+    capsys.readouterr()
+    result = train.run(params, EXPERIMENT, data / "pre", data / "splits", out, mlflow=False)
+    err = capsys.readouterr().err
+    assert epochs_trained == [] and "starting fresh" not in err and "finishing" in err, err
+    info = result["runs"][0]
+    assert info["complete"] and json.loads((run_dir / "run.json").read_text())["complete"]
+    assert [r["epoch"] for r in read_history(run_dir / "history.csv")] == ["1", "2"]
+    assert tensors_equal(load_checkpoint(run_dir / "last.pt")["model"], weights)
+
+
 def test_kill_9_then_resume_matches_an_uninterrupted_run(data, tmp_path):
     """SIGKILL a CLI training during epoch 2 of 2, resume, compare with a run never interrupted."""
     params = make_params(tmp_path, epochs=2)
