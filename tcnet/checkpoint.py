@@ -49,14 +49,21 @@ def plain(obj: Any, where: str = "checkpoint") -> Any:
     raise TypeError(f"{where}: a {type(obj).__name__} cannot go into a checkpoint (tensors and plain data only)")
 
 
-def save_checkpoint(state: dict, path) -> Path:
+def save_checkpoint(state: dict, path, crc32: bool = True) -> Path:
     """Write ``state`` to ``path`` atomically: a temp file beside it, fsync, then ``os.replace``.
 
     A crash (even ``kill -9``) leaves either the old file or the new one, never a torn one.
+    ``crc32=False`` skips the CRC-32 that ``torch.save`` computes for every record of its zip: half
+    of the save's time for a 300 MB checkpoint (0.65 → 0.31 s, docs/training.md), and
+    ``torch.load`` never checks it (a flipped byte loads either way), so the per-epoch resume
+    state goes without it; the files that outlive a run (``best.pt``, the final ``last.pt``) keep it
+    for zip tools.
     """
+    from torch.utils.serialization import config as serialization_config
+
     path = Path(path)
     data = plain(state)
-    with atomic_write(path, "wb") as f:
+    with serialization_config.patch("save.compute_crc32", crc32), atomic_write(path, "wb") as f:
         torch.save(data, f)
     return path
 

@@ -141,3 +141,18 @@ def test_unreadable_checkpoints_are_named(tmp_path):
         load_checkpoint(tmp_path / "pickled.pt")
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_save_without_crc32_round_trips_and_leaves_the_global_option(tiny, tmp_path):
+    state = _state(tiny)
+    save_checkpoint(state, tmp_path / "a.pt", crc32=False)
+    assert torch.serialization.get_crc32_options() is True  # patched for the one save only
+    back = load_checkpoint(tmp_path / "a.pt")
+    assert back["epoch"] == 1 and all(torch.equal(back["model"][k], v) for k, v in state["model"].items())
+    assert back["optimizer"]["state"].keys() == state["optimizer"]["state"].keys()
+    # Without it the zip's records carry a CRC-32 of 0; by default a real one.
+    with zipfile.ZipFile(tmp_path / "a.pt") as z:
+        assert any(i.CRC == 0 and i.file_size > 0 for i in z.infolist())
+    save_checkpoint(state, tmp_path / "b.pt")
+    with zipfile.ZipFile(tmp_path / "b.pt") as z:
+        assert all(i.CRC != 0 for i in z.infolist() if i.file_size > 0)

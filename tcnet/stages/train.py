@@ -308,10 +308,11 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
             # After best.pt: a crash in between re-runs the epoch. The final epoch's last.pt drops the
             # optimizer, scheduler and RNG state (Adam's two moments are 2/3 of a checkpoint): a finished
             # run never resumes (more epochs is another config hash), and writing the full state only to
-            # replace it at once cost a baseline ~1 s a run (300 MB, fsync).
+            # replace it at once cost a baseline ~1 s a run (300 MB, fsync). The resume state skips
+            # torch.save's CRC-32, which nothing reads (save_checkpoint).
             final = epoch == cfg.epochs
             save_checkpoint(_checkpoint(spec, raw_model, image_size, epoch, history, best, optimizer, scheduler,
-                                        with_state=not final), run_dir / "last.pt")
+                                        with_state=not final), run_dir / "last.pt", crc32=final)
             with atomic_write(run_dir / "history.csv") as f:
                 f.write(history_rows_csv(history))
             logger.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)

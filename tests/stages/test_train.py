@@ -124,13 +124,14 @@ def test_final_epoch_writes_last_pt_once_without_resume_state(data, tmp_path, mo
 
     saves = []
     real = checkpoint.save_checkpoint
-    monkeypatch.setattr(checkpoint, "save_checkpoint",
-                        lambda state, path: saves.append((Path(path).name, state["epoch"], bool(state["optimizer"])))
-                        or real(state, path))
+    monkeypatch.setattr(checkpoint, "save_checkpoint", lambda state, path, crc32=True: saves.append(
+        (Path(path).name, state["epoch"], bool(state["optimizer"]), crc32)) or real(state, path, crc32=crc32))
     train.run(make_params(tmp_path, epochs=3), EXPERIMENT, data / "pre", data / "splits", tmp_path / "models",
               mlflow=False)
-    assert [s for s in saves if s[0] == "last.pt"] == [("last.pt", 1, True), ("last.pt", 2, True), ("last.pt", 3, False)]
-    assert all(not with_state for name, _, with_state in saves if name == "best.pt")
+    # The resume state goes without torch.save's CRC (nothing reads it); the files that stay keep it.
+    assert [s for s in saves if s[0] == "last.pt"] == [
+        ("last.pt", 1, True, False), ("last.pt", 2, True, False), ("last.pt", 3, False, True)]
+    assert all(not with_state and crc for name, _, with_state, crc in saves if name == "best.pt")
 
 
 def test_crash_after_the_final_checkpoint_finishes_without_training(data, tmp_path, monkeypatch, capsys):
