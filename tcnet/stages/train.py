@@ -188,7 +188,7 @@ def train_run(spec: RunSpec, preprocessed_dir, splits_dir, run_dir, mlflow_cfg: 
         # at 448², batch 2: 56-124 k page faults and 4-9 % of the step; `python -m benchmarks
         # cpu_settings --only heap [--batch 4]`). Process-wide, for life.
         retain_freed_memory(trim_threshold=None)
-    with determinism(spec.train.deterministic, device, spec.train.compile), flush_denormal(device):
+    with determinism(spec.train.deterministic, device), flush_denormal(device):
         return _train(spec, Path(preprocessed_dir), Path(splits_dir), Path(run_dir), mlflow_cfg or MlflowConfig(),
                       tracking_ctx, dist, device, profile, params_digest, progress)
 

@@ -36,45 +36,34 @@ def resolve_device(name: str = "auto", local_rank: int = 0, *, option: str = "tr
     return torch.device(name)
 
 
-def configure_determinism(deterministic: bool, device: torch.device, compile: bool = False) -> None:
+def configure_determinism(deterministic: bool, device: torch.device) -> None:
     """``deterministic``: deterministic kernels everywhere (``torch.use_deterministic_algorithms``).
 
     CPU: strict (an op without a deterministic kernel raises). CUDA: ``warn_only=True``, because
     kernels TCNet needs (bilinear upsampling backward, ...) have no deterministic CUDA version; the
     cuBLAS workspace is pinned (``CUBLAS_WORKSPACE_CONFIG``) and cuDNN autotuning is off, but GPU
     runs are still not guaranteed bit-identical (docs/training.md, "Determinism").
-
-    The switch goes through ``torch.set_deterministic_debug_mode`` (the same global flags):
-    ``torch.use_deterministic_algorithms`` also sets inductor's ``deterministic`` option, and
-    importing ``torch._inductor`` for that costs ~2.4 s per process on the project's CPU -- 5 train
-    stages in the demo. It is used only where inductor compiles the model (``compile=True``).
     """
-    warn_only = device.type == "cuda"
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = not deterministic
         torch.backends.cudnn.deterministic = bool(deterministic)
-    _set_deterministic(bool(deterministic), warn_only, compile)
-
-
-def _set_deterministic(on: bool, warn_only: bool, compile: bool = False) -> None:
-    if compile:
-        torch.use_deterministic_algorithms(on, warn_only=warn_only)
+        torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)
     else:
-        torch.set_deterministic_debug_mode("default" if not on else "warn" if warn_only else "error")
+        torch.use_deterministic_algorithms(bool(deterministic))
 
 
 @contextlib.contextmanager
-def determinism(deterministic: bool, device: torch.device, compile: bool = False):
+def determinism(deterministic: bool, device: torch.device):
     """:func:`configure_determinism` for the block, then the previous global settings again (so a
     training inside a larger process, a test session or a notebook, leaves no global change)."""
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
-    configure_determinism(deterministic, device, compile)
+    configure_determinism(deterministic, device)
     try:
         yield
     finally:
-        _set_deterministic(saved[0], saved[1], compile)
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
 
 

@@ -1,8 +1,5 @@
 """Device resolution and the CPU speed settings of tcnet.training.runtime."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -45,26 +42,3 @@ def test_flush_denormal_is_on_in_the_block_and_off_after():
     after = (tiny * 1.0).item()
     assert after != 0.0
     assert inside == (0.0 if supported else after)
-
-
-@pytest.mark.parametrize("device, want", [("cpu", (True, False)), ("cuda", (True, True))])
-def test_determinism_sets_the_flags_and_restores_them(device, want):
-    from tcnet.training.runtime import determinism
-
-    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    with determinism(True, torch.device(device)):
-        assert (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) == want
-    after = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    assert after == before
-
-
-def test_determinism_does_not_import_inductor_unless_compiling():
-    """torch.use_deterministic_algorithms imports torch._inductor (~2.4 s a process); eager training
-    does not need it."""
-    code = ("import sys, torch; from tcnet.training.runtime import configure_determinism; "
-            "configure_determinism(True, torch.device('cpu')); a = 'torch._inductor' in sys.modules; "
-            "ok = torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled(); "
-            "configure_determinism(True, torch.device('cpu'), compile=True); "
-            "print(a, ok, 'torch._inductor' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["False", "True", "True"]
