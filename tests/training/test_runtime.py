@@ -42,3 +42,16 @@ def test_flush_denormal_is_on_in_the_block_and_off_after():
     after = (tiny * 1.0).item()
     assert after != 0.0
     assert inside == (0.0 if supported else after)
+
+
+@pytest.mark.parametrize("device, want", [("cpu", (True, False)), ("cuda", (True, True))])
+def test_determinism_sets_the_flags_and_restores_them(device, want):
+    """Strict on CPU, warn-only on CUDA (kernels TCNet needs have no deterministic CUDA version);
+    the previous global flags come back after the block."""
+    from tcnet.training.runtime import determinism
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    with determinism(True, torch.device(device)):
+        assert (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) == want
+    after = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    assert after == before
