@@ -213,8 +213,9 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
         return info
     # A last.pt without optimizer state is written only after the final epoch: its training is over, and
     # what is left is _finish (a crash came between them). Before its final epoch it cannot be resumed.
-    trained = ckpt is not None and not ckpt.get("optimizer") and int(ckpt["epoch"]) >= cfg.epochs
-    if ckpt is not None and not ckpt.get("optimizer") and not trained:
+    stateless = ckpt is not None and not ckpt.get("optimizer")
+    trained = stateless and int(ckpt["epoch"]) >= cfg.epochs
+    if stateless and not trained:
         if dist.is_main:
             _say(f"{spec.run_id}: {run_dir / 'last.pt'} holds no optimizer state to resume from; starting fresh")
         ckpt = None
@@ -322,9 +323,13 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
 
         if dist.is_main:
             record["train_seconds"] = time.perf_counter() - t_run
-            if start_epoch >= cfg.epochs and not trained:  # resumed from a full-state last.pt of the final epoch
-                save_checkpoint(_checkpoint(spec, raw_model, image_size, start_epoch, history, best, with_state=False),
-                                run_dir / "last.pt")
+            if start_epoch >= cfg.epochs:  # resumed after the final epoch's last.pt: nothing trained here
+                if not trained:  # its full state (written before the tenth session) is not needed any more
+                    save_checkpoint(_checkpoint(spec, raw_model, image_size, start_epoch, history, best,
+                                                with_state=False), run_dir / "last.pt")
+                # A crash between that last.pt and its history.csv left the file an epoch short.
+                with atomic_write(run_dir / "history.csv") as f:
+                    f.write(history_rows_csv(history))
             _finish(logger, spec, run_dir, record, history, best, image_size, mlflow_cfg)
     dist.barrier()
     if not dist.is_main:  # rank 0 wrote the final record
@@ -355,9 +360,9 @@ def _finish(logger, spec: RunSpec, run_dir: Path, record: dict, history: list[di
 
     if not history:
         raise RuntimeError(f"run {spec.run_id}: no epoch was trained")
-    # Written again: a crash between an epoch's last.pt and its history.csv leaves the file an epoch short.
-    with atomic_write(run_dir / "history.csv") as f:
-        f.write(history_rows_csv(history))
+    if not (run_dir / "history.csv").is_file():
+        with atomic_write(run_dir / "history.csv") as f:
+            f.write(history_rows_csv(history))
     best_di = next((r.get("val_DI") for r in history if r["epoch"] == best["epoch"]), None)
     record.update(complete=True, best_epoch=best["epoch"], best_val_DI=_finite_or_none(best_di))
     logger.set_tags({"tcnet.checkpoint": str((run_dir / "best.pt").resolve()), "tcnet.best_epoch": str(best["epoch"])})
