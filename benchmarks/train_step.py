@@ -20,6 +20,8 @@ what the two sides of a ratio share. ``--profile`` adds torch.profiler tables fo
 setting of each variant and for U-Net: the top-10 ops by self CPU time, self time by kind of op,
 time per phase of the step. They rank ops, but the profiler inflates some CPU ops several-fold on
 this machine; where a step's time goes is ``python -m benchmarks step_breakdown`` (module hooks).
+``--compile`` adds each model again, channels_last, through ``torch.compile`` (the train stage's
+``train.compile``), with two untimed steps first and the first (compiling) step's time printed.
 """
 
 from __future__ import annotations
@@ -42,11 +44,12 @@ class Config:
     model: str
     lk_impl: str | None = None  # None: not a TCNet
     channels_last: bool = False
+    compiled: bool = False  # the model through torch.compile (inductor), as train.compile does
 
     @property
     def label(self) -> str:
         layout = "channels_last" if self.channels_last else "NCHW"
-        return f"{self.model} {self.lk_impl + ' ' if self.lk_impl else ''}{layout}"
+        return f"{self.model} {self.lk_impl + ' ' if self.lk_impl else ''}{layout}{' compiled' if self.compiled else ''}"
 
     @property
     def is_reference(self) -> bool:
@@ -61,15 +64,21 @@ def add_arguments(p) -> None:
     p.add_argument("--profile", action="store_true",
                    help="add torch.profiler tables (op ranking; for the split of a step use step_breakdown)")
     p.add_argument("--no-profile", dest="profile", action="store_false", help="the default (kept for old command lines)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time U-Net and every variant channels_last through torch.compile (the train stage's "
+                        "train.compile); compiling takes minutes on CPU (~75 s U-Net, ~3 min tcnet_base)")
 
 
-def configs_for(mode: common.Mode, models: list[str] | None) -> list[Config]:
+def configs_for(mode: common.Mode, models: list[str] | None, compiled: bool = False) -> list[Config]:
     variants = models or mode.pick(["tcnet_tiny"], ["tcnet_tiny", "tcnet_small"],
                                    ["tcnet_tiny", "tcnet_small", "tcnet_base"])
     layouts = (False,) if mode.tiny else (False, True)
     cfgs = [Config(REFERENCE, None, cl) for cl in layouts]
     for v in variants:
         cfgs += [Config(v, "auto", cl) for cl in layouts]
+    if compiled:  # each model again in the last layout (channels_last but in --tiny), compiled: minutes each
+        cfgs += [Config(c.model, c.lk_impl, c.channels_last, compiled=True) for c in cfgs
+                 if c.channels_last == layouts[-1]]
     if mode.full and "tcnet_tiny" in variants:
         cfgs.append(Config("tcnet_tiny", "direct", False))  # what the fast path saves, on a whole step
     return cfgs
@@ -93,13 +102,20 @@ class Step:
         self.mask = (torch.rand(batch, 1, size, size, generator=g) > 0.7).float()
         self.loss_fn = CombinedLoss(ce_weight=0.5)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4, fused=True)  # as the train stage builds it
+        if cfg.compiled:
+            self.model = torch.compile(self.model)  # as the train stage does with train.compile
         self.faults: list[int] = []  # minor page faults of each call (first touches of fresh pages)
+        self.first_call_s: float | None = None  # the first step (a compiled model compiles in it)
 
     def __call__(self, label=None) -> None:
         import resource
+        import time
 
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        start = time.perf_counter()
         self._step(label or _no_label)
+        if self.first_call_s is None:
+            self.first_call_s = time.perf_counter() - start
         self.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
     def _step(self, label) -> None:
@@ -140,7 +156,7 @@ def run(args, mode: common.Mode) -> dict:
     size = args.size or mode.pick(32, 224, 448)
     batch = args.batch or 2
     repeats = args.repeats or mode.pick(1, 3, 9)
-    cfgs = configs_for(mode, args.models)
+    cfgs = configs_for(mode, args.models, compiled=args.compile)
     from tcnet.utils.heap import retain_freed_memory
 
     # The train stage's allocator setting on CPU (tcnet/stages/train.py), for every configuration
@@ -158,7 +174,10 @@ def run(args, mode: common.Mode) -> dict:
     from tcnet.training.runtime import flush_denormal
 
     with flush_denormal(torch.device("cpu")):  # as the train stage runs, for every configuration alike
-        times = common.time_interleaved(steps, repeats, warmup=mode.warmup(), budget_s=mode.pick(None, 30.0, 600.0))
+        # A compiled model compiles in its first call and may recompile in its second (the optimizer
+        # state and grads exist from then on): two untimed calls then.
+        times = common.time_interleaved(steps, repeats, warmup=mode.warmup(2 if args.compile else 1),
+                                        budget_s=mode.pick(None, 30.0, 600.0))
     rows = []
     for c in cfgs:
         st = common.stats(times[c.label])
@@ -167,6 +186,7 @@ def run(args, mode: common.Mode) -> dict:
             "step_s": st["median_s"], "min_s": st["min_s"], "times_s": st,
             "images_per_s": batch / st["median_s"], "gflop_step": flops[c.model] / 1e9,
             "faults": common.median(steps[c.label].faults[-len(times[c.label]):]),
+            "compiled": c.compiled, "first_step_s": steps[c.label].first_call_s,
             "gflops": flops[c.model] / st["median_s"] / 1e9,
         })
     ref = max((r for r in rows if r["model"] == REFERENCE), key=lambda r: r["gflops"])
@@ -190,6 +210,10 @@ def run(args, mode: common.Mode) -> dict:
         if r["model"] not in best_per_variant or r["paired"] > best_per_variant[r["model"]]["paired"]:
             best_per_variant[r["model"]] = r
     common.say("")
+    for r in rows:
+        if r["compiled"]:
+            common.say(f"{r['config']}: first step (compiling) {r['first_step_s']:.1f} s (shorter when inductor's "
+                       "on-disk cache, /tmp/torchinductor_$USER by default, holds an earlier run's kernels)")
     for v, r in best_per_variant.items():
         common.say(f"best setting for {v}: {r['config']} -> {r['gflops']:.1f} GFLOP/s ({r['ratio']:.2f}× U-Net; "
                    f"paired {r['paired']:.2f}×, {r['paired_range']})")

@@ -43,3 +43,24 @@ def test_profile_runs_with_denormals_flushed_as_the_timed_steps(tmp_path, monkey
     for tables in profile.values():
         assert tables["top_ops"] and tables["by_phase"]
         assert tables["by_kind"][-1]["kind"] == "total (one step)"
+
+
+def test_compile_adds_a_compiled_twin_of_each_model_in_the_last_layout():
+    quick = train_step.common.Mode("quick")
+    plain = train_step.configs_for(quick, ["tcnet_tiny"])
+    both = train_step.configs_for(quick, ["tcnet_tiny"], compiled=True)
+    assert both[:len(plain)] == plain  # the eager configurations first, unchanged
+    assert [c.label for c in both[len(plain):]] == ["unet channels_last compiled",
+                                                    "tcnet_tiny auto channels_last compiled"]
+    tiny = train_step.configs_for(train_step.common.Mode("tiny"), ["tcnet_tiny"], compiled=True)
+    assert [c.label for c in tiny if c.compiled] == ["unet NCHW compiled", "tcnet_tiny auto NCHW compiled"]
+
+
+def test_a_compiled_configuration_steps_a_compiled_model():
+    step = train_step.Step(train_step.Config("tcnet_tiny", "auto", False, compiled=True), 32, 2)
+    assert isinstance(step.model, torch._dynamo.eval_frame.OptimizedModule)  # compiled on its first call
+    eager = train_step.Step(train_step.Config("tcnet_tiny", "auto", False), 32, 2)
+    assert not isinstance(eager.model, torch._dynamo.eval_frame.OptimizedModule)
+    assert eager.first_call_s is None
+    eager()
+    assert eager.first_call_s > 0 and len(eager.faults) == 1
