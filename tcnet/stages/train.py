@@ -125,11 +125,13 @@ def _model_and_optim(spec: RunSpec, device: torch.device):
 
 
 def _checkpoint(spec: RunSpec, model, image_size: int, epoch: int, history: list, best: dict,
-                optimizer=None, scheduler=None, with_state: bool = True) -> dict:
+                optimizer=None, scheduler=None, with_state: bool = True, snapshot: bool = False) -> dict:
+    """The checkpoint dict; ``snapshot``: the weights copied, to outlive further training (on CPU
+    ``.cpu()`` hands back the parameters themselves)."""
     from tcnet.checkpoint import rng_state
 
     return {
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": {k: v.detach().to("cpu", copy=snapshot) for k, v in model.state_dict().items()},
         "model_name": spec.model,
         "model_kwargs": dict(spec.model_kwargs),
         "num_classes": int(spec.model_kwargs.get("num_classes", 1)),
@@ -237,6 +239,10 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
     history: list[dict] = []
     best = {"epoch": 0, "score": -math.inf}
     start_epoch = 0
+    # best.pt is written when a worse epoch follows the best one, and at the end, not at every new
+    # best: a short run improves almost every epoch (the demo's baselines wrote 8 GB of best.pt).
+    # Until then last.pt holds the best weights, and this snapshot of them (docs/training.md).
+    pending_best: Optional[dict] = None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         if not trained:
@@ -246,6 +252,9 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
         history = [dict(r) for r in ckpt["history"]]
         best = {"epoch": int(ckpt.get("best_epoch", 0)), "score": float(ckpt.get("best_score", -math.inf))}
         start_epoch = int(ckpt["epoch"])
+        if not trained and best["epoch"] == start_epoch:  # best.pt may be behind: these weights are the best
+            pending_best = _checkpoint(spec, model, image_size, start_epoch, history, best, with_state=False,
+                                       snapshot=True)
         if dist.is_main:
             _say(f"{spec.run_id}: resuming after epoch {start_epoch} of {cfg.epochs}" if start_epoch < cfg.epochs
                  else f"{spec.run_id}: trained ({start_epoch} epochs) but not finished; finishing")
@@ -302,16 +311,22 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
             history.append(row)
             if not dist.is_main:
                 continue
+            final = epoch == cfg.epochs
             if math.isnan(row["val_DI"]) or row["val_DI"] > best["score"]:  # no val images: the last epoch is best
                 best = {"epoch": epoch, "score": -math.inf if math.isnan(row["val_DI"]) else row["val_DI"]}
-                save_checkpoint(_checkpoint(spec, raw_model, image_size, epoch, history, best, with_state=False),
-                                run_dir / "best.pt")
+                pending_best = _checkpoint(spec, raw_model, image_size, epoch, history, best, with_state=False,
+                                           snapshot=not final)
+            elif pending_best is not None:  # worse: best.pt catches up before last.pt moves past the best weights
+                save_checkpoint(pending_best, run_dir / "best.pt")
+                pending_best = None
+            if final and pending_best is not None:
+                save_checkpoint(pending_best, run_dir / "best.pt")
+                pending_best = None
             # After best.pt: a crash in between re-runs the epoch. The final epoch's last.pt drops the
             # optimizer, scheduler and RNG state (Adam's two moments are 2/3 of a checkpoint): a finished
             # run never resumes (more epochs is another config hash), and writing the full state only to
             # replace it at once cost a baseline ~1 s a run (300 MB, fsync). The resume state skips
             # torch.save's CRC-32, which nothing reads (save_checkpoint).
-            final = epoch == cfg.epochs
             save_checkpoint(_checkpoint(spec, raw_model, image_size, epoch, history, best, optimizer, scheduler,
                                         with_state=not final), run_dir / "last.pt", crc32=final)
             with atomic_write(run_dir / "history.csv") as f:
@@ -323,6 +338,8 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
 
         if dist.is_main:
             record["train_seconds"] = time.perf_counter() - t_run
+            if pending_best is not None:  # only left when an older version's full final last.pt was resumed
+                save_checkpoint(pending_best, run_dir / "best.pt")
             if start_epoch >= cfg.epochs:  # resumed after the final epoch's last.pt: nothing trained here
                 if not trained:  # its full state (written before the tenth session) is not needed any more
                     save_checkpoint(_checkpoint(spec, raw_model, image_size, start_epoch, history, best,

@@ -134,6 +134,85 @@ def test_final_epoch_writes_last_pt_once_without_resume_state(data, tmp_path, mo
     assert all(not with_state and crc for name, _, with_state, crc in saves if name == "best.pt")
 
 
+def _scripted_val_di(monkeypatch, scores: list[float]) -> None:
+    """validate() as it is, but val_DI taken from ``scores`` in call order (one call per epoch)."""
+    import tcnet.training.loop as loop
+
+    real, left = loop.validate, list(scores)
+    monkeypatch.setattr(loop, "validate", lambda *a, **k: {**real(*a, **k), "val_DI": left.pop(0)})
+
+
+def _recording_saves(monkeypatch) -> list[tuple[str, int, dict]]:
+    """Every save_checkpoint call: (file name, epoch, the weights written)."""
+    import tcnet.checkpoint as checkpoint
+
+    saves, real = [], checkpoint.save_checkpoint
+
+    def record(state, path, crc32=True):
+        saves.append((Path(path).name, state["epoch"], {k: v.clone() for k, v in state["model"].items()}))
+        return real(state, path, crc32=crc32)
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", record)
+    return saves
+
+
+@pytest.mark.parametrize("scores, writes, best_epoch", [
+    ([0.5, 0.6, 0.4, 0.7, 0.8], [2, 5], 5),  # written when a worse epoch follows the best, and at the end
+    ([0.5, 0.9, 0.4, 0.3, 0.2], [2], 2),  # once: the best is in the middle
+    ([0.1, 0.2, 0.3, 0.4, 0.5], [5], 5),  # improving every epoch: once, at the end (was five times)
+])
+def test_best_pt_is_written_when_a_worse_epoch_follows_and_at_the_end(data, tmp_path, monkeypatch, scores, writes,
+                                                                      best_epoch):
+    _scripted_val_di(monkeypatch, scores)
+    saves = _recording_saves(monkeypatch)
+    params = make_params(tmp_path, epochs=len(scores))
+    info = train.run(params, EXPERIMENT, data / "pre", data / "splits", tmp_path / "models", mlflow=False)["runs"][0]
+    assert [epoch for name, epoch, _ in saves if name == "best.pt"] == writes
+    assert info["best_epoch"] == best_epoch
+    best = load_checkpoint(tmp_path / "models" / EXPERIMENT / the_spec(params).run_id / "best.pt")
+    assert best["epoch"] == best_epoch and [r["epoch"] for r in best["history"]] == list(range(1, best_epoch + 1))
+    # the weights the best epoch ended with, as its last.pt holds them
+    (at_best,) = [w for name, epoch, w in saves if name == "last.pt" and epoch == best_epoch]
+    assert tensors_equal(best["model"], at_best)
+    assert not tensors_equal(best["model"], saves[-1][2]) or best_epoch == len(scores)
+
+
+def test_crash_before_best_pt_caught_up_resumes_with_the_best_weights(data, tmp_path, monkeypatch, capsys):
+    """Killed in epoch 3 after two better epochs: no best.pt yet, last.pt holds epoch 2 (the best).
+    The resumed run writes best.pt with epoch 2's weights, as an uninterrupted run does."""
+    import tcnet.training.loop as loop
+
+    scores = [0.5, 0.9, 0.4, 0.3]
+    params = make_params(tmp_path, epochs=len(scores))
+    run_id = the_spec(params).run_id
+    _scripted_val_di(monkeypatch, scores)
+    train.run(params, EXPERIMENT, data / "pre", data / "splits", tmp_path / "reference", mlflow=False)
+    reference = load_checkpoint(tmp_path / "reference" / EXPERIMENT / run_id / "best.pt")
+    monkeypatch.undo()
+
+    _scripted_val_di(monkeypatch, scores)
+    real_epoch = loop.train_one_epoch
+
+    def dies_in_epoch_3(*a, **k):
+        if k.get("epoch") == 3:
+            raise KeyboardInterrupt("killed in epoch 3")
+        return real_epoch(*a, **k)
+
+    monkeypatch.setattr(loop, "train_one_epoch", dies_in_epoch_3)
+    out = tmp_path / "models"
+    with pytest.raises(KeyboardInterrupt):
+        train.run(params, EXPERIMENT, data / "pre", data / "splits", out, mlflow=False)
+    run_dir = out / EXPERIMENT / run_id
+    assert not (run_dir / "best.pt").exists() and load_checkpoint(run_dir / "last.pt")["epoch"] == 2
+    monkeypatch.setattr(loop, "train_one_epoch", real_epoch)
+
+    info = train.run(params, EXPERIMENT, data / "pre", data / "splits", out, mlflow=False)["runs"][0]
+    assert "resuming after epoch 2" in capsys.readouterr().err
+    best = load_checkpoint(run_dir / "best.pt")
+    assert info["best_epoch"] == best["epoch"] == reference["epoch"] == 2
+    assert tensors_equal(best["model"], reference["model"])
+
+
 def test_crash_after_the_final_checkpoint_finishes_without_training(data, tmp_path, monkeypatch, capsys):
     """The process dies after the final epoch's last.pt (and before history.csv caught up): the rerun
     trains nothing, takes weights and history from last.pt, and finishes the run."""
