@@ -252,7 +252,7 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
         history = [dict(r) for r in ckpt["history"]]
         best = {"epoch": int(ckpt.get("best_epoch", 0)), "score": float(ckpt.get("best_score", -math.inf))}
         start_epoch = int(ckpt["epoch"])
-        if not trained and best["epoch"] == start_epoch:  # best.pt may be behind: these weights are the best
+        if dist.is_main and not trained and best["epoch"] == start_epoch:  # best.pt may be behind: these are the best
             pending_best = _checkpoint(spec, model, image_size, start_epoch, history, best, with_state=False,
                                        snapshot=True)
         if dist.is_main:
