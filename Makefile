@@ -14,6 +14,8 @@ setup: $(VENV)/.installed
 
 # Exact versions from requirements.lock (torch 2.14.1 / torchvision 0.29.1 included).
 $(VENV)/.installed: pyproject.toml requirements.lock
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); if [ "$$free" -lt 8 ]; then \
+	  echo "warning: $$free GiB free here; .venv takes ~7 GiB (torch's wheel brings its CUDA libraries) and the demo's outputs ~3.5 GiB" >&2; fi
 	python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade "pip>=24"
 	$(PIP) install --quiet -c requirements.lock -e '.[dev]'
