@@ -27,6 +27,10 @@ from tcnet.training.loop import NonFiniteLossError
 from tcnet.utils.atomic import atomic_write
 
 OUTPUT_FILES = ("best.pt", "last.pt", "history.csv", "run.json")
+# A new best epoch is written to best.pt at once when the file is this old (seconds); sooner, only
+# when a worse epoch follows or the run ends (_train). Long epochs keep best.pt fresh, as always;
+# short ones (the demo's ~1 s) stop rewriting it every epoch.
+BEST_PT_MAX_AGE_S = 300.0
 
 
 def _say(msg: str) -> None:
@@ -239,9 +243,9 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
     history: list[dict] = []
     best = {"epoch": 0, "score": -math.inf}
     start_epoch = 0
-    # best.pt is written when a worse epoch follows the best one, and at the end, not at every new
-    # best: a short run improves almost every epoch (the demo's baselines wrote 8 GB of best.pt).
-    # Until then last.pt holds the best weights, and this snapshot of them (docs/training.md).
+    # A new best goes to best.pt when a worse epoch follows it, when the run ends, or at once if
+    # best.pt is BEST_PT_MAX_AGE_S old: a short run improves almost every epoch (the demo's baselines
+    # wrote 8 GB of best.pt). Until then last.pt holds the best weights, and this snapshot of them.
     pending_best: Optional[dict] = None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -291,7 +295,7 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
             _log_start(logger, spec, record, history)
 
         # -- epochs -----------------------------------------------------------------------------
-        t_run = time.perf_counter()
+        t_run = best_saved_at = time.perf_counter()
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             t0 = time.perf_counter()
             train_ds.set_epoch(epoch)
@@ -314,14 +318,14 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
             final = epoch == cfg.epochs
             if math.isnan(row["val_DI"]) or row["val_DI"] > best["score"]:  # no val images: the last epoch is best
                 best = {"epoch": epoch, "score": -math.inf if math.isnan(row["val_DI"]) else row["val_DI"]}
+                write_best = final or time.perf_counter() - best_saved_at >= BEST_PT_MAX_AGE_S
                 pending_best = _checkpoint(spec, raw_model, image_size, epoch, history, best, with_state=False,
-                                           snapshot=not final)
-            elif pending_best is not None:  # worse: best.pt catches up before last.pt moves past the best weights
+                                           snapshot=not write_best)
+            else:
+                write_best = pending_best is not None  # worse: best.pt catches up before last.pt moves on
+            if write_best:
                 save_checkpoint(pending_best, run_dir / "best.pt")
-                pending_best = None
-            if final and pending_best is not None:
-                save_checkpoint(pending_best, run_dir / "best.pt")
-                pending_best = None
+                pending_best, best_saved_at = None, time.perf_counter()
             # After best.pt: a crash in between re-runs the epoch. The final epoch's last.pt drops the
             # optimizer, scheduler and RNG state (Adam's two moments are 2/3 of a checkpoint): a finished
             # run never resumes (more epochs is another config hash), and writing the full state only to

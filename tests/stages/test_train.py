@@ -177,6 +177,20 @@ def test_best_pt_is_written_when_a_worse_epoch_follows_and_at_the_end(data, tmp_
     assert not tensors_equal(best["model"], saves[-1][2]) or best_epoch == len(scores)
 
 
+def test_best_pt_is_written_at_every_new_best_once_it_is_old(data, tmp_path, monkeypatch):
+    """Epochs long enough that best.pt would be BEST_PT_MAX_AGE_S old: every new best is written at once."""
+    _scripted_val_di(monkeypatch, [0.5, 0.6, 0.4, 0.7, 0.8])
+    saves = _recording_saves(monkeypatch)
+    monkeypatch.setattr(train, "BEST_PT_MAX_AGE_S", 0.0)
+    train.run(make_params(tmp_path, epochs=5), EXPERIMENT, data / "pre", data / "splits", tmp_path / "models",
+              mlflow=False)
+    assert [epoch for name, epoch, _ in saves if name == "best.pt"] == [1, 2, 4, 5]
+    for epoch in (1, 2, 4, 5):  # each with the weights its epoch ended with
+        (best,) = [w for name, e, w in saves if name == "best.pt" and e == epoch]
+        (last,) = [w for name, e, w in saves if name == "last.pt" and e == epoch]
+        assert tensors_equal(best, last)
+
+
 def test_crash_before_best_pt_caught_up_resumes_with_the_best_weights(data, tmp_path, monkeypatch, capsys):
     """Killed in epoch 3 after two better epochs: no best.pt yet, last.pt holds epoch 2 (the best).
     The resumed run writes best.pt with epoch 2's weights, as an uninterrupted run does."""
