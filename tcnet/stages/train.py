@@ -256,7 +256,7 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
         history = [dict(r) for r in ckpt["history"]]
         best = {"epoch": int(ckpt.get("best_epoch", 0)), "score": float(ckpt.get("best_score", -math.inf))}
         start_epoch = int(ckpt["epoch"])
-        if dist.is_main and not trained and best["epoch"] == start_epoch:  # best.pt may be behind: these are the best
+        if dist.is_main and start_epoch < cfg.epochs and best["epoch"] == start_epoch:  # best.pt may be behind
             pending_best = _checkpoint(spec, model, image_size, start_epoch, history, best, with_state=False,
                                        snapshot=True)
         if dist.is_main:
@@ -342,8 +342,6 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
 
         if dist.is_main:
             record["train_seconds"] = time.perf_counter() - t_run
-            if pending_best is not None:  # only left when an older version's full final last.pt was resumed
-                save_checkpoint(pending_best, run_dir / "best.pt")
             if start_epoch >= cfg.epochs:  # resumed after the final epoch's last.pt: nothing trained here
                 if not trained:  # its full state (written before the tenth session) is not needed any more
                     save_checkpoint(_checkpoint(spec, raw_model, image_size, start_epoch, history, best,
