@@ -22,6 +22,9 @@ time per phase of the step. They rank ops, but the profiler inflates some CPU op
 this machine; where a step's time goes is ``python -m benchmarks step_breakdown`` (module hooks).
 ``--compile`` adds each model again, channels_last, through ``torch.compile`` (the train stage's
 ``train.compile``), with two untimed steps first and the first (compiling) step's time printed.
+``--bf16`` adds each model again in every layout under CPU bfloat16 autocast (the train stage's
+``train.cpu_bf16``); a bf16 row's ratio is to the faster bf16 U-Net setting, so each precision is
+compared with U-Net in the same precision.
 """
 
 from __future__ import annotations
@@ -45,11 +48,13 @@ class Config:
     lk_impl: str | None = None  # None: not a TCNet
     channels_last: bool = False
     compiled: bool = False  # the model through torch.compile (inductor), as train.compile does
+    bf16: bool = False  # under CPU bfloat16 autocast, as train.cpu_bf16 runs
 
     @property
     def label(self) -> str:
         layout = "channels_last" if self.channels_last else "NCHW"
-        return f"{self.model} {self.lk_impl + ' ' if self.lk_impl else ''}{layout}{' compiled' if self.compiled else ''}"
+        return (f"{self.model} {self.lk_impl + ' ' if self.lk_impl else ''}{layout}"
+                f"{' compiled' if self.compiled else ''}{' bf16' if self.bf16 else ''}")
 
     @property
     def is_reference(self) -> bool:
@@ -67,18 +72,25 @@ def add_arguments(p) -> None:
     p.add_argument("--compile", action="store_true",
                    help="also time U-Net and every variant channels_last through torch.compile (the train stage's "
                         "train.compile); compiling takes minutes on CPU (~75 s U-Net, ~3 min tcnet_base)")
+    p.add_argument("--bf16", action="store_true",
+                   help="also time U-Net and every variant in every layout under CPU bfloat16 autocast (the train "
+                        "stage's train.cpu_bf16); their ratios are to the faster bf16 U-Net setting")
 
 
-def configs_for(mode: common.Mode, models: list[str] | None, compiled: bool = False) -> list[Config]:
+def configs_for(mode: common.Mode, models: list[str] | None, compiled: bool = False,
+                bf16: bool = False) -> list[Config]:
     variants = models or mode.pick(["tcnet_tiny"], ["tcnet_tiny", "tcnet_small"],
                                    ["tcnet_tiny", "tcnet_small", "tcnet_base"])
     layouts = (False,) if mode.tiny else (False, True)
     cfgs = [Config(REFERENCE, None, cl) for cl in layouts]
     for v in variants:
         cfgs += [Config(v, "auto", cl) for cl in layouts]
+    plain = list(cfgs)
     if compiled:  # each model again in the last layout (channels_last but in --tiny), compiled: minutes each
-        cfgs += [Config(c.model, c.lk_impl, c.channels_last, compiled=True) for c in cfgs
+        cfgs += [Config(c.model, c.lk_impl, c.channels_last, compiled=True) for c in plain
                  if c.channels_last == layouts[-1]]
+    if bf16:  # each model again in every layout, under CPU autocast
+        cfgs += [Config(c.model, c.lk_impl, c.channels_last, bf16=True) for c in plain]
     if mode.full and "tcnet_tiny" in variants:
         cfgs.append(Config("tcnet_tiny", "direct", False))  # what the fast path saves, on a whole step
     return cfgs
@@ -104,6 +116,7 @@ class Step:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4, fused=True)  # as the train stage builds it
         if cfg.compiled:
             self.model = torch.compile(self.model)  # as the train stage does with train.compile
+        self.bf16 = cfg.bf16
         self.faults: list[int] = []  # minor page faults of each call (first touches of fresh pages)
         self.first_call_s: float | None = None  # the first step (a compiled model compiles in it)
 
@@ -112,8 +125,11 @@ class Step:
         import time
 
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        from tcnet.training.loop import autocast
+
         start = time.perf_counter()
-        self._step(label or _no_label)
+        with autocast(torch.device("cpu"), False, cpu_bf16=self.bf16):  # as the train loop enters it
+            self._step(label or _no_label)
         if self.first_call_s is None:
             self.first_call_s = time.perf_counter() - start
         self.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -156,7 +172,7 @@ def run(args, mode: common.Mode) -> dict:
     size = args.size or mode.pick(32, 224, 448)
     batch = args.batch or 2
     repeats = args.repeats or mode.pick(1, 3, 9)
-    cfgs = configs_for(mode, args.models, compiled=args.compile)
+    cfgs = configs_for(mode, args.models, compiled=args.compile, bf16=args.bf16)
     from tcnet.utils.heap import retain_freed_memory
 
     # The train stage's allocator setting on CPU (tcnet/stages/train.py), for every configuration
@@ -186,22 +202,27 @@ def run(args, mode: common.Mode) -> dict:
             "step_s": st["median_s"], "min_s": st["min_s"], "times_s": st,
             "images_per_s": batch / st["median_s"], "gflop_step": flops[c.model] / 1e9,
             "faults": common.median(steps[c.label].faults[-len(times[c.label]):]),
-            "compiled": c.compiled, "first_step_s": steps[c.label].first_call_s,
+            "compiled": c.compiled, "bf16": c.bf16, "first_step_s": steps[c.label].first_call_s,
             "gflops": flops[c.model] / st["median_s"] / 1e9,
         })
-    ref = max((r for r in rows if r["model"] == REFERENCE), key=lambda r: r["gflops"])
+    # The reference of each precision: the faster U-Net setting in it (float32 unless --bf16).
+    refs = {bf: max((r for r in rows if r["model"] == REFERENCE and r["bf16"] == bf), key=lambda r: r["gflops"])
+            for bf in {r["bf16"] for r in rows}}
+    ref = refs[False]
     for r in rows:
-        r["ratio"] = r["gflops"] / ref["gflops"]
+        r["reference"] = refs[r["bf16"]]["config"]
+        r["ratio"] = r["gflops"] / refs[r["bf16"]]["gflops"]
         # Paired: repeat i of this configuration against repeat i of the reference, run in the same
         # round seconds apart, so a slow patch of the machine hits both sides of each ratio.
         paired = [(flops[r["model"]] / t) / (flops[REFERENCE] / t_ref)
-                  for t, t_ref in zip(times[r["config"]], times[ref["config"]])]
+                  for t, t_ref in zip(times[r["config"]], times[r["reference"]])]
         r["paired"] = common.median(paired)
         r["paired_range"] = f"{min(paired):.2f}-{max(paired):.2f}"
         r["paired_all"] = [round(v, 4) for v in paired]
     common.print_table(
-        f"## train step at {size}², batch {batch}, float32, median of {repeats}; model FLOPs = direct-conv "
-        f"forward FLOPs × batch × 3; ratio to the faster U-Net setting ({ref['config']}): of the medians, and "
+        f"## train step at {size}², batch {batch}, float32{' (bf16 rows: CPU bfloat16 autocast)' if args.bf16 else ''}, "
+        f"median of {repeats}; model FLOPs = direct-conv forward FLOPs × batch × 3; ratio to the faster U-Net "
+        f"setting ({' and '.join(r['config'] for r in refs.values())}): of the medians, and "
         "paired (median over repeats of repeat i's ratio)", ROW_COLS, rows)
     tcnet_rows = [r for r in rows if r["model"] != REFERENCE]
     best = max(tcnet_rows, key=lambda r: r["paired"])
@@ -220,7 +241,7 @@ def run(args, mode: common.Mode) -> dict:
     common.say(common.summary_line(f"best TCNet model FLOP/s over U-Net, paired ({best['config']})", best["paired"],
                                    TARGET_RATIO))
     result = {
-        "settings": {"size": size, "batch": batch, "repeats": repeats, "dtype": "float32",
+        "settings": {"size": size, "batch": batch, "repeats": repeats, "dtype": "float32", "bf16_rows": bool(args.bf16),
                      "loss": "CombinedLoss(ce_weight=0.5)", "optimizer": "Adam(lr=1e-4, fused=True)",
                      "allocator": "glibc, freed memory retained (tcnet.utils.heap, as the train stage)" if heap
                                   else "as it comes (not glibc)",
@@ -231,7 +252,7 @@ def run(args, mode: common.Mode) -> dict:
             "metric": "best TCNet model FLOP/s / U-Net model FLOP/s (train step), median of the per-repeat ratios",
             "value": best["paired"], "target": TARGET_RATIO, "met": common.verdict(best["paired"], TARGET_RATIO),
             "ratio_of_medians": best["ratio"],
-            "best_config": best["config"], "reference_config": ref["config"],
+            "best_config": best["config"], "reference_config": best["reference"],
             "best_per_variant": {v: {"config": r["config"], "gflops": r["gflops"], "ratio": r["ratio"],
                                      "paired": r["paired"], "paired_range": r["paired_range"]}
                                  for v, r in best_per_variant.items()},
@@ -240,7 +261,8 @@ def run(args, mode: common.Mode) -> dict:
     }
     if args.profile:
         # the best setting of every variant, and U-Net
-        labels = [r["config"] for r in best_per_variant.values()] + [ref["config"]]
+        labels = list(dict.fromkeys([r["config"] for r in best_per_variant.values()] +
+                                    [r["config"] for r in refs.values()]))
         result["tables"]["profile"] = {}
         for c in (next(c for c in cfgs if c.label == lab) for lab in labels):
             with flush_denormal(torch.device("cpu")):  # under the settings the steps were timed with

@@ -114,9 +114,11 @@ class _SpatialGate(torch.autograd.Function):
 
 
 def _lean(x: torch.Tensor) -> bool:
-    """Whether to take the lean CPU path: on CPU with gradients, and not while tracing for export
-    (the exporters want the plain ops, and the pooling's kernel size would be a traced shape)."""
-    return x.device.type == "cpu" and torch.is_grad_enabled() and not torch.jit.is_tracing()
+    """Whether to take the lean CPU path: on CPU with gradients, in float32 (not under CPU autocast, whose
+    dtypes its hand-written backward does not follow), and not while tracing for export (the exporters want
+    the plain ops, and the pooling's kernel size would be a traced shape)."""
+    return (x.device.type == "cpu" and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+            and not torch.jit.is_tracing())
 
 
 def channel_gate(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:

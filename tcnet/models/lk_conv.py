@@ -243,6 +243,14 @@ class _FFTDepthwise(torch.autograd.Function):
         return gx, gw, None, None
 
 
+def _in_float32(x: torch.Tensor) -> bool:
+    """Whether the fft and mixed paths must recompute ``x`` in float32 with autocast off: half-precision
+    inputs (FFTs want float32, and bf16 FFTs do not exist), or autocast on (it would run the direct
+    convolutions inside :class:`_MixedDepthwise` in bf16 while their hand-written backward, outside
+    autocast, meets the float32 weights)."""
+    return x.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(x.device.type)
+
+
 def dwconv_fft(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """The same convolution as :func:`dwconv_direct`, computed through ``torch.fft``.
 
@@ -251,8 +259,9 @@ def dwconv_fft(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     ``H + max(top, bottom)`` (not ``H + kh - 1``): wrap-around beyond that lands outside the
     ``H×W`` read back (and, in the backward, outside the rows and taps read back).
     """
-    if x.dtype in (torch.float16, torch.bfloat16):  # FFTs want float32 (and bf16 FFTs do not exist)
-        y = dwconv_fft(x.float(), weight.float(), None if bias is None else bias.float())
+    if _in_float32(x):
+        with torch.autocast(x.device.type, enabled=False):
+            y = dwconv_fft(x.float(), weight.float(), None if bias is None else bias.float())
         return y.to(x.dtype)
     B, C, H, W = x.shape
     w, (left, right, top, bottom) = crop_kernel(weight.to(x.dtype), H, W)
@@ -319,8 +328,9 @@ def _conv_same(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
 def dwconv_mixed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """The same convolution as :func:`dwconv_direct`: forward and input gradient direct (kernel
     cropped to the map), weight gradient through ``torch.fft`` (:class:`_MixedDepthwise`)."""
-    if x.dtype in (torch.float16, torch.bfloat16):  # the FFTs want float32, as in dwconv_fft
-        y = dwconv_mixed(x.float(), weight.float(), None if bias is None else bias.float())
+    if _in_float32(x):
+        with torch.autocast(x.device.type, enabled=False):
+            y = dwconv_mixed(x.float(), weight.float(), None if bias is None else bias.float())
         return y.to(x.dtype)
     w, pads = crop_kernel(weight.to(x.dtype), *x.shape[-2:])
     return _MixedDepthwise.apply(x, w, None if bias is None else bias.to(x.dtype), pads)

@@ -204,10 +204,13 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
     from tcnet.checkpoint import save_checkpoint, set_rng_state
     from tcnet.losses import build_loss
     from tcnet.tracking import NullRunLogger
-    from tcnet.training.loop import history_rows_csv, train_one_epoch, validate
+    from tcnet.training.loop import cpu_has_native_bf16, history_rows_csv, train_one_epoch, validate
     from tcnet.training.runtime import epoch_seed, seed_everything
 
     cfg = spec.train
+    if device.type == "cpu" and cfg.cpu_bf16 and dist.is_main and not cpu_has_native_bf16():
+        _say(f"{spec.run_id}: train.cpu_bf16 is on but this CPU has no native bfloat16 (AVX512-BF16 or AMX): "
+             "oneDNN emulates it, which is slower than float32; set train.cpu_bf16: false for speed")
     config_hash = spec.config_hash()
     ckpt = _resume_state(run_dir, spec, verbose=dist.is_main)
     info = _read_json(run_dir / "run.json") or {}
@@ -303,10 +306,12 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
             loader_gen.manual_seed(epoch_seed(cfg.seed, epoch))
             lr = float(optimizer.param_groups[0]["lr"])
             res = train_one_epoch(model, train_loader, loss_fn, optimizer, device, epoch=epoch, run_id=spec.run_id,
-                                  bf16=cfg.bf16, channels_last=channels_last, progress=progress and dist.is_main,
+                                  bf16=cfg.bf16, cpu_bf16=cfg.cpu_bf16, channels_last=channels_last,
+                                  progress=progress and dist.is_main,
                                   desc=f"{spec.run_id} {epoch}/{cfg.epochs}")
             loss_sum, images = dist.all_sum([res.loss * res.images, res.images])
-            val = validate(raw_model, val_loader, loss_fn, device, bf16=cfg.bf16, channels_last=channels_last) \
+            val = validate(raw_model, val_loader, loss_fn, device, bf16=cfg.bf16, cpu_bf16=cfg.cpu_bf16,
+                           channels_last=channels_last) \
                 if dist.is_main else {}
             dist.barrier()
             scheduler.step()

@@ -19,11 +19,22 @@ class NonFiniteLossError(ValueError):
     """The training loss became NaN or infinite; the message names the run, epoch and batch."""
 
 
-def autocast(device: torch.device, bf16: bool):
-    """bfloat16 autocast on CUDA when enabled; nothing on CPU (CPU runs stay in float32)."""
+def autocast(device: torch.device, bf16: bool, cpu_bf16: bool = False):
+    """bfloat16 autocast on CUDA when ``bf16``, on CPU when ``cpu_bf16`` (``train.cpu_bf16``, opt-in:
+    CPU runs stay in float32 unless asked, so a demo's metrics do not depend on the CPU's bf16 support)."""
     if device.type == "cuda" and bf16:
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and cpu_bf16:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively here (AVX512-BF16 or AMX); elsewhere it is emulated, slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
 
 
 def to_device(batch: dict, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, ...]:
@@ -50,8 +61,8 @@ class EpochResult:
 
 
 def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, device: torch.device, *,
-                    epoch: int, run_id: str, bf16: bool = True, channels_last: bool = False,
-                    progress: bool = True, desc: str = "") -> EpochResult:
+                    epoch: int, run_id: str, bf16: bool = True, cpu_bf16: bool = False,
+                    channels_last: bool = False, progress: bool = True, desc: str = "") -> EpochResult:
     """One pass over ``loader``; raises :class:`NonFiniteLossError` on a NaN/inf loss."""
     model.train()
     total, n = 0.0, 0
@@ -60,7 +71,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, dev
     for batch_idx, batch in enumerate(bar):
         image, mask, fov = to_device(batch, device, channels_last)
         optimizer.zero_grad(set_to_none=True)
-        with autocast(device, bf16):
+        with autocast(device, bf16, cpu_bf16):
             out = model(image)
             if isinstance(out, (list, tuple)):
                 out = [o.float() for o in out]
@@ -89,7 +100,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, dev
 
 @torch.no_grad()
 def validate(model: nn.Module, loader, loss_fn: nn.Module, device: torch.device, *, bf16: bool = True,
-             channels_last: bool = False) -> dict:
+             cpu_bf16: bool = False, channels_last: bool = False) -> dict:
     """Validation loss and mean per-image DI/JA (``tcnet.metrics.batch_dice_jaccard``, FOV pixels);
     NaN everywhere for an empty loader."""
     from tcnet.metrics import batch_dice_jaccard
@@ -100,7 +111,7 @@ def validate(model: nn.Module, loader, loss_fn: nn.Module, device: torch.device,
     loss_sum, di_sum, ja_sum, n = 0.0, 0.0, 0.0, 0
     for batch in loader:
         image, mask, fov = to_device(batch, device, channels_last)
-        with autocast(device, bf16):
+        with autocast(device, bf16, cpu_bf16):
             logits = model(image)
         logits = logits.float()
         bs = image.shape[0]
@@ -125,4 +136,4 @@ def history_rows_csv(history: list[dict]) -> str:
 
 
 __all__ = ["HISTORY_COLUMNS", "NonFiniteLossError", "EpochResult", "train_one_epoch", "validate",
-           "history_rows_csv", "autocast"]
+           "history_rows_csv", "autocast", "cpu_has_native_bf16"]

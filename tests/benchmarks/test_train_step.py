@@ -64,3 +64,27 @@ def test_a_compiled_configuration_steps_a_compiled_model():
     assert eager.first_call_s is None
     eager()
     assert eager.first_call_s > 0 and len(eager.faults) == 1
+
+
+def test_bf16_adds_an_autocast_twin_of_every_configuration():
+    quick = train_step.common.Mode("quick")
+    plain = train_step.configs_for(quick, ["tcnet_tiny"])
+    both = train_step.configs_for(quick, ["tcnet_tiny"], bf16=True)
+    assert both[:len(plain)] == plain
+    assert [c.label for c in both[len(plain):]] == [c.label + " bf16" for c in plain]
+
+
+def test_a_bf16_step_runs_under_cpu_autocast_and_is_compared_with_bf16_unet(tmp_path):
+    step = train_step.Step(train_step.Config("tcnet_tiny", "auto", False, bf16=True), 32, 2)
+    dtypes = []
+    step.model.stem[0].register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    step()
+    assert dtypes == [torch.bfloat16]
+
+    out = tmp_path / "train_step.json"
+    assert main(["train_step", "--tiny", "--bf16", "--json", str(out)]) == 0
+    rows = {r["config"]: r for r in json.loads(out.read_text())["tables"]["steps"]}
+    assert set(rows) == {"unet NCHW", "tcnet_tiny auto NCHW", "unet NCHW bf16", "tcnet_tiny auto NCHW bf16"}
+    assert rows["tcnet_tiny auto NCHW bf16"]["reference"] == "unet NCHW bf16"
+    assert rows["tcnet_tiny auto NCHW"]["reference"] == "unet NCHW"
+    assert rows["unet NCHW bf16"]["ratio"] == 1.0 and rows["unet NCHW"]["ratio"] == 1.0

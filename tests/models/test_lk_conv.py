@@ -91,6 +91,23 @@ def test_module_channels_last_and_impls_agree(impl):
         assert y.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "channels_last"])
+@pytest.mark.parametrize("impl", ["direct", "fft", "mixed", "auto"])
+def test_cpu_bf16_autocast_trains_with_every_impl(impl, layout):
+    """Under CPU autocast (train.cpu_bf16) every path runs forward and backward and stays near float32."""
+    torch.manual_seed(0)
+    conv = LargeKernelDWConv(8, 31, lk_impl=impl)
+    x = torch.randn(2, 8, 12, 12)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref = conv(x).detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x.bfloat16().requires_grad_())
+    y.float().square().sum().backward()
+    assert _rel(y.float(), ref) < 3e-2
+    assert conv.weight.grad.dtype == torch.float32 and torch.isfinite(conv.weight.grad).all()
+
+
 def test_module_parameters_match_nn_conv2d():
     conv = LargeKernelDWConv(6, 31)
     ref = torch.nn.Conv2d(6, 6, 31, groups=6)

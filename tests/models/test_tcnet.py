@@ -121,6 +121,23 @@ def test_channels_last_input():
     torch.testing.assert_close(got2, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["NCHW", "channels_last"])
+def test_trains_under_cpu_bf16_autocast(channels_last):
+    """train.cpu_bf16: a train step under CPU autocast (gates, large kernels, attention) gives finite
+    float32 gradients for every parameter."""
+    torch.manual_seed(0)
+    model = create_model("tcnet_tiny").train()
+    x = torch.randn(2, 3, 64, 64)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.bfloat16
+    out.float().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
 def test_non_square_and_multiclass():
     model = TCNet(TCNetConfig(num_classes=4)).eval()
     with torch.no_grad():

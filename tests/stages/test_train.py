@@ -422,3 +422,25 @@ def test_logged_model_is_pt2_and_predicts(data, tmp_path, monkeypatch):
     ref, _ = load_model(tmp_path / "models" / EXPERIMENT / "isic2017__tiny__fold0" / "best.pt")
     with torch.no_grad():
         assert torch.allclose(model(x), ref(x), atol=1e-5)
+
+
+def test_cpu_bf16_trains_in_bfloat16_deterministically(data, tmp_path, monkeypatch, capsys):
+    """train.cpu_bf16: the run autocasts to bf16 on CPU (other numbers than float32), the same numbers twice,
+    and warns where the CPU would only emulate bf16."""
+    from tcnet.training import loop
+
+    def history(name: str, **train_kw) -> list[dict]:
+        train.run(make_params(tmp_path, **train_kw), EXPERIMENT, data / "pre", data / "splits", tmp_path / name,
+                  mlflow=False)
+        rows = read_history(tmp_path / name / EXPERIMENT / "isic2017__tiny__fold0" / "history.csv")
+        return [{k: r[k] for k in ("train_loss", "val_loss", "val_DI")} for r in rows]
+
+    fp32 = history("fp32")
+    bf16 = history("bf16", cpu_bf16=True)
+    assert bf16 != fp32 and bf16 == history("bf16_again", cpu_bf16=True)
+    assert all(abs(float(a["train_loss"]) - float(b["train_loss"])) < 0.05 for a, b in zip(fp32, bf16))
+    assert "no native bfloat16" not in capsys.readouterr().err or not loop.cpu_has_native_bf16()
+
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: False)
+    history("emulated", cpu_bf16=True, epochs=1)
+    assert "train.cpu_bf16 is on but this CPU has no native bfloat16" in capsys.readouterr().err
