@@ -30,10 +30,12 @@ def autocast(device: torch.device, bf16: bool, cpu_bf16: bool = False):
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bfloat16 natively here (AVX512-BF16 or AMX); elsewhere it is emulated, slower than float32."""
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX) for oneDNN to use; elsewhere bf16
+    is emulated, slower than float32. (``torch.cpu``'s private probes: no public API says this.)"""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return torch.backends.mkldnn.is_available() and any(bool(p()) for p in probes if p is not None)
+    except RuntimeError:
         return False
 
 
