@@ -153,8 +153,7 @@ def fixed_costs(out_size: int, n: int, workers: int, repeats: int) -> list[dict]
     import numpy as np
 
     folder = Path(tempfile.mkdtemp(prefix="tcnet-bench-save-"))
-    shapes = {"images": (n, out_size, out_size, 3), "masks": (n, out_size, out_size),
-              "fov": (n, out_size, out_size)}
+    shapes = {"images": (n, out_size, out_size, 3), "masks": (n, out_size, out_size)}  # ISIC: no fov.npy
 
     def create():
         for name, shape in shapes.items():

@@ -29,6 +29,20 @@ _STR_COLUMNS = ("id", "dataset", "official_split", "image_path", "mask_path", "f
 PARTS = ("train", "val", "test")
 
 
+def load_arrays(dataset_dir) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(images, masks, fov)`` of one preprocessed dataset folder, memory-mapped (read-only).
+
+    ``fov.npy`` exists only where the field of view is smaller than the image (DRIVE, CHASE_DB1);
+    without it every pixel is in view (ISIC, PH2) and ``fov`` is a read-only all-ones view of the
+    masks' shape, which costs no memory.
+    """
+    d = Path(dataset_dir)
+    images, masks = (np.load(d / f"{n}.npy", mmap_mode="r") for n in ("images", "masks"))
+    fov_path = d / "fov.npy"
+    fov = np.load(fov_path, mmap_mode="r") if fov_path.is_file() else np.broadcast_to(np.uint8(1), masks.shape)
+    return images, masks, fov
+
+
 def read_manifest(preprocessed_dir) -> "pandas.DataFrame":  # noqa: F821
     """``manifest.csv`` of a preprocess output folder; string columns keep "" (never NaN)."""
     import pandas as pd
@@ -127,8 +141,7 @@ class SegmentationDataset(Dataset):
 
     def _open(self):
         if self._arrays is None:
-            d = self.root / self.dataset
-            self._arrays = tuple(np.load(d / f"{n}.npy", mmap_mode="r") for n in ("images", "masks", "fov"))
+            self._arrays = load_arrays(self.root / self.dataset)
         return self._arrays
 
     def _augmenter(self):

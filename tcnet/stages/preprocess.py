@@ -7,7 +7,9 @@ the parent collects the manifest rows and pixel counts::
 
     <out>/<dataset>/images.npy   uint8 N x S x S x 3   (area resize)
     <out>/<dataset>/masks.npy    uint8 N x S x S, 0/1  (nearest resize)
-    <out>/<dataset>/fov.npy      uint8 N x S x S, 0/1  (nearest resize)
+    <out>/<dataset>/fov.npy      uint8 N x S x S, 0/1  (nearest resize); only where the field of
+                                 view can be smaller than the image (DRIVE, CHASE_DB1): without it
+                                 every pixel is in view (:func:`tcnet.data.dataset.load_arrays`)
     <out>/manifest.csv           one row per kept pair (columns: MANIFEST_COLUMNS)
     <out>/stats.json             {dataset: {n, size, fg_fraction, class_weights: [w_bg, w_fg]}}
     <out>/skipped.csv            pairs left out under ``skip_invalid: true`` (header only otherwise)
@@ -173,16 +175,22 @@ class _Slots:
     the pool (the parent is a third process on the cores), and no page of a memory map is faulted."""
 
     def __init__(self, arrays_dir: str):
-        self.files = []
+        self.files = {}
         for name in ARRAY_NAMES:
             path = Path(arrays_dir) / f"{name}.npy"
+            if not path.is_file():  # no fov.npy: the dataset's FOV is the whole image
+                continue
             header = np.load(path, mmap_mode="r")  # reads the header only
             item = int(np.prod(header.shape[1:], dtype=np.int64)) * header.itemsize
-            self.files.append((os.open(path, os.O_WRONLY), int(header.offset), item))
+            self.files[name] = (os.open(path, os.O_WRONLY), int(header.offset), item)
             del header
 
-    def write(self, index: int, *arrays: np.ndarray) -> None:
-        for (fd, offset, item), a in zip(self.files, arrays, strict=True):
+    def write(self, index: int, **arrays: np.ndarray) -> None:
+        """Write each named array into its slot ``index``; names without a file are not stored."""
+        for name, a in arrays.items():
+            if name not in self.files:
+                continue
+            fd, offset, item = self.files[name]
             data = memoryview(np.ascontiguousarray(a, dtype=np.uint8)).cast("B")
             if data.nbytes != item:
                 raise AssertionError(f"slot of {item} bytes, array of {data.nbytes}")
@@ -191,9 +199,9 @@ class _Slots:
                 done += os.pwrite(fd, data[done:], pos + done)
 
     def close(self) -> None:
-        for fd, _, _ in self.files:
+        for fd, _, _ in self.files.values():
             os.close(fd)
-        self.files = []
+        self.files = {}
 
 
 _SLOTS: dict[str, _Slots] = {}  # per process: arrays_dir -> its open files (one dataset at a time)
@@ -298,7 +306,10 @@ def _process_or_raise(task: _Task) -> _Result:
         "fg_fraction": round(fg_fraction, 6),
         "checksum": _sha256(s.image, s.mask),
     }
-    _slots(task.arrays_dir).write(task.index, out_image, out_mask, out_fov)
+    slots = _slots(task.arrays_dir)
+    if "fov" not in slots.files and not full_fov:  # the parent said whole-image FOV, the adapter disagrees
+        raise AssertionError(f"{fov_file}: a FOV smaller than the image, but {task.dataset} stores none")
+    slots.write(task.index, images=out_image, masks=out_mask, fov=out_fov)
     return _Result(True, s.id, index=task.index, row=row, counts=(n_fov - n_fg, n_fg))
 
 
@@ -350,6 +361,14 @@ def _write_csv(path: Path, columns, rows) -> None:
         writer.writerows(rows)
 
 
+def _fov_is_whole_image(dataset: str, samples) -> bool:
+    """Whether every pair's FOV is the whole image, known before any is read: no FOV files, and the
+    adapter's ``load_fov`` is the default one (CHASE_DB1 derives its FOV from the image)."""
+    from tcnet.data.adapters.base import Adapter, get_adapter
+
+    return type(get_adapter(dataset)).load_fov is Adapter.load_fov and not any(s.fov for s in samples)
+
+
 def _process_dataset(dataset: str, cfg: PreprocessConfig, raw_dir: Path, out: Path, pool, workers: int):
     """Write ``out/{images,masks,fov}.npy`` for ``dataset``; returns (rows, skipped, class counts).
 
@@ -360,8 +379,10 @@ def _process_dataset(dataset: str, cfg: PreprocessConfig, raw_dir: Path, out: Pa
     size = cfg.size_for(dataset)
     n = len(samples)
     shapes = {"images": (n, size, size, 3), "masks": (n, size, size), "fov": (n, size, size)}
-    for name in ARRAY_NAMES:
-        np.lib.format.open_memmap(out / f"{name}.npy", mode="w+", dtype=np.uint8, shape=shapes[name]).flush()
+    if _fov_is_whole_image(dataset, samples):
+        del shapes["fov"]  # all ones: readers make them (load_arrays); 20 % fewer bytes to write and store
+    for name, shape in shapes.items():
+        np.lib.format.open_memmap(out / f"{name}.npy", mode="w+", dtype=np.uint8, shape=shape).flush()
     tasks = [_Task(dataset, size, str(raw_dir), smp, i, str(out)) for i, smp in enumerate(samples)]
     ok: list[_Result] = []
     skipped = []
@@ -386,7 +407,7 @@ def _process_dataset(dataset: str, cfg: PreprocessConfig, raw_dir: Path, out: Pa
         raise PreprocessError(f"{dataset}: all {n} pairs in {raw_dir / dataset} are invalid (see the skipped list)")
     keep = [r.index for r in ok]  # in sample order: pool.map keeps the order
     if len(keep) < n:
-        for name in ARRAY_NAMES:
+        for name in shapes:
             arr = np.load(out / f"{name}.npy", mmap_mode="r")
             kept = np.ascontiguousarray(arr[keep])
             del arr

@@ -2,13 +2,14 @@
 
 import csv
 import pickle
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tcnet.data.dataset import MANIFEST_COLUMNS, SegmentationDataset, item_seed, read_manifest
+from tcnet.data.dataset import MANIFEST_COLUMNS, SegmentationDataset, item_seed, load_arrays, read_manifest
 from tcnet.data.transforms import denormalize
 
 S = 64
@@ -154,3 +155,22 @@ def test_read_manifest_keeps_strings(pre):
     assert list(df.columns) == list(MANIFEST_COLUMNS)
     assert df["official_split"].tolist() == [""] * N and df["id"].tolist() == ids
     assert df["index"].dtype == np.int64
+
+
+def test_a_dataset_without_fov_npy_reads_as_a_whole_image_fov(tmp_path):
+    """preprocess writes no fov.npy where the FOV is the whole image (ISIC, PH2): the items, augmented
+    or not, are exactly those of the same arrays with an all-ones fov.npy."""
+    root, ids, images, masks, _ = _make_preprocessed(tmp_path / "with")
+    np.save(root / "toy" / "fov.npy", np.ones_like(masks))
+    bare = tmp_path / "without"
+    shutil.copytree(root, bare)
+    (bare / "toy" / "fov.npy").unlink()
+    _, _, fov = load_arrays(bare / "toy")
+    assert fov.shape == masks.shape and fov.dtype == np.uint8 and fov.all() and not fov.flags.writeable
+    for augment in (False, True):
+        a = SegmentationDataset(root, "toy", ids, augment=augment, seed=3)
+        b = SegmentationDataset(bare, "toy", ids, augment=augment, seed=3)
+        a.set_epoch(2), b.set_epoch(2)
+        for i in range(len(ids)):
+            x, y = a[i], b[i]
+            assert all(torch.equal(x[k], y[k]) for k in ("image", "mask", "fov"))

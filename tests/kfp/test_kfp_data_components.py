@@ -107,7 +107,8 @@ def test_preprocess_and_split_components_match_the_stages(outputs, tmp_path):
     split.run(params.split, tmp_path / "pre", tmp_path / "splits")
 
     kfp_pre = Path(outputs["preprocessed"].path)
-    for name in ("images.npy", "masks.npy", "fov.npy"):
+    assert sorted(p.name for p in (kfp_pre / "isic2017").iterdir()) == ["images.npy", "masks.npy"]  # whole-image FOV
+    for name in ("images.npy", "masks.npy"):
         np.testing.assert_array_equal(np.load(kfp_pre / "isic2017" / name), np.load(tmp_path / "pre" / "isic2017" / name))
     assert (kfp_pre / "manifest.csv").read_text() == (tmp_path / "pre" / "manifest.csv").read_text()
     assert outputs["preprocessed"].metadata["images"] == {"isic2017": 6}

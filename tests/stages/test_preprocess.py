@@ -12,6 +12,7 @@ from PIL import Image
 
 from tcnet.config import PreprocessConfig
 from tcnet.data.dataset import MANIFEST_COLUMNS as DATASET_MANIFEST_COLUMNS
+from tcnet.data.dataset import load_arrays
 from tcnet.data.dataset import read_manifest
 from tcnet.stages import preprocess
 from tcnet.stages.preprocess import MANIFEST_COLUMNS, PreprocessError, mask_binary_problem, run
@@ -59,10 +60,10 @@ def test_outputs_and_manifest(raw, tmp_path):
     summary = run(PreprocessConfig(datasets=("isic2017",), image_size=32, workers=2), raw, out)
     assert summary["datasets"]["isic2017"]["n"] == 6 and summary["skipped"] == []
     assert sorted(_tree(out)) == sorted([
-        "isic2017/images.npy", "isic2017/masks.npy", "isic2017/fov.npy",
+        "isic2017/images.npy", "isic2017/masks.npy",  # no fov.npy: ISIC's FOV is the whole image
         "manifest.csv", "stats.json", "skipped.csv", "params.yaml",
     ])
-    images, masks, fov = (np.load(out / "isic2017" / f"{n}.npy") for n in ("images", "masks", "fov"))
+    images, masks, fov = load_arrays(out / "isic2017")
     assert images.dtype == masks.dtype == fov.dtype == np.uint8
     assert images.shape == (6, 32, 32, 3) and masks.shape == fov.shape == (6, 32, 32)
     assert set(np.unique(masks)) == {0, 1} and fov.all()  # ISIC: FOV = whole image
@@ -213,11 +214,11 @@ def test_failed_run_keeps_previous_outputs(raw, tmp_path, monkeypatch):
     writes = []
     real_write = preprocess._Slots.write
 
-    def write(self, index, *arrays):
+    def write(self, index, **arrays):
         writes.append(index)
         if len(writes) == 3:
             raise KeyboardInterrupt
-        real_write(self, index, *arrays)
+        real_write(self, index, **arrays)
 
     monkeypatch.setattr(preprocess._Slots, "write", write)
     with pytest.raises(KeyboardInterrupt):
@@ -285,7 +286,9 @@ def test_all_five_synthetic_datasets_then_split_and_dataset(tmp_path):
     from tcnet.stages.preprocess import WEIGHT_CLIP
 
     for d in DATASETS:
-        masks, fovs = (np.load(tmp_path / "pre" / d / f"{n}.npy") for n in ("masks", "fov"))
+        _, masks, fovs = load_arrays(tmp_path / "pre" / d)
+        # fov.npy only where the FOV can be smaller than the image: DRIVE ships it, CHASE_DB1 derives it
+        assert (tmp_path / "pre" / d / "fov.npy").is_file() == (d in ("drive", "chase_db1"))
         rows = m[m.dataset == d].sort_values("index")
         train = (rows["official_split"] == "train").to_numpy()
         train = train if train.any() else np.ones_like(train)
