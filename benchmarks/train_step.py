@@ -208,7 +208,6 @@ def run(args, mode: common.Mode) -> dict:
     # The reference of each precision: the faster U-Net setting in it (float32 unless --bf16).
     refs = {bf: max((r for r in rows if r["model"] == REFERENCE and r["bf16"] == bf), key=lambda r: r["gflops"])
             for bf in {r["bf16"] for r in rows}}
-    ref = refs[False]
     for r in rows:
         r["reference"] = refs[r["bf16"]]["config"]
         r["ratio"] = r["gflops"] / refs[r["bf16"]]["gflops"]
