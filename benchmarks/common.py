@@ -96,6 +96,27 @@ def cpu_flags() -> str:
     return "unknown"
 
 
+VIRTIO_BALLOON = "0x0005"  # virtio device id of a memory balloon
+BALLOON_F_REPORTING = 5  # feature bit: the guest reports (hands back) free pages to the host
+
+
+def free_page_reporting(devices: Path = Path("/sys/bus/virtio/devices")) -> Optional[bool]:
+    """Whether this (virtual) machine hands free memory back to its host (a virtio balloon with free
+    page reporting): there, a page freed a few seconds ago must be faulted in again from the host,
+    so writing new data -- a stage's outputs into the page cache -- costs more than on a machine
+    that keeps its free memory (docs/performance.md §3). ``None``: no virtio balloon found."""
+    found = None
+    for dev in sorted(devices.glob("*")):
+        try:
+            if (dev / "device").read_text().strip() != VIRTIO_BALLOON:
+                continue
+            bits = (dev / "features").read_text().strip()  # one character per feature bit, bit 0 first
+        except OSError:
+            continue
+        found = bool(found) or (len(bits) > BALLOON_F_REPORTING and bits[BALLOON_F_REPORTING] == "1")
+    return found
+
+
 def ram_gib() -> Optional[float]:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -188,14 +209,16 @@ def machine_info() -> dict:
         "cuda": torch.cuda.is_available(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "platform": platform.platform(),
+        "free_page_reporting": free_page_reporting(),
     }
     return info
 
 
 def machine_line(info: dict) -> str:
     gpu = info["gpu"] or "no GPU in this environment"
+    vm = "; a VM that hands free memory back to its host (free page reporting)" if info.get("free_page_reporting") else ""
     return (f"{info['cpu']} ({info['cpu_flags']}), {info['cores']} cores, {info['ram_gib']} GiB RAM, "
-            f"torch {info['torch']}, {info['torch_threads']} threads, {gpu}")
+            f"torch {info['torch']}, {info['torch_threads']} threads, {gpu}{vm}")
 
 
 # ----------------------------------------------------------------------------------------------

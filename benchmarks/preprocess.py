@@ -15,6 +15,11 @@ temporary folder (``--data`` to choose; ``--fresh`` to rewrite).
   included. The target (>= 0.9) is the stage over this limit;
 - limit over the images alone: the same without the masks (the stage cannot reach it: it must
   decode every mask to check it);
+- beside them, not the target's reference: the loop over the same files that also writes the
+  resized arrays into their slots of new files (the stage's output bytes, ``os.pwrite``, new folder
+  per call): what writing the output costs on this machine, and the stage over the loop plus the
+  writes it cannot skip (on a VM that hands free memory back to its host, every new page-cache page
+  is dear: docs/performance.md §3);
 - the two limits again with the default worker settings (one OpenCV thread, glibc's allocator as
   it comes), to show what the allocator setting is worth on its own.
 
@@ -80,27 +85,50 @@ def _init_default_worker() -> None:
 
 
 def _decode_resize(args) -> None:
-    """Decode and resize one image (and its mask); the arrays are dropped here, not sent back."""
+    """Decode and resize one image (and its mask); the arrays are dropped here, not sent back, or
+    -- with an output folder -- written into their slot of its files, as the stage's workers do."""
     from tcnet.data.io import read_gray, read_image
     from tcnet.data.transforms import resize_image, resize_mask
 
-    path, mask_path, size = args
-    resize_image(read_image(path), size)
-    if mask_path is not None:
-        resize_mask(read_gray(mask_path), size)
+    path, mask_path, size, out, index = args
+    image = resize_image(read_image(path), size)
+    mask = resize_mask(read_gray(mask_path), size) if mask_path is not None else None
+    if out is not None:
+        for name, a in (("images", image), ("masks", mask)):
+            if a is None:
+                continue
+            data = memoryview(a).cast("B")
+            fd = os.open(os.path.join(out, f"{name}.bin"), os.O_WRONLY)
+            try:
+                done = 0
+                while done < data.nbytes:
+                    done += os.pwrite(fd, data[done:], index * data.nbytes + done)
+            finally:
+                os.close(fd)
 
 
 def limit_run(paths: list[str], size: int, workers: int, mask_paths: list[str] | None = None,
-              stage_settings: bool = True) -> None:
+              stage_settings: bool = True, write_to: Path | None = None) -> None:
     """Decode + resize every file on ``workers`` processes; ``stage_settings``: with the stage's
-    worker initializer (:func:`tcnet.stages.preprocess._init_worker`), else one OpenCV thread only."""
+    worker initializer (:func:`tcnet.stages.preprocess._init_worker`), else one OpenCV thread only.
+    ``write_to``: a new folder (must not exist) whose ``images.bin`` / ``masks.bin``, created full
+    size and sparse like the stage's ``.npy`` files, each worker fills at its pairs' slots
+    (``os.pwrite``): the stage's output bytes, without the stage's checks."""
     from tcnet.stages.preprocess import _init_worker, chunk_size
 
     n = len(paths)
     masks = mask_paths or [None] * n
+    out = None
+    if write_to is not None:
+        write_to.mkdir(parents=True)
+        for name, per in (("images", size * size * 3), ("masks", size * size if mask_paths else 0)):
+            if per:
+                with open(write_to / f"{name}.bin", "wb") as f:
+                    f.truncate(n * per)
+        out = str(write_to)
     init = _init_worker if stage_settings else _init_default_worker
     with cf.ProcessPoolExecutor(max_workers=workers, initializer=init) as pool:
-        tasks = [(p, m, size) for p, m in zip(paths, masks)]
+        tasks = [(p, m, size, out, i) for i, (p, m) in enumerate(zip(paths, masks))]
         for _ in pool.map(_decode_resize, tasks, chunksize=chunk_size(n, workers)):
             pass
 
@@ -237,10 +265,19 @@ def run(args, mode: common.Mode) -> dict:
         # running it): replacing the previous call's 96 MB would add ~35 ms of unlinking to the call.
         summaries.append(preprocess_run(cfg, Path(root), out_dir / f"preprocessed-{len(summaries)}"))
 
+    writes = []
+
+    def limit_with_writes():
+        # A new folder per call, kept to the end, as the stage's outputs are.
+        writes.append(out_dir / f"written-{len(writes)}")
+        limit_run(paths, out_size, workers, mask_paths, write_to=writes[-1])
+
     candidates = {
         "stage": (f"preprocess stage (tcnet.stages.preprocess.run, {workers} workers)", stage),
         "limit_files": (f"limit, same files: image + mask decode and resize, pool of {workers}, stage's worker settings",
                         lambda: limit_run(paths, out_size, workers, mask_paths)),
+        "limit_files_write": ("same files, decode + resize + write the resized arrays into new files (the stage's "
+                              "output bytes), same pool", limit_with_writes),
         "limit_images": ("limit, images alone: image decode and resize, same pool",
                          lambda: limit_run(paths, out_size, workers)),
         "limit_files_default": ("limit, same files, default worker settings (allocator as it comes)",
@@ -266,6 +303,9 @@ def run(args, mode: common.Mode) -> dict:
         r["ratio"] = by["stage"]["images_per_s"] / r["images_per_s"]
     ratio = by["limit_files"]["ratio"]
     ratio_images = by["limit_images"]["ratio"]
+    ratio_write = by["limit_files_write"]["ratio"]
+    write_cost = by["limit_files_write"]["seconds"] - by["limit_files"]["seconds"]
+    out_mb = n_img * out_size * out_size * 4 / 1e6
     common.print_table(
         f"## preprocess: {n_img} {DATASET} look-alike pairs, JPEG {raw_size[0]}x{raw_size[1]} -> {out_size}², "
         f"median of {repeats} (wall time); 'stage / this' = the stage's images/s over the row's", COLS, rows)
@@ -287,6 +327,9 @@ def run(args, mode: common.Mode) -> dict:
                            fixed)
         tables["fixed_costs"] = fixed
     common.say("")
+    common.say(f"writing the stage's {out_mb:.1f} MB of output adds {write_cost:.3f} s to the loop over the same files "
+               f"on this machine; the stage over decode + resize + write: {ratio_write:.2f}x (what the stage adds "
+               f"beyond the writes it cannot skip)")
     common.say(f"stage over the images-alone limit (no mask decoded; out of reach for a stage that checks masks): "
                f"{ratio_images:.2f}x")
     common.say(common.summary_line("preprocess images/s over the decode+resize limit of the same files", ratio,
@@ -298,6 +341,7 @@ def run(args, mode: common.Mode) -> dict:
         "summary": {"metric": "preprocess stage images/s / decode+resize of the same files (images and masks) "
                               "on all cores, images/s",
                     "value": ratio, "target": TARGET_RATIO, "met": common.verdict(ratio, TARGET_RATIO),
-                    "ratio_vs_images_alone": ratio_images},
+                    "ratio_vs_images_alone": ratio_images, "ratio_vs_decode_resize_write": ratio_write,
+                    "output_write_s": write_cost},
         "notes": [],
     }
