@@ -14,7 +14,12 @@ project's loss, backward, Adam step; ``benchmarks.train_step.Step``), float32 on
    of tcnet_base and U-Net at 448², batch 2 (``--batch``), NCHW (the train stage's CPU layout). The setting is
    process-wide and cannot be undone, so each (model, setting) runs in a FRESH process: warm-up
    steps, then timed steps (median), minor page faults per step and the process's peak RSS; the
-   processes alternate (off, on / on, off) over the rounds so drift hits both settings alike.
+   processes alternate (off, on / on, off) over the rounds so drift hits both settings alike;
+5. heap_infer: the allocator for inference: as it comes, the form the evaluate stage and ``tcnet
+   predict`` set on CPU (no trimming, blocks above 32 MiB still mapped) and the train stage's
+   form (those blocks kept in the heap too), for one ``inference_mode`` forward of tcnet_base and
+   U-Net at 448², batch 8 (``--infer-batch``), NCHW (what they run); fresh processes, the order
+   rotated over the rounds.
 
 No target: the figures justify settings (docs/performance.md, "CPU settings of the train stage").
 """
@@ -27,7 +32,7 @@ from benchmarks import common
 from benchmarks.common import Col
 
 HELP = ("the train stage's CPU settings: fused Adam, flush-denormal, NCHW vs channels_last at the demo size, "
-        "retained heap (fresh processes)")
+        "retained heap for training and inference (fresh processes)")
 
 DEMO_MODELS = (
     ("tcnet_tiny", {}), ("unet", {}), ("unetpp", {}), ("deeplabv3", {}), ("deeplabv3p", {}), ("cenet", {}),
@@ -35,7 +40,7 @@ DEMO_MODELS = (
 )
 
 
-SECTIONS = ("optimizer", "denormal", "layout", "heap")
+SECTIONS = ("optimizer", "denormal", "layout", "heap", "heap_infer")
 
 
 def add_arguments(p) -> None:
@@ -44,6 +49,9 @@ def add_arguments(p) -> None:
     p.add_argument("--batch", type=int, default=2,
                    help="batch of the denormal and heap comparisons (default 2; the heap setting's large-block "
                         "part shows from batch 4 on at 448²)")
+    p.add_argument("--infer-batch", type=int, default=8,
+                   help="batch of the inference heap comparison (default 8, tcnet predict's and the paper "
+                        "profile's evaluate batch)")
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=None, metavar="SECTION",
                    help=f"run only these comparisons ({', '.join(SECTIONS)}; default: all). The heap one runs "
                         "--repeats rounds (default 3) of four fresh processes: ~4 min at 448²")
@@ -130,42 +138,57 @@ LAYOUT_COLS = [Col("model", "model"), Col("nchw_ms", "NCHW ms", ".1f"), Col("cl_
                Col("ratio", "CL / NCHW", ".2f")]
 
 
-def heap_rows(mode: common.Mode, size: int, rounds: int, batch: int) -> list[dict]:
+HEAP_FORMS = {  # child spec "heap" -> (retain_freed_memory kwargs or None, label)
+    "": (None, "heap as it comes"),
+    "train": ({"trim_threshold": None}, "heap retained, large blocks too (the train stage)"),
+    "infer": ({"trim_threshold": None, "large_blocks": False},
+              "heap retained, large blocks mapped (evaluate, tcnet predict)"),
+}
+
+
+def heap_rows(mode: common.Mode, size: int, rounds: int, batch: int, infer: bool = False) -> list[dict]:
+    """Train steps (or, ``infer``, inference forwards) with glibc's heap as it comes and retained."""
     models = mode.pick(("tcnet_tiny",), ("tcnet_small", "unet"), ("tcnet_base", "unet"))
-    steps, warmup = mode.pick((1, 1), (3, 1), (5, 2))
+    steps, warmup = mode.pick((1, 1), (3, 1), (5, 2)) if not infer else mode.pick((1, 1), (3, 1), (3, 1))
     threads = torch.get_num_threads()
-    got: dict[tuple[str, bool], list[dict]] = {(m, h): [] for m in models for h in (False, True)}
+    forms = ("", "infer", "train") if infer else ("", "train")
+    got: dict[tuple[str, str], list[dict]] = {(m, h): [] for m in models for h in forms}
     for r in range(rounds):
         for m in models:
-            for heap in ((False, True) if r % 2 == 0 else (True, False)):
-                common.progress(f"round {r + 1}/{rounds}: {m}, heap {'retained' if heap else 'as it comes'} "
-                                f"(fresh process, {warmup}+{steps} steps at {size}²)")
+            k = r % len(forms)
+            for heap in forms[k:] + forms[:k]:
+                common.progress(f"round {r + 1}/{rounds}: {m}, {HEAP_FORMS[heap][1]} "
+                                f"(fresh process, {warmup}+{steps} {'forwards' if infer else 'steps'} at {size}²)")
                 spec = {"model": m, "size": size, "batch": batch, "heap": heap, "steps": steps, "warmup": warmup,
-                        "threads": threads}
-                got[(m, heap)].append(common.run_child("cpu_settings", spec, f"{m}, heap {heap}"))
+                        "threads": threads, "infer": infer}
+                got[(m, heap)].append(common.run_child("cpu_settings", spec, f"{m}, heap {heap or 'default'}"))
     rows = []
     for m in models:
-        ref = common.median([c["step_s"] for c in got[(m, False)]])
-        for heap in (False, True):
+        ref = common.median([c["step_s"] for c in got[(m, "")]])
+        for heap in forms:
             cs = got[(m, heap)]
             t = common.median([c["step_s"] for c in cs])
-            rows.append({"what": f"{m}, heap {'retained (the train stage)' if heap else 'as it comes'}",
+            rows.append({"what": f"{m}, {HEAP_FORMS[heap][1]}",
                          "ms": t * 1000, "ratio": t / ref, "faults": common.median([c["faults"] for c in cs]),
                          "peak_mib": max(c["peak_mib"] for c in cs), "per_process_ms": [c["step_s"] * 1000 for c in cs]})
     return rows
 
 
 def child(spec: dict) -> dict:
-    """One model's train step in this (fresh) process, with or without the retained heap."""
-    if spec["heap"]:
+    """One model's train step (or inference forward) in this (fresh) process, with or without the
+    retained heap."""
+    kwargs = HEAP_FORMS[spec["heap"]][0]
+    if kwargs is not None:
         from tcnet.utils.heap import retain_freed_memory
 
-        if not retain_freed_memory(trim_threshold=None):
+        if not retain_freed_memory(**kwargs):
             raise RuntimeError("not glibc: the heap setting does not apply here")
     from benchmarks.train_step import Config, Step
     from tcnet.training.runtime import flush_denormal
 
     torch.set_num_threads(int(spec["threads"]))
+    if spec.get("infer"):
+        return _infer_child(spec)
     step = Step(Config(spec["model"], "auto" if spec["model"].startswith("tcnet") else None, False),
                 int(spec["size"]), int(spec["batch"]))
     with flush_denormal(torch.device("cpu")):
@@ -174,8 +197,35 @@ def child(spec: dict) -> dict:
             "peak_mib": common.peak_rss_mib()}
 
 
+def _infer_child(spec: dict) -> dict:
+    """One model's inference forward, as the evaluate stage runs it: eval mode, NCHW, inference_mode."""
+    import resource
+
+    import tcnet
+
+    torch.manual_seed(0)
+    model = tcnet.create_model(spec["model"]).eval()
+    x = torch.randn(int(spec["batch"]), 3, int(spec["size"]), int(spec["size"]))
+    faults: list[int] = []
+
+    def forward():
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        with torch.inference_mode():
+            model(x)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+
+    times = common.time_interleaved({"forward": forward}, int(spec["steps"]), warmup=int(spec["warmup"]))["forward"]
+    return {"step_s": common.median(times), "times_s": times, "faults": common.median(faults[-len(times):]),
+            "peak_mib": common.peak_rss_mib()}
+
+
 HEAP_COLS = [Col("what", "configuration"), Col("ms", "step ms (median)", ".0f"), Col("ratio", "vs as it comes", ".2f"),
              Col("faults", "page faults / step", ".0f"), Col("peak_mib", "process peak RSS MiB", ".0f")]
+
+
+HEAP_INFER_COLS = [Col("what", "configuration"), Col("ms", "forward ms (median)", ".0f"),
+                   Col("ratio", "vs as it comes", ".2f"), Col("faults", "page faults / forward", ".0f"),
+                   Col("peak_mib", "process peak RSS MiB", ".0f")]
 
 
 def run(args, mode: common.Mode) -> dict:
@@ -210,8 +260,17 @@ def run(args, mode: common.Mode) -> dict:
         common.print_table(f"## train step, NCHW, {size}², batch {batch}, glibc heap as it comes vs retained (fresh "
                            f"process per row and round; median over {rounds} round(s) of each process's median "
                            "step)", HEAP_COLS, tables["heap"])
+    if "heap_infer" in only:
+        infer_batch = args.infer_batch
+        if infer_batch < 1:
+            raise SystemExit(f"cpu_settings: --infer-batch must be >= 1, got {infer_batch}")
+        tables["heap_infer"] = heap_rows(mode, size, rounds, infer_batch, infer=True)
+        common.print_table(f"## inference forward (inference_mode), NCHW, {size}², batch {infer_batch}, glibc heap as "
+                           f"it comes vs retained, two forms (fresh process per row and round; median over {rounds} round(s) of "
+                           "each process's median forward)", HEAP_INFER_COLS, tables["heap_infer"])
     return {
-        "settings": {"size": size, "batch": batch, "repeats": repeats, "heap_rounds": rounds, "sections": sorted(only)},
+        "settings": {"size": size, "batch": batch, "infer_batch": args.infer_batch, "repeats": repeats,
+                     "heap_rounds": rounds, "sections": sorted(only)},
         "tables": tables,
         "summary": {"metric": "step times of the train stage's CPU settings against their alternatives (no target)",
                     "value": None, "target": None, "met": None},

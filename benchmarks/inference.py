@@ -6,7 +6,9 @@ batch size all models are timed interleaved in one process; images/s = batch / m
 forward. GFLOP/image is ``tcnet.models.flops`` (direct-conv convention, 1 MAC = 2 FLOPs), so the
 model-GFLOP/s column says how well each network uses the machine. "vs U-Net" is images/s relative
 to the U-Net of the same batch. A model whose warm-up forward takes 15 s or more (UNet3+ at batch 8:
-over a TFLOP per image) is timed by that one call only (n = 1 in the JSON).
+over a TFLOP per image) is timed by that one call only (n = 1 in the JSON). Freed heap memory is
+retained (``tcnet.utils.heap``), as the evaluate stage and ``tcnet predict`` run on CPU
+(``cpu_settings --only heap_infer`` compares it with the allocator as it comes).
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ def run(args, mode: common.Mode) -> dict:
     import tcnet
     from tcnet.models.flops import model_complexity
 
+    from tcnet.utils.heap import retain_freed_memory
+
+    heap = retain_freed_memory(trim_threshold=None, large_blocks=False)  # as evaluate and `tcnet predict` on CPU
     size = args.size or mode.pick(32, 224, 448)
     batches = args.batches or mode.pick([1, 2], [1, 8], [1, 8])
     models = args.models or mode.pick(["tcnet_tiny", "unet"], ["tcnet_tiny", "tcnet_small", "tcnet_base", "unet"],
@@ -82,7 +87,9 @@ def run(args, mode: common.Mode) -> dict:
     common.print_table(f"## inference at {size}², float32, NCHW (\x27channels_last\x27 rows: model and input channels_last), "
                        f"inference_mode, median of {repeats}", COLS, rows)
     return {
-        "settings": {"size": size, "batches": batches, "models": models, "repeats": repeats, "dtype": "float32"},
+        "settings": {"size": size, "batches": batches, "models": models, "repeats": repeats, "dtype": "float32",
+                     "allocator": "glibc, freed memory retained (tcnet.utils.heap, as evaluate and tcnet predict)"
+                     if heap else "as it comes (not glibc)"},
         "tables": {"inference": rows},
         "summary": {"metric": "images/s per model and batch (no target)", "value": None, "target": None,
                     "met": None,

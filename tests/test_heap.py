@@ -39,6 +39,8 @@ import numpy as np
 from tcnet.utils.heap import retain_freed_memory
 if sys.argv[1] == "notrim":
     assert retain_freed_memory(trim_threshold=None)
+elif sys.argv[1] == "infer":
+    assert retain_freed_memory(trim_threshold=None, large_blocks=False)
 elif sys.argv[1] == "retain":
     assert retain_freed_memory()
 n, mib = int(sys.argv[2]), int(sys.argv[3])
@@ -107,6 +109,17 @@ def test_no_trim_keeps_blocks_above_the_mmap_cap():
     mapped, kept = _faults_per_round("retain", 8, 48), _faults_per_round("notrim", 8, 48)
     assert mapped > 2_000, f"48 MiB blocks were not mapped afresh ({mapped} faults/round): nothing to compare"
     assert kept * 100 < mapped, (mapped, kept)
+
+
+@glibc_only
+def test_inference_form_keeps_the_heap_but_maps_large_blocks():
+    # No trimming: a freed 384 MiB working set of 8 MiB blocks is reused ...
+    trimmed, kept = _faults_per_round("retain", 48, 8), _faults_per_round("infer", 48, 8)
+    assert trimmed > 2_000 and kept * 100 < trimmed, (trimmed, kept)
+    # ... but blocks above the 32 MiB cap are still mapped and unmapped, each handed back whole
+    # (the heap never holds them, so it cannot grow past the live peak with them).
+    mapped, infer = _faults_per_round("retain", 8, 48), _faults_per_round("infer", 8, 48)
+    assert mapped > 2_000 and infer > mapped / 2, (mapped, infer)
 
 
 def test_trim_threshold_must_fit_a_c_int():

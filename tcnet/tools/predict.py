@@ -207,6 +207,12 @@ def run(
             + ("" if recursive else "; add --recursive to search sub-folders")
         )
     net, meta, dev = load(model, device)
+    if dev.type == "cpu":
+        from tcnet.utils.heap import retain_freed_memory
+
+        # As the evaluate stage: batches of large images no longer fault their activations in anew
+        # on every forward (tcnet/utils/heap.py). Process-wide, for life.
+        retain_freed_memory(trim_threshold=None, large_blocks=False)
     size = image_size_of(meta)
     log(f"model {meta.get('model_name', '?')} ({model}) at {size}x{size} on {dev}; {len(files)} image(s)")
 

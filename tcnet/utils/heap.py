@@ -22,6 +22,11 @@ cap come from the heap too and are kept: a U-Net step at 448², batch 4 has acti
 MiB, mapped afresh on every step otherwise (125 000 page faults per step with trimming off alone,
 ``python -m benchmarks train_step --batch 4``; none with ``mmap`` off). Where the heap cannot
 grow, glibc still falls back to ``mmap``.
+
+Inference (the evaluate stage, ``tcnet predict``) uses no trimming but leaves ``mmap`` on for the
+blocks above the cap (``large_blocks=False``): same speed for TCNet at 448², batch 8, part of it
+for U-Net, and no heap growth beyond the live peak for models with huge activations
+(``python -m benchmarks cpu_settings --only heap_infer``).
 """
 
 from __future__ import annotations
@@ -49,23 +54,31 @@ def _glibc():
         return None
 
 
-def retain_freed_memory(trim_threshold: int | None = TRIM_THRESHOLD) -> bool:
+def retain_freed_memory(trim_threshold: int | None = TRIM_THRESHOLD, *, large_blocks: bool | None = None) -> bool:
     """Tune this process's glibc malloc to reuse freed blocks (see the module docstring).
 
     ``trim_threshold``: bytes of free memory at the top of the heap that glibc keeps rather than
-    returns to the kernel; ``None`` never returns it and serves large blocks from the heap as well
-    (``mmap`` off): the process keeps its peak heap.
+    returns to the kernel; ``None`` never returns it. ``large_blocks``: serve the blocks above the
+    32 MiB ``mmap`` cap from the heap as well (``mmap`` off) and keep them; default: only with
+    ``trim_threshold=None`` (the train stage's form: the process keeps its peak heap). Inference
+    passes ``trim_threshold=None, large_blocks=False``: a forward frees activations of many sizes
+    in a different order than a train step, and with every block on the heap the heap grew well
+    above the live peak for the largest models (UNet3+ at 448², batch 4: 11.6 against 8.7 GiB; a
+    process running several models at batch 8 ran out of 24 GiB), while blocks above the cap that
+    stay mapped are handed back whole.
     Returns True where applied; False where the C library is not glibc (macOS, musl, Windows),
     where it is a no-op. Call it once, early, in a process of its own (a worker, a stage): it changes
     the whole process, and glibc's default dynamic thresholds cannot be restored afterwards.
     """
     if trim_threshold is not None and not 0 <= trim_threshold < 2**31:
         raise ValueError(f"trim_threshold must be None or 0 <= bytes < 2**31 (a C int), got {trim_threshold}")
+    if large_blocks is None:
+        large_blocks = trim_threshold is None
     libc = _glibc()
     if libc is None:
         return False
     ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-    if trim_threshold is None:
+    if large_blocks:
         ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and ok
     # -1 disables trimming altogether (mallopt(3)).
     return libc.mallopt(_M_TRIM_THRESHOLD, -1 if trim_threshold is None else trim_threshold) == 1 and ok

@@ -68,10 +68,17 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def test_evaluate_writes_every_output_at_original_size(trained, monkeypatch):
+    from tcnet.utils import heap
+
     root, params, uri, _ = trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("TCNET_PIPELINE_RUN_ID", "eval-test")
+    heap_calls = []
+    monkeypatch.setattr(heap, "retain_freed_memory", lambda **kw: heap_calls.append(kw) or True)
     assert cli(args(root)) == 0
+    # On CPU each evaluated run keeps its freed heap (large blocks still mapped): the next batch
+    # reuses the activations' pages (cpu_settings --only heap_infer).
+    assert heap_calls and all(kw == {"trim_threshold": None, "large_blocks": False} for kw in heap_calls)
 
     out = root / "eval" / EXPERIMENT / ISIC_RUN
     assert {p.name for p in out.iterdir()} == {"per_image.csv", "scores.json", "roc.csv", "history.csv", "masks",

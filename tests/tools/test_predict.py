@@ -86,9 +86,13 @@ def test_folder_of_mixed_images(checkpoint, tmp_path, capsys):
     assert not list(out.rglob(".*"))  # no temporary files left behind
 
 
-def test_masks_match_the_training_preprocessing(checkpoint, tmp_path):
+def test_masks_match_the_training_preprocessing(checkpoint, tmp_path, monkeypatch):
     """The written mask is resize_prob(sigmoid(model(prepare_image(img)))) >= threshold, exactly."""
     from tcnet.checkpoint import load_model
+    from tcnet.utils import heap
+
+    heap_calls = []  # on CPU, predict keeps its freed heap as evaluate does (batches of large images)
+    monkeypatch.setattr(heap, "retain_freed_memory", lambda **kw: heap_calls.append(kw) or True)
     from tcnet.data.io import read_image
     from tcnet.data.transforms import prepare_image, resize_prob
 
@@ -102,6 +106,7 @@ def test_masks_match_the_training_preprocessing(checkpoint, tmp_path):
     thr = float(np.median(p))  # a threshold that splits this image's pixels
     result = predict.run(str(checkpoint), tmp_path / "a.png", tmp_path / "out", threshold=thr, device="cpu")
     assert result.exit_code == 0 and len(result.written) == 1
+    assert heap_calls == [{"trim_threshold": None, "large_blocks": False}]
     _, mask = read_png(tmp_path / "out" / "a_mask.png")
     np.testing.assert_array_equal(mask, np.where(p >= thr, 255, 0))
     assert 0 < (mask == 255).mean() < 1
