@@ -30,6 +30,7 @@ import torch
 
 from benchmarks import common
 from benchmarks.common import Col
+from tcnet.utils.heap import INFERENCE_FORM
 
 HELP = ("the train stage's CPU settings: fused Adam, flush-denormal, NCHW vs channels_last at the demo size, "
         "retained heap for training and inference (fresh processes)")
@@ -52,6 +53,9 @@ def add_arguments(p) -> None:
     p.add_argument("--infer-batch", type=int, default=8,
                    help="batch of the inference heap comparison (default 8, tcnet predict's and the paper "
                         "profile's evaluate batch)")
+    p.add_argument("--infer-models", nargs="+", default=None, metavar="MODEL",
+                   help="models of the inference heap comparison (default tcnet_base unet; e.g. unet3p with "
+                        "--infer-batch 4 for the heap growth of the largest activations)")
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=None, metavar="SECTION",
                    help=f"run only these comparisons ({', '.join(SECTIONS)}; default: all). The heap one runs "
                         "--repeats rounds (default 3) of four fresh processes: ~4 min at 448²")
@@ -141,14 +145,14 @@ LAYOUT_COLS = [Col("model", "model"), Col("nchw_ms", "NCHW ms", ".1f"), Col("cl_
 HEAP_FORMS = {  # child spec "heap" -> (retain_freed_memory kwargs or None, label)
     "": (None, "heap as it comes"),
     "train": ({"trim_threshold": None}, "heap retained, large blocks too (the train stage)"),
-    "infer": ({"trim_threshold": None, "large_blocks": False},
-              "heap retained, large blocks mapped (evaluate, tcnet predict)"),
+    "infer": (INFERENCE_FORM, "heap retained, large blocks mapped (evaluate, tcnet predict)"),
 }
 
 
-def heap_rows(mode: common.Mode, size: int, rounds: int, batch: int, infer: bool = False) -> list[dict]:
+def heap_rows(mode: common.Mode, size: int, rounds: int, batch: int, infer: bool = False,
+              models: tuple[str, ...] | None = None) -> list[dict]:
     """Train steps (or, ``infer``, inference forwards) with glibc's heap as it comes and retained."""
-    models = mode.pick(("tcnet_tiny",), ("tcnet_small", "unet"), ("tcnet_base", "unet"))
+    models = models or mode.pick(("tcnet_tiny",), ("tcnet_small", "unet"), ("tcnet_base", "unet"))
     steps, warmup = mode.pick((1, 1), (3, 1), (5, 2)) if not infer else mode.pick((1, 1), (3, 1), (3, 1))
     threads = torch.get_num_threads()
     forms = ("", "infer", "train") if infer else ("", "train")
@@ -264,12 +268,14 @@ def run(args, mode: common.Mode) -> dict:
         infer_batch = args.infer_batch
         if infer_batch < 1:
             raise SystemExit(f"cpu_settings: --infer-batch must be >= 1, got {infer_batch}")
-        tables["heap_infer"] = heap_rows(mode, size, rounds, infer_batch, infer=True)
+        tables["heap_infer"] = heap_rows(mode, size, rounds, infer_batch, infer=True,
+                                         models=tuple(args.infer_models) if args.infer_models else None)
         common.print_table(f"## inference forward (inference_mode), NCHW, {size}², batch {infer_batch}, glibc heap as "
                            f"it comes vs retained, two forms (fresh process per row and round; median over {rounds} round(s) of "
                            "each process's median forward)", HEAP_INFER_COLS, tables["heap_infer"])
     return {
-        "settings": {"size": size, "batch": batch, "infer_batch": args.infer_batch, "repeats": repeats,
+        "settings": {"size": size, "batch": batch, "infer_batch": args.infer_batch,
+                     "infer_models": args.infer_models, "repeats": repeats,
                      "heap_rounds": rounds, "sections": sorted(only)},
         "tables": tables,
         "summary": {"metric": "step times of the train stage's CPU settings against their alternatives (no target)",

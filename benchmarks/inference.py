@@ -37,10 +37,9 @@ COLS = [Col("model", "model"), Col("batch", "batch", "d"), Col("ms_per_batch", "
 def run(args, mode: common.Mode) -> dict:
     import tcnet
     from tcnet.models.flops import model_complexity
+    from tcnet.utils.heap import retain_freed_memory_for_inference
 
-    from tcnet.utils.heap import retain_freed_memory
-
-    heap = retain_freed_memory(trim_threshold=None, large_blocks=False)  # as evaluate and `tcnet predict` on CPU
+    heap = retain_freed_memory_for_inference()  # as evaluate and `tcnet predict` on CPU
     size = args.size or mode.pick(32, 224, 448)
     batches = args.batches or mode.pick([1, 2], [1, 8], [1, 8])
     models = args.models or mode.pick(["tcnet_tiny", "unet"], ["tcnet_tiny", "tcnet_small", "tcnet_base", "unet"],

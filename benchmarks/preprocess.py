@@ -16,8 +16,8 @@ temporary folder (``--data`` to choose; ``--fresh`` to rewrite).
 - limit over the images alone: the same without the masks (the stage cannot reach it: it must
   decode every mask to check it);
 - beside them, not the target's reference: the loop over the same files that also writes the
-  resized arrays into their slots of new files (the stage's output bytes, ``os.pwrite``, new folder
-  per call): what writing the output costs on this machine, and the stage over the loop plus the
+  resized arrays into their slots of new ``.npy`` files with the stage's writer (the stage's output
+  bytes, ``os.pwrite``, new folder per call): what writing the output costs on this machine, and the stage over the loop plus the
   writes it cannot skip (on a VM that hands free memory back to its host, every new page-cache page
   is dear: docs/performance.md §3);
 - the two limits again with the default worker settings (one OpenCV thread, glibc's allocator as
@@ -86,7 +86,8 @@ def _init_default_worker() -> None:
 
 def _decode_resize(args) -> None:
     """Decode and resize one image (and its mask); the arrays are dropped here, not sent back, or
-    -- with an output folder -- written into their slot of its files, as the stage's workers do."""
+    -- with an output folder -- written into their slots of its ``.npy`` files by the stage's own
+    writer (``tcnet.stages.preprocess._slots``), as the stage's workers do."""
     from tcnet.data.io import read_gray, read_image
     from tcnet.data.transforms import resize_image, resize_mask
 
@@ -94,26 +95,20 @@ def _decode_resize(args) -> None:
     image = resize_image(read_image(path), size)
     mask = resize_mask(read_gray(mask_path), size) if mask_path is not None else None
     if out is not None:
-        for name, a in (("images", image), ("masks", mask)):
-            if a is None:
-                continue
-            data = memoryview(a).cast("B")
-            fd = os.open(os.path.join(out, f"{name}.bin"), os.O_WRONLY)
-            try:
-                done = 0
-                while done < data.nbytes:
-                    done += os.pwrite(fd, data[done:], index * data.nbytes + done)
-            finally:
-                os.close(fd)
+        from tcnet.stages.preprocess import _slots
+
+        _slots(out).write(index, images=image, **({} if mask is None else {"masks": mask}))
 
 
 def limit_run(paths: list[str], size: int, workers: int, mask_paths: list[str] | None = None,
               stage_settings: bool = True, write_to: Path | None = None) -> None:
     """Decode + resize every file on ``workers`` processes; ``stage_settings``: with the stage's
     worker initializer (:func:`tcnet.stages.preprocess._init_worker`), else one OpenCV thread only.
-    ``write_to``: a new folder (must not exist) whose ``images.bin`` / ``masks.bin``, created full
-    size and sparse like the stage's ``.npy`` files, each worker fills at its pairs' slots
-    (``os.pwrite``): the stage's output bytes, without the stage's checks."""
+    ``write_to``: a new folder (must not exist) whose ``images.npy`` / ``masks.npy``, created full
+    size as the stage creates them, each worker fills at its pairs' slots with the stage's writer:
+    the stage's output bytes, without the stage's checks."""
+    import numpy as np
+
     from tcnet.stages.preprocess import _init_worker, chunk_size
 
     n = len(paths)
@@ -121,10 +116,9 @@ def limit_run(paths: list[str], size: int, workers: int, mask_paths: list[str] |
     out = None
     if write_to is not None:
         write_to.mkdir(parents=True)
-        for name, per in (("images", size * size * 3), ("masks", size * size if mask_paths else 0)):
-            if per:
-                with open(write_to / f"{name}.bin", "wb") as f:
-                    f.truncate(n * per)
+        shapes = {"images": (n, size, size, 3), **({"masks": (n, size, size)} if mask_paths else {})}
+        for name, shape in shapes.items():
+            np.lib.format.open_memmap(write_to / f"{name}.npy", mode="w+", dtype=np.uint8, shape=shape).flush()
         out = str(write_to)
     init = _init_worker if stage_settings else _init_default_worker
     with cf.ProcessPoolExecutor(max_workers=workers, initializer=init) as pool:

@@ -40,7 +40,8 @@ from tcnet.utils.heap import retain_freed_memory
 if sys.argv[1] == "notrim":
     assert retain_freed_memory(trim_threshold=None)
 elif sys.argv[1] == "infer":
-    assert retain_freed_memory(trim_threshold=None, large_blocks=False)
+    from tcnet.utils.heap import retain_freed_memory_for_inference
+    assert retain_freed_memory_for_inference()
 elif sys.argv[1] == "retain":
     assert retain_freed_memory()
 n, mib = int(sys.argv[2]), int(sys.argv[3])

@@ -133,13 +133,13 @@ def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, spli
         raise FileNotFoundError(f"{ckpt_path} not found; run 'tcnet train --experiment {spec.experiment}' first")
     dev = resolve_device(device or spec.train.device)
     if dev.type == "cpu":
-        from tcnet.utils.heap import retain_freed_memory
+        from tcnet.utils.heap import retain_freed_memory_for_inference
 
         # Each forward's activations were handed back to the kernel and faulted in again by the next
         # batch. Not trimmed now; blocks above 32 MiB stay mapped and unmapped, since keeping them in
         # the heap too grew it far past the live peak for UNet3+ (tcnet/utils/heap.py;
         # `python -m benchmarks cpu_settings --only heap_infer`). Process-wide, for life.
-        retain_freed_memory(trim_threshold=None, large_blocks=False)
+        retain_freed_memory_for_inference()
     model, meta = load_model(ckpt_path, dev)
     if meta.get("config_hash") != spec.config_hash():
         raise ValueError(

@@ -208,11 +208,11 @@ def run(
         )
     net, meta, dev = load(model, device)
     if dev.type == "cpu":
-        from tcnet.utils.heap import retain_freed_memory
+        from tcnet.utils.heap import retain_freed_memory_for_inference
 
         # As the evaluate stage: batches of large images no longer fault their activations in anew
         # on every forward (tcnet/utils/heap.py). Process-wide, for life.
-        retain_freed_memory(trim_threshold=None, large_blocks=False)
+        retain_freed_memory_for_inference()
     size = image_size_of(meta)
     log(f"model {meta.get('model_name', '?')} ({model}) at {size}x{size} on {dev}; {len(files)} image(s)")
 

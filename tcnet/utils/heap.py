@@ -54,6 +54,16 @@ def _glibc():
         return None
 
 
+INFERENCE_FORM = {"trim_threshold": None, "large_blocks": False}  # the evaluate stage's and predict's
+
+
+def retain_freed_memory_for_inference() -> bool:
+    """:func:`retain_freed_memory` in the form for inference (``INFERENCE_FORM``: no trimming, blocks
+    above the ``mmap`` cap still mapped; see the module docstring): the evaluate stage and ``tcnet
+    predict`` on CPU."""
+    return retain_freed_memory(**INFERENCE_FORM)
+
+
 def retain_freed_memory(trim_threshold: int | None = TRIM_THRESHOLD, *, large_blocks: bool | None = None) -> bool:
     """Tune this process's glibc malloc to reuse freed blocks (see the module docstring).
 
@@ -63,7 +73,7 @@ def retain_freed_memory(trim_threshold: int | None = TRIM_THRESHOLD, *, large_bl
     ``trim_threshold=None`` (the train stage's form: the process keeps its peak heap). Inference
     passes ``trim_threshold=None, large_blocks=False``: a forward frees activations of many sizes
     in a different order than a train step, and with every block on the heap the heap grew well
-    above the live peak for the largest models (UNet3+ at 448², batch 4: 11.6 against 8.7 GiB; a
+    above the live peak for the largest models (UNet3+ at 448², batch 4: 11.7 against 8.7 GiB; a
     process running several models at batch 8 ran out of 24 GiB), while blocks above the cap that
     stay mapped are handed back whole.
     Returns True where applied; False where the C library is not glibc (macOS, musl, Windows),

@@ -27,8 +27,8 @@ def test_loop_with_writes_stores_each_pair_in_its_slot(tmp_path):
     assert len(images) == len(masks) == 3
     out = tmp_path / "written"
     limit_run(images, 32, 2, masks, write_to=out)
-    got_images = np.fromfile(out / "images.bin", dtype=np.uint8).reshape(3, 32, 32, 3)
-    got_masks = np.fromfile(out / "masks.bin", dtype=np.uint8).reshape(3, 32, 32)
+    got_images, got_masks = np.load(out / "images.npy"), np.load(out / "masks.npy")
+    assert got_images.shape == (3, 32, 32, 3) and got_masks.shape == (3, 32, 32)
     for i, (img, msk) in enumerate(zip(images, masks)):
         assert np.array_equal(got_images[i], resize_image(read_image(img), 32))
         assert np.array_equal(got_masks[i], resize_mask(read_gray(msk), 32))

@@ -89,12 +89,12 @@ def test_folder_of_mixed_images(checkpoint, tmp_path, capsys):
 def test_masks_match_the_training_preprocessing(checkpoint, tmp_path, monkeypatch):
     """The written mask is resize_prob(sigmoid(model(prepare_image(img)))) >= threshold, exactly."""
     from tcnet.checkpoint import load_model
+    from tcnet.data.io import read_image
+    from tcnet.data.transforms import prepare_image, resize_prob
     from tcnet.utils import heap
 
     heap_calls = []  # on CPU, predict keeps its freed heap as evaluate does (batches of large images)
     monkeypatch.setattr(heap, "retain_freed_memory", lambda **kw: heap_calls.append(kw) or True)
-    from tcnet.data.io import read_image
-    from tcnet.data.transforms import prepare_image, resize_prob
 
     img = rgb(90, 61, 7)
     Image.fromarray(img).save(tmp_path / "a.png")
