@@ -22,6 +22,11 @@ to ``--threads`` and the milliseconds above a perfect split: on this 2-core mach
 near U-Net on one thread and loses the difference in the kinds that split badly (docs/performance.md
 §2, seventh round).
 
+``--ceiling`` also times whole steps of each TCNet model with one kind of work taken out (the CBAM
+gates, GELU, LayerNorm2d, BatchNorm, the attention's SDPA; then all of them), interleaved with
+U-Net, and prints the ratio ``train_step`` would report if that kind cost nothing: the most that
+hand-written kernels for it could give (``benchmarks/ceiling.py``).
+
 Caveat: the autograd engine may run another branch's backward nodes between a module's backward
 pre-hook and its hook (it orders nodes by creation); the split is then slightly off between
 neighbours, never in the total.
@@ -33,7 +38,9 @@ import time
 import warnings
 
 from benchmarks import common
+from benchmarks.ceiling import REMOVABLE as REMOVED_NAMES
 from benchmarks.common import Col
+from benchmarks.train_step import TARGET_RATIO
 
 HELP = "where a train step's time goes by kind of module (hooks, no profiler), with each kind's GFLOP/s"
 
@@ -46,6 +53,9 @@ def add_arguments(p) -> None:
     p.add_argument("--nchw", action="store_true", help="NCHW instead of channels_last (train_step's best setting)")
     p.add_argument("--scaling", action="store_true",
                    help="also run each model on 1 thread and print each kind's speed-up from 1 to --threads threads")
+    p.add_argument("--ceiling", action="store_true",
+                   help="also time each TCNet model's step with the gates, GELU, LayerNorm2d, BatchNorm or SDPA "
+                        "taken out (each alone, then all), against U-Net: the ratio if that work were free")
 
 
 def kind_of(module) -> str | None:
@@ -215,6 +225,48 @@ def breakdown(model_name: str, size: int, batch: int, channels_last: bool, repea
             "modules_timed": len(mods)}
 
 
+CEILING_COLS = [Col("config", "configuration"), Col("removed", "modules taken out", "d"),
+                Col("step_s", "step s (median)", ".3f"), Col("vs_as_is", "vs as is", ".2f"),
+                Col("gflops", "model GFLOP/s (as-is FLOPs)", ".1f"), Col("paired", "vs U-Net, paired", ".2f"),
+                Col("paired_range", "paired min-max")]
+
+
+def ceiling(model_name: str, size: int, batch: int, channels_last: bool, repeats: int, warmup: int) -> dict:
+    """Step times of ``model_name`` as is and with each kind of :mod:`benchmarks.ceiling` taken out,
+    interleaved with U-Net in the same layout; every ratio uses the FLOPs of the model as it is."""
+    import torch
+
+    from benchmarks import ceiling as cl
+    from benchmarks.train_step import Config, Step, model_step_flops
+    from tcnet.training.runtime import flush_denormal
+
+    flops = model_step_flops(model_name, size, batch)["total"]
+    ref_flops = model_step_flops("unet", size, batch)["total"]
+    layout = "channels_last" if channels_last else "NCHW"
+    ref = f"unet {layout}"
+    unet = Step(Config("unet", None, channels_last), size, batch)
+    step = Step(Config(model_name, "auto", channels_last), size, batch)
+    counts = cl.add_bypasses(step.model)
+    steps, removed = {ref: unet}, {ref: 0}
+    for label, kinds in cl.variants().items():
+        steps[label] = cl.removed_step(step, step.model, kinds)
+        removed[label] = sum(counts.get(k, 0) for k in kinds)
+    with flush_denormal(torch.device("cpu")):
+        times = common.time_interleaved(steps, repeats, warmup=warmup)
+    as_is = common.median(times["as is"])
+    rows = []
+    for label, ts in times.items():
+        fl = ref_flops if label == ref else flops
+        paired = [(fl / t) / (ref_flops / r) for t, r in zip(ts, times[ref])]
+        t = common.median(ts)
+        rows.append({"config": label if label == ref else f"{model_name} {label}", "removed": removed[label],
+                     "step_s": t, "vs_as_is": t / as_is if label != ref else None, "gflops": fl / t / 1e9,
+                     "paired": common.median(paired), "paired_range": f"{min(paired):.2f}-{max(paired):.2f}",
+                     "samples_s": [round(x, 4) for x in ts]})
+    return {"rows": rows, "model_gflop_step": flops / 1e9, "reference": ref,
+            "faults_per_step": {ref: common.median(unet.faults), model_name: common.median(step.faults)}}
+
+
 def run(args, mode: common.Mode) -> dict:
     size = args.size or mode.pick(32, 224, 448)
     batch = args.batch or 2
@@ -228,6 +280,7 @@ def run(args, mode: common.Mode) -> dict:
     retain_freed_memory(trim_threshold=None)  # the train stage's allocator setting, as train_step
     warmup = mode.pick(1, 2, 3)
     threads = torch.get_num_threads()
+    ceiling_repeats = args.repeats or mode.pick(1, 3, 7)
     notes = ["BatchNorm is not hooked (an in-place ReLU after it conflicts with backward hooks): it is in 'rest'"]
     if args.scaling and threads == 1:
         notes.append("--scaling compares 1 thread with --threads; this run had 1 thread, so there is no scaling table")
@@ -258,6 +311,22 @@ def run(args, mode: common.Mode) -> dict:
                 f"{threads}: {r1['step_s_plain_median'] / r['step_s_plain_median']:.2f}×)", SCALING_COLS, rows)
             tables[f"{name} {layout} scaling"] = rows
             summary[name]["step_s_plain_median_1_thread"] = r1["step_s_plain_median"]
+        if args.ceiling and name.startswith("tcnet"):
+            common.progress(f"{name} {layout}: steps with each kind of work taken out, interleaved with U-Net "
+                            f"({ceiling_repeats} repeats)")
+            c = ceiling(name, size, batch, channels_last, ceiling_repeats, warmup)
+            common.print_table(
+                f"## {name} {layout}: the ratio if a kind of work were free -- whole steps with it taken out, "
+                f"interleaved with {c['reference']}, median of {ceiling_repeats}; model FLOP/s counted with the "
+                f"model as it is ({c['model_gflop_step']:.1f} GFLOP a step)", CEILING_COLS, c["rows"])
+            tables[f"{name} {layout} ceiling"] = c["rows"]
+            common.say(f"page faults per step (median): {', '.join(f'{k} {v:.0f}' for k, v in c['faults_per_step'].items())}")
+            as_is, best = c["rows"][1], c["rows"][-1]
+            summary[name].update(ceiling_as_is_paired=as_is["paired"], ceiling_all_removed_paired=best["paired"],
+                                 ceiling_all_removed_vs_as_is=best["vs_as_is"])
+            common.say(f"{name}: with {', '.join(REMOVED_NAMES)} all taken out the step takes {best['vs_as_is']:.2f}× "
+                       f"as long: {best['paired']:.2f}× U-Net's model FLOP/s against {as_is['paired']:.2f}× as is "
+                       f"(paired, this run; train_step's target {TARGET_RATIO}×)")
     return {
         "settings": {"size": size, "batch": batch, "repeats": repeats, "channels_last": channels_last,
                      "method": "forward (pre-)hooks and full backward (pre-)hooks on the outermost module of each "
