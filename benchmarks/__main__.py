@@ -4,7 +4,7 @@ Targets (one module each; ``python -m benchmarks <target> --help`` for its optio
 
     lkconv      large-kernel depthwise conv, direct vs fft vs auto (fwd+bwd and fwd), NCHW / channels_last
     train_step  TCNet train-step model FLOP/s vs smp U-Net/ResNet-34, same size and batch
-    step_breakdown  where a train step's time goes by kind of module (hooks, no profiler), GFLOP/s per kind
+    step_breakdown  where a train step's time goes by kind of module, GFLOP/s per kind; --ceiling: if a kind were free
     gemm        the attention's projections on CPU: F.linear (MKL) vs the same product as a oneDNN 1×1 conv
     cpu_settings  the train stage's CPU settings (fused Adam, flush-denormal, layout, heap) vs their alternatives
     preprocess  the preprocess stage's images/s vs decode+resize of the same files on all cores
