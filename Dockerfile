@@ -30,9 +30,11 @@ WORKDIR /app
 COPY requirements.lock pyproject.toml README.md ./
 COPY tcnet ./tcnet
 # The package at the exact versions of requirements.lock, the same constraints file as `make setup`
-# and CI. (The pip cache mount keeps rebuilds after a code change fast; it is not in the image.)
+# and CI. (The pip cache mount keeps rebuilds after a code change fast; it is not in the image.
+# PIP_CACHE_DIR points pip at it: HOME is /home/tcnet here, so pip's default would be a folder in
+# the image.)
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install -c requirements.lock . \
+    PIP_CACHE_DIR=/root/.cache/pip pip install -c requirements.lock . \
     && pip check
 COPY params.yaml ./
 COPY paper ./paper

@@ -8,7 +8,7 @@ MLFLOW_PORT ?= 5000
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 IMAGE := $(shell sed -n 's/^IMAGE *= *"\(.*\)"/\1/p' components/image.py 2>/dev/null)
 
-.PHONY: setup demo test test-fast mlflow-ui lock image bench clean-outputs
+.PHONY: setup demo test test-fast mlflow-ui lock image clean-outputs
 
 setup: $(VENV)/.installed
 

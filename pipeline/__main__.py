@@ -55,8 +55,14 @@ def options(args: argparse.Namespace) -> PipelineOptions:
 def cmd_compile(args) -> int:
     from pipeline.pipeline import default_data_source
 
+    from pipeline.pipeline import without_credentials
+
     out = compile_pipeline(options(args), args.out)
     print(f"compiled {out}")
+    url = args.data_repo_url or default_data_source()[0]
+    if url != without_credentials(url):
+        print("note: the data repository URL's user/token part is not written into the package; pass the full "
+              "URL as the run's data_repo_url argument when you start a run", file=sys.stderr)
     if not (args.data_repo_url or default_data_source()[0]):
         print("note: no --data-repo-url and no git remote 'origin': the package's data_repo_url default is empty; "
               "set it when you start a run", file=sys.stderr)

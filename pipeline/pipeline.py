@@ -27,6 +27,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from kfp import dsl, kubernetes
@@ -90,6 +91,15 @@ def _git(*args: str) -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
+def without_credentials(url: str) -> str:
+    """``url`` without its user/token part (``https://TOKEN@host/r.git`` -> ``https://host/r.git``), so
+    that a compiled package never holds a secret; scp-style and ssh URLs (``git@host:...``) unchanged."""
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and "@" in parts.netloc:
+        return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    return url
+
+
 def default_data_source() -> tuple[str, str]:
     """This checkout's ``origin`` URL and HEAD commit ("" where there is none)."""
     return _git("remote", "get-url", "origin"), _git("rev-parse", "HEAD")
@@ -119,7 +129,8 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
     def tcnet_pipeline(
         params_yaml: str = params_text,
         reported_yaml: str = reported_text,
-        data_repo_url: str = opts.data_repo_url or repo_default,
+        # The full URL (a token in it included) is a run argument: `submit` and `run --local` pass it.
+        data_repo_url: str = without_credentials(opts.data_repo_url or repo_default),
         data_rev: str = opts.data_rev or rev_default,
         dvc_remote: str = "",
     ) -> Metrics:

@@ -9,6 +9,7 @@ A checkpoint is a dict (docs/architecture.md, "Checkpoints"):
     rng           {"torch": ByteTensor, "numpy": {...}, "python": {...}, "cuda": [...]} ({} in best.pt)
     history       list of per-epoch dicts (history.csv rows)
     run           RunSpec as plain data  config_hash   str
+    code_hash / inputs_hash   str: the training code and inputs it was trained with (tcnet.fingerprint)
     best_epoch / best_score   the best validation DI so far and its epoch
 
 Nothing else is ever stored (no pickled classes, no numpy objects), so ``torch.load(...,
@@ -73,10 +74,16 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path}: no such file")
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is not ours
+        raise CheckpointError(f"checkpoint {path}: not a PyTorch checkpoint (torch.save writes a zip archive; "
+                              "this file is not one: truncated, or another kind of file)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torn file, not a checkpoint, or pickled objects
-        raise CheckpointError(f"checkpoint {path}: cannot be read with weights_only=True ({e})") from None
+    except Exception as e:  # noqa: BLE001 - torn file, or pickled objects weights_only refuses
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path}: cannot be read with weights_only=True ({first})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"checkpoint {path}: not a tcnet checkpoint (expected a dict with a 'model' state dict)")
     return ckpt

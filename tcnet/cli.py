@@ -67,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"tcnet {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # A path that cannot be written or read (permissions, a file where a folder should be, ...):
+        # the path and the reason, no traceback.
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"tcnet {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"tcnet {args.command}: interrupted", file=sys.stderr)
         return 130

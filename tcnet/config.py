@@ -66,6 +66,8 @@ class PreprocessConfig:
                 check_choice("dataset in preprocess.image_size_overrides", d, DATASETS)
             if s <= 0 or s % 32:
                 raise ConfigError(f"preprocess image size for {d} must be a positive multiple of 32, got {s}")
+        if self.workers < 0:
+            raise ConfigError(f"preprocess.workers must be >= 0 (0 = all cores), got {self.workers}")
 
 
 @dataclass(frozen=True)
@@ -118,8 +120,16 @@ class TrainConfig:
 
     def validate(self) -> None:
         self.loss.validate()
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("train.epochs and train.batch_size must be >= 1")
+        for key in ("epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        for key in ("min_lr", "weight_decay", "num_workers"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if self.max_train_images is not None and self.max_train_images < 1:
+            raise ConfigError(f"train.max_train_images must be >= 1 or null (all), got {self.max_train_images}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"train.device {self.device!r}: valid: auto, cpu, cuda, cuda:N")
 
@@ -131,6 +141,14 @@ class EvaluateConfig:
     save_masks: bool = True  # predicted masks as 0/255 PNG at the original size
     batch_size: int = 8
 
+    def validate(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"evaluate.threshold must be a probability in [0, 1], got {self.threshold}")
+        if self.n_overlays < 0:
+            raise ConfigError(f"evaluate.n_overlays must be >= 0, got {self.n_overlays}")
+        if self.batch_size < 1:
+            raise ConfigError(f"evaluate.batch_size must be >= 1, got {self.batch_size}")
+
 
 @dataclass(frozen=True)
 class CompareConfig:
@@ -139,6 +157,12 @@ class CompareConfig:
     data_label: str = "synthetic look-alike"  # which data the numbers come from; "real" for real data
     champion_experiment: str = "isic2018_cv"  # experiment whose best TCNet is registered as champion
     registered_model: str = "tcnet"
+
+    def validate(self) -> None:
+        if self.bootstrap < 1:
+            raise ConfigError(f"compare.bootstrap must be >= 1 (resamples), got {self.bootstrap}")
+        if not 0.0 < self.confidence < 1.0:
+            raise ConfigError(f"compare.confidence must be in (0, 1), e.g. 0.95, got {self.confidence}")
 
 
 @dataclass(frozen=True)
@@ -223,6 +247,8 @@ class Params:
         self.preprocess.validate()
         self.split.validate()
         self.train.validate()
+        self.evaluate.validate()
+        self.compare.validate()
         for exp_id, exp in self.experiments.items():
             exp.validate(exp_id)
             for d in exp.data:
@@ -232,6 +258,7 @@ class Params:
                             f"experiments.{exp_id} uses dataset {ds!r}, which preprocess.datasets "
                             f"does not include ({', '.join(self.preprocess.datasets)})"
                         )
+            expand_runs(self, exp_id)  # each run's merged train.* overrides checked now, not at train time
         return self
 
     def experiment(self, exp_id: str) -> ExperimentConfig:
@@ -351,6 +378,10 @@ def read_yaml_mapping(path: str | Path, what: str = "file") -> dict:
         raise ConfigError(f"{path}: {what} not found") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text (UTF-8) file: {e.reason} at byte {e.start}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a {what}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
@@ -429,8 +460,12 @@ def expand_runs(params: Params, exp_id: str) -> list[RunSpec]:
                 )
             for v in exp.runs:
                 merged = deep_merge(deep_merge(base_train, exp.train), v.train)
-                train = from_dict(TrainConfig, merged, f"experiments.{exp_id}.runs.{v.name}.train")
-                train.validate()
+                where = f"experiments.{exp_id}.runs.{v.name}"
+                train = from_dict(TrainConfig, merged, f"{where}.train")
+                try:
+                    train.validate()
+                except ConfigError as e:  # the key as the run sees it, where the value came from
+                    raise ConfigError(f"{where}: {e}") from None
                 runs.append(
                     RunSpec(
                         experiment=exp_id,

@@ -411,13 +411,14 @@ class ExperimentTracker:
         return RunLogger(self.client, self.parent_run_id, self.uri)
 
     def run_logger(self, run_id: str, config_hash: str, tags: Optional[Mapping[str, str]] = None,
-                   known_mlflow_run_id: str = "") -> RunLogger:
+                   known_mlflow_run_id: str = "", match_tags: Optional[Mapping[str, str]] = None) -> RunLogger:
         """The nested run of ``run_id`` (this config): ``known_mlflow_run_id`` when it still exists
-        in this store (from ``run.json``), else found by tags, else created."""
+        in this store (from ``run.json``), else found by tags (also ``match_tags``), else created."""
         if known_mlflow_run_id and run_exists(self.client, known_mlflow_run_id):
             mlflow_id = known_mlflow_run_id
         else:
-            match = {RUN_ID_TAG: run_id, CONFIG_HASH_TAG: config_hash, PARENT_TAG: self.parent_run_id}
+            match = {RUN_ID_TAG: run_id, CONFIG_HASH_TAG: config_hash, PARENT_TAG: self.parent_run_id,
+                     **(match_tags or {})}
             extra = {EXPERIMENT_TAG: self.exp_id, PIPELINE_TAG: self.pipeline_run, **self.base_tags, **(tags or {})}
             mlflow_id = find_or_create_run(self.client, self.uri, self.experiment_id, match, extra, run_name=run_id)
         logger = RunLogger(self.client, mlflow_id, self.uri)

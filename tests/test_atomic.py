@@ -41,3 +41,47 @@ def test_outputs_get_normal_permissions(tmp_path):
     os.umask(mask)
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o777 & ~mask
     assert stat.S_IMODE((tmp_path / "g").stat().st_mode) == 0o666 & ~mask
+
+
+def test_a_file_where_the_output_folder_goes_is_refused_and_kept(tmp_path):
+    target = tmp_path / "out"
+    target.write_text("the user's file")
+    with pytest.raises(FileExistsError, match="exists and is not a folder") as e:
+        with atomic_dir(target):
+            raise AssertionError("the work must not start")
+    assert e.value.filename == str(target)
+    assert target.read_text() == "the user's file" and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_folder_where_the_output_file_goes_is_refused(tmp_path):
+    (tmp_path / "out.json").mkdir()
+    with pytest.raises(IsADirectoryError, match="is a folder, not a file"):
+        with atomic_write(tmp_path / "out.json"):
+            raise AssertionError("never opened")
+
+
+def test_an_unwritable_place_is_named_not_its_temp_sibling(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for ctx in (atomic_dir(blocker / "sub"), atomic_write(blocker / "sub" / "a.txt")):
+        with pytest.raises(OSError, match="cannot write here") as e:
+            with ctx:
+                raise AssertionError("never reached")
+        assert ".tmp" not in e.value.filename and e.value.filename.startswith(str(blocker / "sub"))
+
+
+def test_cli_says_which_path_cannot_be_written_without_a_traceback(tmp_path, capsys):
+    from tcnet.cli import main
+
+    (tmp_path / "taken").write_text("x")
+    assert main(["synth", "ph2", "--n", "1", "--out", str(tmp_path / "taken" / "ph2")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tcnet synth: error: {tmp_path / 'taken' / 'ph2'}: ") and "Traceback" not in err
+
+
+def test_a_failed_output_leaves_no_empty_parent_folders(tmp_path):
+    (tmp_path / "keep").mkdir()
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "keep" / "new" / "deeper" / "out"):
+            raise RuntimeError("failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["keep"] and not any((tmp_path / "keep").iterdir())

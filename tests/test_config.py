@@ -34,9 +34,8 @@ def test_run_override_is_validated(tmp_path):
         "experiments:\n  x:\n    title: t\n    reproduces: r\n    data: [{name: a, train: drive}]\n"
         "    runs: [{name: r1, train: {loss: {ce_wieght: 0.2}}}]\n"
     )
-    p = load_params(f)
-    with pytest.raises(ConfigError, match="ce_weight"):
-        expand_runs(p, "x")
+    with pytest.raises(ConfigError, match=r"p\.yaml: .*experiments\.x\.runs\.r1\.train\.loss\.ce_wieght.*ce_weight"):
+        load_params(f)  # at load time, naming the file: not first when the run trains
 
 
 def test_missing_params_file_names_it(tmp_path):
@@ -52,3 +51,46 @@ def test_test_only_dataset_cannot_be_trained_on(tmp_path):
     )
     with pytest.raises(ConfigError, match="ph2 is a test-only dataset"):
         expand_runs(load_params(f), "x")
+
+
+def test_a_binary_or_folder_params_file_is_named(tmp_path):
+    from tcnet.config import ConfigError, load_params
+
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00binary\x80")
+    with pytest.raises(ConfigError, match=r"bin\.yaml: not a text \(UTF-8\) file"):
+        load_params(tmp_path / "bin.yaml")
+    (tmp_path / "dir.yaml").mkdir()
+    with pytest.raises(ConfigError, match=r"dir\.yaml: is a folder, not a params file"):
+        load_params(tmp_path / "dir.yaml")
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("train", "lr", -1.0, "train.lr must be > 0, got -1.0"),
+    ("train", "epochs", 0, "train.epochs must be >= 1, got 0"),
+    ("train", "num_workers", -1, "train.num_workers must be >= 0, got -1"),
+    ("evaluate", "threshold", 5, r"evaluate.threshold must be a probability in \[0, 1\], got 5"),
+    ("evaluate", "batch_size", 0, "evaluate.batch_size must be >= 1, got 0"),
+    ("compare", "confidence", 5, r"compare.confidence must be in \(0, 1\)"),
+    ("compare", "bootstrap", -1, "compare.bootstrap must be >= 1"),
+    ("preprocess", "workers", -2, "preprocess.workers must be >= 0"),
+])
+def test_out_of_range_values_are_refused_at_load_naming_file_and_key(tmp_path, section, key, value, message):
+    import yaml
+
+    raw = yaml.safe_load(open("params.yaml"))
+    raw[section][key] = value
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=rf"p\.yaml: {message}"):
+        load_params(f)
+
+
+def test_a_run_override_out_of_range_names_the_run(tmp_path):
+    import yaml
+
+    raw = yaml.safe_load(open("params.yaml"))
+    raw["experiments"]["loss_sweep"]["runs"][0]["train"] = {"epochs": -1}
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"p\.yaml: experiments\.loss_sweep\.runs\.lam0\.1: train\.epochs must be >= 1, got -1"):
+        load_params(f)

@@ -29,6 +29,17 @@ _STR_COLUMNS = ("id", "dataset", "official_split", "image_path", "mask_path", "f
 PARTS = ("train", "val", "test")
 
 
+def load_npy(path) -> np.ndarray:
+    """A preprocessed ``.npy`` array, memory-mapped read-only; a damaged file is named in the error."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: not a readable .npy array ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                         "re-run the preprocess stage") from None
+
+
 def load_arrays(dataset_dir) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(images, masks, fov)`` of one preprocessed dataset folder, memory-mapped (read-only).
 
@@ -37,9 +48,9 @@ def load_arrays(dataset_dir) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     masks' shape, which costs no memory.
     """
     d = Path(dataset_dir)
-    images, masks = (np.load(d / f"{n}.npy", mmap_mode="r") for n in ("images", "masks"))
+    images, masks = (load_npy(d / f"{n}.npy") for n in ("images", "masks"))
     fov_path = d / "fov.npy"
-    fov = np.load(fov_path, mmap_mode="r") if fov_path.is_file() else np.broadcast_to(np.uint8(1), masks.shape)
+    fov = load_npy(fov_path) if fov_path.is_file() else np.broadcast_to(np.uint8(1), masks.shape)
     return images, masks, fov
 
 
@@ -124,7 +135,7 @@ class SegmentationDataset(Dataset):
                 " -- were the splits made from another preprocess run?"
             )
         self.indices = np.array([index_of[i] for i in self.ids], dtype=np.int64)
-        n = len(np.load(self.root / dataset / "images.npy", mmap_mode="r"))
+        n = len(load_npy(self.root / dataset / "images.npy"))
         if len(rows) != n or (len(self.indices) and self.indices.max() >= n):
             raise ValueError(f"{self.root / dataset}: arrays hold {n} images but the manifest lists {len(rows)}")
         # Shared memory: set_epoch in the main process reaches (persistent) DataLoader workers.

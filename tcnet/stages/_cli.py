@@ -8,8 +8,9 @@ def add_experiment_arguments(parser, verb: str) -> None:
     the stage does to a run ("train", "evaluate") in the help of ``--run``."""
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--experiment", required=True, help="experiment id (params.yaml experiments:)")
-    parser.add_argument("--run", dest="runs", action="append", metavar="RUN_ID",
-                        help=f"{verb} only this run (repeatable; default: every run of the experiment)")
+    # extend: `--run A B` and `--run A --run B` both work
+    parser.add_argument("--run", dest="runs", action="extend", nargs="+", metavar="RUN_ID",
+                        help=f"{verb} only these runs (repeatable; default: every run of the experiment)")
     parser.add_argument("--preprocessed", default="outputs/preprocessed",
                         help="preprocess output folder (default: outputs/preprocessed)")
     parser.add_argument("--splits", default="outputs/splits", help="split output folder (default: outputs/splits)")

@@ -156,6 +156,9 @@ def run(params: Params | str | Path, eval_dir: str | Path, reported_path: str | 
     exp_ids = list(experiments) if experiments else list(params.experiments)
     for e in exp_ids:
         params.experiment(e)  # unknown id: ConfigError naming the valid ones
+    if not Path(eval_dir).is_dir():
+        raise FileNotFoundError(f"{eval_dir}: no such folder (the evaluate stage's output: run 'tcnet evaluate' "
+                                "or 'dvc repro' first, or pass --eval)")
     out_dir = Path(out_dir)
     if experiments:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -164,6 +167,9 @@ def run(params: Params | str | Path, eval_dir: str | Path, reported_path: str | 
     else:
         with atomic_dir(out_dir) as tmp:
             done = _write_all(params, exp_ids, Path(eval_dir), reported, tmp, explicit=False)
+            if not any(d.res.runs for d in done):  # a wrong --eval, not a partly evaluated pipeline
+                raise FileNotFoundError(f"{eval_dir}: no evaluation outputs for any experiment "
+                                        f"({', '.join(exp_ids)}); run 'tcnet evaluate' or 'dvc repro' first")
             _write_report(params, done, tmp)
         for d in done:
             d.section.figures = [replace(f, path=out_dir / d.res.exp_id / f.name) for f in d.section.figures]

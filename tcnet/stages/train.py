@@ -5,9 +5,10 @@
 
 One run (:func:`train_run`) writes ``<out>/<experiment>/<run_id>/``: ``best.pt`` (best validation
 DI), ``last.pt`` (every epoch; without the optimizer state once the run is finished),
-``history.csv``, ``run.json``. Re-running after a crash or
-``kill -9`` resumes from ``last.pt`` when it was written by the same configuration (config hash);
-a finished run is skipped. Protocol, resume and determinism: docs/training.md.
+``history.csv``, ``run.json``. Re-running after a crash or ``kill -9`` resumes from ``last.pt``
+when it was written by the same configuration, training code and training inputs (config, code and
+inputs hashes: :mod:`tcnet.fingerprint`); a finished run is skipped on the same terms, and trained
+afresh when any of the three changed. Protocol, resume and determinism: docs/training.md.
 """
 
 from __future__ import annotations
@@ -57,8 +58,29 @@ def _class_weights(preprocessed_dir: Path, dataset: str) -> Optional[list[float]
     return [float(w) for w in weights] if weights else None
 
 
-def _resume_state(run_dir: Path, spec: RunSpec, verbose: bool = True) -> Optional[dict]:
-    """``last.pt`` when it can be resumed (readable, same config hash); else None, saying why."""
+# What a run's files must have been written with to be resumed or kept: run.json / checkpoint key -> what it is.
+IDENTITY = {"config_hash": "another configuration", "code_hash": "other training code",
+            "inputs_hash": "other training inputs"}
+
+
+def _identity(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path) -> dict[str, str]:
+    """The config, code and inputs hashes of ``spec`` (see :data:`IDENTITY`, :mod:`tcnet.fingerprint`)."""
+    from tcnet.fingerprint import code_hash, inputs_hash
+
+    return {"config_hash": spec.config_hash(), "code_hash": code_hash(),
+            "inputs_hash": inputs_hash(preprocessed_dir, splits_dir, spec.data.train)}
+
+
+def _identity_change(have: dict, want: dict[str, str]) -> Optional[str]:
+    """Why files recorded with ``have`` do not belong to ``want`` (None when they do)."""
+    for key, what in IDENTITY.items():
+        if have.get(key) != want[key]:
+            return f"{what} ({key.replace('_', ' ')} {have.get(key) or 'not recorded'}, now {want[key]})"
+    return None
+
+
+def _resume_state(run_dir: Path, spec: RunSpec, identity: dict[str, str], verbose: bool = True) -> Optional[dict]:
+    """``last.pt`` when it can be resumed (readable, same config, code and inputs hashes); else None, saying why."""
     from tcnet.checkpoint import CheckpointError, load_checkpoint
 
     last = run_dir / "last.pt"
@@ -70,11 +92,10 @@ def _resume_state(run_dir: Path, spec: RunSpec, verbose: bool = True) -> Optiona
         if verbose:
             _say(f"{spec.run_id}: {e}; starting fresh")
         return None
-    want = spec.config_hash()
-    if ckpt.get("config_hash") != want:
+    change = _identity_change(ckpt, identity)
+    if change:
         if verbose:
-            _say(f"{spec.run_id}: {last} was written by another configuration (config hash "
-             f"{ckpt.get('config_hash')}, now {want}); starting fresh")
+            _say(f"{spec.run_id}: {last} was written with {change}; starting fresh")
         return None
     return ckpt
 
@@ -128,8 +149,8 @@ def _model_and_optim(spec: RunSpec, device: torch.device):
     return model, optimizer, scheduler
 
 
-def _checkpoint(spec: RunSpec, model, image_size: int, epoch: int, history: list, best: dict,
-                optimizer=None, scheduler=None, with_state: bool = True, snapshot: bool = False) -> dict:
+def _checkpoint(spec: RunSpec, identity: dict[str, str], model, image_size: int, epoch: int, history: list,
+                best: dict, optimizer=None, scheduler=None, with_state: bool = True, snapshot: bool = False) -> dict:
     """The checkpoint dict; ``snapshot``: the weights copied, to outlive further training (on CPU
     ``.cpu()`` hands back the parameters themselves)."""
     from tcnet.checkpoint import rng_state
@@ -146,7 +167,7 @@ def _checkpoint(spec: RunSpec, model, image_size: int, epoch: int, history: list
         "rng": rng_state() if with_state else {},
         "history": [dict(r) for r in history],
         "run": {**to_dict(spec), "run_id": spec.run_id},
-        "config_hash": spec.config_hash(),
+        **identity,
         "best_epoch": int(best["epoch"]),
         "best_score": float(best["score"]),
     }
@@ -212,9 +233,10 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
         _say(f"{spec.run_id}: train.cpu_bf16 is on but this CPU has no native bfloat16 (AVX512-BF16 or AMX): "
              "oneDNN emulates it, which is slower than float32; set train.cpu_bf16: false for speed")
     config_hash = spec.config_hash()
-    ckpt = _resume_state(run_dir, spec, verbose=dist.is_main)
+    identity = _identity(spec, preprocessed_dir, splits_dir)
+    ckpt = _resume_state(run_dir, spec, identity, verbose=dist.is_main)
     info = _read_json(run_dir / "run.json") or {}
-    if info.get("config_hash") != config_hash:
+    if _identity_change(info, identity):  # _resume_state said why
         info = {}
     if ckpt is not None and int(ckpt["epoch"]) >= cfg.epochs and info.get("complete"):
         if dist.is_main:
@@ -260,7 +282,7 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
         best = {"epoch": int(ckpt.get("best_epoch", 0)), "score": float(ckpt.get("best_score", -math.inf))}
         start_epoch = int(ckpt["epoch"])
         if dist.is_main and start_epoch < cfg.epochs and best["epoch"] == start_epoch:  # best.pt may be behind
-            pending_best = _checkpoint(spec, model, image_size, start_epoch, history, best, with_state=False,
+            pending_best = _checkpoint(spec, identity, model, image_size, start_epoch, history, best, with_state=False,
                                        snapshot=True)
         if dist.is_main:
             _say(f"{spec.run_id}: resuming after epoch {start_epoch} of {cfg.epochs}" if start_epoch < cfg.epochs
@@ -278,11 +300,14 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
     # -- tracking -------------------------------------------------------------------------------
     logger = NullRunLogger()
     if dist.is_main and tracking_ctx is not None:
+        # The code and inputs hashes are matched too: a run trained again after a code or data change
+        # gets a new MLflow run beside the old one instead of appending to its history.
         logger = tracking_ctx.run_logger(spec.run_id, config_hash, _run_tags(spec, device, profile, params_digest),
-                                         known_mlflow_run_id=info.get("mlflow_run_id", ""))
+                                         known_mlflow_run_id=info.get("mlflow_run_id", ""),
+                                         match_tags={f"tcnet.{k}": identity[k] for k in ("code_hash", "inputs_hash")})
     record = {
         "run": {**to_dict(spec), "run_id": spec.run_id}, "run_id": spec.run_id, "experiment": spec.experiment,
-        "config_hash": config_hash, "mlflow_run_id": logger.run_id, "tracking_uri": logger.uri,
+        **identity, "mlflow_run_id": logger.run_id, "tracking_uri": logger.uri,
         "mlflow_experiment_id": getattr(tracking_ctx, "experiment_id", "") if logger.run_id else "",
         "pipeline_run": getattr(tracking_ctx, "pipeline_run", "") if logger.run_id else "",
         "model_name": spec.model, "image_size": image_size, "epochs": cfg.epochs,
@@ -324,7 +349,7 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
             if math.isnan(row["val_DI"]) or row["val_DI"] > best["score"]:  # no val images: the last epoch is best
                 best = {"epoch": epoch, "score": -math.inf if math.isnan(row["val_DI"]) else row["val_DI"]}
                 write_best = final or time.perf_counter() - best_saved_at >= BEST_PT_MAX_AGE_S
-                pending_best = _checkpoint(spec, raw_model, image_size, epoch, history, best, with_state=False,
+                pending_best = _checkpoint(spec, identity, raw_model, image_size, epoch, history, best, with_state=False,
                                            snapshot=not write_best)
             else:
                 write_best = pending_best is not None  # worse: best.pt catches up before last.pt moves on
@@ -336,7 +361,7 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
             # run never resumes (more epochs is another config hash), and writing the full state only to
             # replace it at once cost a baseline ~1 s a run (300 MB, fsync). The resume state skips
             # torch.save's CRC-32, which nothing reads (save_checkpoint).
-            save_checkpoint(_checkpoint(spec, raw_model, image_size, epoch, history, best, optimizer, scheduler,
+            save_checkpoint(_checkpoint(spec, identity, raw_model, image_size, epoch, history, best, optimizer, scheduler,
                                         with_state=not final), run_dir / "last.pt", crc32=final)
             with atomic_write(run_dir / "history.csv") as f:
                 f.write(history_rows_csv(history))
@@ -349,7 +374,7 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
             record["train_seconds"] = time.perf_counter() - t_run
             if start_epoch >= cfg.epochs:  # resumed after the final epoch's last.pt: nothing trained here
                 if not trained:  # its full state (written before the tenth session) is not needed any more
-                    save_checkpoint(_checkpoint(spec, raw_model, image_size, start_epoch, history, best,
+                    save_checkpoint(_checkpoint(spec, identity, raw_model, image_size, start_epoch, history, best,
                                                 with_state=False), run_dir / "last.pt")
                 # A crash between that last.pt and its history.csv left the file an epoch short.
                 with atomic_write(run_dir / "history.csv") as f:

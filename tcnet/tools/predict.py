@@ -19,6 +19,7 @@ With ``--recursive`` the input folder's sub-folders are kept under ``--out``.
 from __future__ import annotations
 
 import argparse
+import errno
 import re
 import sys
 from dataclasses import dataclass, field
@@ -206,7 +207,10 @@ def run(
             f"input {inputs}: no images found ({', '.join(IMAGE_SUFFIXES)})"
             + ("" if recursive else "; add --recursive to search sub-folders")
         )
+    if out.exists() and not out.is_dir():  # before the model loads: nothing could be written
+        raise FileExistsError(errno.EEXIST, "exists and is not a folder (--out)", str(out))
     net, meta, dev = load(model, device)
+    out.mkdir(parents=True, exist_ok=True)  # an unwritable place fails here, naming it, not per image
     if dev.type == "cpu":
         from tcnet.utils.heap import retain_freed_memory_for_inference
 

@@ -243,12 +243,22 @@ def main(args: argparse.Namespace) -> int:
         params = load_params(args.params)
     else:
         params = load_params("params.yaml") if Path("params.yaml").is_file() else Params()
+    experiment = args.experiment or params.compare.champion_experiment
+    if params.experiments:  # a typo is named with the valid choices before MLflow is touched
+        params.experiment(experiment)
     uri = args.tracking_uri or resolve_tracking_uri(params.mlflow.tracking_uri)
-    result = promote(
-        args.experiment or params.compare.champion_experiment,
-        metric=args.metric, alias=args.alias, name=args.name or params.compare.registered_model,
-        models_dir=args.models, tracking_uri=uri,
-    )
+    from mlflow.exceptions import MlflowException
+
+    from tcnet.cli import CliError
+
+    try:
+        result = promote(
+            experiment,
+            metric=args.metric, alias=args.alias, name=args.name or params.compare.registered_model,
+            models_dir=args.models, tracking_uri=uri,
+        )
+    except MlflowException as e:  # an unusable store URI, a server that refuses: one line, not a traceback
+        raise CliError(f"MLflow store {uri}: {e.message.strip().splitlines()[0] if e.message.strip() else e}") from None
     for note in result.passed_over:
         print(f"tcnet promote: passed over {note}", file=sys.stderr)
     verb = "re-pointed" if result.reused else "registered"

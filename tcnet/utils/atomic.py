@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -15,12 +16,31 @@ def _umask() -> int:
     return mask
 
 
+def _unwritable(path: Path, e: OSError) -> OSError:
+    """``e`` (from making ``path``'s folder or its temp sibling) re-said about ``path`` itself: the
+    temp name means nothing to the user."""
+    return type(e)(e.errno, f"cannot write here: {e.strerror or e}", str(path))
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w", **kwargs):
     """Open a temporary file beside ``path``; on success it replaces ``path`` in one step."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _unwritable(path, e) from e
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
     try:
@@ -43,21 +63,33 @@ def atomic_dir(path: str | Path):
     (a stale ``.name.tmp-*`` sibling from a SIGKILL is removed by the next run).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    if path.exists() and not path.is_dir():  # never replace a file the user has there
+        raise FileExistsError(errno.EEXIST, "exists and is not a folder", str(path))
+    # folders made here for ``path``, deepest first: removed again (when empty) if the work fails
+    made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):
+            _remove(stale)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    except OSError as e:
+        raise _unwritable(path, e) from e
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the output should look like any mkdir
     try:
         yield tmp
         old = None
         if path.exists():
             old = path.parent / f".{path.name}.tmp-old"
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
             os.replace(path, old)
         os.replace(tmp, path)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for d in made:
+            try:
+                d.rmdir()
+            except OSError:  # not empty (another output landed there meanwhile), or gone
+                break
         raise

@@ -174,3 +174,10 @@ def test_a_dataset_without_fov_npy_reads_as_a_whole_image_fov(tmp_path):
         for i in range(len(ids)):
             x, y = a[i], b[i]
             assert all(torch.equal(x[k], y[k]) for k in ("image", "mask", "fov"))
+
+
+def test_a_damaged_array_is_named(tmp_path):
+    root, ids, *_ = _make_preprocessed(tmp_path)
+    (root / "toy" / "masks.npy").write_text("junk")
+    with pytest.raises(ValueError, match=r"masks\.npy: not a readable \.npy array .*re-run the preprocess stage"):
+        load_arrays(root / "toy")

@@ -106,3 +106,24 @@ def test_submit_without_a_data_repository_says_what_to_pass(monkeypatch, capsys)
     monkeypatch.setattr(pl, "default_data_source", lambda: ("", ""))
     assert main(["submit", "--host", "http://127.0.0.1:9"]) == 2
     assert "--data-repo-url" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:This client only works with Kubeflow Pipeline:FutureWarning")
+def test_a_token_in_the_data_url_stays_out_of_the_package(kfp_server, tmp_path, monkeypatch, capsys):
+    from pipeline.__main__ import main
+    from pipeline.pipeline import without_credentials
+
+    assert without_credentials("https://user:pw@git.example.com/x.git") == "https://git.example.com/x.git"
+    assert without_credentials("git@github.com:org/x.git") == "git@github.com:org/x.git"  # ssh: not a secret
+    monkeypatch.setenv("HOME", str(tmp_path))
+    url = "https://SECRETTOKEN@git.example.com/tcnet.git"
+    out = tmp_path / "pipeline.yaml"
+    assert main(["compile", "--out", str(out), "--data-repo-url", url]) == 0
+    assert "SECRETTOKEN" not in out.read_text() and "https://git.example.com/tcnet.git" in out.read_text()
+    assert "user/token part is not written into the package" in capsys.readouterr().err
+
+    host = f"http://127.0.0.1:{kfp_server.server_address[1]}"
+    assert main(["submit", "--host", host, "--data-repo-url", url, "--data-rev", "v1"]) == 0
+    run = kfp_server.requests[-1][3]
+    assert "SECRETTOKEN" not in json.dumps(run["pipeline_spec"])
+    assert run["runtime_config"]["parameters"]["data_repo_url"] == url  # the run itself gets the full URL

@@ -242,10 +242,21 @@ def test_missing_runs_are_reported_not_invented(tmp_path):
 
 def test_explicit_experiment_without_outputs_is_an_error(tmp_path):
     params = load_params(ROOT / "params.yaml")
+    (tmp_path / "eval").mkdir()
     with pytest.raises(FileNotFoundError, match="dvc repro evaluate@ablation"):
         compare.run(params, tmp_path / "eval", REPORTED, tmp_path / "out", ["ablation"], log_mlflow=False)
     with pytest.raises(ConfigError, match="did you mean 'ablation'"):
         compare.run(params, tmp_path / "eval", REPORTED, tmp_path / "out", ["ablatoin"], log_mlflow=False)
+
+
+def test_a_wrong_eval_folder_is_an_error_not_an_empty_report(tmp_path):
+    params = load_params(ROOT / "params.yaml")
+    with pytest.raises(FileNotFoundError, match=r"nope: no such folder"):
+        compare.run(params, tmp_path / "nope", REPORTED, tmp_path / "out", log_mlflow=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no evaluation outputs for any experiment"):
+        compare.run(params, tmp_path / "empty", REPORTED, tmp_path / "out", log_mlflow=False)
+    assert not (tmp_path / "out").exists()  # nothing half-written
 
 
 def test_subset_run_keeps_the_other_experiments(done, tmp_path):

@@ -118,6 +118,43 @@ def test_trains_two_epochs_and_writes_every_output(data, tmp_path, capsys, monke
     assert len(read_history(run_dir / "history.csv")) == 1
 
 
+def test_a_finished_run_is_trained_again_with_other_code_or_inputs(data, tmp_path, capsys, monkeypatch):
+    """Under ``dvc repro`` the stage re-runs after a code or data change: runs trained by other code or
+    on other inputs are not kept (nor resumed), the same ones are."""
+    import shutil
+
+    import tcnet.fingerprint as fingerprint
+
+    shutil.copytree(data / "pre", tmp_path / "pre")
+    params = make_params(tmp_path, epochs=1)
+    run_dir = tmp_path / "models" / EXPERIMENT / "isic2017__tiny__fold0"
+
+    def train_it() -> tuple[dict, str]:
+        capsys.readouterr()
+        info = train.run(params, EXPERIMENT, tmp_path / "pre", data / "splits", tmp_path / "models",
+                         mlflow=False)["runs"][0]
+        return info, capsys.readouterr().err
+
+    first, _ = train_it()
+    assert first["code_hash"] == fingerprint.code_hash() and len(first["inputs_hash"]) == 16
+    assert load_checkpoint(run_dir / "last.pt")["inputs_hash"] == first["inputs_hash"]
+    again, err = train_it()
+    assert "skipping" in err and again == first
+
+    monkeypatch.setattr(fingerprint, "code_hash", lambda: "c0de" * 4)  # the model code changed
+    other_code, err = train_it()
+    assert "skipping" not in err and "was written with other training code (code hash " in err, err
+    assert other_code["code_hash"] == "c0de" * 4 and load_checkpoint(run_dir / "best.pt")["code_hash"] == "c0de" * 4
+    assert train_it()[1].count("skipping") == 1  # and that run is kept in turn
+
+    stats = json.loads((tmp_path / "pre" / "stats.json").read_text())  # the data changed: other class weights
+    stats["isic2017"]["class_weights"] = [w * 2 for w in stats["isic2017"]["class_weights"]]
+    (tmp_path / "pre" / "stats.json").write_text(json.dumps(stats))
+    other_inputs, err = train_it()
+    assert "was written with other training inputs (inputs hash " in err and "skipping" not in err, err
+    assert other_inputs["inputs_hash"] != first["inputs_hash"] and other_inputs["code_hash"] == "c0de" * 4
+
+
 def test_final_epoch_writes_last_pt_once_without_resume_state(data, tmp_path, monkeypatch):
     """Only the epochs before the last write the resume state; the final last.pt is written once."""
     import tcnet.checkpoint as checkpoint
@@ -398,6 +435,16 @@ def test_mlflow_record_of_a_trained_run(data, tmp_path, monkeypatch):
     # training it again (complete: skipped) or resuming it finds the same MLflow run
     again = train.run(params, EXPERIMENT, data / "pre", data / "splits", tmp_path / "models", mlflow=True)
     assert again["runs"][0]["mlflow_run_id"] == info["mlflow_run_id"]
+    assert tags["tcnet.code_hash"] == info["code_hash"] and tags["tcnet.inputs_hash"] == info["inputs_hash"]
+
+    # trained again after a code change: a new MLflow run beside the old one, not appended to it
+    import tcnet.fingerprint as fingerprint
+
+    monkeypatch.setattr(fingerprint, "code_hash", lambda: "0" * 16)
+    retrained = train.run(params, EXPERIMENT, data / "pre", data / "splits", tmp_path / "models", mlflow=True)
+    new_id = retrained["runs"][0]["mlflow_run_id"]
+    assert new_id != info["mlflow_run_id"] and client.get_run(new_id).data.tags["tcnet.code_hash"] == "0" * 16
+    assert sorted(m.step for m in client.get_metric_history(info["mlflow_run_id"], "train_loss")) == [1, 2]
 
 
 @pytest.mark.slow
@@ -444,3 +491,12 @@ def test_cpu_bf16_trains_in_bfloat16_deterministically(data, tmp_path, monkeypat
     monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: False)
     history("emulated", cpu_bf16=True, epochs=1)
     assert "train.cpu_bf16 is on but this CPU has no native bfloat16" in capsys.readouterr().err
+
+
+def test_run_flag_takes_several_ids_at_once_or_repeated():
+    from tcnet.cli import build_parser
+
+    for command in ("train", "evaluate"):
+        args = build_parser(command).parse_args([command, "--experiment", "e", "--run", "a", "b", "--run", "c"])
+        assert args.runs == ["a", "b", "c"]
+        assert build_parser(command).parse_args([command, "--experiment", "e"]).runs is None

@@ -141,6 +141,11 @@ def test_usage_errors_exit_2(checkpoint, tmp_path, capsys):
     Image.fromarray(rgb(8, 8)).save(tmp_path / "x.png")
     assert cli(["predict", "--model", str(tmp_path / "missing.pt"), "--input", str(tmp_path / "x.png"), "--out", str(tmp_path / "o")]) == 2
     assert "missing.pt" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # a failed start leaves no output folder
+    (tmp_path / "taken").write_text("a file")  # --out cannot be a folder: said once, before any image
+    assert cli(["predict", "--model", str(checkpoint), "--input", str(tmp_path / "x.png"), "--out", str(tmp_path / "taken")]) == 2
+    assert f"{tmp_path / 'taken'}: exists and is not a folder" in capsys.readouterr().err
+    assert (tmp_path / "taken").read_text() == "a file"
 
 
 def test_real_fundus_photograph_end_to_end(checkpoint, tmp_path):

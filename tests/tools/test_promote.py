@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,6 +121,11 @@ def test_nothing_to_promote_is_a_usage_error(store, capsys):
     assert "no MLflow experiment 'tcnet/nope'" in capsys.readouterr().err
     assert cli(["promote", "--experiment", EXP, "--params", "absent.yaml"]) == 2
     assert "absent.yaml" in capsys.readouterr().err
+    params = Path(__file__).resolve().parents[2] / "params.yaml"
+    assert cli(["promote", "--experiment", "isic2018_vc", "--params", str(params), "--tracking-uri", store["uri"]]) == 2
+    assert "unknown experiment 'isic2018_vc' (did you mean 'isic2018_cv'?)" in capsys.readouterr().err
+    assert cli(["promote", "--experiment", EXP, "--tracking-uri", "foo://bar"]) == 2
+    assert "MLflow store foo://bar: " in capsys.readouterr().err  # one line, no traceback
     add_run(store, "x__unet__fold0", "unet", 0.9)
     assert cli(["promote", "--experiment", EXP, "--tracking-uri", store["uri"]]) == 2
     assert "no finished TCNet run" in capsys.readouterr().err
