@@ -105,7 +105,10 @@ def load_model(path, device="cpu", strict: bool = True):
     name = ckpt.get("model_name")
     if not name:
         raise CheckpointError(f"checkpoint {path}: records no model_name")
-    model = create_model(name, **model_kwargs_of(ckpt))
+    try:
+        model = create_model(name, **model_kwargs_of(ckpt))
+    except ValueError as e:  # an unknown model or option: say which checkpoint asked for it
+        raise CheckpointError(f"checkpoint {path}: {e}") from None
     try:
         model.load_state_dict(ckpt["model"], strict=strict)
     except RuntimeError as e:

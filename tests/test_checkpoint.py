@@ -110,6 +110,24 @@ def test_load_model_rebuilds_the_network(tiny, tmp_path):
         assert torch.equal(model(x), tiny.eval()(x))
 
 
+def test_a_checkpoint_of_an_unknown_model_is_named(tiny, tmp_path):
+    state = _state(tiny)
+    state["model_name"] = "tcnet_tinny"
+    path = save_checkpoint(state, tmp_path / "best.pt")
+    with pytest.raises(CheckpointError, match=r"best\.pt: unknown model 'tcnet_tinny' \(did you mean 'tcnet_tiny'"):
+        load_model(path)
+
+
+def test_a_folder_with_several_checkpoints_says_so(tiny, tmp_path):
+    from tcnet.tools.model_source import resolved_checkpoint
+
+    for name in ("a.pt", "b.pt"):
+        save_checkpoint(_state(tiny), tmp_path / name)
+    with pytest.raises(ValueError, match=r"2 \*\.pt files \(a\.pt, b\.pt\) and no best\.pt or last\.pt: pass one"):
+        with resolved_checkpoint(tmp_path):
+            pass
+
+
 def test_atomic_write_keeps_the_old_file_when_saving_fails(tmp_path):
     path = save_checkpoint({"model": {}, "epoch": 1}, tmp_path / "last.pt")
 

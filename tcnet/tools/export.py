@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import errno
 import os
 import sys
 import tempfile
@@ -200,6 +201,17 @@ def export(
         from tcnet.config import did_you_mean
 
         raise ValueError(f"unknown format {fmt!r}{did_you_mean(fmt, FORMATS)}; valid: {', '.join(FORMATS)}")
+    if not atol >= 0:
+        raise ValueError(f"--atol must be >= 0, got {atol:g}")
+    from torch.onnx import _constants as onnx_constants
+
+    lo, hi = onnx_constants.ONNX_MIN_OPSET, onnx_constants.ONNX_MAX_OPSET
+    if fmt == "onnx" and not lo <= opset <= hi:  # below it torch dumps the whole graph before failing
+        raise ValueError(f"--opset {opset}: torch {torch.__version__} exports ONNX opsets {lo}-{hi} "
+                         f"(default {DEFAULT_OPSET}; TCNet's attention needs 14 or later)")
+    out = Path(out)
+    if out.is_dir():  # checked before the export's minutes, not after them
+        raise IsADirectoryError(errno.EISDIR, "is a folder; --out names the file to write", str(out))
     net, meta, _ = load(model, "cpu")
     size = int(size or image_size_of(meta))
     if size < 32 or size % 32:
@@ -209,14 +221,18 @@ def export(
     module = exportable_copy(net, size)
     metadata = _metadata(meta, size)
 
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         if fmt == "onnx":
-            _export_onnx(module, size, tmp, metadata, opset)
+            try:
+                _export_onnx(module, size, tmp, metadata, opset)
+            except (RuntimeError, torch.onnx.errors.OnnxExporterError) as e:  # e.g. an opset too old or too new
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ValueError(f"ONNX export at --opset {opset} failed: {first} (default {DEFAULT_OPSET}); "
+                                 f"nothing written to {out}") from None
             got = _run_onnx(tmp, inputs)
         else:
             _export_torchscript(module, size, tmp, metadata)

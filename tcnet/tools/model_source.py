@@ -149,9 +149,11 @@ def resolved_checkpoint(spec: str | os.PathLike, *, uri: str | None = None,
         if path.is_dir():
             found = checkpoint_in_dir(path)
             if found is None:
+                several = sorted(p.name for p in path.glob("*.pt"))
+                what = (f"{len(several)} *.pt files ({', '.join(several)}) and no best.pt or last.pt: pass one of them"
+                        if len(several) > 1 else "no checkpoint in this folder")
                 raise ValueError(
-                    f"{path}: no checkpoint in this folder (expected best.pt, last.pt, one *.pt file "
-                    "or an MLflow pyfunc model folder)"
+                    f"{path}: {what} (expected best.pt, last.pt, one *.pt file or an MLflow pyfunc model folder)"
                 )
             yield found
             return

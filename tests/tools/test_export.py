@@ -89,11 +89,28 @@ def test_exportable_copy_is_exact_and_leaves_the_model_alone(checkpoint):
         torch.testing.assert_close(copy(x), model.eval()(x), rtol=0, atol=1e-5)
 
 
-def test_failed_verification_writes_nothing(checkpoint, tmp_path):
+def test_failed_verification_writes_nothing(checkpoint, tmp_path, monkeypatch):
     out = tmp_path / "bad.onnx"
+    real = export_mod._run_onnx
+    monkeypatch.setattr(export_mod, "_run_onnx", lambda path, inputs: [r + 1.0 for r in real(path, inputs)])
     with pytest.raises(export_mod.ExportVerificationError, match="does not match PyTorch"):
-        export_mod.export(str(checkpoint), "onnx", out, atol=-1.0)  # no export can meet a negative tolerance
+        export_mod.export(str(checkpoint), "onnx", out)  # an exported model that computes something else
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_bad_options_are_usage_errors_before_the_export(checkpoint, tmp_path, capsys):
+    onnx = ["export", "--model", str(checkpoint), "--format", "onnx"]
+    assert cli(onnx + ["--out", str(tmp_path / "m.onnx"), "--atol", "-1"]) == 2
+    assert "--atol must be >= 0" in capsys.readouterr().err
+    assert cli(onnx + ["--out", str(tmp_path / "m.onnx"), "--opset", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--opset 5: torch" in err and "graph" not in err.lower()  # no IR dump
+    assert cli(onnx + ["--out", str(tmp_path / "m.onnx"), "--opset", "11"]) == 2  # in range, but no SDPA op
+    assert "ONNX export at --opset 11 failed" in capsys.readouterr().err
+    (tmp_path / "folder").mkdir()
+    assert cli(onnx + ["--out", str(tmp_path / "folder")]) == 2
+    assert "is a folder; --out names the file to write" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
 
 
 def test_bad_size_is_a_usage_error(checkpoint, tmp_path, capsys):
