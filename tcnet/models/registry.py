@@ -65,6 +65,30 @@ def model_options(name: str) -> list[str]:
     return list(inspect.signature(fn).parameters)
 
 
+def check_runs_models(params, path=None, experiments=None) -> None:
+    """Every run's model of ``params`` (of ``experiments`` only, if given) is registered and takes its
+    overrides; else a ``ConfigError`` naming the params file and the key. ``tcnet experiments`` and
+    the train stage check before any training, not when the run comes up hours later."""
+    from tcnet.config import ConfigError, expand_runs
+
+    for exp_id, exp in params.experiments.items():
+        if experiments is not None and exp_id not in experiments:
+            continue
+        for spec in expand_runs(params, exp_id):
+            variant = next(v for v in exp.runs if v.name == spec.variant)
+            where = f"experiments.{exp_id}.runs.{variant.name}" if variant.model else f"experiments.{exp_id}"
+            try:
+                valid = model_options(spec.model)
+            except ValueError as e:
+                raise ConfigError(f"{path + ': ' if path else ''}{where}.model: {e}") from None
+            unknown = [k for k in spec.model_kwargs if k not in valid]
+            if unknown:
+                hints = "".join(did_you_mean(k, valid) for k in unknown)
+                raise ConfigError(
+                    f"{path + ': ' if path else ''}{where}: model {spec.model!r} has no option(s) "
+                    f"{', '.join(map(repr, unknown))} (model_overrides){hints}; valid: {', '.join(valid)}")
+
+
 def create_model(name: str, **overrides) -> nn.Module:
     """Build the registered model ``name``; ``overrides`` are its keyword options (``num_classes``, ...)."""
     fn = get_builder(name)

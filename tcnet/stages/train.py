@@ -453,7 +453,10 @@ def run(params: Params, experiment: str, preprocessed_dir, splits_dir, out_dir,
     from tcnet.tracking import open_tracker, pipeline_tags, tracking_enabled
     from tcnet.training.runtime import init_distributed, resolve_device
 
+    from tcnet.models.registry import check_runs_models
+
     specs = select_runs(expand_runs(params, experiment), run_ids, experiment)
+    check_runs_models(params, experiments=[experiment])  # a typo in the last run's model fails now, not hours in
     dist = init_distributed(params.train.device)
     digest = params_hash(params)
     tracker = None

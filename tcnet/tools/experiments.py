@@ -90,6 +90,10 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    items = describe(load_params(args.params), with_runs=args.runs)
+    from tcnet.models.registry import check_runs_models
+
+    params = load_params(args.params)
+    check_runs_models(params, str(args.params))  # what `tcnet train` would refuse, said now
+    items = describe(params, with_runs=args.runs)
     print(json.dumps(items, indent=2, default=str) if args.json else render_text(items))
     return 0

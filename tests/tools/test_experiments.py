@@ -67,3 +67,27 @@ def test_paper_profile_loads_and_expands_the_same_runs():
             assert runs == want
         tcnet_models = {r.model for r in expand_runs(paper, exp_id) if r.model.startswith("tcnet")}
         assert tcnet_models <= {"tcnet_base"}
+
+
+def test_a_typo_in_a_model_or_its_options_is_named_before_any_training(tmp_path, capsys):
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["experiments"]["loss_sweep"]["model"] = "tcnet_tinny"
+    (tmp_path / "p1.yaml").write_text(yaml.safe_dump(raw))
+    assert cli_main(["experiments", "--params", str(tmp_path / "p1.yaml")]) == 2
+    assert "p1.yaml: experiments.loss_sweep.model: unknown model 'tcnet_tinny' (did you mean 'tcnet_tiny'?)" \
+        in capsys.readouterr().err
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["experiments"]["isic2018_cv"]["runs"][-1]["model_overrides"] = {"base_chanels": 8}  # the last run
+    (tmp_path / "p2.yaml").write_text(yaml.safe_dump(raw))
+    assert cli_main(["experiments", "--params", str(tmp_path / "p2.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "p2.yaml: experiments.isic2018_cv.runs.tcnet: model 'tcnet_tiny' has no option(s) 'base_chanels'" in err
+    assert "did you mean 'base_channels'" in err
+    # the train stage refuses it before its first run, not when the last one comes up
+    assert cli_main(["train", "--params", str(tmp_path / "p2.yaml"), "--experiment", "isic2018_cv",
+                     "--preprocessed", str(tmp_path / "none"), "--out", str(tmp_path / "models"), "--no-mlflow"]) == 2
+    assert "runs.tcnet: model 'tcnet_tiny' has no option(s)" in capsys.readouterr().err
+    assert not (tmp_path / "models").exists()
