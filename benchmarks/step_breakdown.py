@@ -237,7 +237,7 @@ def ceiling(model_name: str, size: int, batch: int, channels_last: bool, repeats
     import torch
 
     from benchmarks import ceiling as cl
-    from benchmarks.train_step import Config, Step, model_step_flops
+    from benchmarks.train_step import Config, Step, model_step_flops, paired_ratios
     from tcnet.training.runtime import flush_denormal
 
     flops = model_step_flops(model_name, size, batch)["total"]
@@ -257,14 +257,31 @@ def ceiling(model_name: str, size: int, batch: int, channels_last: bool, repeats
     rows = []
     for label, ts in times.items():
         fl = ref_flops if label == ref else flops
-        paired = [(fl / t) / (ref_flops / r) for t, r in zip(ts, times[ref])]
         t = common.median(ts)
         rows.append({"config": label if label == ref else f"{model_name} {label}", "removed": removed[label],
                      "step_s": t, "vs_as_is": t / as_is if label != ref else None, "gflops": fl / t / 1e9,
-                     "paired": common.median(paired), "paired_range": f"{min(paired):.2f}-{max(paired):.2f}",
-                     "samples_s": [round(x, 4) for x in ts]})
+                     **paired_ratios(ts, times[ref], fl, ref_flops), "samples_s": [round(x, 4) for x in ts]})
     return {"rows": rows, "model_gflop_step": flops / 1e9, "reference": ref,
             "faults_per_step": {ref: common.median(unet.faults), model_name: common.median(step.faults)}}
+
+
+def report_ceiling(name: str, layout: str, size: int, batch: int, channels_last: bool, repeats: int,
+                   warmup: int) -> tuple[list[dict], dict]:
+    """:func:`ceiling` for one model, printed; returns its rows and its summary entries."""
+    common.progress(f"{name} {layout}: steps with each kind of work taken out, interleaved with U-Net "
+                    f"({repeats} repeats)")
+    c = ceiling(name, size, batch, channels_last, repeats, warmup)
+    common.print_table(
+        f"## {name} {layout}: the ratio if a kind of work were free -- whole steps with it taken out, "
+        f"interleaved with {c['reference']}, median of {repeats}; model FLOP/s counted with the "
+        f"model as it is ({c['model_gflop_step']:.1f} GFLOP a step)", CEILING_COLS, c["rows"])
+    common.say(f"page faults per step (median): {', '.join(f'{k} {v:.0f}' for k, v in c['faults_per_step'].items())}")
+    as_is, best = c["rows"][1], c["rows"][-1]
+    common.say(f"{name}: with {', '.join(REMOVED_NAMES)} all taken out the step takes {best['vs_as_is']:.2f}× "
+               f"as long: {best['paired']:.2f}× U-Net's model FLOP/s against {as_is['paired']:.2f}× as is "
+               f"(paired, this run; train_step's target {TARGET_RATIO}×)")
+    return c["rows"], {"ceiling_as_is_paired": as_is["paired"], "ceiling_all_removed_paired": best["paired"],
+                       "ceiling_all_removed_vs_as_is": best["vs_as_is"]}
 
 
 def run(args, mode: common.Mode) -> dict:
@@ -312,21 +329,9 @@ def run(args, mode: common.Mode) -> dict:
             tables[f"{name} {layout} scaling"] = rows
             summary[name]["step_s_plain_median_1_thread"] = r1["step_s_plain_median"]
         if args.ceiling and name.startswith("tcnet"):
-            common.progress(f"{name} {layout}: steps with each kind of work taken out, interleaved with U-Net "
-                            f"({ceiling_repeats} repeats)")
-            c = ceiling(name, size, batch, channels_last, ceiling_repeats, warmup)
-            common.print_table(
-                f"## {name} {layout}: the ratio if a kind of work were free -- whole steps with it taken out, "
-                f"interleaved with {c['reference']}, median of {ceiling_repeats}; model FLOP/s counted with the "
-                f"model as it is ({c['model_gflop_step']:.1f} GFLOP a step)", CEILING_COLS, c["rows"])
-            tables[f"{name} {layout} ceiling"] = c["rows"]
-            common.say(f"page faults per step (median): {', '.join(f'{k} {v:.0f}' for k, v in c['faults_per_step'].items())}")
-            as_is, best = c["rows"][1], c["rows"][-1]
-            summary[name].update(ceiling_as_is_paired=as_is["paired"], ceiling_all_removed_paired=best["paired"],
-                                 ceiling_all_removed_vs_as_is=best["vs_as_is"])
-            common.say(f"{name}: with {', '.join(REMOVED_NAMES)} all taken out the step takes {best['vs_as_is']:.2f}× "
-                       f"as long: {best['paired']:.2f}× U-Net's model FLOP/s against {as_is['paired']:.2f}× as is "
-                       f"(paired, this run; train_step's target {TARGET_RATIO}×)")
+            tables[f"{name} {layout} ceiling"], entries = report_ceiling(
+                name, layout, size, batch, channels_last, ceiling_repeats, warmup)
+            summary[name].update(entries)
     return {
         "settings": {"size": size, "batch": batch, "repeats": repeats, "channels_last": channels_last,
                      "method": "forward (pre-)hooks and full backward (pre-)hooks on the outermost module of each "

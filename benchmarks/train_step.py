@@ -152,6 +152,14 @@ def _no_label(name):
     yield
 
 
+def paired_ratios(times, ref_times, flops: float, ref_flops: float) -> dict:
+    """Repeat i of a configuration against repeat i of the reference (same round, seconds apart):
+    ``paired`` (the median ratio of model FLOP/s), ``paired_range`` and every ratio."""
+    paired = [(flops / t) / (ref_flops / t_ref) for t, t_ref in zip(times, ref_times)]
+    return {"paired": common.median(paired), "paired_range": f"{min(paired):.2f}-{max(paired):.2f}",
+            "paired_all": [round(v, 4) for v in paired]}
+
+
 def model_step_flops(name: str, size: int, batch: int) -> dict[str, int]:
     """A train step's model FLOPs by kind (``tcnet.models.flops.flops_by_kind`` × batch × 3; model built on meta)."""
     from tcnet.models.flops import flops_by_kind, meta_model
@@ -213,11 +221,7 @@ def run(args, mode: common.Mode) -> dict:
         r["ratio"] = r["gflops"] / refs[r["bf16"]]["gflops"]
         # Paired: repeat i of this configuration against repeat i of the reference, run in the same
         # round seconds apart, so a slow patch of the machine hits both sides of each ratio.
-        paired = [(flops[r["model"]] / t) / (flops[REFERENCE] / t_ref)
-                  for t, t_ref in zip(times[r["config"]], times[r["reference"]])]
-        r["paired"] = common.median(paired)
-        r["paired_range"] = f"{min(paired):.2f}-{max(paired):.2f}"
-        r["paired_all"] = [round(v, 4) for v in paired]
+        r.update(paired_ratios(times[r["config"]], times[r["reference"]], flops[r["model"]], flops[REFERENCE]))
     common.print_table(
         f"## train step at {size}², batch {batch}, float32{' (bf16 rows: CPU bfloat16 autocast)' if args.bf16 else ''}, "
         f"median of {repeats}; model FLOPs = direct-conv forward FLOPs × batch × 3; ratio to the faster U-Net "

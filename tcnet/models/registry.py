@@ -77,21 +77,19 @@ def check_runs_models(params, path=None, experiments=None) -> None:
         for spec in expand_runs(params, exp_id):
             variant = next(v for v in exp.runs if v.name == spec.variant)
             where = f"experiments.{exp_id}.runs.{variant.name}" if variant.model else f"experiments.{exp_id}"
+            prefix = f"{path}: " if path else ""
             try:
-                valid = model_options(spec.model)
+                get_builder(spec.model)
             except ValueError as e:
-                raise ConfigError(f"{path + ': ' if path else ''}{where}.model: {e}") from None
-            unknown = [k for k in spec.model_kwargs if k not in valid]
-            if unknown:
-                hints = "".join(did_you_mean(k, valid) for k in unknown)
-                raise ConfigError(
-                    f"{path + ': ' if path else ''}{where}: model {spec.model!r} has no option(s) "
-                    f"{', '.join(map(repr, unknown))} (model_overrides){hints}; valid: {', '.join(valid)}")
+                raise ConfigError(f"{prefix}{where}.model: {e}") from None
+            try:
+                check_options(spec.model, spec.model_kwargs)
+            except ValueError as e:
+                raise ConfigError(f"{prefix}{where}: {e}") from None
 
 
-def create_model(name: str, **overrides) -> nn.Module:
-    """Build the registered model ``name``; ``overrides`` are its keyword options (``num_classes``, ...)."""
-    fn = get_builder(name)
+def check_options(name: str, overrides) -> None:
+    """``ValueError`` naming the valid options when ``create_model(name, **overrides)`` would get one it lacks."""
     valid = model_options(name)
     unknown = [k for k in overrides if k not in valid]
     if unknown:
@@ -99,7 +97,12 @@ def create_model(name: str, **overrides) -> nn.Module:
         raise ValueError(
             f"model {name!r} has no option(s) {', '.join(map(repr, unknown))}{hints}; valid: {', '.join(valid)}"
         )
-    return fn(**overrides)
+
+
+def create_model(name: str, **overrides) -> nn.Module:
+    """Build the registered model ``name``; ``overrides`` are its keyword options (``num_classes``, ...)."""
+    check_options(name, overrides)
+    return get_builder(name)(**overrides)
 
 
 # ----------------------------------------------------------------------------------------------

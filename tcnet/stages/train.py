@@ -232,8 +232,8 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
     if device.type == "cpu" and cfg.cpu_bf16 and dist.is_main and not cpu_has_native_bf16():
         _say(f"{spec.run_id}: train.cpu_bf16 is on but this CPU has no native bfloat16 (AVX512-BF16 or AMX): "
              "oneDNN emulates it, which is slower than float32; set train.cpu_bf16: false for speed")
-    config_hash = spec.config_hash()
     identity = _identity(spec, preprocessed_dir, splits_dir)
+    config_hash = identity["config_hash"]
     ckpt = _resume_state(run_dir, spec, identity, verbose=dist.is_main)
     info = _read_json(run_dir / "run.json") or {}
     if _identity_change(info, identity):  # _resume_state said why
@@ -450,10 +450,9 @@ def run(params: Params, experiment: str, preprocessed_dir, splits_dir, out_dir,
     MLflow (unless ``mlflow=False`` or ``TCNET_NO_MLFLOW=1``): the store is initialised and the
     experiment's parent run found or created once, here, before any run starts.
     """
+    from tcnet.models.registry import check_runs_models
     from tcnet.tracking import open_tracker, pipeline_tags, tracking_enabled
     from tcnet.training.runtime import init_distributed, resolve_device
-
-    from tcnet.models.registry import check_runs_models
 
     specs = select_runs(expand_runs(params, experiment), run_ids, experiment)
     check_runs_models(params, experiments=[experiment])  # a typo in the last run's model fails now, not hours in
