@@ -198,7 +198,7 @@ def breakdown(samples, size: int, n: int) -> list[dict]:
     from tcnet.data.adapters import load_fov
     from tcnet.data.io import read_image
     from tcnet.data.transforms import resize_image, resize_mask
-    from tcnet.stages.preprocess import _read_mask, _sha256, mask_binary_problem
+    from tcnet.stages.preprocess import _read_mask, file_checksum, mask_binary_problem
 
     acc: dict[str, float] = {}
 
@@ -219,7 +219,7 @@ def breakdown(samples, size: int, n: int) -> list[dict]:
             resize_mask(fov.view(np.uint8), size)
         np.count_nonzero(m)
         tick("resize_mask (mask; fov if not all-true) + counts", t)
-        t = time.perf_counter(); _sha256(s.image, s.mask); tick("sha256 (image + mask files)", t)
+        t = time.perf_counter(); file_checksum(s.image, s.mask); tick("sha256 (image + mask files)", t)
     total = sum(acc.values())
     rows = [{"step": k, "ms_per_pair": v / n * 1000, "pct": 100 * v / total} for k, v in acc.items()]
     rows.append({"step": "total per pair (one core)", "ms_per_pair": total / n * 1000, "pct": 100.0})

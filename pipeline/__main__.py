@@ -142,9 +142,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unreachable(e: Exception) -> bool:
+    """A failure to reach the Kubeflow Pipelines API (urllib3 / the kfp API client), not a bug here."""
+    return type(e).__module__.split(".")[0] in ("urllib3", "requests", "kfp_server_api")
+
+
 def main(argv=None) -> int:
+    from tcnet.config import ConfigError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:  # a user can act on these: one line, as tcnet does
+        print(f"python -m pipeline {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"python -m pipeline {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if not _unreachable(e):
+            raise
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"python -m pipeline {args.command}: error: cannot reach the Kubeflow Pipelines API at "
+              f"{getattr(args, 'host', '?')}: {reason}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help). Order is the order of the pipeline, then the tools.
@@ -67,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"tcnet {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`tcnet experiments --json | head`): not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush does not fail again
+        return 1
     except OSError as e:
         # A path that cannot be written or read (permissions, a file where a folder should be, ...):
         # the path and the reason, no traceback.

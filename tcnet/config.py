@@ -134,14 +134,21 @@ class TrainConfig:
             raise ConfigError(f"train.device {self.device!r}: valid: auto, cpu, cuda, cuda:N")
 
 
+EVAL_CHECKPOINTS = ("auto", "best", "last")
+
+
 @dataclass(frozen=True)
 class EvaluateConfig:
     threshold: float = 0.5  # probability threshold for the binary mask
     n_overlays: int = 4  # overlay PNGs written per run (a sample of images)
     save_masks: bool = True  # predicted masks as 0/255 PNG at the original size
     batch_size: int = 8
+    # auto: best.pt, except where the scored images are the ones that picked the best epoch (the
+    # training dataset's val part: ISIC CV folds, ISIC 2017 val), which would flatter it: last.pt
+    checkpoint: str = "auto"
 
     def validate(self) -> None:
+        check_choice("evaluate.checkpoint", self.checkpoint, EVAL_CHECKPOINTS)
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"evaluate.threshold must be a probability in [0, 1], got {self.threshold}")
         if self.n_overlays < 0:

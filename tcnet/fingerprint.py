@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Iterable
 
 # Paths inside the tcnet package (folders: their *.py files) whose change changes a trained model.
-TRAINING_CODE = ("models", "losses", "training", "data/dataset.py", "data/transforms.py", "stages/train.py")
+# metrics: the validation Dice picks best.pt's epoch
+TRAINING_CODE = ("models", "losses", "training", "metrics", "data/dataset.py", "data/transforms.py", "stages/train.py")
 PACKAGE = Path(__file__).resolve().parent
 
 

@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping, Optional, TypeVar
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PIPELINE_TAG = "tcnet.pipeline_run"
 RUN_ID_TAG = "tcnet.run_id"
+EVAL_CHECKPOINT_TAG = "tcnet.eval_checkpoint"  # the file of the run the eval metrics describe (evaluate)
 EXPERIMENT_TAG = "tcnet.experiment"
 CONFIG_HASH_TAG = "tcnet.config_hash"
 PARENT_TAG = "mlflow.parentRunId"

@@ -231,6 +231,50 @@ def notes(reported: dict, res, summary, ref: PaperRef) -> list[str]:
                 f"{d.name}: the paper finds TCNet better {better} deep supervision; "
                 f"ours: mean {ref.name(m)} {off:.3f} without, {on:.3f} with ({verdict})."
             )
+    out += claim_notes(reported, res, values, ref, varying, m)
     for u in ref.unmatched:
         out.append(f"reported.yaml entry with no matching run here: {u}.")
+    return out
+
+
+def claim_notes(reported: dict, res, values, ref: PaperRef, varying: dict, m: str) -> list[str]:
+    """Our verdict on each of the paper's qualitative claims (reported.yaml ``claims``) for the experiment."""
+    exp = res.exp
+    claims = (reported.get("claims") or {}).get(exp.paper_key or res.exp_id) or {}
+    names = [r.name for r in exp.runs]
+    out = []
+    for d in exp.data:
+        v = values[(values.data == d.name)].dropna(subset=["ours"])
+        if v.empty:
+            continue
+        placement = dict(zip(names, varying.get("model.attention_placement", [])))
+        if claims.get("every_placement_beats_none") and placement:
+            h = v[v.metric == m].assign(placement=lambda t: t.variant.map(placement)).groupby("placement").ours.mean()
+            if "none" in h.index and len(h) > 1:
+                others = h.drop("none")
+                beat = [p for p, x in others.items() if x > h["none"]]
+                verdict = "agrees" if len(beat) == len(others) else "disagrees"
+                out.append(
+                    f"{d.name}: the paper finds every attention placement better than none; ours (mean {ref.name(m)} "
+                    f"over deep supervision on/off): none {h['none']:.3f}, "
+                    + ", ".join(f"{p} {x:.3f}" for p, x in others.items())
+                    + f": {len(beat)} of {len(others)} better ({verdict})."
+                )
+        tcnet = ref.baseline or (exp.baseline_of or "")
+        best_on = [x for x in claims.get("tcnet_best_on", []) if x in exp.metrics]
+        if best_on and tcnet in set(v.variant):
+            ranks, first = [], 0
+            for metric in best_on:
+                col = v[v.metric == metric].set_index("variant").ours
+                if tcnet not in col.index:
+                    continue
+                rank = 1 + int((col > col[tcnet]).sum())
+                first += rank == 1
+                ranks.append(f"{ref.name(metric)} {rank} of {len(col)}")
+            if ranks:
+                verdict = "agrees" if first == len(ranks) else "disagrees"
+                out.append(
+                    f"{d.name}: the paper finds TCNet ahead of every other method on "
+                    f"{', '.join(ref.name(x) for x in best_on)}; ours ranks TCNet {'; '.join(ranks)} ({verdict})."
+                )
     return out

@@ -90,10 +90,18 @@ def caption(res: ExperimentResults, data_label: str) -> str:
     folds = (
         f"{k}-fold cross-validation: mean ± sd over folds (sd with ddof = 1)" if k > 1 else "one split"
     )
+    scored = sorted({(r.scores.get("checkpoint") or {}).get("name") or "best.pt" for r in res.runs.values()})
+    ckpt = {
+        "best.pt": " Scored checkpoint: best.pt (the epoch of best val Dice; the scored images did not choose it).",
+        "last.pt": " Scored checkpoint: last.pt (the last epoch: the scored val images are the ones that chose "
+                   "best.pt's epoch).",
+    }.get(scored[0], "") if len(scored) == 1 else f" Scored checkpoints: {', '.join(scored)} (see each run's scores.json)."
+    chase = (" CHASE_DB1: no official split (first 20 / last 8 images, by child) and no FOV masks (derived from "
+             "each image)." if any(d.eval_dataset == "chase_db1" for d in exp.data) else "")
     return (
         f"{exp.title} (reproduces {exp.reproduces}). Data: {data_label}. "
         f"Aggregation: {AGGREGATION_TEXT[exp.aggregation]}. Values in {unit}; {folds}. "
-        "paper = the value the paper prints; Δ = ours - paper."
+        "paper = the value the paper prints; Δ = ours - paper." + (ckpt if res.runs else "") + chase
     )
 
 

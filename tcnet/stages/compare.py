@@ -106,6 +106,23 @@ def _headline(done: _Done) -> dict:
     return out
 
 
+def check_data_label(label: str, res, eval_dir) -> None:
+    """Refuse to call numbers real that the evaluate stage found were computed on a look-alike
+    (``scores.json`` ``synthetic``: the train or eval dataset's raw folder holds tcnet synth's
+    ``SYNTHETIC.txt``). The label is the only thing that tells a reader which data a table shows."""
+    if "synthetic" in label.lower():
+        return
+    for run_id, run in res.runs.items():
+        synthetic = run.scores.get("synthetic") or []
+        if synthetic:
+            raise ValueError(
+                f"compare.data_label is {label!r}, but {Path(eval_dir) / res.exp_id / run_id / 'scores.json'} was "
+                f"computed on synthetic look-alikes ({', '.join(synthetic)}: their raw folders hold SYNTHETIC.txt, "
+                "written by tcnet synth). Replace data/ with the real datasets (docs/datasets.md) and run the "
+                "pipeline again, or set compare.data_label to 'synthetic look-alike'"
+            )
+
+
 def _write_all(params: Params, exp_ids: list[str], eval_dir: Path, reported: dict, dest: Path,
                explicit: bool) -> list[_Done]:
     done = []
@@ -159,6 +176,8 @@ def run(params: Params | str | Path, eval_dir: str | Path, reported_path: str | 
     if not Path(eval_dir).is_dir():
         raise FileNotFoundError(f"{eval_dir}: no such folder (the evaluate stage's output: run 'tcnet evaluate' "
                                 "or 'dvc repro' first, or pass --eval)")
+    for e in exp_ids:  # before anything is written
+        check_data_label(params.compare.data_label, load_experiment(params, e, eval_dir), eval_dir)
     out_dir = Path(out_dir)
     if experiments:
         out_dir.mkdir(parents=True, exist_ok=True)

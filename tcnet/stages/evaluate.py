@@ -1,10 +1,11 @@
 """Pipeline stage ``evaluate``: predict and score every run of an experiment at ORIGINAL image size.
 
     tcnet evaluate --params params.yaml --experiment ID [--run RUN_ID ...] [--preprocessed outputs/preprocessed]
-                   [--splits outputs/splits] [--raw data] [--models outputs/models] [--out outputs/eval]
+                   [--splits outputs/splits] [--raw RAW] [--models outputs/models] [--out outputs/eval]
                    [--no-mlflow]
 
-For each run (:func:`evaluate_run`): ``best.pt`` predicts the evaluation ids (``data.part``: ``val``
+For each run (:func:`evaluate_run`): its checkpoint (:func:`checkpoint_choice`: ``best.pt``, or
+``last.pt`` where the scored images chose best.pt's epoch) predicts the evaluation ids (``data.part``: ``val``
 = the fold's validation ids, ``test`` = the split's test ids of ``data.eval``); each image is read
 from the raw data, prepared exactly as in training (``transforms.prepare_image``), its foreground
 probability mapped back to the image's original size (``transforms.resize_prob``), thresholded
@@ -15,12 +16,14 @@ the headline; DRIVE/CHASE_DB1: pooled over FOV pixels, AUC first.
 Writes ``<out>/<experiment>/<run_id>/`` atomically: ``per_image.csv``, ``scores.json``, ``roc.csv``
 (``fpr, tpr, threshold``, pooled), ``history.csv``, ``masks/<id>.png`` (0/255, original size),
 ``overlays/<id>.png`` (first ``evaluate.n_overlays`` images: truth contour green, prediction red);
-and ``<out>/<experiment>/summary.json`` (every run's mean and pooled scores: the DVC metric).
+and ``<out>/<experiment>/summary.json`` (every run's mean and pooled scores; the pipeline's DVC metric is
+``outputs/reports/metrics.json``, from compare).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import math
 import shutil
@@ -32,6 +35,7 @@ import numpy as np
 
 from tcnet.models.outputs import foreground_prob
 from tcnet.config import RETINA_DATASETS, EvaluateConfig, Params, RunSpec, expand_runs, load_params, to_dict
+from tcnet.tracking import EVAL_CHECKPOINT_TAG
 from tcnet.utils.atomic import atomic_dir, atomic_write
 
 TRUTH_COLOR = (0, 255, 0)  # green
@@ -68,8 +72,24 @@ def eval_ids(spec: RunSpec, splits_dir) -> tuple[str, list[str]]:
     ids = ids_for(split, spec.data.part, spec.fold if spec.data.part == "val" else 0)
     if not ids:
         raise ValueError(f"run {spec.run_id}: the {spec.data.part} part of {Path(splits_dir) / dataset}.json is empty; "
-                         "nothing to evaluate")
+                         f"nothing to evaluate: give the experiment's data entry for {dataset} in params.yaml a "
+                         f"part that has images (val: the split's hold-out; test: the official test set)")
     return dataset, ids
+
+
+def checkpoint_choice(spec: RunSpec, eval_cfg: EvaluateConfig) -> tuple[str, str]:
+    """``(file name, why)`` of the checkpoint that scores a run (``evaluate.checkpoint``).
+
+    ``best.pt`` is the epoch with the best Dice on the training dataset's ``val`` part. Scoring it
+    on those same images reports a maximum over epochs, not an estimate: ``auto`` then takes
+    ``last.pt`` (the fixed epoch budget, no selection on the scored images), and ``best.pt``
+    wherever the scored images played no part in choosing it (a test set, another dataset).
+    """
+    if eval_cfg.checkpoint != "auto":
+        return f"{eval_cfg.checkpoint}.pt", f"evaluate.checkpoint: {eval_cfg.checkpoint}"
+    if spec.data.part == "val" and spec.data.eval_dataset == spec.data.train:
+        return "last.pt", "auto: the scored val images chose best.pt's epoch, so the last epoch is scored"
+    return "best.pt", f"auto: best.pt's epoch was chosen on {spec.data.train} val, not on the scored images"
 
 
 def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -114,7 +134,7 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Sequence]) -> 
 def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, splits_dir, raw_dir, model_dir, out_dir,
                  *, tracker=None, aggregation: Optional[str] = None, device: Optional[str] = None,
                  progress: bool = True) -> dict:
-    """Evaluate one run: ``model_dir`` is the run's training folder (``best.pt``), ``out_dir`` its
+    """Evaluate one run: ``model_dir`` is the run's training folder (``best.pt``, ``last.pt``), ``out_dir`` its
     evaluation folder (replaced whole). Returns what ``scores.json`` holds."""
     import torch
     from tqdm.auto import tqdm
@@ -123,12 +143,15 @@ def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, spli
     from tcnet.data.adapters import Sample, load_fov, load_mask
     from tcnet.data.dataset import read_manifest
     from tcnet.data.io import read_image, write_png
+    from tcnet.data.synth.writers import is_synthetic
+    from tcnet.stages.preprocess import file_checksum
     from tcnet.data.transforms import prepare_image, resize_prob
     from tcnet.metrics import MetricAccumulator, ProbabilityHistogram
     from tcnet.training.runtime import resolve_device
 
     model_dir, out_dir, raw_dir = Path(model_dir), Path(out_dir), Path(raw_dir)
-    ckpt_path = model_dir / "best.pt"
+    ckpt_name, ckpt_why = checkpoint_choice(spec, eval_cfg)
+    ckpt_path = model_dir / ckpt_name
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"{ckpt_path} not found; run 'tcnet train --experiment {spec.experiment}' first")
     dev = resolve_device(device or spec.train.device)
@@ -173,6 +196,9 @@ def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, spli
                 r = rows[image_id]
                 sample = Sample(image_id, dataset, raw_dir / r.image_path, raw_dir / r.mask_path,
                                 raw_dir / r.fov_path if r.fov_path else None, r.official_split)
+                if getattr(r, "checksum", "") and file_checksum(sample.image, sample.mask) != r.checksum:
+                    raise ValueError(f"{sample.image} or {sample.mask}: not the bytes preprocess read (manifest "
+                                     f"checksum differs): the raw data changed since; re-run 'tcnet preprocess'")
                 rgb = read_image(sample.image)
                 if rgb.shape[:2] != (int(r.orig_height), int(r.orig_width)):
                     raise ValueError(f"{sample.image}: is {rgb.shape[1]}x{rgb.shape[0]} but the manifest says "
@@ -187,9 +213,10 @@ def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, spli
                 prob = resize_prob(probs[k], (w, h))
                 truth = load_mask(sample)
                 fov = load_fov(sample, rgb)
-                if truth.shape != (h, w) or fov.shape != (h, w):
-                    raise ValueError(f"{sample.mask}: mask {truth.shape[::-1]} / FOV {fov.shape[::-1]} do not match the "
-                                     f"image size {w}x{h}")
+                for path, what, arr in ((sample.mask, "mask", truth), (sample.fov or sample.image, "FOV", fov)):
+                    if arr.shape != (h, w):
+                        raise ValueError(f"{path}: {what} size {arr.shape[1]}x{arr.shape[0]} does not match the "
+                                         f"image size {w}x{h} ({sample.image})")
                 pred = prob >= eval_cfg.threshold
                 acc.update(image_id, prob, truth, valid=fov, pred=pred)
                 hist.add(prob[fov], truth[fov])
@@ -207,18 +234,21 @@ def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, spli
         history = model_dir / "history.csv"
         if history.is_file():
             shutil.copy2(history, tmp / "history.csv")
+        synthetic = sorted(d for d in {spec.data.train, dataset} if is_synthetic(raw_dir / d))
         scores = _json_safe({
             "mean": acc.mean(), "pooled": acc.pooled(), "n": len(per_image), "dataset": dataset,
+            "synthetic": synthetic,  # datasets (train, eval) whose raw folder is a tcnet synth look-alike
             "part": spec.data.part, "aggregation": agg, "threshold": eval_cfg.threshold,
             "run": {**to_dict(spec), "run_id": spec.run_id},
-            "checkpoint": {"path": str(ckpt_path.resolve()), "epoch": meta.get("epoch"),
+            "checkpoint": {"path": str(ckpt_path.resolve()), "name": ckpt_name, "why": ckpt_why,
+                           "epoch": meta.get("epoch"),
                            "best_epoch": meta.get("best_epoch"), "config_hash": meta.get("config_hash"),
                            "image_size": size},
         })
         (tmp / "scores.json").write_text(json.dumps(scores, indent=2, sort_keys=True) + "\n")
 
     headline = scores[agg]
-    _say(f"{spec.run_id}: {dataset} {spec.data.part} ({len(per_image)} images), {agg}: "
+    _say(f"{spec.run_id}: {dataset} {spec.data.part} ({len(per_image)} images, {ckpt_name}), {agg}: "
          + ", ".join(f"{k} {v:.4f}" for k, v in headline.items() if v is not None))
     if tracker is not None:
         _log_to_mlflow(tracker, spec, model_dir, out_dir, scores, per_image)
@@ -241,7 +271,8 @@ def _log_to_mlflow(tracker, spec: RunSpec, model_dir: Path, out_dir: Path, score
     metrics["eval_n"] = scores["n"]
     logger.log_metrics(metrics, step=0)
     logger.set_tags({"tcnet.eval_dataset": scores["dataset"], "tcnet.eval_part": scores["part"],
-                     "tcnet.eval_aggregation": scores["aggregation"], "tcnet.eval_dir": str(out_dir.resolve())})
+                     "tcnet.eval_aggregation": scores["aggregation"], "tcnet.eval_dir": str(out_dir.resolve()),
+                     EVAL_CHECKPOINT_TAG: scores["checkpoint"]["name"]})
     table = pd.DataFrame(per_image)
     logger.log_table(table.astype(object).where(table.notna(), None), "eval/per_image.json")
     for name in ("scores.json", "per_image.csv", "roc.csv"):
@@ -298,13 +329,20 @@ def write_summary(params: Params, experiment: str, out_dir) -> dict:
 
 def run(params: Params, experiment: str, preprocessed_dir, splits_dir, raw_dir, models_dir, out_dir,
         run_ids: Optional[Sequence[str]] = None, *, mlflow: Optional[bool] = None, progress: bool = True) -> dict:
-    """Evaluate every run of ``experiment`` (or ``run_ids``): ``models_dir/<exp>/<run_id>/best.pt`` ->
-    ``out_dir/<exp>/<run_id>/``; then ``out_dir/<exp>/summary.json``."""
+    """Evaluate every run of ``experiment`` (or ``run_ids``): ``models_dir/<exp>/<run_id>/`` (its
+    :func:`checkpoint_choice`) -> ``out_dir/<exp>/<run_id>/``; then ``out_dir/<exp>/summary.json``.
+    ``raw_dir`` None: ``preprocess.raw_dir`` of ``params``."""
     from tcnet.stages.train import select_runs
     from tcnet.tracking import open_tracker, pipeline_tags, tracking_enabled
     from tcnet.training.runtime import resolve_device
 
     specs = select_runs(expand_runs(params, experiment), run_ids, experiment)
+    raw_dir = Path(raw_dir if raw_dir is not None else params.preprocess.raw_dir)
+    for dataset in dict.fromkeys(spec.data.eval_dataset for spec in specs):
+        if not (raw_dir / dataset).is_dir():  # before any model is loaded, and naming both ways to set it
+            raise FileNotFoundError(errno.ENOENT, "raw data folder not found: evaluate scores against the "
+                                    "original-size images and masks there (preprocess.raw_dir in params, or --raw)",
+                                    str(raw_dir / dataset))
     tracker = None
     if tracking_enabled(mlflow):
         tracker = open_tracker(experiment, params.mlflow, params=params,
@@ -329,9 +367,11 @@ def add_arguments(parser) -> None:
     from tcnet.stages._cli import add_experiment_arguments, add_no_mlflow
 
     add_experiment_arguments(parser, "evaluate")
-    parser.add_argument("--raw", default="data", help="raw data root (original-size images and masks)")
-    parser.add_argument("--models", default="outputs/models", help="models root (train --out)")
-    parser.add_argument("--out", default="outputs/eval", help="writes OUT/<experiment>/<run_id>/ and OUT/<experiment>/summary.json")
+    parser.add_argument("--raw", default=None,
+                        help="raw data root, original-size images and masks (default: preprocess.raw_dir from params)")
+    parser.add_argument("--models", default="outputs/models", help="models root, train --out (default outputs/models)")
+    parser.add_argument("--out", default="outputs/eval",
+                        help="writes OUT/<experiment>/<run_id>/ and OUT/<experiment>/summary.json (default outputs/eval)")
     add_no_mlflow(parser)
 
 

@@ -102,7 +102,8 @@ def _rel(path, raw_dir: str) -> str:
         return Path(path).as_posix()
 
 
-def _sha256(*paths) -> str:
+def file_checksum(*paths) -> str:
+    """sha256 of the files' bytes in order: the manifest's ``checksum`` of a pair (image, mask)."""
     h = hashlib.sha256()
     for p in paths:
         with open(p, "rb") as f:
@@ -134,6 +135,24 @@ def mask_binary_problem(gray: np.ndarray) -> Optional[str]:
             "(or 0/1) -- is this a soft/probability map or a JPEG-compressed mask?"
         )
     return None
+
+
+def lost_foreground_problem(gray: np.ndarray, mask: np.ndarray) -> Optional[str]:
+    """Why a two-level mask lost its foreground under the binarisation rule, else ``None``.
+
+    A mask stored as 0/100, a colour mask whose lesion colour is dark in grey (red -> 76) or a
+    16-bit PNG holding 0/255 (grey 0/1 once scaled to 8 bits) passes the binary check but
+    binarises to all background: the lesion would silently vanish from training and scoring.
+    Only an all-background result is examined (cheap: the common case returns at once).
+    """
+    if mask.any() or not gray.size or int(gray.max()) == 0:
+        return None
+    levels = np.unique(gray)
+    if len(levels) != 2:  # e.g. JPEG noise on an empty mask: many low levels, no lesion meant
+        return None
+    return (f"mask has two grey levels {{{levels[0]}, {levels[1]}}} but no pixel counts as foreground under the "
+            f"rule (0/1 data: > 0; otherwise >= 128 of 255); expected 0/255 or 0/1 -- is the foreground stored "
+            f"as a dark value, a colour, or 0/255 in a 16-bit file?")
 
 
 def chunk_size(n: int, workers: int) -> int:
@@ -233,8 +252,20 @@ def _read_mask(sample) -> tuple[np.ndarray, np.ndarray]:
     return read_gray(sample.mask), np.asarray(load_mask(sample)).astype(bool)
 
 
-def _process_or_raise(task: _Task) -> _Result:
+def _read_fov(sample, image) -> tuple[Optional[np.ndarray], np.ndarray]:
+    """``(grey, fov)``: the FOV file's grey levels (to check it as a mask is checked) and the bool
+    FOV, from one decode, when the adapter uses the default FOV rule; ``(None, fov)`` for a FOV
+    that is derived or all-true, or an adapter's own ``load_fov``."""
     from tcnet.data.adapters import load_fov
+    from tcnet.data.adapters.base import Adapter, get_adapter, read_mask_file
+
+    if sample.fov and type(get_adapter(sample.dataset)).load_fov is Adapter.load_fov:
+        grey, fov = read_mask_file(sample.fov)
+        return grey, np.asarray(fov, dtype=bool)
+    return None, np.asarray(load_fov(sample, image)).astype(bool, copy=False)
+
+
+def _process_or_raise(task: _Task) -> _Result:
     from tcnet.data.io import read_image
     from tcnet.data.transforms import resize_image, resize_mask
 
@@ -263,7 +294,7 @@ def _process_or_raise(task: _Task) -> _Result:
         raise _PairProblem(
             s.mask, f"mask size {gray.shape[1]}x{gray.shape[0]} (WxH) does not match image size {w}x{h} ({s.image})"
         )
-    problem = mask_binary_problem(gray)
+    problem = mask_binary_problem(gray) or lost_foreground_problem(gray, mask)
     if problem:
         raise _PairProblem(s.mask, problem)
     if mask.shape != (h, w):
@@ -271,9 +302,12 @@ def _process_or_raise(task: _Task) -> _Result:
 
     fov_file = s.fov or s.image  # a derived FOV comes from the image
     try:
-        fov = np.asarray(load_fov(s, image)).astype(bool, copy=False)
+        fov_gray, fov = _read_fov(s, image)
     except Exception as e:
         raise _PairProblem(fov_file, f"cannot load or derive the FOV mask: {_msg(e, fov_file)}") from None
+    problem = None if fov_gray is None else mask_binary_problem(fov_gray) or lost_foreground_problem(fov_gray, fov)
+    if problem:
+        raise _PairProblem(fov_file, "FOV " + problem)
     if fov.shape != (h, w):
         raise _PairProblem(fov_file, f"FOV size {fov.shape[1]}x{fov.shape[0]} (WxH) does not match image size {w}x{h}")
     full_fov = bool(fov.all())  # ISIC/PH2 (no FOV file): skip the per-pixel FOV work
@@ -304,7 +338,7 @@ def _process_or_raise(task: _Task) -> _Result:
         "orig_width": w,
         "orig_height": h,
         "fg_fraction": round(fg_fraction, 6),
-        "checksum": _sha256(s.image, s.mask),
+        "checksum": file_checksum(s.image, s.mask),
     }
     slots = _slots(task.arrays_dir)
     if "fov" not in slots.files and not full_fov:  # the parent said whole-image FOV, the adapter disagrees

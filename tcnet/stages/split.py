@@ -35,7 +35,6 @@ import numpy as np
 from tcnet.config import DATASETS, SplitConfig, check_choice, n_folds, to_dict
 from tcnet.utils.atomic import atomic_dir
 
-CHASE_TRAIN, CHASE_TOTAL = 20, 28  # first 20 of 28 images train, last 8 test
 
 
 class SplitError(ValueError):
@@ -132,14 +131,13 @@ def _split_drive(ids, by, cfg):
 
 
 def _split_chase_db1(ids, by, cfg):
-    ids = sorted(ids)
-    n = len(ids)
-    n_train = CHASE_TRAIN if n == CHASE_TOTAL else int(round(n * CHASE_TRAIN / CHASE_TOTAL))
-    if n < 2 or not 0 < n_train < n:
-        raise SplitError(f"chase_db1: need at least 2 images for a train/test split, found {n}")
-    pool, test = ids[:n_train], ids[n_train:]
+    from tcnet.data.adapters.chase_db1 import split_ids
+
+    try:
+        pool, test, rule = split_ids(ids)
+    except ValueError as e:
+        raise SplitError(str(e)) from None
     folds, how = _retina_fold(pool, cfg)
-    rule = "first 20 / last 8" if n == CHASE_TOTAL else f"first {n_train} / last {n - n_train} (20:8 of {n} images)"
     source = (
         f"no official split; convention {rule} of the sorted ids: train {pool[0]}..{pool[-1]}, "
         f"test {test[0]}..{test[-1]}; {how}"

@@ -451,11 +451,14 @@ def run(params: Params, experiment: str, preprocessed_dir, splits_dir, out_dir,
     experiment's parent run found or created once, here, before any run starts.
     """
     from tcnet.models.registry import check_runs_models
+    from tcnet.stages.evaluate import eval_ids
     from tcnet.tracking import open_tracker, pipeline_tags, tracking_enabled
     from tcnet.training.runtime import init_distributed, resolve_device
 
     specs = select_runs(expand_runs(params, experiment), run_ids, experiment)
     check_runs_models(params, experiments=[experiment])  # a typo in the last run's model fails now, not hours in
+    for spec in specs:  # and so does a run whose evaluation part is empty (e.g. DRIVE without test labels)
+        eval_ids(spec, splits_dir)
     dist = init_distributed(params.train.device)
     digest = params_hash(params)
     tracker = None

@@ -27,6 +27,7 @@ batch sizes 1 and 2. A file that fails is not left at ``--out``; the command fai
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import errno
@@ -47,6 +48,7 @@ from tcnet.tools.predict import example_image
 FORMATS = ("onnx", "torchscript")
 DEFAULT_ATOL = 1e-4
 DEFAULT_OPSET = 17
+SDPA_MIN_OPSET = 14  # ONNX export of F.scaled_dot_product_attention (the ETM's attention) starts here
 VERIFY_BATCHES = (1, 2)
 
 
@@ -155,11 +157,38 @@ def _metadata(meta: dict, size: int) -> dict[str, str]:
     }
 
 
+def uses_sdpa(net: torch.nn.Module) -> bool:
+    """Whether ``net`` computes attention through ``F.scaled_dot_product_attention``."""
+    from tcnet.models.attention import SpatialReductionAttention
+
+    return any(isinstance(m, SpatialReductionAttention) for m in net.modules())
+
+
+@contextlib.contextmanager
+def _stdout_fd_dropped():
+    """Drop what C++ code writes to file descriptor 1 inside the block.
+
+    torch 2.14's TorchScript ONNX exporter turns its log on for every export (``setup_onnx_logging``
+    tests the function ``_jit_is_onnx_log_enabled`` instead of calling it) and so prints the whole
+    Torch IR graph, thousands of lines, to stdout when an export fails. The failure is reported as
+    one line by :func:`export`; the dump would bury it.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as sink:
+            os.dup2(sink.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _export_onnx(module, size: int, path: Path, metadata: dict[str, str], opset: int) -> None:
     import onnx
 
     example = torch.zeros(1, 3, size, size)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _stdout_fd_dropped():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
         torch.onnx.export(
             module, (example,), str(path), dynamo=False, opset_version=opset,
@@ -213,6 +242,9 @@ def export(
     if out.is_dir():  # checked before the export's minutes, not after them
         raise IsADirectoryError(errno.EISDIR, "is a folder; --out names the file to write", str(out))
     net, meta, _ = load(model, "cpu")
+    if fmt == "onnx" and opset < SDPA_MIN_OPSET and uses_sdpa(net):
+        raise ValueError(f"--opset {opset}: {model} has attention (scaled_dot_product_attention), which ONNX "
+                         f"exports from opset {SDPA_MIN_OPSET} (default {DEFAULT_OPSET})")
     size = int(size or image_size_of(meta))
     if size < 32 or size % 32:
         raise ValueError(f"--size must be a positive multiple of 32, got {size}")
@@ -257,7 +289,8 @@ def export(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
-        "MODEL: a checkpoint, run folder or MLflow URI (runs:/<id>/model, models:/tcnet@champion).\n"
+        "MODEL: a checkpoint, run folder, saved MLflow model folder or MLflow URI (runs:/<id>/pyfunc, "
+        "models:/tcnet@champion).\n"
         "The input is the normalised N x 3 x S x S tensor of prepare_image; the output the logits.\n"
         "The file is verified (onnxruntime / torch.jit.load) against PyTorch before it is kept.\n"
         "exit status: 0 exported and verified; 2 bad arguments or verification failed."

@@ -40,7 +40,8 @@ EXIT_OK, EXIT_SKIPPED = 0, 1
 
 EPILOG = """\
 MODEL: a checkpoint (outputs/models/<exp>/<run_id>/best.pt), a run folder, a saved MLflow model
-folder, or an MLflow URI: runs:/<mlflow_run_id>/model, models:/tcnet/3, models:/tcnet@champion.
+folder, or an MLflow URI: runs:/<mlflow_run_id>/pyfunc (the model tcnet promote logs),
+models:/tcnet/3, models:/tcnet@champion.
 
 outputs: OUT/<stem>_mask.png (ISIC_xxxxxxx images: OUT/ISIC_xxxxxxx_segmentation.png), 8-bit
 0/255 at each image's original size; --probs adds OUT/probs/<stem>_prob.png, --overlay adds
@@ -277,7 +278,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probs", action="store_true", help="also write probs/<stem>_prob.png (8-bit probability)")
     parser.add_argument("--threshold", type=float, default=0.5, help="foreground where probability >= this (default 0.5, as evaluate)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N (default auto)")
 
 
 def main(args: argparse.Namespace) -> int:

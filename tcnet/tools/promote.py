@@ -5,8 +5,10 @@
    the metric (``--metric DI`` -> the evaluate stage's ``eval_mean_DI``, or ``eval_pooled_DI``
    where the experiment's headline aggregation is pooled; a full metric key is taken as given). Every metric tcnet reports is higher-is-better; the best run wins (ties: the
    earlier run).
-2. Take that run's ``best.pt``: the path recorded on the run (tag ``tcnet.checkpoint``), else
-   ``<models>/<experiment>/<run_id>/best.pt``, else a ``best.pt`` artifact of the run.
+2. Take the checkpoint that run's metric describes: the file the evaluate stage scored (tag
+   ``tcnet.eval_checkpoint``: ``best.pt``, or ``last.pt`` where the scored val images had chosen
+   best.pt's epoch; ``best.pt`` without the tag): the path recorded on the run (tag
+   ``tcnet.checkpoint``), else ``<models>/<experiment>/<run_id>/<file>``, else such an artifact of the run.
 3. Log it as the :class:`tcnet.tools.serving.TCNetSegmenter` pyfunc model (``pyfunc``) into that
    run, register it as a new version of ``--name`` (default ``tcnet``) and point ``--alias``
    (default ``champion``) at it: serve it as ``models:/tcnet@champion``. Registry stages are
@@ -25,7 +27,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tcnet.tracking import CONFIG_HASH_TAG, RUN_ID_TAG, experiment_name, retry
+from tcnet.tracking import CONFIG_HASH_TAG, EVAL_CHECKPOINT_TAG, RUN_ID_TAG, experiment_name, retry
 
 PYFUNC_NAME = "pyfunc"  # the logged pyfunc model's name inside the run
 CHECKPOINT_SHA_TAG = "tcnet.checkpoint_sha256"
@@ -108,13 +110,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _checkpoint_artifact(client, run_id: str, dst: str, folder: str | None = None, depth: int = 0) -> Path | None:
-    """Download a ``best.pt`` logged as an artifact of the run (searched up to two folders deep)."""
+def _checkpoint_artifact(client, run_id: str, dst: str, folder: str | None = None, depth: int = 0,
+                         name: str = "best.pt") -> Path | None:
+    """Download a checkpoint ``name`` logged as an artifact of the run (searched up to two folders deep)."""
     for item in client.list_artifacts(run_id, folder):
-        if not item.is_dir and Path(item.path).name == "best.pt":
+        if not item.is_dir and Path(item.path).name == name:
             return Path(client.download_artifacts(run_id, item.path, dst))
         if item.is_dir and depth < 2:
-            found = _checkpoint_artifact(client, run_id, dst, item.path, depth + 1)
+            found = _checkpoint_artifact(client, run_id, dst, item.path, depth + 1, name)
             if found is not None:
                 return found
     return None
@@ -162,7 +165,7 @@ def promote(
                                f"{best.info.run_id}): {why}")
         else:
             raise FileNotFoundError(
-                f"experiment {exp_name!r}: no candidate run has its own best.pt (looked in {models_dir} and in the "
+                f"experiment {exp_name!r}: no candidate run has its own checkpoint (looked in {models_dir} and in the "
                 "runs' artifacts): " + "; ".join(passed_over)
             )
         run_id, tcnet_run_id, value = best.info.run_id, best.data.tags[RUN_ID_TAG], float(best.data.metrics[key])
@@ -202,9 +205,13 @@ def _own_checkpoint(client, run, models_dir, tmp: str) -> tuple[Path | None, str
     from tcnet.checkpoint import CheckpointError, load_checkpoint
     from tcnet.tools.model_source import checkpoint_for_run
 
-    ckpt = checkpoint_for_run(run, models_dir, names=("best.pt",)) or _checkpoint_artifact(client, run.info.run_id, tmp)
+    # The file the evaluate stage scored (tag tcnet.eval_checkpoint): the metric that ranked the
+    # runs describes it. best.pt unless that file was last.pt (its val images had chosen best.pt).
+    name = run.data.tags.get(EVAL_CHECKPOINT_TAG) or "best.pt"
+    ckpt = checkpoint_for_run(run, models_dir, names=(name,)) or _checkpoint_artifact(client, run.info.run_id, tmp,
+                                                                                      name=name)
     if ckpt is None:
-        return None, "no best.pt on disk (or its run.json names another MLflow run) and none logged as an artifact"
+        return None, f"no {name} on disk (or its run.json names another MLflow run) and none logged as an artifact"
     want = run.data.tags.get(CONFIG_HASH_TAG)
     try:
         have = load_checkpoint(ckpt).get("config_hash")
@@ -228,7 +235,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default=None,
                         help="params file for the tracking URI and defaults (default: params.yaml when present)")
     parser.add_argument("--metric", default=DEFAULT_METRIC,
-                        help="AC SE SP JA DI TJA AUC (-> eval_mean_<M>) or a full MLflow metric key (default DI)")
+                        help="AC SE SP JA DI TJA AUC (-> eval_<A>_<M>, A = the experiment's headline aggregation: "
+                             "mean, or pooled for the retina experiments) or a full MLflow metric key (default DI)")
     parser.add_argument("--alias", default=DEFAULT_ALIAS, help="registry alias to set (default champion)")
     parser.add_argument("--name", default=None, help="registered model name (default: compare.registered_model, tcnet)")
     parser.add_argument("--models", default=DEFAULT_MODELS_DIR, help="training outputs (default outputs/models)")

@@ -289,7 +289,8 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--probs", metavar="DIR",
-        help="probability maps (8-bit PNG 0..255 or .npy in [0, 1]) for per-image and pooled AUC",
+        help="probability maps (8-bit 0..255 or 16-bit 0..65535 greyscale images, or .npy floats in [0, 1] "
+             "or uint8) for per-image and pooled AUC",
     )
     parser.add_argument("--out", metavar="JSON", help="write the scores here (per_image, mean, pooled)")
 

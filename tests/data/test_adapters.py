@@ -13,10 +13,10 @@ from scipy import ndimage
 
 from tcnet.config import DATASETS
 from tcnet.data.adapters import (
-    LayoutError, MissingMaskError, Sample, binarize_mask_file, discover, get_adapter, list_adapters, load_fov,
+    LayoutError, MissingImageError, MissingMaskError, Sample, binarize_mask_file, discover, get_adapter, list_adapters, load_fov,
     load_mask,
 )
-from tcnet.data.adapters.chase_db1 import derive_fov, split_of
+from tcnet.data.adapters.chase_db1 import derive_fov, split_ids
 from tcnet.data.io import InvalidInputError, read_image
 
 
@@ -181,7 +181,8 @@ def test_chase_db1_split_and_labels(synth_root, synth_copy):
     assert all(s.mask.name == f"{s.id}_1stHO.png" and s.fov is None for s in samples)
     assert Image.open(samples[0].mask).mode == "1"
     _check_semantics(samples[:6], retina=True)
-    assert split_of(0, 7) == "train" and split_of(5, 7) == "test"  # 20:8 proportion when fewer
+    first = [f"Image_{k:02d}{e}" for k in range(1, 5)[:4] for e in "LR"][:7]  # a look-alike of 7: 20:8 proportion
+    assert split_ids(first)[:2] == (first[:5], first[5:])
     # a CHASEDB1/ subfolder is fine; a 0/1 8-bit label binarises like the 1-bit one
     root = synth_copy("chase_db1")
     sub = root / "CHASEDB1"
@@ -282,3 +283,20 @@ def test_two_copies_are_ambiguous(synth_copy):
     shutil.move(str(root / "DRIVE"), str(root / "a" / "DRIVE"))
     with pytest.raises(LayoutError, match="more than one place"):
         discover("drive", root)
+
+
+@pytest.mark.parametrize("dataset, image, label", [
+    ("isic2017", "ISIC-2017_Training_Data/ISIC_0000001.jpg",
+     "ISIC-2017_Training_Part1_GroundTruth/ISIC_0000001_segmentation.png"),
+    ("isic2018", "ISIC2018_Task1-2_Training_Input/ISIC_0000001.jpg",
+     "ISIC2018_Task1_Training_GroundTruth/ISIC_0000001_segmentation.png"),
+    ("drive", "DRIVE/test/images/02_test.tif", "DRIVE/test/1st_manual/02_manual1.gif"),
+    ("chase_db1", "Image_14R.jpg", "Image_14R_1stHO.png"),
+])
+def test_a_label_without_its_image_is_refused_naming_it(synth_copy, dataset, image, label):
+    """A partial unzip or a deleted image must not shrink the dataset (or move the split) silently."""
+    root = synth_copy(dataset)
+    (root / image).unlink()
+    with pytest.raises(MissingImageError) as e:
+        discover(dataset, root)
+    assert str(root / label) in str(e.value) and image.rsplit("/", 1)[-1] in str(e.value), str(e.value)

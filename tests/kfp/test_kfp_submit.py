@@ -127,3 +127,19 @@ def test_a_token_in_the_data_url_stays_out_of_the_package(kfp_server, tmp_path, 
     run = kfp_server.requests[-1][3]
     assert "SECRETTOKEN" not in json.dumps(run["pipeline_spec"])
     assert run["runtime_config"]["parameters"]["data_repo_url"] == url  # the run itself gets the full URL
+
+
+@pytest.mark.filterwarnings("ignore:This client only works with Kubeflow Pipeline:FutureWarning")
+def test_cli_errors_are_one_line_not_tracebacks(tmp_path, capsys):
+    from pipeline.__main__ import main
+
+    assert main(["compile", "--params", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "p.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope.yaml" in err and "Traceback" not in err
+    assert main(["compile", "--gpus", "-1", "--out", str(tmp_path / "p.yaml")]) == 2
+    assert "gpus must be >= 1" in capsys.readouterr().err
+    # port 9 (discard): nothing listens on it here
+    assert main(["submit", "--host", "http://127.0.0.1:9", "--data-repo-url", "https://example.com/d.git"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the Kubeflow Pipelines API at http://127.0.0.1:9" in err and "Traceback" not in err
+    assert not (tmp_path / "p.yaml").exists()

@@ -306,3 +306,38 @@ def test_mlflow_tables_and_figures_on_the_parent_run(done, tmp_path, monkeypatch
     assert labels >= {"TCNet", "UNet", "TCNet - SSLS"}
     tcnet_ja = table(out, "ph2_transfer").pipe(lambda t: cell(t, kind="value", variant="tcnet", metric="JA")).ours
     assert math.isclose(run.data.metrics["compare.ph2.tcnet.JA"], tcnet_ja)
+
+
+def test_numbers_from_a_look_alike_are_never_labelled_real(tmp_path):
+    """evaluate records a tcnet synth look-alike (SYNTHETIC.txt) in scores.json; compare then refuses 'real'."""
+    from dataclasses import replace
+
+    params = load_params(ROOT / "params.yaml")
+    real = replace(params, compare=replace(params.compare, data_label="real"))
+    fabricate_eval(params, tmp_path / "eval", ["ph2_transfer"])
+    compare.run(real, tmp_path / "eval", REPORTED, tmp_path / "out", ["ph2_transfer"], log_mlflow=False)  # none marked
+    scores = next((tmp_path / "eval" / "ph2_transfer").glob("*/scores.json"))
+    scores.write_text(json.dumps({**json.loads(scores.read_text()), "synthetic": ["isic2017", "ph2"]}))
+    with pytest.raises(ValueError, match=r"data_label is 'real', but .*scores.json was computed on synthetic "
+                                         r"look-alikes \(isic2017, ph2"):
+        compare.run(real, tmp_path / "eval", REPORTED, tmp_path / "out2", ["ph2_transfer"], log_mlflow=False)
+    assert not (tmp_path / "out2").exists()
+    compare.run(params, tmp_path / "eval", REPORTED, tmp_path / "out3", ["ph2_transfer"], log_mlflow=False)
+
+
+def test_the_papers_qualitative_claims_get_a_verdict(tmp_path):
+    """reported.yaml `claims`: TCNet ahead of every baseline (PH2, ISIC 2018), every attention placement
+    ahead of none; the notes rank ours and say agrees / disagrees."""
+    params = load_params(ROOT / "params.yaml")
+    # U-Net well ahead of TCNet on PH2; placement 'none' ahead of every other placement
+    level = {("ph2_transfer", "unet"): 0.95, ("attention", "none_ds0"): 0.97, ("attention", "none_ds1"): 0.97}
+    fabricate_eval(params, tmp_path / "eval", ["ph2_transfer", "attention", "isic2018_cv"], level=level)
+    compare.run(params, tmp_path / "eval", REPORTED, tmp_path / "out", ["ph2_transfer", "attention", "isic2018_cv"],
+                log_mlflow=False)
+    ph2 = (tmp_path / "out" / "ph2_transfer" / "table.md").read_text()
+    assert "the paper finds TCNet ahead of every other method on JA, AC, DI; ours ranks TCNet JA 2 of 4" in ph2
+    assert "(disagrees)" in ph2
+    isic = (tmp_path / "out" / "isic2018_cv" / "table.md").read_text()  # default levels: TCNet (last) best
+    assert "ours ranks TCNet AC 1 of 5; DI 1 of 5 (agrees)" in isic
+    att = (tmp_path / "out" / "attention" / "table.md").read_text()
+    assert "the paper finds every attention placement better than none" in att and "0 of 3 better (disagrees)" in att

@@ -158,9 +158,21 @@ def test_errors_name_what_is_missing_or_stale(trained, tmp_path):
 
     root, params, _, _ = trained
     spec = next(s for s in expand_runs(params, EXPERIMENT) if s.run_id == ISIC_RUN)
-    with pytest.raises(FileNotFoundError, match="best.pt"):
+    with pytest.raises(FileNotFoundError, match="last.pt"):  # its val images chose best.pt: last.pt is scored
         evaluate.evaluate_run(spec, params.evaluate, root / "pre", root / "splits", root / "raw", tmp_path / "none",
                               tmp_path / "out")
+    import shutil
+
+    raw = tmp_path / "raw"  # the same files, but one image changed since preprocess read it (same size)
+    shutil.copytree(root / "raw", raw)
+    image = next((raw / "isic2017" / "ISIC-2017_Validation_Data").glob("*.jpg"))
+    Image.fromarray(255 - np.asarray(Image.open(image))).save(image)
+    with pytest.raises(ValueError, match=r"not the bytes preprocess read .*re-run 'tcnet preprocess'"):
+        evaluate.evaluate_run(spec, params.evaluate, root / "pre", root / "splits", raw,
+                              root / "models" / EXPERIMENT / ISIC_RUN, tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match=r"raw data folder not found.*preprocess.raw_dir in params, or --raw"):
+        evaluate.run(params, EXPERIMENT, root / "pre", root / "splits", tmp_path / "no-raw", root / "models",
+                     tmp_path / "out", mlflow=False)
     raw = params_dict(root, "sqlite:///x.db")
     raw["train"]["lr"] = 0.5
     changed = next(s for s in expand_runs(from_dict(Params, raw).validate(), EXPERIMENT) if s.run_id == ISIC_RUN)
@@ -168,3 +180,24 @@ def test_errors_name_what_is_missing_or_stale(trained, tmp_path):
         evaluate.evaluate_run(changed, params.evaluate, root / "pre", root / "splits", root / "raw",
                               root / "models" / EXPERIMENT / ISIC_RUN, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_checkpoint_scored_is_never_one_chosen_on_the_scored_images(trained, tmp_path):
+    """best.pt is the epoch with the best val Dice: scoring it on those val images would report a
+    maximum over epochs. auto scores last.pt there, and best.pt on a test set or another dataset."""
+    from tcnet.config import EvaluateConfig
+    from tcnet.stages import evaluate
+
+    root, params, _, _ = trained
+    specs = {s.run_id: s for s in expand_runs(params, EXPERIMENT)}
+    auto = EvaluateConfig()
+    assert evaluate.checkpoint_choice(specs[ISIC_RUN], auto)[0] == "last.pt"  # isic2017 val, trained on isic2017
+    assert evaluate.checkpoint_choice(specs[DRIVE_RUN], auto)[0] == "best.pt"  # another dataset's test part
+    assert evaluate.checkpoint_choice(specs[ISIC_RUN], EvaluateConfig(checkpoint="best"))[0] == "best.pt"
+    with pytest.raises(ValueError, match="valid: auto, best, last"):
+        EvaluateConfig(checkpoint="final").validate()
+    out = tmp_path / "out"
+    evaluate.run(params, EXPERIMENT, root / "pre", root / "splits", root / "raw", root / "models", out, mlflow=False)
+    for run_id, name in ((ISIC_RUN, "last.pt"), (DRIVE_RUN, "best.pt")):
+        ckpt = json.loads((out / EXPERIMENT / run_id / "scores.json").read_text())["checkpoint"]
+        assert ckpt["name"] == name and ckpt["path"] == str((root / "models" / EXPERIMENT / run_id / name).resolve())

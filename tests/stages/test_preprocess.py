@@ -136,6 +136,22 @@ def _non_binary(root):
     return p
 
 
+def _dark_foreground(root):  # 0/100: passes as two levels, binarises (>= 128) to no lesion at all
+    p = root / VAL_GT / "ISIC_0000005_segmentation.png"
+    mask = np.zeros((40, 48), np.uint8)
+    mask[10:20, 10:30] = 100
+    Image.fromarray(mask).save(p)
+    return p
+
+
+def _sixteen_bit_0_255(root):  # 0/255 stored in a 16-bit PNG: 255 of 65535 is background
+    p = root / TRAIN_GT / "ISIC_0000001_segmentation.png"
+    mask = np.zeros((40, 48), np.uint16)
+    mask[10:20, 10:30] = 255
+    Image.fromarray(mask).save(p)
+    return p
+
+
 def _empty(root):
     shutil.rmtree(root)
     root.mkdir()
@@ -148,6 +164,8 @@ def _empty(root):
     (_missing_mask, "no mask"),
     (_size_mismatch, "does not match image size"),
     (_non_binary, "not binary"),
+    (_dark_foreground, "two grey levels {0, 100} but no pixel counts as foreground"),
+    (_sixteen_bit_0_255, "two grey levels {0, 1} but no pixel counts as foreground"),
     (_empty, "isic2017"),
 ])
 def test_bad_input_is_a_clear_error_naming_the_file(raw, tmp_path, break_it, words):
@@ -338,3 +356,18 @@ def test_adapter_finding_no_pairs_is_an_empty_dataset_error(raw, tmp_path, monke
     monkeypatch.setattr(adapters, "discover", lambda dataset, root: [])
     with pytest.raises(PreprocessError, match=r"isic2017: no image/mask pairs found in .*isic2017 \(empty dataset\)"):
         run(CFG, raw, tmp_path / "pre")
+
+
+def test_a_fov_mask_is_checked_as_a_mask_is(tmp_path):
+    """Retina scores are counted inside the FOV: a noisy FOV file must not be thresholded silently."""
+    from tcnet.data.synth.writers import write_dataset
+
+    raw = tmp_path / "raw"
+    write_dataset("drive", raw / "drive", n=2, size=(64, 48))
+    fov = sorted((raw / "drive").rglob("*_mask.gif"))[0]
+    noise = np.random.default_rng(0).integers(0, 256, (48, 64), dtype=np.uint8)
+    Image.fromarray(noise).save(fov)
+    with pytest.raises(PreprocessError) as e:
+        run(PreprocessConfig(datasets=("drive",), image_size=32, workers=1), raw, tmp_path / "pre")
+    assert str(fov) in str(e.value) and "FOV mask is not binary" in str(e.value), str(e.value)
+    assert not (tmp_path / "pre").exists()

@@ -235,3 +235,24 @@ def test_cli(pre, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "error" in err and str(bad) in err and "Traceback" not in err
     assert split_stage.dumps({"a": [1]}) == '{\n  "a": [\n    1\n  ]\n}\n'
+
+
+def test_chase_split_is_by_child_so_a_missing_image_moves_no_other(tmp_path):
+    ids = [i for i, _ in _chase() if i != "Image_14R"]  # a partial unzip
+    pre = _write_manifest(tmp_path / "pre", {"chase_db1": [(i, "") for i in ids]})
+    run(CFG, pre, tmp_path / "s")
+    s = load_split(tmp_path / "s", "chase_db1")
+    assert s["test"] == ["Image_11L", "Image_11R", "Image_12L", "Image_12R", "Image_13L", "Image_13R", "Image_14L"]
+    assert sorted(s["folds"][0]["train"] + s["folds"][0]["val"]) == sorted(ids)[:20]
+    assert "1 of the 28 images missing: Image_14R" in s["source"]
+
+    only_train = [(f"Image_{k:02d}{e}", "") for k in range(1, 6) for e in "LR"]
+    pre = _write_manifest(tmp_path / "pre2", {"chase_db1": only_train})
+    run(CFG, pre, tmp_path / "s2")  # a small look-alike of the first children: the 20:8 proportion, said so
+    s = load_split(tmp_path / "s2", "chase_db1")
+    assert s["test"] == ["Image_04R", "Image_05L", "Image_05R"] and "no image of children 11-14" in s["source"]
+
+    renamed = [(f"chase_{k:02d}", "") for k in range(14)]  # not the official names: the 20:8 proportion
+    pre = _write_manifest(tmp_path / "pre3", {"chase_db1": renamed})
+    run(CFG, pre, tmp_path / "s3")
+    assert load_split(tmp_path / "s3", "chase_db1")["test"] == [f"chase_{k:02d}" for k in range(10, 14)]

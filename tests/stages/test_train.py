@@ -500,3 +500,20 @@ def test_run_flag_takes_several_ids_at_once_or_repeated():
         args = build_parser(command).parse_args([command, "--experiment", "e", "--run", "a", "b", "--run", "c"])
         assert args.runs == ["a", "b", "c"]
         assert build_parser(command).parse_args([command, "--experiment", "e"]).runs is None
+
+
+def test_a_run_with_nothing_to_evaluate_is_refused_before_training(data, tmp_path):
+    """DRIVE without test labels has an empty test part: say so now, not after every run has trained."""
+    import json
+    import shutil
+
+    splits = tmp_path / "splits"
+    shutil.copytree(data / "splits", splits)
+    split = json.loads((splits / "isic2017.json").read_text())
+    (splits / "isic2017.json").write_text(json.dumps({**split, "test": []}))
+    d = params_dict(tmp_path)
+    d["experiments"][EXPERIMENT]["data"] = [{"name": "isic2017", "train": "isic2017", "part": "test"}]
+    params = from_dict(Params, d).validate()
+    with pytest.raises(ValueError, match=r"the test part of .*isic2017.json is empty; nothing to evaluate"):
+        train.run(params, EXPERIMENT, data / "pre", splits, tmp_path / "m", mlflow=False)
+    assert not (tmp_path / "m").exists()

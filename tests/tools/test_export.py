@@ -106,7 +106,7 @@ def test_bad_options_are_usage_errors_before_the_export(checkpoint, tmp_path, ca
     err = capsys.readouterr().err
     assert "--opset 5: torch" in err and "graph" not in err.lower()  # no IR dump
     assert cli(onnx + ["--out", str(tmp_path / "m.onnx"), "--opset", "11"]) == 2  # in range, but no SDPA op
-    assert "ONNX export at --opset 11 failed" in capsys.readouterr().err
+    assert "has attention (scaled_dot_product_attention), which ONNX exports from opset 14" in capsys.readouterr().err
     (tmp_path / "folder").mkdir()
     assert cli(onnx + ["--out", str(tmp_path / "folder")]) == 2
     assert "is a folder; --out names the file to write" in capsys.readouterr().err
@@ -116,3 +116,14 @@ def test_bad_options_are_usage_errors_before_the_export(checkpoint, tmp_path, ca
 def test_bad_size_is_a_usage_error(checkpoint, tmp_path, capsys):
     assert cli(["export", "--model", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--size", "50"]) == 2
     assert "multiple of 32" in capsys.readouterr().err
+
+
+def test_a_failing_onnx_export_is_one_line_not_an_ir_dump(checkpoint, tmp_path, capfd, monkeypatch):
+    # torch's exporter prints its whole IR graph to fd 1 when an export fails; the CLI must not
+    monkeypatch.setattr(export_mod, "uses_sdpa", lambda net: False)  # let torch itself meet the SDPA op
+    out = tmp_path / "m.onnx"
+    assert cli(["export", "--model", str(checkpoint), "--format", "onnx", "--out", str(out), "--opset", "11"]) == 2
+    captured = capfd.readouterr()
+    assert "ONNX export at --opset 11 failed: Exporting the operator 'aten::scaled_dot_product_attention'" in captured.err
+    assert "graph" not in captured.out.lower() and len(captured.out) < 200, captured.out[:300]
+    assert not list(tmp_path.iterdir())

@@ -154,3 +154,20 @@ def test_a_training_runs_model_uri_resolves_to_its_checkpoint(store, tmp_path):
     assert cli(["predict", "--model", f"runs:/{mlflow_id}/model", "--input", str(tmp_path / "z.png"),
                 "--out", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "z_mask.png").is_file()
+
+
+def test_the_file_the_metric_describes_is_registered(store):
+    """When evaluate scored last.pt (its val images had chosen best.pt's epoch), promote registers last.pt."""
+    from tcnet.tools.model_source import resolved_checkpoint
+
+    mlflow_run = add_run(store, "e__tcnet__fold0", "tcnet_tiny", 0.80, seed=1)
+    folder = store["models"] / EXP / "e__tcnet__fold0"
+    torch.manual_seed(9)
+    torch.save({"model": tcnet.create_model("tcnet_tiny").state_dict(), "model_name": "tcnet_tiny", "model_kwargs": {},
+                "num_classes": 1, "image_size": 64, "epoch": 2, "run": {"experiment": EXP}, "config_hash": "cfg"},
+               folder / "last.pt")
+    store["client"].set_tag(mlflow_run, "tcnet.eval_checkpoint", "last.pt")
+    store["client"].set_tag(mlflow_run, "tcnet.checkpoint", str(folder / "best.pt"))  # train's tag: not that file
+    promote_mod.promote(EXP, models_dir=store["models"], tracking_uri=store["uri"])
+    with resolved_checkpoint("models:/tcnet@champion", uri=store["uri"]) as ckpt:
+        assert sha256(ckpt) == sha256(folder / "last.pt") != sha256(folder / "best.pt")

@@ -8,6 +8,7 @@
 from tcnet.data.adapters.base import (
     Adapter,
     LayoutError,
+    MissingImageError,
     MissingMaskError,
     Sample,
     binarize_mask_file,
@@ -24,6 +25,6 @@ from tcnet.data.adapters.base import (
 from tcnet.data.adapters import isic2017, isic2018, ph2, drive, chase_db1  # noqa: E402,F401  isort: skip
 
 __all__ = [
-    "Adapter", "LayoutError", "MissingMaskError", "Sample", "binarize_mask_file", "binarize_mask_image",
+    "Adapter", "LayoutError", "MissingImageError", "MissingMaskError", "Sample", "binarize_mask_file", "binarize_mask_image",
     "discover", "get_adapter", "list_adapters", "load_fov", "load_mask", "register_adapter",
 ]

@@ -10,10 +10,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tcnet.data.adapters.base import Adapter, Sample, find_dirs, list_files, matching, missing_mask, pick_folder
+from tcnet.data.adapters.base import (
+    Adapter, Sample, check_no_orphans, find_dirs, list_files, matching, missing_mask, pick_folder,
+)
 
 IMAGE_RE = re.compile(r"(ISIC_\d{7})\.jpg", re.IGNORECASE)
 MASK_SUFFIX = "_segmentation.png"
+MASK_RE = re.compile(r"(ISIC_\d{7})_segmentation\.png", re.IGNORECASE)
 SEARCH_DEPTH = 3  # root/<extract dir>/<zip folder>/<zip folder> (dataset-ninja doubles the folder)
 
 
@@ -39,13 +42,20 @@ class IsicAdapter(Adapter):
                 f"{gt_name} (masks)", lambda p: self.error(root, p),
             )
             if gt_dir is None:
+                way_out = "" if split in self.required else (
+                    f"; the challenge's {split} inputs were released before their ground truth: add the "
+                    f"{gt_name} archive, or move {img_dir} out of {root} to use the other splits only")
                 raise self.error(root, f"{img_dir} holds the {split} images but no {gt_name}/ folder with "
-                                 f"ISIC_xxxxxxx{MASK_SUFFIX} masks was found next to it")
+                                 f"ISIC_xxxxxxx{MASK_SUFFIX} masks was found next to it{way_out}")
             masks = {f.name.lower(): f for f in list_files(gt_dir)}
+            used = []
             for image in matching(list_files(img_dir), IMAGE_RE):
                 sid = IMAGE_RE.fullmatch(image.name).group(1)
                 mask = masks.get((sid + MASK_SUFFIX).lower())
                 if mask is None:
                     raise missing_mask(self.name, image, gt_dir / (sid + MASK_SUFFIX))
                 samples.append(Sample(sid, self.name, image, mask, None, split))
+                used.append(mask)
+            check_no_orphans(self.name, matching(masks.values(), MASK_RE), used,
+                             lambda m: img_dir / f"{MASK_RE.fullmatch(m.name).group(1)}.jpg")
         return samples

@@ -42,6 +42,10 @@ class MissingMaskError(LayoutError):
     """An image whose mask (or FOV mask) is not where the layout puts it; names the image."""
 
 
+class MissingImageError(LayoutError):
+    """A mask (or FOV mask) that no image claims: a partial unzip or a deleted image; names the file."""
+
+
 # ----------------------------------------------------------------------------------------------
 # Adapter base class and registry
 # ----------------------------------------------------------------------------------------------
@@ -328,7 +332,19 @@ def missing_mask(dataset: str, image: Path, expected: Path, what: str = "mask") 
     )
 
 
+def check_no_orphans(dataset: str, candidates: Iterable[Path], used: Iterable[Path], image_for) -> None:
+    """Refuse a ground-truth or FOV file that no image claims (``image_for(file)``: where its image
+    should be). Without this a partial unzip or a deleted image shrinks the dataset silently."""
+    left = sorted(set(candidates) - set(used))
+    if left:
+        more = f" ({len(left) - 1} more such files)" if len(left) > 1 else ""
+        raise MissingImageError(
+            f"{dataset}: {left[0]} has no image: expected {image_for(left[0])}{more}. Restore the image, "
+            "or remove the file if it does not belong to the dataset."
+        )
+
+
 __all__ = [
-    "Sample", "LayoutError", "MissingMaskError", "Adapter", "register_adapter", "get_adapter",
+    "Sample", "LayoutError", "MissingMaskError", "MissingImageError", "Adapter", "register_adapter", "get_adapter",
     "list_adapters", "discover", "load_mask", "load_fov", "binarize_mask_image", "binarize_mask_file",
 ]

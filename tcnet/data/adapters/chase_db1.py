@@ -5,9 +5,10 @@ Recognised: a folder (the root, or up to two folders below it, e.g. ``CHASEDB1/`
     Image_01L.jpg  Image_01L_1stHO.png  Image_01L_2ndHO.png  ...  Image_14R.jpg ...
 
 Truth is ``_1stHO`` (first observer); ``_2ndHO`` is not used. No FOV masks ship, so the FOV is
-derived from the image (:func:`derive_fov`). Split convention (none is official): sorted by name,
-the first 20 images (Image_01L..Image_10R) are ``train`` and the last 8 (Image_11L..Image_14R)
-``test`` -- torch-em / mmseg's convention; with fewer than 28 images the same 20:8 proportion.
+derived from the image (:func:`derive_fov`). Split convention (none is official): the first 20
+images (Image_01L..Image_10R, children 01-10) are ``train`` and the last 8 (Image_11L..Image_14R)
+``test`` -- torch-em / mmseg's convention; assigned by child, so a missing image moves no other
+(:func:`split_ids`; a set without children 11-14 takes the same 20:8 proportion).
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from typing import Optional
 import numpy as np
 
 from tcnet.data.adapters.base import (
-    Adapter, Sample, list_files, matching, missing_mask, register_adapter, shallowest_dirs,
+    Adapter, Sample, check_no_orphans, list_files, matching, missing_mask, register_adapter, shallowest_dirs,
 )
 
 IMAGE_RE = re.compile(r"(Image_\d{2}[LR])\.jpg", re.IGNORECASE)
 FIRST_OBSERVER = "{id}_1stHO.png"
 SEARCH_DEPTH = 2
 N_TRAIN, N_TOTAL = 20, 28  # first 20 of 28 train, last 8 test
+TRAIN_CHILDREN = 10  # children 01-10 (Image_01L..Image_10R) train, 11-14 test
+ID_RE = re.compile(r"Image_(\d{2})[LR]")
 
 # FOV derivation (see derive_fov): a pixel is inside when the brightest channel of the
 # median-smoothed image exceeds max(FOV_MIN_LEVEL, FOV_REL_LEVEL * its 99th percentile).
@@ -71,11 +74,32 @@ def derive_fov(rgb: np.ndarray) -> np.ndarray:
     return fov.astype(bool)
 
 
-def split_of(rank: int, n: int) -> str:
-    """``train`` for the first 20 of 28 images by sorted name, ``test`` for the rest (same 20:8
-    proportion, rounded, when fewer images are present)."""
+def split_ids(ids) -> tuple[list[str], list[str], str]:
+    """``(train, test, rule)``: the convention's split of CHASE_DB1 ids (there is no official one).
+
+    Official names (``Image_NN[LR]``) split by child: children 01-10 (Image_01L..Image_10R, the
+    first 20) train, 11-14 (the last 8) test, so a missing image moves no other one. Other names,
+    or a set without children 11-14 (a small look-alike), take the same 20:8 proportion of the
+    sorted ids. ``rule`` says which, and which of the 28 images are missing.
+    """
+    ids = sorted(ids)
+    n = len(ids)
+    matches = [ID_RE.fullmatch(i) for i in ids]
+    children = [int(m.group(1)) for m in matches] if n and all(matches) else []
+    train = [i for i, c in zip(ids, children) if c <= TRAIN_CHILDREN]
+    test = [i for i, c in zip(ids, children) if c > TRAIN_CHILDREN]
+    if train and test:
+        missing = sorted({f"Image_{c:02d}{eye}" for c in range(1, 15) for eye in "LR"} - set(ids))
+        rule = "first 20 / last 8 (children 01-10 / 11-14)"
+        if missing:
+            more = " ..." if len(missing) > 8 else ""
+            rule += f"; {len(missing)} of the 28 images missing: {', '.join(missing[:8])}{more}"
+        return train, test, rule
     n_train = N_TRAIN if n == N_TOTAL else int(round(n * N_TRAIN / N_TOTAL))
-    return "train" if rank < n_train else "test"
+    if n < 2 or not 0 < n_train < n:
+        raise ValueError(f"chase_db1: need at least 2 images for a train/test split, found {n}")
+    why = "ids not named Image_NN[LR]" if not children else "no image of children 11-14"
+    return ids[:n_train], ids[n_train:], f"first {n_train} / last {n - n_train} (20:8 of {n} images; {why})"
 
 
 @register_adapter
@@ -100,12 +124,16 @@ data/chase_db1/                 (the zip's 84 files, flat; a CHASEDB1/ subfolder
         files = {p.name.lower(): p for p in list_files(folder)}
         images = sorted(matching(files.values(), IMAGE_RE), key=lambda p: p.name)
         samples = []
-        for rank, image in enumerate(images):
+        train = set(split_ids([IMAGE_RE.fullmatch(p.name).group(1) for p in images])[0]) if len(images) > 1 else set()
+        for image in images:
             sid = IMAGE_RE.fullmatch(image.name).group(1)
             label = files.get(FIRST_OBSERVER.format(id=sid).lower())
             if label is None:
                 raise missing_mask(self.name, image, folder / FIRST_OBSERVER.format(id=sid))
-            samples.append(Sample(sid, self.name, image, label, None, split_of(rank, len(images))))
+            samples.append(Sample(sid, self.name, image, label, None, "train" if sid in train else "test"))
+        label_re = re.compile(r"(Image_\d{2}[LR])_1stHO\.png", re.I)
+        check_no_orphans(self.name, matching(files.values(), label_re), [s.mask for s in samples],
+                         lambda f: folder / f"{label_re.fullmatch(f.name).group(1)}.jpg")
         return samples
 
     def load_fov(self, sample: Sample, image: Optional[np.ndarray] = None) -> np.ndarray:

@@ -17,7 +17,8 @@ import re
 from pathlib import Path
 
 from tcnet.data.adapters.base import (
-    Adapter, Sample, child, list_files, matching, missing_mask, register_adapter, shallowest_dirs,
+    Adapter, Sample, check_no_orphans, child, list_files, matching, missing_mask, register_adapter,
+    shallowest_dirs,
 )
 
 PARTS = {  # part folder -> (split, image pattern, FOV mask name pattern)
@@ -31,8 +32,9 @@ TEST_WITHOUT_LABELS = (
     "{test} has images but no 1st_manual/ folder: the DRIVE test.zip from drive.grand-challenge.org "
     "ships no vessel labels (only images/ and mask/), so the test images cannot be scored. Either "
     "(a) add the labels of the original DRIVE release as {test}/1st_manual/01_manual1.gif ... "
-    "20_manual1.gif, or (b) delete (or move away) {test} to use the 20 labelled training images only "
-    "(the split stage then holds out part of them)"
+    "20_manual1.gif, or (b) delete (or move away) {test} to use the 20 labelled training images only: "
+    "the split then has no test part, so score the split's seeded hold-out of training images instead "
+    "(part: val in the experiment's drive entry in params.yaml; split.retina_val_fraction sets its size)"
 )
 
 
@@ -89,6 +91,7 @@ data/drive/
                 raise self.error(root, f"{part_dir} has no mask/ folder with the NN_{part}_mask.gif FOV masks")
             manuals = {p.name.lower(): p for p in list_files(manual_dir)}
             fovs = {p.name.lower(): p for p in list_files(fov_dir)}
+            used = []
             for image in images:
                 n = image_re.fullmatch(image.name).group(1)
                 manual = manuals.get(MANUAL.format(n=n).lower())
@@ -98,4 +101,8 @@ data/drive/
                 if fov is None:
                     raise missing_mask(self.name, image, fov_dir / fov_pattern.format(n=n), "FOV mask")
                 samples.append(Sample(image.name.rsplit(".", 1)[0], self.name, image, manual, fov, split))
+                used += [manual, fov]
+            label_re = re.compile(r"(\d{2})_manual1\.gif|(\d{2})_" + part + r"_mask\.gif", re.I)
+            check_no_orphans(self.name, matching([*manuals.values(), *fovs.values()], label_re), used,
+                             lambda f: images_dir / f"{f.name[:2]}_{part}.tif")
         return samples

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from tcnet.data.adapters.base import (
-    Adapter, Sample, child, find_dirs, list_dirs, list_files, matching, missing_mask, pick_folder,
+    Adapter, Sample, check_no_orphans, child, find_dirs, list_dirs, list_files, matching, missing_mask, pick_folder,
     register_adapter,
 )
 
@@ -95,4 +95,6 @@ data/ph2/
             if mask is None:
                 raise missing_mask(self.name, image, trainy / f"{cid}_lesion.bmp")
             samples.append(Sample(cid, self.name, image, mask, None, ""))
+        check_no_orphans(self.name, masks.values(), [s.mask for s in samples],
+                         lambda m: trainx / f"{LESION_RE.fullmatch(m.name).group(1)}.bmp")
         return samples

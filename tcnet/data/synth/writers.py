@@ -16,6 +16,9 @@ drive    ``DRIVE/{training,test}/images/NN_{training,test}.tif`` (RGB TIFF), ``1
 chase_db1 flat ``Image_01L.jpg``, ``Image_01L_1stHO.png``, ``Image_01L_2ndHO.png`` (1-bit PNG), L/R eyes
 ======== =============================================================================================
 
+Every look-alike also gets ``SYNTHETIC.txt`` in its root (:func:`is_synthetic`): the evaluate
+stage records it, and the compare stage refuses to label such numbers "real".
+
 Determinism: the same (seed, n, size) gives byte-identical files. Every sample has its own
 generator (:func:`tcnet.data.synth.common.rng_for`), JPEG quality/subsampling are fixed, and no
 format gets a timestamp (PIL writes none to PNG/TIFF/BMP/GIF/JPEG unless asked).
@@ -235,6 +238,8 @@ def write_chase_db1(out: Path, n: int, seed: int, size) -> None:
         save_png_1bit(out / f"{sid}_2ndHO.png", second_observer(rng, vessels, fov))
 
 
+SYNTHETIC_MARKER = "SYNTHETIC.txt"  # in the dataset's root folder; no adapter reads it as data
+
 WRITERS: dict[str, Callable] = {
     "isic2017": write_isic2017,
     "isic2018": write_isic2018,
@@ -264,4 +269,15 @@ def write_dataset(dataset: str, out, n: int | None = None, seed: int = DEFAULT_S
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     WRITERS[dataset](out, n, int(seed), (w, h), **extra)
+    extras = "".join(f", {k}={v}" for k, v in sorted(extra.items()))
+    (out / SYNTHETIC_MARKER).write_text(
+        f"A synthetic look-alike of {dataset}, written by tcnet synth (n={n}, seed={int(seed)}, size={w}x{h}{extras}).\n"
+        "Not the real dataset: numbers computed from it are not the paper's. The evaluate stage records\n"
+        "this file's presence, and the compare stage refuses compare.data_label 'real' while it is here.\n"
+    )
     return out
+
+
+def is_synthetic(folder) -> bool:
+    """Whether ``folder`` (one dataset's raw folder) holds a look-alike written by :func:`write_dataset`."""
+    return (Path(folder) / SYNTHETIC_MARKER).is_file()
