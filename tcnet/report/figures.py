@@ -208,9 +208,13 @@ def _bars(res, summary, ref, data_label, path, n_resamples, confidence, seed) ->
         ax.set_xticks(x, [ref.name(m) for m in metrics])
         ax.set_ylabel(_unit_label(res))
         ax.set_title(d.name, fontsize=9)
-        finite = vals.ours[np.isfinite(vals.ours)]
-        if len(finite):  # zoom on the range the bars span; the axis starts where it says
-            ax.set_ylim(max(0.0, float(finite.min()) - 0.1 * res.scale), res.scale * 1.02)
+        shown = pd.concat([vals.ours, vals.paper]).astype(float)  # the paper's markers too: never cut off
+        finite = shown[np.isfinite(shown)]
+        if len(finite):  # zoom on the range the bars and markers span; the label says where the axis starts
+            low = max(0.0, float(finite.min()) - 0.1 * res.scale)
+            ax.set_ylim(low, res.scale * 1.02)
+            if low > 0:
+                ax.set_ylabel(f"{_unit_label(res)} (axis starts at {low:.3g}, not 0)")
         ax.legend(fontsize=6, ncol=2)
     err_txt = "error bars: sd over folds" if multi_fold else (
         f"error bars: {confidence:.0%} bootstrap CI of the per-image mean"
