@@ -39,6 +39,12 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 COPY params.yaml ./
 COPY paper ./paper
 
+# The commit the image was built from (`make image` passes it): a pod has no .git, so MLflow's
+# tcnet.git_commit tag comes from here (tcnet.provenance). Last, so a new commit rebuilds no layer above.
+ARG GIT_COMMIT=unknown
+ENV TCNET_GIT_COMMIT=${GIT_COMMIT}
+LABEL org.opencontainers.image.revision=${GIT_COMMIT}
+
 USER 1000
 # Kubeflow replaces the command with its executor; `docker run IMAGE <command>` runs the tcnet CLI.
 ENTRYPOINT ["tcnet"]

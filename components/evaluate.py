@@ -22,6 +22,7 @@ def evaluate(params_yaml: str, experiment: str, run_id: str, preprocessed: Input
     from tcnet.stages.evaluate import run
 
     os.environ["TCNET_PIPELINE_RUN_ID"] = pipeline_run_id  # this pipeline run's MLflow parent run
+    os.environ["TCNET_DATA_HASH"] = preprocessed.metadata.get("data_md5", "")  # no checkout here: fetch_data's read
     params = from_dict(Params, yaml.safe_load(params_yaml)).validate()
     scores = run(params, experiment, preprocessed.path, splits.path, raw.path, model.path, eval_dir.path, [run_id])["runs"][run_id]
     metrics.metadata.update({k: v for k, v in scores[scores["aggregation"]].items() if v is not None})

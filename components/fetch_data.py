@@ -21,9 +21,13 @@ def fetch_data(params_yaml: str, repo_url: str, rev: str, raw: Output[Dataset], 
     import yaml
     from dvc.api import DVCFileSystem
     from tcnet.config import Params, from_dict
+    from tcnet.provenance import md5_of_dvc_file, without_credentials
 
     params = from_dict(Params, yaml.safe_load(params_yaml)).validate()
     fs = DVCFileSystem(repo_url, rev=rev or None, remote=remote or None)
     for dataset in params.preprocess.datasets:
         fs.get(f"{data_path}/{dataset}", f"{raw.path}/{dataset}", recursive=True)
-    raw.metadata.update({"repo_url": repo_url, "rev": rev or "(working tree)", "datasets": list(params.preprocess.datasets)})
+    # The URL without a user/token part (artifact metadata is shown in the UI, kept in ML Metadata), and
+    # the data's DVC hash at that revision: the pods after this one have no checkout to read it from.
+    raw.metadata.update({"repo_url": without_credentials(repo_url), "rev": rev or "(working tree)",
+                         "data_md5": md5_of_dvc_file(f"{data_path}.dvc", fs), "datasets": list(params.preprocess.datasets)})

@@ -16,3 +16,4 @@ def preprocess(params_yaml: str, raw: Input[Dataset], preprocessed: Output[Datas
     params = from_dict(Params, yaml.safe_load(params_yaml)).validate()
     summary = run(params.preprocess, raw.path, preprocessed.path)
     preprocessed.metadata["images"] = {d: s["n"] for d, s in summary["datasets"].items()}
+    preprocessed.metadata["data_md5"] = raw.metadata.get("data_md5", "")  # passed on for the runs' provenance

@@ -20,6 +20,7 @@ def train(params_yaml: str, experiment: str, run_id: str, preprocessed: Input[Da
     from tcnet.cli import main
 
     os.environ["TCNET_PIPELINE_RUN_ID"] = pipeline_run_id  # this pipeline run's MLflow parent run
+    os.environ["TCNET_DATA_HASH"] = preprocessed.metadata.get("data_md5", "")  # no checkout here: fetch_data's read
     params = Path(tempfile.mkdtemp()) / "params.yaml"
     params.write_text(params_yaml)
     status = main(["train", "--params", str(params), "--experiment", experiment, "--run", run_id, "--nproc", str(gpus),

@@ -27,7 +27,6 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
-from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from kfp import dsl, kubernetes
@@ -40,6 +39,7 @@ from components.preprocess import preprocess
 from components.split import split
 from components.train import train
 from tcnet.config import expand_runs, load_params
+from tcnet.provenance import without_credentials  # noqa: F401  (also imported from here by the CLI, tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_NAME = "tcnet"
@@ -89,15 +89,6 @@ def _git(*args: str) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
-
-
-def without_credentials(url: str) -> str:
-    """``url`` without its user/token part (``https://TOKEN@host/r.git`` -> ``https://host/r.git``), so
-    that a compiled package never holds a secret; scp-style and ssh URLs (``git@host:...``) unchanged."""
-    parts = urlsplit(url)
-    if parts.scheme in ("http", "https") and "@" in parts.netloc:
-        return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-    return url
 
 
 def default_data_source() -> tuple[str, str]:
@@ -173,9 +164,25 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
     return tcnet_pipeline
 
 
-def compile_pipeline(opts: PipelineOptions, out: Path) -> Path:
+def check_cluster_tracking(uri: str) -> None:
+    """A package for a cluster needs an MLflow server: with an empty, sqlite or file URI every pod
+    would write its runs into a store inside itself, gone when the pod ends."""
+    from urllib.parse import urlsplit
+
+    if urlsplit(uri).scheme not in ("http", "https", "databricks"):
+        raise ValueError(
+            f"--mlflow-uri {uri!r}: a cluster's tasks need an MLflow tracking server (http://... or "
+            f"https://...; default {IN_CLUSTER_MLFLOW}); a local store would be written inside each pod and "
+            "lost with it (docs/deploy.md). For a run on this machine use 'python -m pipeline run --local'"
+        )
+
+
+def compile_pipeline(opts: PipelineOptions, out: Path, *, for_cluster: bool = True) -> Path:
+    """Write the pipeline package; ``for_cluster`` (compile, submit) requires a server MLflow URI."""
     from kfp import compiler
 
+    if for_cluster:
+        check_cluster_tracking(opts.mlflow_uri)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(build_pipeline(opts), package_path=str(out))

@@ -111,11 +111,24 @@ def load_model(path, device="cpu", strict: bool = True):
         raise CheckpointError(f"checkpoint {path}: {e}") from None
     try:
         model.load_state_dict(ckpt["model"], strict=strict)
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path}: weights do not fit model {name!r} ({e})") from None
+    except RuntimeError:  # torch lists every key (tens of KB): say it in one line
+        raise CheckpointError(f"checkpoint {path}: {weights_mismatch(model.state_dict(), ckpt['model'])}; "
+                              f"these weights are not those of model {name!r} {model_kwargs_of(ckpt)}") from None
     model.to(torch.device(device) if not isinstance(device, torch.device) else device).eval()
     meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "rng")}
     return model, meta
+
+
+def weights_mismatch(expected: dict, got: dict) -> str:
+    """One line on how state dict ``got`` differs from the model's ``expected``: counts, first keys."""
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    shape = [k for k in expected if k in got and tuple(expected[k].shape) != tuple(getattr(got[k], "shape", ()))]
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", shape)):
+        if keys:
+            parts.append(f"{len(keys)} {what} (first: {keys[0]})")
+    return ", ".join(parts) or "the weights do not load"
 
 
 # ----------------------------------------------------------------------------------------------

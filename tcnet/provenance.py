@@ -7,12 +7,17 @@ Every function degrades to ``"unknown"`` / ``""`` instead of failing: a run outs
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import subprocess
 from pathlib import Path
 from typing import Optional
 
 UNKNOWN = "unknown"
+# Where there is no checkout to ask (a Kubeflow pod): the image's build records the commit
+# (Dockerfile ARG GIT_COMMIT), and the pipeline's fetch_data the data.dvc md5 at the fetched revision.
+GIT_COMMIT_ENV = "TCNET_GIT_COMMIT"
+DATA_HASH_ENV = "TCNET_DATA_HASH"
 # distribution name -> short key used in tags (tcnet.version.<key>)
 PACKAGES = {
     "tcnet": "tcnet",
@@ -52,24 +57,44 @@ def git_state(root: Optional[str] = None) -> tuple[str, bool]:
     root_path = Path(root) if root else project_root()
     sha = _git(root_path, "rev-parse", "HEAD")
     if not sha:
-        return UNKNOWN, False
+        return os.environ.get(GIT_COMMIT_ENV, "").strip() or UNKNOWN, False
     status = _git(root_path, "status", "--porcelain", "--untracked-files=no")
     return sha, bool(status)
 
 
 def dvc_data_hash(root: Optional[Path] = None, dvc_file: str = "data.dvc") -> str:
-    """The md5 DVC recorded for the raw data (``outs[0].md5`` of ``data.dvc``); ``""`` if absent."""
-    path = Path(root or project_root()) / dvc_file
+    """The md5 DVC recorded for the raw data (``outs[0].md5`` of ``data.dvc``); else
+    ``$TCNET_DATA_HASH`` (set in a Kubeflow pod from what fetch_data read); ``""`` if neither."""
+    found = md5_of_dvc_file(Path(root or project_root()) / dvc_file)
+    return found or os.environ.get(DATA_HASH_ENV, "").strip()
+
+
+def md5_of_dvc_file(path, fs=None) -> str:
+    """``outs[0].md5`` of the ``.dvc`` file ``path``, read from ``fs`` if given (e.g. a ``DVCFileSystem``
+    at a revision) or else from disk; ``""`` when it is absent or has none."""
     try:
         import yaml
 
-        outs = (yaml.safe_load(path.read_text()) or {}).get("outs") or []
+        text = fs.read_text(path) if fs is not None else Path(path).read_text()
+        outs = (yaml.safe_load(text) or {}).get("outs") or []
     except (OSError, ValueError, AttributeError):
         return ""
     for out in outs:
         if isinstance(out, dict) and out.get("md5"):
             return str(out["md5"])
     return ""
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without its user/token part (``https://TOKEN@host/r.git`` -> ``https://host/r.git``), so
+    that a compiled package or an artifact's metadata never holds a secret; scp-style and ssh URLs
+    (``git@host:...``) unchanged."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and "@" in parts.netloc:
+        return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    return url
 
 
 def package_versions() -> dict[str, str]:
@@ -114,4 +139,5 @@ def collect(device, root: Optional[Path] = None) -> dict[str, str]:
     return tags
 
 
-__all__ = ["project_root", "git_state", "dvc_data_hash", "package_versions", "device_description", "collect"]
+__all__ = ["project_root", "git_state", "dvc_data_hash", "md5_of_dvc_file", "without_credentials", "package_versions",
+           "device_description", "collect"]

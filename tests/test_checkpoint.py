@@ -175,3 +175,13 @@ def test_save_without_crc32_round_trips_and_leaves_the_global_option(tiny, tmp_p
     save_checkpoint(state, tmp_path / "b.pt")
     with zipfile.ZipFile(tmp_path / "b.pt") as z:
         assert all(i.CRC != 0 for i in z.infolist() if i.file_size > 0)
+
+
+def test_weights_of_another_model_are_one_short_line(tiny, tmp_path):
+    state = _state(tiny)
+    state["model_kwargs"] = {"use_etm": False}  # the weights hold the ETM; the model built now has none
+    path = save_checkpoint(state, tmp_path / "best.pt")
+    with pytest.raises(CheckpointError) as e:
+        load_model(path)
+    msg = str(e.value)
+    assert "unexpected (first: " in msg and "not those of model 'tcnet_tiny'" in msg and len(msg) < 400, msg

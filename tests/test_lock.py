@@ -80,3 +80,13 @@ def test_dockerfile_python_matches_requires_python():
     header = "\n".join(ln for ln in (ROOT / "requirements.lock").read_text().splitlines() if ln.startswith("#"))
     for generated_with in re.findall(r"Python (\d+\.\d+)", header):  # where the header says which
         assert generated_with == m.group(1), f"lock generated with Python {generated_with}, image has {m.group(1)}"
+
+
+def test_the_cluster_remote_and_gpu_metrics_are_installed():
+    """docs/deploy.md puts the DVC remote on S3 (fetch_data reads it in the pod) and the paper profile
+    turns on MLflow's system metrics: without dvc-s3 / nvidia-ml-py both fail or go quiet on a cluster."""
+    from dvc.fs import get_cloud_fs
+
+    cls, _, path = get_cloud_fs({}, url="s3://tcnet-data/dvc")  # resolves the plugin; no network
+    assert cls.__module__.startswith("dvc_s3") and path == "tcnet-data/dvc"
+    import pynvml  # noqa: F401  (nvidia-ml-py: MLflow's GPU monitor imports it)

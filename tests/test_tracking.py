@@ -74,6 +74,28 @@ def test_provenance_has_versions_and_data_hash(tmp_path):
     assert tags["tcnet.git_commit"]  # a sha, or "unknown" outside git
 
 
+def test_a_pod_without_a_checkout_takes_commit_and_data_hash_from_the_environment(tmp_path, monkeypatch):
+    """A Kubeflow pod has no .git and no data.dvc: the image's build arg and fetch_data's read fill in."""
+    from tcnet.provenance import git_state, without_credentials
+
+    pod = tmp_path / "app"
+    pod.mkdir()
+    (pod / "params.yaml").write_text("{}\n")
+    git_state.cache_clear()
+    assert collect("cpu", root=pod)["tcnet.git_commit"] == "unknown"
+    monkeypatch.setenv("TCNET_GIT_COMMIT", "0123abcd" * 5)
+    monkeypatch.setenv("TCNET_DATA_HASH", "c4659d94.dir")
+    git_state.cache_clear()
+    tags = collect("cpu", root=pod)
+    assert tags["tcnet.git_commit"] == "0123abcd" * 5 and tags["mlflow.source.git.commit"] == "0123abcd" * 5
+    assert tags["tcnet.data_hash"] == "c4659d94.dir"
+    (pod / "data.dvc").write_text("outs:\n- md5: abc123.dir\n  path: data\n")
+    assert dvc_data_hash(pod) == "abc123.dir"  # a checkout's own file wins
+    git_state.cache_clear()
+    assert without_credentials("https://user:TOKEN@github.com/o/r.git") == "https://github.com/o/r.git"
+    assert without_credentials("git@github.com:o/r.git") == "git@github.com:o/r.git"
+
+
 WRITER = textwrap.dedent(
     """
     import sys, time

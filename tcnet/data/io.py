@@ -47,6 +47,8 @@ def _open_pil(path: Path):
 
     try:
         img = Image.open(path)
+    except Image.DecompressionBombError as e:  # an error, not a crash: name the file and the limit
+        raise InvalidInputError(f"{path}: image too large to decode safely ({e})") from None
     except UnidentifiedImageError:
         raise InvalidInputError(
             f"{path}: not a recognised image file (corrupt, or not JPEG/PNG/BMP/TIFF/GIF)"
@@ -55,10 +57,26 @@ def _open_pil(path: Path):
         raise _decode_error(path, e) from None
     try:
         img.load()
+    except Image.DecompressionBombError as e:
+        img.close()
+        raise InvalidInputError(f"{path}: image too large to decode safely ({e})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         img.close()
         raise _decode_error(path, e) from None
     return img
+
+
+def _tiff_needs_tifffile(img) -> bool:
+    """A TIFF Pillow opens but decodes wrongly: more than 8 bits per colour sample, or separate
+    colour planes (Pillow 12-13 reads planar 16-bit RGB as scrambled 8-bit RGB, silently)."""
+    tags = getattr(img, "tag_v2", None)
+    if img.format != "TIFF" or tags is None:
+        return False
+    bits = tags.get(258, (8,))  # BitsPerSample
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    return img.mode not in ("I;16", "I;16B", "I;16L", "I", "F", "1", "L", "P") and (
+        max(bits) > 8 or tags.get(284, 1) == 2  # PlanarConfiguration 2 = separate planes
+    )
 
 
 def _decode_error(path: Path, e: Exception) -> InvalidInputError:
@@ -116,16 +134,25 @@ def _pil_to_rgb(img, path: Path) -> np.ndarray:
     return arr
 
 
-def read_image(path) -> np.ndarray:
+def read_image(path, *, exif_orientation: bool = False) -> np.ndarray:
     """The image at ``path`` as uint8 H x W x 3 RGB (first frame of a GIF/multi-page TIFF).
 
     Greyscale and palette images are expanded to RGB, alpha is dropped, 16-bit data is scaled.
-    Raises :class:`InvalidInputError` naming the file for anything that cannot be decoded.
+    ``exif_orientation``: turn the pixels as the file's EXIF Orientation tag says (as viewers show a
+    phone photo), for ``tcnet predict`` and serving, whose masks must line up with the image a
+    user sees. The datasets' images are read as stored (default), the orientation their masks were
+    drawn in. Raises :class:`InvalidInputError` naming the file for anything that cannot be decoded.
     """
     path = Path(path)
     _check_file(path)
     try:
         with _open_pil(path) as img:  # closes GIF/TIFF handles Pillow keeps open after load()
+            if _tiff_needs_tifffile(img):
+                raise InvalidInputError(f"{path}: TIFF layout for tifffile")
+            if exif_orientation:
+                from PIL import ImageOps
+
+                img = ImageOps.exif_transpose(img)
             arr = _pil_to_rgb(img, path)
     except InvalidInputError:
         if path.suffix.lower() not in TIFF_SUFFIXES:

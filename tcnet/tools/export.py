@@ -280,6 +280,9 @@ def export(
                 f"{fmt} export of {model} does not match PyTorch: max |difference| {diff:.3g} > atol {atol:g}; "
                 f"nothing written to {out}"
             )
+        from tcnet.utils.atomic import current_umask
+
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600: a server under another uid must read it
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -166,6 +166,14 @@ def resolved_checkpoint(spec: str | os.PathLike, *, uri: str | None = None,
     from mlflow.exceptions import MlflowException
 
     turi = tracking_uri(uri)
+    from tcnet.tracking import sqlite_path
+
+    db = sqlite_path(turi)
+    if db is not None and not db.is_file():  # MLflow would create an empty store here, then not find the model
+        raise FileNotFoundError(
+            f"model {text!r}: no MLflow store at {db} (tracking URI {turi}); run from the project root, or set "
+            "MLFLOW_TRACKING_URI to the store that holds the model"
+        )
     mlflow.set_tracking_uri(turi)
     with tempfile.TemporaryDirectory(prefix="tcnet-model-") as tmp:
         try:

@@ -133,6 +133,8 @@ def collect_inputs(path: Path, recursive: bool = False, exclude: Path | None = N
         raise FileNotFoundError(f"input {path}: no such file or folder")
     pattern = path.rglob("*") if recursive else path.glob("*")
     exclude = exclude.resolve() if exclude is not None else None
+    if exclude is not None and (exclude == path.resolve() or exclude in path.resolve().parents):
+        exclude = None  # OUT is the input folder or above it: the outputs' names keep them out (IGNORED_NAME)
     found = []
     for p in pattern:
         rel = p.relative_to(path)
@@ -230,7 +232,7 @@ def run(
             images, ok = [], []
             for src, stem in chunk:
                 try:
-                    images.append(read_image(src))
+                    images.append(read_image(src, exif_orientation=True))  # the mask fits the image as shown
                     ok.append((src, stem))
                 except InvalidInputError as e:
                     result.skipped.append((str(src), str(e)))

@@ -78,8 +78,12 @@ def decode_image(data: str | bytes, where: str = "image") -> np.ndarray:
         text = data.strip()
         if text.startswith("data:") and "," in text:  # a data URL: data:image/png;base64,....
             text = text.split(",", 1)[1]
+        text = "".join(text.split())  # line-wrapped base64 (base64.encodebytes, GNU base64) is fine
         try:
-            raw = base64.b64decode(text, validate=True)
+            if "-" in text or "_" in text:  # the URL-safe alphabet
+                raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            else:
+                raw = base64.b64decode(text, validate=True)
         except ValueError:
             raise InvalidInputError(f"{where}: not valid base64 text") from None
     elif isinstance(data, (bytes, bytearray)):
@@ -93,7 +97,7 @@ def decode_image(data: str | bytes, where: str = "image") -> np.ndarray:
         path = Path(tmp) / f"{where.replace(' ', '_')}{suffix}"
         path.write_bytes(raw)
         try:
-            return read_image(path)
+            return read_image(path, exif_orientation=True)  # the mask fits the image as shown
         except InvalidInputError as e:
             # The temp path means nothing to the client: name the row instead.
             raise InvalidInputError(str(e).replace(str(path), where)) from None

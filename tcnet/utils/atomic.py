@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -42,7 +42,7 @@ def atomic_write(path: str | Path, mode: str = "w", **kwargs):
     except OSError as e:
         raise _unwritable(path, e) from e
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600
     try:
         with open(tmp, mode, **kwargs) as f:
             yield f
@@ -74,7 +74,7 @@ def atomic_dir(path: str | Path):
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     except OSError as e:
         raise _unwritable(path, e) from e
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the output should look like any mkdir
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; the output should look like any mkdir
     try:
         yield tmp
         old = None

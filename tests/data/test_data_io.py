@@ -123,3 +123,15 @@ def test_write_png_roundtrip_atomic_deterministic(tmp_path):
         write_png(tmp_path / "f.png", np.zeros((3, 3), np.float32))
     with pytest.raises(ValueError, match="shape"):
         write_png(tmp_path / "f.png", np.zeros((3, 3, 2), np.uint8))
+
+
+def test_planar_16_bit_rgb_tiff_and_oversized_images(tmp_path, monkeypatch):
+    import tifffile
+
+    planar = np.stack([np.full((6, 5), v, np.uint16) for v in (60000, 30000, 1000)])  # 3 x H x W
+    tifffile.imwrite(tmp_path / "planar.tif", planar, photometric="rgb", planarconfig="separate")
+    np.testing.assert_array_equal(read_image(tmp_path / "planar.tif")[0, 0], [233, 117, 4])  # /257, not scrambled
+    Image.fromarray(_rgb()).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 600 pixels: over twice the limit
+    with pytest.raises(InvalidInputError, match=r"big\.png: image too large to decode safely"):
+        read_image(tmp_path / "big.png")

@@ -96,6 +96,10 @@ def test_fetch_data_materialises_the_dvc_tracked_data_at_the_revision(outputs, d
     assert len(list(raw.glob("isic2017/*/*.jpg"))) == 6
     assert len(list(raw.glob("isic2017/*/*_segmentation.png"))) == 6
     assert outputs["raw"].metadata["rev"] == data_repo[1]
+    url, _, base = data_repo
+    data_md5 = yaml.safe_load(sh(["git", "show", "HEAD:data.dvc"], base / "repo"))["outs"][0]["md5"]
+    assert outputs["raw"].metadata["data_md5"] == data_md5  # the pod has no checkout to read it from later
+    assert outputs["preprocessed"].metadata["data_md5"] == data_md5  # passed on to train / evaluate
 
 
 def test_preprocess_and_split_components_match_the_stages(outputs, tmp_path):

@@ -138,6 +138,9 @@ def test_cli_errors_are_one_line_not_tracebacks(tmp_path, capsys):
     assert err.count("\n") == 1 and "nope.yaml" in err and "Traceback" not in err
     assert main(["compile", "--gpus", "-1", "--out", str(tmp_path / "p.yaml")]) == 2
     assert "gpus must be >= 1" in capsys.readouterr().err
+    for uri in ("", "sqlite:///mlflow.db", "file:///tmp/mlruns"):  # would live and die inside each pod
+        assert main(["compile", "--mlflow-uri", uri, "--out", str(tmp_path / "p.yaml")]) == 2
+        assert "a cluster's tasks need an MLflow tracking server" in capsys.readouterr().err
     # port 9 (discard): nothing listens on it here
     assert main(["submit", "--host", "http://127.0.0.1:9", "--data-repo-url", "https://example.com/d.git"]) == 2
     err = capsys.readouterr().err

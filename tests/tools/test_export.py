@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import numpy as np
@@ -47,6 +48,9 @@ def test_onnx_runs_under_onnxruntime_and_matches(checkpoint, reference, tmp_path
     out = tmp_path / "tcnet.onnx"
     assert cli(["export", "--model", str(checkpoint), "--format", "onnx", "--out", str(out)]) == 0
     assert "verified" in capsys.readouterr().err
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # readable as any new file (mkstemp made 0600)
     proto = onnx.load(str(out))
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [3, SIZE, SIZE]

@@ -159,3 +159,30 @@ def test_real_fundus_photograph_end_to_end(checkpoint, tmp_path):
     assert rc == 0
     mode, mask = read_png(tmp_path / "out" / "retina_mask.png")
     assert mode == "L" and mask.shape == retina.shape[:2] and set(np.unique(mask)) <= {0, 255}
+
+
+def test_masks_go_next_to_the_images_and_follow_exif_orientation(checkpoint, tmp_path, capsys):
+    """--out may be the input folder itself; a phone photo's mask has the size the viewer shows."""
+    src = tmp_path / "photos"
+    src.mkdir()
+    stored = Image.fromarray(rgb(40, 60, 5))  # stored 60 wide x 40 high ...
+    exif = stored.getexif()
+    exif[0x0112] = 6  # ... shown rotated by 90 degrees: 40 wide x 60 high
+    stored.save(src / "phone.jpg", exif=exif.tobytes())
+    Image.fromarray(rgb(30, 20, 6)).save(src / "plain.png")
+    for _ in range(2):  # a second run does not take the first run's masks for inputs
+        assert cli(["predict", "--model", str(checkpoint), "--input", str(src), "--out", str(src)]) == 0
+        assert "2 image(s) segmented" in capsys.readouterr().err
+    assert Image.open(src / "phone_mask.png").size == (40, 60)
+    assert Image.open(src / "plain_mask.png").size == (20, 30)
+
+
+def test_a_registry_uri_without_a_store_says_so_and_creates_none(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # no project here: the default sqlite store would be ./mlflow.db
+    (tmp_path / "in").mkdir()
+    Image.fromarray(rgb(20, 20)).save(tmp_path / "in" / "a.png")
+    rc = cli(["predict", "--model", "models:/tcnet@champion", "--input", "in", "--out", "out"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no MLflow store at" in err and "MLFLOW_TRACKING_URI" in err, err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "out").exists()

@@ -190,3 +190,14 @@ def test_decode_image_accepts_base64_data_urls_and_names_bad_rows():
     for bad, why in [("%%%", "not valid base64"), ("", "empty"), (base64.b64encode(b"GIF89a junk").decode(), "row 3")]:
         with pytest.raises(InvalidInputError, match=why):
             serving.decode_image(bad, where="row 3")
+
+
+def test_wrapped_and_url_safe_base64_are_accepted():
+    from tcnet.tools.serving import decode_image
+
+    arr = rgb(37, 29, 3)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    raw = buf.getvalue()
+    for text in (base64.encodebytes(raw).decode(), base64.urlsafe_b64encode(raw).decode().rstrip("=")):
+        np.testing.assert_array_equal(decode_image(text, "row 0"), arr)
