@@ -27,14 +27,17 @@ RUN useradd --uid 1000 --gid 0 --create-home --home-dir /home/tcnet tcnet \
     && chmod -R g+rwX /app /minio /s3 /gcs /home/tcnet
 
 WORKDIR /app
-COPY requirements.lock pyproject.toml README.md ./
-COPY tcnet ./tcnet
-# The package at the exact versions of requirements.lock, the same constraints file as `make setup`
-# and CI. (The pip cache mount keeps rebuilds after a code change fast; it is not in the image.
-# PIP_CACHE_DIR points pip at it: HOME is /home/tcnet here, so pip's default would be a folder in
-# the image.)
+COPY requirements.lock ./
+# The dependencies first, at the exact versions of requirements.lock (the same constraints file as
+# `make setup` and CI): this layer, gigabytes with torch, survives every change to tcnet's code.
+# (The pip cache mount is not in the image. PIP_CACHE_DIR points pip at it: HOME is /home/tcnet
+# here, so pip's default would be a folder in the image.)
 RUN --mount=type=cache,target=/root/.cache/pip \
-    PIP_CACHE_DIR=/root/.cache/pip pip install -c requirements.lock . \
+    PIP_CACHE_DIR=/root/.cache/pip pip install -c requirements.lock -r requirements.lock
+COPY pyproject.toml README.md ./
+COPY tcnet ./tcnet
+RUN --mount=type=cache,target=/root/.cache/pip \
+    PIP_CACHE_DIR=/root/.cache/pip pip install --no-deps -c requirements.lock . \
     && pip check
 COPY params.yaml ./
 COPY paper ./paper

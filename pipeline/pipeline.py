@@ -110,7 +110,9 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
     def common(task, cache: bool, cpu: str, memory: str):
         task.set_env_variable("MLFLOW_TRACKING_URI", opts.mlflow_uri)
         task.set_caching_options(cache)
-        return task.set_cpu_request(cpu).set_memory_request(memory)
+        # memory limit = request: a task over its share is OOM-killed alone rather than starving its
+        # node (the in-memory /dev/shm counts against it too). No CPU limit: it would only throttle.
+        return task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,

@@ -133,7 +133,7 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Sequence]) -> 
 
 def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, splits_dir, raw_dir, model_dir, out_dir,
                  *, tracker=None, aggregation: Optional[str] = None, device: Optional[str] = None,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, log_checkpoint: bool = False) -> dict:
     """Evaluate one run: ``model_dir`` is the run's training folder (``best.pt``, ``last.pt``), ``out_dir`` its
     evaluation folder (replaced whole). Returns what ``scores.json`` holds."""
     import torch
@@ -251,11 +251,13 @@ def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, spli
     _say(f"{spec.run_id}: {dataset} {spec.data.part} ({len(per_image)} images, {ckpt_name}), {agg}: "
          + ", ".join(f"{k} {v:.4f}" for k, v in headline.items() if v is not None))
     if tracker is not None:
-        _log_to_mlflow(tracker, spec, model_dir, out_dir, scores, per_image)
+        _log_to_mlflow(tracker, spec, model_dir, out_dir, scores, per_image,
+                       checkpoint=ckpt_path if log_checkpoint else None)
     return scores
 
 
-def _log_to_mlflow(tracker, spec: RunSpec, model_dir: Path, out_dir: Path, scores: dict, per_image: list[dict]) -> None:
+def _log_to_mlflow(tracker, spec: RunSpec, model_dir: Path, out_dir: Path, scores: dict, per_image: list[dict],
+                   checkpoint: Optional[Path] = None) -> None:
     """Eval metrics, tables and figures into the run's nested MLflow run (the training's run)."""
     import pandas as pd
 
@@ -277,6 +279,8 @@ def _log_to_mlflow(tracker, spec: RunSpec, model_dir: Path, out_dir: Path, score
     logger.log_table(table.astype(object).where(table.notna(), None), "eval/per_image.json")
     for name in ("scores.json", "per_image.csv", "roc.csv"):
         logger.log_artifact(out_dir / name, "eval")
+    if checkpoint is not None:  # the file these metrics describe, where no shared models folder exists
+        logger.log_artifact(checkpoint, "checkpoint")  # (a Kubeflow pod's): tcnet promote finds it here
     if (out_dir / "overlays").is_dir() and any((out_dir / "overlays").iterdir()):
         logger.log_artifacts(out_dir / "overlays", "eval/overlays")
     fig = _roc_figure(out_dir / "roc.csv", scores)
@@ -352,7 +356,7 @@ def run(params: Params, experiment: str, preprocessed_dir, splits_dir, raw_dir, 
         results[spec.run_id] = evaluate_run(
             spec, params.evaluate, preprocessed_dir, splits_dir, raw_dir,
             Path(models_dir) / experiment / spec.run_id, Path(out_dir) / experiment / spec.run_id,
-            tracker=tracker, progress=progress,
+            tracker=tracker, progress=progress, log_checkpoint=params.mlflow.log_models,
         )
     summary = write_summary(params, experiment, out_dir)
     return {"experiment": experiment, "runs": results, "summary": summary}

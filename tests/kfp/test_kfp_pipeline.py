@@ -52,6 +52,7 @@ def test_train_requests_gpus_cpu_memory_and_retries(compiled):
     assert res["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert res["accelerator"]["resourceCount"] == "2"  # --gpus 2
     assert float(res["resourceCpuRequest"]) > 0 and res["resourceMemoryRequest"]
+    assert res["resourceMemoryLimit"] == res["resourceMemoryRequest"] and "resourceCpuLimit" not in res
     _, loop = loop_task(spec)
     train = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]["train"]
     assert train["retryPolicy"]["maxRetryCount"] == 2

@@ -148,6 +148,14 @@ def test_eval_metrics_and_tables_land_in_the_training_mlflow_run(trained, monkey
     assert "train_loss" in run.data.metrics and run.data.tags["tcnet.eval_part"] == "val"
     eval_files = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
     assert {"eval/per_image.json", "eval/scores.json", "eval/roc.csv", "eval/roc.png", "eval/overlays"} <= eval_files
+    assert run.data.tags["tcnet.eval_checkpoint"] == "last.pt" and not client.list_artifacts(run.info.run_id, "checkpoint")
+    # with mlflow.log_models the scored checkpoint goes into the run too (promote's source without a shared disk)
+    from dataclasses import replace
+
+    logging = replace(params, mlflow=replace(params.mlflow, log_models=True))
+    evaluate.run(logging, EXPERIMENT, root / "pre", root / "splits", root / "raw", root / "models", root / "eval",
+                 run_ids=[ISIC_RUN], progress=False)
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/last.pt"]
     exp = client.get_experiment_by_name(f"tcnet/{EXPERIMENT}")
     tops = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
     assert len(tops) == 1  # one parent run for the pipeline run: train and evaluate met there
