@@ -49,6 +49,19 @@ def build_parser(load: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _sigterm_interrupts() -> None:
+    """SIGTERM (what Kubernetes sends a pod, what `kill` sends) takes Ctrl-C's path: temporary files
+    removed, the MLflow run ended, the interrupted message. Only the main thread can set handlers."""
+    import signal
+    import threading
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -60,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.command][0])
     from tcnet.config import ConfigError
 
+    _sigterm_interrupts()
     try:
         return int(module.main(args) or 0)
     except (CliError, ConfigError, FileNotFoundError, ValueError) as e:
@@ -79,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tcnet {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"tcnet {args.command}: interrupted", file=sys.stderr)
+        resume = ("; every finished epoch is kept in its run's last.pt: run the same command again to resume"
+                  if args.command == "train" else "")
+        print(f"tcnet {args.command}: interrupted{resume}", file=sys.stderr)
         return 130
 
 

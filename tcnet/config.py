@@ -11,6 +11,8 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -94,6 +96,11 @@ class LossConfig:
     def validate(self) -> None:
         if not 0.0 <= self.ce_weight <= 1.0:
             raise ConfigError(f"loss.ce_weight must be in [0, 1], got {self.ce_weight}")
+        if self.class_weights is not None and (
+            len(self.class_weights) < 2 or not all(math.isfinite(w) and w > 0 for w in self.class_weights)
+        ):
+            raise ConfigError(f"loss.class_weights must be null (from preprocess) or >= 2 positive numbers, one per "
+                              f"class (background first), got {list(self.class_weights)}")
 
 
 @dataclass(frozen=True)
@@ -123,14 +130,17 @@ class TrainConfig:
         for key in ("epochs", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
-        if not self.lr > 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"train.lr must be a finite number > 0, got {self.lr}")
         for key in ("min_lr", "weight_decay", "num_workers"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+            if not getattr(self, key) >= 0 or not math.isfinite(getattr(self, key)):
+                raise ConfigError(f"train.{key} must be a finite number >= 0, got {getattr(self, key)}")
+        if self.min_lr > self.lr:  # cosine annealing would then raise the rate, not lower it
+            raise ConfigError(f"train.min_lr ({self.min_lr:g}) must not exceed train.lr ({self.lr:g}): the cosine "
+                              "schedule anneals from lr down to min_lr")
         if self.max_train_images is not None and self.max_train_images < 1:
             raise ConfigError(f"train.max_train_images must be >= 1 or null (all), got {self.max_train_images}")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
             raise ConfigError(f"train.device {self.device!r}: valid: auto, cpu, cuda, cuda:N")
 
 
@@ -227,6 +237,11 @@ class ExperimentConfig:
     def validate(self, exp_id: str) -> None:
         if not self.data or not self.runs:
             raise ConfigError(f"experiments.{exp_id}: needs at least one data pair and one run")
+        for what, name in ([("experiment id", exp_id)] + [("data name", d.name) for d in self.data]
+                           + [("run name", r.name) for r in self.runs]):
+            if not SAFE_NAME.fullmatch(name) or "__" in name:  # run ids are folder names: <data>__<run>__fold<k>
+                raise ConfigError(f"experiments.{exp_id}: {what} {name!r} must be letters, digits, '.', '_' or "
+                                  "'-' (no '/', no '__'): it becomes a folder name")
         for d in self.data:
             d.validate()
         names = [r.name for r in self.runs]
@@ -269,6 +284,9 @@ class Params:
         return self
 
     def experiment(self, exp_id: str) -> ExperimentConfig:
+        if not self.experiments:
+            raise ConfigError(f"unknown experiment {exp_id!r}: the params file declares no experiments "
+                              "(an 'experiments:' section; see params.yaml and docs/experiments.md)")
         check_choice("experiment", exp_id, list(self.experiments))
         return self.experiments[exp_id]
 
@@ -324,7 +342,10 @@ def _convert(tp, value, where: str):
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            hint = ""
+            if isinstance(value, str) and re.fullmatch(r"[-+]?\d+[eE][-+]?\d+", value.strip()):
+                hint = f" (YAML 1.1 reads {value} as text: write {value.lower().replace('e', '.0e', 1)})"
+            raise ConfigError(f"{where}: expected a number, got {value!r}{hint}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -376,11 +397,29 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML keeps the last one silently:
+    a second ``train:`` block would replace the whole first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice in one mapping (the later one would win)", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_mapping(path: str | Path, what: str = "file") -> dict:
     """A YAML file whose top level is a mapping; errors name the file and what is wrong."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+        if data is None:
+            raise ConfigError(f"{path}: the {what} is empty")
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} not found") from None
     except yaml.YAMLError as e:
@@ -425,6 +464,12 @@ def n_folds(dataset: str, split: SplitConfig) -> int:
     return split.cv_folds if dataset == "isic2018" else 1
 
 
+# train.* keys that cannot change a run's results (DataLoader workers: each item is augmented with a
+# seed of its own, tests/training): changing them must not throw a finished run away.
+HASH_EXCLUDED_TRAIN = ("num_workers",)
+SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything one training + evaluation needs: the unit of the train and evaluate stages."""
@@ -444,7 +489,11 @@ class RunSpec:
         return f"{self.data.name}__{self.variant}__fold{self.fold}"
 
     def config_hash(self) -> str:
-        return params_hash(to_dict(self))
+        """What the run's results depend on: the RunSpec without HASH_EXCLUDED_TRAIN keys."""
+        d = to_dict(self)
+        for key in HASH_EXCLUDED_TRAIN:
+            d["train"].pop(key, None)
+        return params_hash(d)
 
 
 def expand_runs(params: Params, exp_id: str) -> list[RunSpec]:
@@ -458,6 +507,11 @@ def expand_runs(params: Params, exp_id: str) -> list[RunSpec]:
                 f"experiments.{exp_id}: {pair.train} is a test-only dataset and cannot be trained on; "
                 f"train on another dataset and set eval: {pair.train}, part: test"
             )
+        exp_train = from_dict(TrainConfig, deep_merge(base_train, exp.train), f"experiments.{exp_id}.train")
+        try:  # the experiment's own overrides first: a typo there is not the first run's
+            exp_train.validate()
+        except ConfigError as e:
+            raise ConfigError(f"experiments.{exp_id}.train: {e}") from None
         folds = exp.folds if exp.folds is not None else tuple(range(n_folds(pair.train, params.split)))
         for fold in folds:
             if not 0 <= fold < n_folds(pair.train, params.split):

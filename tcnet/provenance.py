@@ -50,11 +50,12 @@ def _git(root: Path, *args: str) -> Optional[str]:
 
 @functools.lru_cache(maxsize=8)
 def git_state(root: Optional[str] = None) -> tuple[str, bool]:
-    """``(commit sha, dirty)`` of the checkout at ``root``; ``("unknown", False)`` outside git.
+    """``(commit sha, dirty)`` of the checkout at ``root`` (default: the one the tcnet code comes from);
+    ``$TCNET_GIT_COMMIT`` or ``("unknown", False)`` outside git.
 
     Dirty = a tracked file differs from the commit (untracked files are not counted).
     """
-    root_path = Path(root) if root else project_root()
+    root_path = Path(root) if root else code_root()
     sha = _git(root_path, "rev-parse", "HEAD")
     if not sha:
         return os.environ.get(GIT_COMMIT_ENV, "").strip() or UNKNOWN, False
@@ -122,10 +123,19 @@ def device_description(device) -> str:
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def code_root() -> Path:
+    """The folder above the imported ``tcnet`` package: a checkout for an editable install."""
+    return Path(__file__).resolve().parents[1]
+
+
 def collect(device, root: Optional[Path] = None) -> dict[str, str]:
-    """Every provenance item as flat string tags (``tcnet.*`` plus MLflow's own git tag)."""
+    """Every provenance item as flat string tags (``tcnet.*`` plus MLflow's own git tag).
+
+    The commit is that of the checkout the running ``tcnet`` code comes from (:func:`code_root`),
+    not of the working folder, which may be another repository; ``root`` (default: the project
+    around the working folder) is where ``data.dvc`` is read."""
     root = Path(root or project_root())
-    sha, dirty = git_state(str(root))
+    sha, dirty = git_state(str(code_root()))
     tags = {
         "tcnet.git_commit": sha,
         "tcnet.git_dirty": str(dirty).lower(),

@@ -65,9 +65,9 @@ def test_a_binary_or_folder_params_file_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("section, key, value, message", [
-    ("train", "lr", -1.0, "train.lr must be > 0, got -1.0"),
+    ("train", "lr", -1.0, "train.lr must be a finite number > 0, got -1.0"),
     ("train", "epochs", 0, "train.epochs must be >= 1, got 0"),
-    ("train", "num_workers", -1, "train.num_workers must be >= 0, got -1"),
+    ("train", "num_workers", -1, "train.num_workers must be a finite number >= 0, got -1"),
     ("evaluate", "threshold", 5, r"evaluate.threshold must be a probability in \[0, 1\], got 5"),
     ("evaluate", "batch_size", 0, "evaluate.batch_size must be >= 1, got 0"),
     ("compare", "confidence", 5, r"compare.confidence must be in \(0, 1\)"),
@@ -94,3 +94,47 @@ def test_a_run_override_out_of_range_names_the_run(tmp_path):
     f.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=r"p\.yaml: experiments\.loss_sweep\.runs\.lam0\.1: train\.epochs must be >= 1, got -1"):
         load_params(f)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda raw: raw["train"].update(min_lr=0.5), r"train.min_lr \(0.5\) must not exceed train.lr"),
+    (lambda raw: raw["train"].update(lr=float("inf")), "train.lr must be a finite number > 0, got inf"),
+    (lambda raw: raw["train"].update(device="cuda:x"), "train.device 'cuda:x': valid: auto, cpu, cuda, cuda:N"),
+    (lambda raw: raw["train"].update(lr="1e-3"), r"expected a number, got '1e-3' \(YAML 1.1 reads 1e-3 as text: write 1.0e-3\)"),
+    (lambda raw: raw["train"]["loss"].update(class_weights=[1.0]), "loss.class_weights must be null"),
+    (lambda raw: raw["experiments"]["ablation"]["runs"][0].update(name="a/../../esc"),
+     "run name 'a/../../esc' must be letters, digits"),
+    (lambda raw: raw["experiments"]["ablation"]["train"].update(epohcs=3),  # named where it is, not as a run's
+     r"unknown config key 'experiments.ablation.train.epohcs' \(did you mean 'epochs'"),
+])
+def test_settings_that_would_train_wrongly_or_write_elsewhere_are_refused(tmp_path, edit, message):
+    import yaml
+
+    raw = yaml.safe_load(open("params.yaml"))
+    edit(raw)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=message):
+        load_params(tmp_path / "p.yaml")
+
+
+def test_a_key_given_twice_or_an_empty_file_is_an_error(tmp_path):
+    (tmp_path / "twice.yaml").write_text("train:\n  epochs: 2\n  epochs: 5\n")
+    with pytest.raises(ConfigError, match=r"twice\.yaml: not valid YAML: .*key 'epochs' given twice"):
+        load_params(tmp_path / "twice.yaml")
+    (tmp_path / "empty.yaml").write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match=r"empty\.yaml: the params file is empty"):
+        load_params(tmp_path / "empty.yaml")
+    (tmp_path / "noexp.yaml").write_text("train: {epochs: 2}\n")
+    with pytest.raises(ConfigError, match="declares no experiments"):
+        load_params(tmp_path / "noexp.yaml").experiment("e")
+
+
+def test_num_workers_does_not_change_a_runs_identity():
+    from dataclasses import replace
+
+    from tcnet.config import expand_runs
+
+    params = load_params("params.yaml")
+    spec = expand_runs(params, "ablation")[0]
+    assert replace(spec, train=replace(spec.train, num_workers=4)).config_hash() == spec.config_hash()
+    assert replace(spec, train=replace(spec.train, epochs=99)).config_hash() != spec.config_hash()

@@ -76,10 +76,12 @@ def test_provenance_has_versions_and_data_hash(tmp_path):
 
 def test_a_pod_without_a_checkout_takes_commit_and_data_hash_from_the_environment(tmp_path, monkeypatch):
     """A Kubeflow pod has no .git and no data.dvc: the image's build arg and fetch_data's read fill in."""
+    from tcnet import provenance
     from tcnet.provenance import git_state, without_credentials
 
     pod = tmp_path / "app"
     pod.mkdir()
+    monkeypatch.setattr(provenance, "code_root", lambda: pod)  # the package installed outside any checkout
     (pod / "params.yaml").write_text("{}\n")
     git_state.cache_clear()
     assert collect("cpu", root=pod)["tcnet.git_commit"] == "unknown"
@@ -158,3 +160,16 @@ def test_concurrent_writers_lose_no_run_and_no_metric(tmp_path):
         for key in ("loss", "step_copy"):
             history = client.get_metric_history(r.info.run_id, key)
             assert sorted(m.step for m in history) == list(range(steps)), (name, key)
+
+
+def test_the_commit_is_the_codes_not_the_working_folders(tmp_path, monkeypatch):
+    """Run from another folder (or another repository), the commit recorded is the tcnet checkout's."""
+    from tcnet.provenance import code_root, git_state
+
+    monkeypatch.chdir(tmp_path)
+    git_state.cache_clear()
+    sha, _ = git_state()
+    expected = subprocess.run(["git", "-C", str(code_root()), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if expected.returncode:  # an installed wheel, outside any checkout
+        pytest.skip("tcnet is not running from a git checkout")
+    assert sha == expected.stdout.strip() and collect("cpu", root=tmp_path)["tcnet.git_commit"] == sha

@@ -95,9 +95,24 @@ def _resume_state(run_dir: Path, spec: RunSpec, identity: dict[str, str], verbos
     change = _identity_change(ckpt, identity)
     if change:
         if verbose:
-            _say(f"{spec.run_id}: {last} was written with {change}; starting fresh")
+            _say(f"{spec.run_id}: {last} was written with {change}{_settings_changed(ckpt.get('run'), spec)}; "
+                 "starting fresh")
         return None
     return ckpt
+
+
+def _settings_changed(recorded, spec: RunSpec) -> str:
+    """``"; changed: train.epochs 8 -> 20, ..."`` between a checkpoint's recorded RunSpec and ``spec``."""
+    from tcnet.tracking import flatten
+
+    if not isinstance(recorded, dict):
+        return ""
+    old, new = flatten(recorded), flatten({**to_dict(spec), "run_id": spec.run_id})
+    keys = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    if not keys:
+        return ""
+    shown = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:4])
+    return f"; changed: {shown}{' ...' if len(keys) > 4 else ''}"
 
 
 def _loaders(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, dist):
@@ -226,6 +241,7 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
     from tcnet.losses import build_loss
     from tcnet.tracking import NullRunLogger
     from tcnet.training.loop import cpu_has_native_bf16, history_rows_csv, train_one_epoch, validate
+    from tcnet.provenance import collect
     from tcnet.training.runtime import epoch_seed, seed_everything
 
     cfg = spec.train
@@ -253,6 +269,10 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
     if ckpt is None and dist.is_main:
         for name in OUTPUT_FILES:  # leftovers of another configuration or of a run killed in epoch 1
             (run_dir / name).unlink(missing_ok=True)
+    if dist.is_main:  # temporary files of a checkpoint write a kill interrupted (atomic_write's siblings)
+        for name in OUTPUT_FILES:
+            for tmp in run_dir.glob(f".{name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
     dist.barrier()
 
     # -- data, model, optimiser, loss ----------------------------------------------------------
@@ -314,6 +334,7 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
         "n_train": len(train_ds), "n_val": len(val_loader.dataset) if val_loader is not None else 0,
         "device": str(device), "world_size": dist.world_size, "complete": False,
         "best_epoch": best["epoch"], "best_val_DI": _finite_or_none(best["score"]),
+        "seed": cfg.seed, "provenance": collect(device),  # with --no-mlflow too: commit, data hash, versions
     }
     if dist.is_main:
         _write_json(run_dir / "run.json", record)
@@ -459,14 +480,20 @@ def run(params: Params, experiment: str, preprocessed_dir, splits_dir, out_dir,
     check_runs_models(params, experiments=[experiment])  # a typo in the last run's model fails now, not hours in
     for spec in specs:  # and so does a run whose evaluation part is empty (e.g. DRIVE without test labels)
         eval_ids(spec, splits_dir)
-    dist = init_distributed(params.train.device)
+    devices = sorted({s.train.device for s in specs})  # experiment or run overrides of train.device count
+    if len(devices) > 1:
+        raise ValueError(f"experiment {experiment!r}: its runs ask for different train.device values "
+                         f"({', '.join(devices)}); train them in separate calls (--run)")
+    dist = init_distributed(devices[0])
     digest = params_hash(params)
     tracker = None
     if dist.is_main and tracking_enabled(mlflow):
-        device = resolve_device(params.train.device, dist.local_rank)
+        device = resolve_device(devices[0], dist.local_rank)
         tracker = open_tracker(experiment, params.mlflow, params=params, base_tags=pipeline_tags(params, device))
     results = []
-    for spec in specs:
+    for i, spec in enumerate(specs, 1):
+        if dist.is_main:  # a line before the first epoch's: off a terminal, epochs are minutes apart
+            _say(f"run {i}/{len(specs)}: {spec.run_id} ({spec.model}, {spec.train.epochs} epochs)")
         results.append(train_run(spec, preprocessed_dir, splits_dir, Path(out_dir) / experiment / spec.run_id,
                                  params.mlflow, tracker, profile=params.profile, params_digest=digest,
                                  progress=progress))

@@ -93,6 +93,8 @@ def test_trains_two_epochs_and_writes_every_output(data, tmp_path, capsys, monke
     assert info["complete"] and info["config_hash"] == the_spec(params).config_hash()
     assert info["best_epoch"] in (1, 2) and 0.0 <= info["best_val_DI"] <= 1.0
     assert info["run"]["run_id"] == "isic2017__tiny__fold0" and info["n_train"] == 6 and info["n_val"] == 3
+    prov = info["provenance"]  # recorded without MLflow too
+    assert info["seed"] == 42 and prov["tcnet.git_commit"] and prov["tcnet.version.torch"].startswith("2.14")
 
     last = load_checkpoint(run_dir / "last.pt")
     assert {"model", "model_name", "model_kwargs", "num_classes", "image_size", "epoch", "optimizer", "scheduler",
@@ -517,3 +519,18 @@ def test_a_run_with_nothing_to_evaluate_is_refused_before_training(data, tmp_pat
     with pytest.raises(ValueError, match=r"the test part of .*isic2017.json is empty; nothing to evaluate"):
         train.run(params, EXPERIMENT, data / "pre", splits, tmp_path / "m", mlflow=False)
     assert not (tmp_path / "m").exists()
+
+
+def test_a_killed_checkpoint_write_leaves_no_temporary_file_behind(data, tmp_path, capsys):
+    """A kill during a checkpoint write leaves atomic_write's sibling; the next start removes it,
+    and a changed setting is named when the run starts fresh."""
+    params = make_params(tmp_path, epochs=1)
+    run_dir = tmp_path / "m" / EXPERIMENT / "isic2017__tiny__fold0"
+    run_dir.mkdir(parents=True)
+    (run_dir / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    train.run(params, EXPERIMENT, data / "pre", data / "splits", tmp_path / "m", mlflow=False, progress=False)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "history.csv", "last.pt", "run.json"]
+    assert "run 1/1: isic2017__tiny__fold0 (tcnet_tiny, 1 epochs)" in capsys.readouterr().err
+    longer = make_params(tmp_path, epochs=2)
+    train.run(longer, EXPERIMENT, data / "pre", data / "splits", tmp_path / "m", mlflow=False, progress=False)
+    assert "changed: train.epochs 1 -> 2" in capsys.readouterr().err
