@@ -36,7 +36,7 @@ ISIC_ID = re.compile(r"^ISIC_\d{7}$")
 IGNORED_NAME = re.compile(r"(_superpixels|_segmentation|_mask|_prob|_overlay)$", re.IGNORECASE)
 PROBS_DIR, OVERLAYS_DIR = "probs", "overlays"
 
-EXIT_OK, EXIT_SKIPPED = 0, 1
+EXIT_OK, EXIT_SKIPPED, EXIT_NOTHING = 0, 1, 2
 
 EPILOG = """\
 MODEL: a checkpoint (outputs/models/<exp>/<run_id>/best.pt), a run folder, a saved MLflow model
@@ -50,7 +50,8 @@ _superpixels, and hidden files, are not treated as inputs.
 
 exit status: 0 every image was segmented; 1 some inputs were skipped (unreadable, corrupt, not an
 image, or an output that could not be written) -- the others are still written and every skipped
-file is listed with its reason; 2 nothing could be done (bad MODEL, no images found, bad option).
+file is listed with its reason; 2 nothing could be done (bad MODEL, no images found, bad option, or
+every input skipped).
 """
 
 
@@ -155,7 +156,10 @@ class PredictResult:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_OK if not self.skipped else EXIT_SKIPPED
+        """0 all written; 1 some skipped, the rest written; 2 every input skipped (nothing written)."""
+        if not self.skipped:
+            return EXIT_OK
+        return EXIT_SKIPPED if self.written else EXIT_NOTHING
 
 
 def _plan(inputs: list[Path], root: Path | None, result: PredictResult) -> list[tuple[Path, Path]]:

@@ -186,3 +186,12 @@ def test_a_registry_uri_without_a_store_says_so_and_creates_none(tmp_path, monke
     err = capsys.readouterr().err
     assert rc == 2 and "no MLflow store at" in err and "MLFLOW_TRACKING_URI" in err, err
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "out").exists()
+
+
+def test_when_every_input_is_skipped_the_exit_status_is_2(checkpoint, tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "broken.jpg").write_bytes(b"not a jpeg")
+    rc = cli(["predict", "--model", str(checkpoint), "--input", str(src), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "0 image(s) segmented" in err and "broken.jpg" in err
