@@ -397,6 +397,28 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def setting_differences(old: dict, new: dict, *, ignore=(), common_only: bool = False) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old, new)`` for every setting that differs between two nested dicts (numbers
+    compared with ``math.isclose``; a key missing on one side is ``None`` there). ``ignore``: dotted
+    keys to skip; ``common_only``: compare only keys present on both sides (an older record that
+    lacks a newer setting is not a difference)."""
+    out: list[tuple[str, Any, Any]] = []
+
+    def walk(a, b, where: str) -> None:
+        if where in ignore:
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys = a.keys() & b.keys() if common_only else a.keys() | b.keys()
+            for k in sorted(keys, key=str):
+                walk(a.get(k), b.get(k), f"{where}.{k}" if where else str(k))
+        elif a != b and not (isinstance(a, (int, float)) and isinstance(b, (int, float))
+                             and not isinstance(a, bool) and math.isclose(a, b)):
+            out.append((where, a, b))
+
+    walk(old, new, "")
+    return out
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """safe_load that refuses a key given twice in one mapping (YAML keeps the last one silently:
     a second ``train:`` block would replace the whole first)."""

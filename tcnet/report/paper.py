@@ -241,13 +241,12 @@ def claim_notes(reported: dict, res, values, ref: PaperRef, varying: dict, m: st
     """Our verdict on each of the paper's qualitative claims (reported.yaml ``claims``) for the experiment."""
     exp = res.exp
     claims = (reported.get("claims") or {}).get(exp.paper_key or res.exp_id) or {}
-    names = [r.name for r in exp.runs]
+    placement = dict(zip([r.name for r in exp.runs], varying.get("model.attention_placement", [])))
     out = []
     for d in exp.data:
         v = values[(values.data == d.name)].dropna(subset=["ours"])
         if v.empty:
             continue
-        placement = dict(zip(names, varying.get("model.attention_placement", [])))
         if claims.get("every_placement_beats_none") and placement:
             h = v[v.metric == m].assign(placement=lambda t: t.variant.map(placement)).groupby("placement").ours.mean()
             if "none" in h.index and len(h) > 1:

@@ -15,7 +15,9 @@ from typing import Optional
 
 import pandas as pd
 
-from tcnet.config import RETINA_DATASETS, ExperimentConfig, Params, RunSpec, expand_runs, to_dict
+from tcnet.config import (
+    RETINA_DATASETS, ExperimentConfig, Params, RunSpec, expand_runs, setting_differences, to_dict,
+)
 from tcnet.tracking import flatten
 
 
@@ -114,19 +116,8 @@ def _staleness(spec: RunSpec, recorded: dict) -> str:
     (keys present in both only; runtime-only settings ignored)."""
     if not recorded:
         return ""
-    want = _plain(to_dict(spec))
-    diffs = []
-
-    def walk(a, b, where):
-        if where in RUNTIME_KEYS:
-            return
-        if isinstance(a, dict) and isinstance(b, dict):
-            for k in sorted(a.keys() & b.keys()):
-                walk(a[k], b[k], f"{where}.{k}" if where else k)
-        elif a != b and not (isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b)):
-            diffs.append(f"{where}: params {a!r}, evaluated {b!r}")
-
-    walk(want, _plain(recorded), "")
+    diffs = [f"{k}: params {a!r}, evaluated {b!r}" for k, a, b in
+             setting_differences(_plain(to_dict(spec)), _plain(recorded), ignore=RUNTIME_KEYS, common_only=True)]
     return "; ".join(sorted(diffs))
 
 

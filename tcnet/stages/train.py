@@ -103,16 +103,15 @@ def _resume_state(run_dir: Path, spec: RunSpec, identity: dict[str, str], verbos
 
 def _settings_changed(recorded, spec: RunSpec) -> str:
     """``"; changed: train.epochs 8 -> 20, ..."`` between a checkpoint's recorded RunSpec and ``spec``."""
-    from tcnet.tracking import flatten
+    from tcnet.config import setting_differences
 
     if not isinstance(recorded, dict):
         return ""
-    old, new = flatten(recorded), flatten({**to_dict(spec), "run_id": spec.run_id})
-    keys = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
-    if not keys:
+    diffs = setting_differences(recorded, {**to_dict(spec), "run_id": spec.run_id})
+    if not diffs:
         return ""
-    shown = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:4])
-    return f"; changed: {shown}{' ...' if len(keys) > 4 else ''}"
+    shown = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in diffs[:4])
+    return f"; changed: {shown}{' ...' if len(diffs) > 4 else ''}"
 
 
 def _loaders(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, dist):
@@ -188,11 +187,9 @@ def _checkpoint(spec: RunSpec, identity: dict[str, str], model, image_size: int,
     }
 
 
-def _run_tags(spec: RunSpec, device: torch.device, profile: str, params_digest: str) -> dict:
-    from tcnet.provenance import collect
-
+def _run_tags(spec: RunSpec, provenance: dict, profile: str, params_digest: str) -> dict:
     return {
-        **collect(device),
+        **provenance,
         "tcnet.experiment": spec.experiment,
         "tcnet.run_id": spec.run_id,
         "tcnet.variant": spec.variant,
@@ -318,11 +315,12 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
     channels_last = device.type == "cuda" and cfg.channels_last
 
     # -- tracking -------------------------------------------------------------------------------
+    provenance = collect(device)  # the MLflow tags and run.json: commit, data hash, versions, device
     logger = NullRunLogger()
     if dist.is_main and tracking_ctx is not None:
         # The code and inputs hashes are matched too: a run trained again after a code or data change
         # gets a new MLflow run beside the old one instead of appending to its history.
-        logger = tracking_ctx.run_logger(spec.run_id, config_hash, _run_tags(spec, device, profile, params_digest),
+        logger = tracking_ctx.run_logger(spec.run_id, config_hash, _run_tags(spec, provenance, profile, params_digest),
                                          known_mlflow_run_id=info.get("mlflow_run_id", ""),
                                          match_tags={f"tcnet.{k}": identity[k] for k in ("code_hash", "inputs_hash")})
     record = {
@@ -334,7 +332,7 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
         "n_train": len(train_ds), "n_val": len(val_loader.dataset) if val_loader is not None else 0,
         "device": str(device), "world_size": dist.world_size, "complete": False,
         "best_epoch": best["epoch"], "best_val_DI": _finite_or_none(best["score"]),
-        "seed": cfg.seed, "provenance": collect(device),  # with --no-mlflow too: commit, data hash, versions
+        "seed": cfg.seed, "provenance": provenance,  # with --no-mlflow too
     }
     if dist.is_main:
         _write_json(run_dir / "run.json", record)
