@@ -26,7 +26,9 @@ def _add_build_options(p: argparse.ArgumentParser, *, local: bool = False) -> No
                    help="git repository holding data.dvc (default: " + ("this checkout" if local else "this checkout's origin remote") + ")")
     g.add_argument("--data-rev", default="",
                    help="git revision of the data (default: " + ("the working tree" if local else "this checkout's HEAD commit") + ")")
-    g.add_argument("--gpus", type=int, default=d.gpus, help="GPUs per train task (default: %(default)s)")
+    g.add_argument("--gpus", type=int, default=d.gpus,
+                   help="GPUs per train task; they share each step's batch, so it must divide every run's "
+                   "train.batch_size (default: %(default)s)")
     g.add_argument("--accelerator-type", default=d.accelerator_type, help="(default: %(default)s)")
     g.add_argument("--gpu-node-label", default=d.gpu_node_label, metavar="KEY=VALUE",
                    help="node selector for train tasks, e.g. nvidia.com/gpu.present=true (default: none)")

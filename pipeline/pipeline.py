@@ -38,7 +38,7 @@ from components.fetch_data import fetch_data
 from components.preprocess import preprocess
 from components.split import split
 from components.train import train
-from tcnet.config import expand_runs, load_params
+from tcnet.config import check_batch_split, expand_runs, load_params
 from tcnet.provenance import without_credentials  # noqa: F401  (also imported from here by the CLI, tests)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,11 +101,15 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
         raise ValueError(f"gpu_node_label must be KEY=VALUE (e.g. nvidia.com/gpu.present=true), got {opts.gpu_node_label!r}")
     if opts.gpus < 1:
         raise ValueError(f"gpus must be >= 1, got {opts.gpus}")
+    # Each train task's GPUs share every run's batch (tcnet train --nproc): refuse a split that fails
+    # at compile time, not in a pod on a GPU node.
+    params = load_params(opts.params)
+    check_batch_split([r for exp in params.experiments for r in expand_runs(params, exp)], opts.gpus, "gpus")
     params_text = one_line_yaml(Path(opts.params).read_text())
     reported_text = one_line_yaml(Path(opts.reported).read_text())
     items = run_items(opts.params)
     repo_default, rev_default = default_data_source()
-    profile = load_params(opts.params).profile
+    profile = params.profile
 
     def common(task, cache: bool, cpu: str, memory: str):
         task.set_env_variable("MLFLOW_TRACKING_URI", opts.mlflow_uri)

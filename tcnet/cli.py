@@ -37,6 +37,8 @@ def build_parser(load: str | None = None) -> argparse.ArgumentParser:
         prog="tcnet",
         description="TCNet medical image segmentation: pipeline stages and tools. "
         "Run 'tcnet COMMAND --help' for a command's options.",
+        epilog="Errors a user can act on print one line and exit with status 2; set TCNET_TRACEBACK=1 "
+        "to see the whole traceback instead (for a message that looks like a bug).",
     )
     from tcnet import __version__
 
@@ -78,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.main(args) or 0)
     except (CliError, ConfigError, FileNotFoundError, ValueError) as e:
         # Errors a user can act on: one clear line, no traceback. Bugs still raise.
-        if getattr(e, "__tcnet_user_error__", True) is False:
+        # TCNET_TRACEBACK=1: the whole traceback, for a message that looks like a bug (any ValueError
+        # from a library lands here too).
+        if getattr(e, "__tcnet_user_error__", True) is False or os.environ.get("TCNET_TRACEBACK", "") not in ("", "0"):
             raise
         print(f"tcnet {args.command}: error: {e}", file=sys.stderr)
         return 2

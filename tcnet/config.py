@@ -518,6 +518,27 @@ class RunSpec:
         return params_hash(d)
 
 
+def check_batch_split(runs: typing.Iterable[RunSpec], processes: int, what: str = "--nproc") -> None:
+    """Refuse ``processes`` (``--nproc``, the pipeline's GPUs per train task) unless it divides the
+    ``train.batch_size`` of every run in ``runs`` (RunSpecs); the error names the runs and the counts
+    that would do."""
+    if processes <= 1:
+        return
+    runs = list(runs)
+    bad = [r for r in runs if r.train.batch_size % processes]
+    if not bad:
+        return
+    common = 0
+    for r in runs:
+        common = math.gcd(common, int(r.train.batch_size))
+    fits = [d for d in range(1, common + 1) if common % d == 0]
+    shown = ", ".join(f"{r.experiment}/{r.run_id} ({r.train.batch_size})" for r in bad[:4])
+    raise ConfigError(
+        f"{what} {processes} does not divide train.batch_size of {len(bad)} run(s) ({shown}{', ...' if len(bad) > 4 else ''}): "
+        f"train.batch_size is the batch of one optimiser step, shared equally by the processes; use {what} "
+        f"{' or '.join(map(str, fits))}, or batch sizes that are multiples of {processes}")
+
+
 def expand_runs(params: Params, exp_id: str) -> list[RunSpec]:
     """All (data pair x variant x fold) runs of one experiment, with train overrides merged."""
     exp = params.experiment(exp_id)

@@ -1,6 +1,10 @@
+from pathlib import Path
+
 import pytest
 
 from tcnet.config import ConfigError, Params, expand_runs, from_dict, load_params, n_folds
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_params_yaml_loads_and_expands_every_experiment():
@@ -138,3 +142,17 @@ def test_num_workers_does_not_change_a_runs_identity():
     spec = expand_runs(params, "ablation")[0]
     assert replace(spec, train=replace(spec.train, num_workers=4)).config_hash() == spec.config_hash()
     assert replace(spec, train=replace(spec.train, epochs=99)).config_hash() != spec.config_hash()
+
+
+def test_batch_split_over_processes_names_the_runs_and_the_counts_that_fit(tmp_path):
+    from tcnet.config import check_batch_split
+
+    params = load_params(ROOT / "params.yaml")  # the demo: batch 4, the ablation's batch 2
+    specs = [r for exp in params.experiments for r in expand_runs(params, exp)]
+    check_batch_split(specs, 1)
+    check_batch_split(specs, 2)
+    with pytest.raises(ConfigError) as e:
+        check_batch_split(specs, 4, "gpus")
+    msg = str(e.value)
+    assert msg.startswith("gpus 4 does not divide train.batch_size of 8 run(s) (ablation/drive__lkm__fold0 (2), ")
+    assert "use gpus 1 or 2, or batch sizes that are multiples of 4" in msg

@@ -8,11 +8,16 @@ Conventions shared by every function here:
   are foreground); multi-class case ``B x H x W`` (or ``B x 1 x H x W``) holding class indices.
 * ``valid``: optional ``B x H x W`` (or ``B x 1 x H x W``) mask; only pixels where it is non-zero
   count (the retina field of view). ``None`` = every pixel counts.
+* ``sum_across``: optional function that sums a tensor over the processes of a data-parallel
+  training, keeping the graph (``tcnet.training.runtime.Dist.sum_across``). Both losses are ratios of
+  sums over the batch; with it, every process computes them from the sums of the WHOLE batch of the
+  optimiser step, so N processes with batch B/N each train exactly as one process with batch B
+  (the per-process mean of Dice ratios would be another loss). ``None`` = this process's batch.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -60,11 +65,20 @@ def _valid_weight(valid: Optional[torch.Tensor], logits: torch.Tensor) -> Option
     return (_as_bhw(valid, "valid_mask", logits) != 0).to(logits.dtype)
 
 
+SumAcross = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _total(sums: torch.Tensor, sum_across: Optional[SumAcross]) -> torch.Tensor:
+    """``sums`` over the whole batch of the step: this process's alone, or added over the processes."""
+    return sums if sum_across is None else sum_across(sums)
+
+
 def soft_dice_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
     valid: Optional[torch.Tensor] = None,
     smooth: float = 1.0,
+    sum_across: Optional[SumAcross] = None,
 ) -> torch.Tensor:
     """Soft Dice loss on probabilities, computed over the whole batch ("per batch").
 
@@ -82,14 +96,14 @@ def soft_dice_loss(
         t = _binary_target(target, logits)
         if v is not None:
             p, t = p * v, t * v
-        inter, denom = (p * t).sum(), p.sum() + t.sum()
+        inter, denom = _total(torch.stack([(p * t).sum(), p.sum() + t.sum()]), sum_across).unbind()
         return 1.0 - (2.0 * inter + smooth) / (denom + smooth)
     p = torch.softmax(logits, dim=1)
     t = F.one_hot(_class_target(target, logits), logits.shape[1]).permute(0, 3, 1, 2).to(p.dtype)
     if v is not None:
         p, t = p * v[:, None], t * v[:, None]
     dims = (0, 2, 3)
-    inter, denom = (p * t).sum(dims), p.sum(dims) + t.sum(dims)
+    inter, denom = _total(torch.stack([(p * t).sum(dims), p.sum(dims) + t.sum(dims)]), sum_across).unbind()
     return (1.0 - (2.0 * inter + smooth) / (denom + smooth)).mean()
 
 
@@ -110,6 +124,7 @@ def weighted_cross_entropy(
     target: torch.Tensor,
     class_weights: Optional[Sequence[float]] = None,
     valid: Optional[torch.Tensor] = None,
+    sum_across: Optional[SumAcross] = None,
 ) -> torch.Tensor:
     """Class-weighted cross-entropy, the weighted mean over valid pixels.
 
@@ -138,4 +153,5 @@ def weighted_cross_entropy(
     if v is not None:
         pw = pw * v
     # No valid pixel: numerator and weights are all 0 -> 0 (no host sync, graph kept).
-    return (per_pixel * pw).sum() / pw.sum().clamp_min(1e-12)
+    total, weight = _total(torch.stack([(per_pixel * pw).sum(), pw.sum()]), sum_across).unbind()
+    return total / weight.clamp_min(1e-12)

@@ -7,6 +7,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
+from tcnet.losses._functional import SumAcross
 from tcnet.losses.dice import DiceLoss
 from tcnet.losses.wce import WeightedCrossEntropyLoss
 
@@ -25,6 +26,8 @@ class CombinedLoss(nn.Module):
             ``None`` = unweighted.
         num_classes: output channels of the model (1 = binary with sigmoid; >= 2 = softmax).
         smooth: the Dice smoothing constant.
+        sum_across: data-parallel training: sums a tensor over the processes (keeping the graph),
+            so both terms are computed from the whole batch of the step (``tcnet.losses._functional``).
 
     Shape:
         - logits: ``B x num_classes x H x W``
@@ -39,6 +42,7 @@ class CombinedLoss(nn.Module):
         class_weights: Optional[Sequence[float]] = None,
         num_classes: int = 1,
         smooth: float = 1.0,
+        sum_across: Optional[SumAcross] = None,
     ):
         super().__init__()
         if not 0.0 <= float(ce_weight) <= 1.0:
@@ -54,8 +58,8 @@ class CombinedLoss(nn.Module):
             )
         self.ce_weight = float(ce_weight)
         self.num_classes = int(num_classes)
-        self.wce = WeightedCrossEntropyLoss(class_weights)
-        self.dice = DiceLoss(smooth)
+        self.wce = WeightedCrossEntropyLoss(class_weights, sum_across)
+        self.dice = DiceLoss(smooth, sum_across)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, valid_mask: Optional[torch.Tensor] = None):
         if logits.dim() != 4 or logits.shape[1] != self.num_classes:
@@ -144,18 +148,21 @@ def build_loss(
     class_weights_from_stats: Optional[Sequence[float]] = None,
     num_classes: int = 1,
     deep_supervision: bool = False,
+    sum_across: Optional[SumAcross] = None,
 ) -> nn.Module:
     """The training loss from ``train.loss`` (a :class:`tcnet.config.LossConfig`).
 
     Class weights: ``loss_cfg.class_weights`` when set by hand, else ``class_weights_from_stats``
     (``stats.json``'s ``class_weights`` from the preprocess stage), else unweighted. With
     ``deep_supervision`` the loss is wrapped in :class:`DeepSupervisionLoss`; it still accepts a
-    single tensor, so the same loss object scores eval-mode outputs.
+    single tensor, so the same loss object scores eval-mode outputs. ``sum_across``: see
+    :class:`CombinedLoss` (a training under DDP; never for a validation that one process runs alone).
     """
     weights = loss_cfg.class_weights if loss_cfg.class_weights is not None else class_weights_from_stats
     if weights is not None:
         weights = [float(w) for w in weights]
-    loss: nn.Module = CombinedLoss(ce_weight=loss_cfg.ce_weight, class_weights=weights, num_classes=num_classes)
+    loss: nn.Module = CombinedLoss(ce_weight=loss_cfg.ce_weight, class_weights=weights, num_classes=num_classes,
+                                   sum_across=sum_across)
     if deep_supervision:
         loss = DeepSupervisionLoss(loss)
     return loss

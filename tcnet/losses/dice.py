@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from tcnet.losses._functional import soft_dice_loss
+from tcnet.losses._functional import SumAcross, soft_dice_loss
 
 
 class DiceLoss(nn.Module):
@@ -24,12 +24,13 @@ class DiceLoss(nn.Module):
         - output: scalar
     """
 
-    def __init__(self, smooth: float = 1.0):
+    def __init__(self, smooth: float = 1.0, sum_across: Optional[SumAcross] = None):
         super().__init__()
         self.smooth = float(smooth)
+        self.sum_across = sum_across  # data-parallel training: the sums over every process's images
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, valid_mask: Optional[torch.Tensor] = None):
-        return soft_dice_loss(logits, target, valid_mask, smooth=self.smooth)
+        return soft_dice_loss(logits, target, valid_mask, smooth=self.smooth, sum_across=self.sum_across)
 
     def extra_repr(self) -> str:
         return f"smooth={self.smooth}"

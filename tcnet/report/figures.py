@@ -146,24 +146,26 @@ def _curves(res, column: str, what: str, data_label, path) -> str:
 
 def _roc(res, summary, data_label, path) -> str:
     fig = Figure(figsize=(4.2 * len(res.exp.data), 4.0))
-    vals = summary[(summary.kind == "value") & (summary.metric == "AUC")]
     for ax, d in zip(_axes(fig, len(res.exp.data)), res.exp.data):
         ax.plot([0, 1], [0, 1], color="0.7", linewidth=0.8)
         for v in res.exp.runs:
             runs = [r for r in res.variant_runs(d.name, v.name) if r.roc is not None and len(r.roc)]
             if not runs:
                 continue
-            auc = vals[(vals.data == d.name) & (vals.variant == v.name)].ours
-            auc_txt = f" (AUC {auc.iloc[0]:.3f})" if len(auc) and np.isfinite(auc.iloc[0]) else ""
+            # the curve drawn is the first evaluated fold's: so is the AUC beside it (the table has the mean)
+            auc = runs[0].value("AUC", res.exp.aggregation) * res.scale
+            auc_txt = f" (AUC {auc:.3f})" if np.isfinite(auc) else ""
             roc = runs[0].roc.sort_values(["fpr", "tpr"])
             ax.plot(roc.fpr, roc.tpr, label=f"{v.label or v.name}{auc_txt}")
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
         ax.set_title(d.name, fontsize=9)
         ax.legend(fontsize=7, loc="lower right")
-    _suptitle(fig, res, "ROC curves (pooled pixels, first fold)", data_label)
+    multi_fold = any(len({s.fold for s in res.specs if s.data.name == d.name}) > 1 for d in res.exp.data)
+    which = "; the first evaluated fold of each variant" if multi_fold else ""
+    _suptitle(fig, res, f"ROC curves (pooled pixels{which})", data_label)
     _save(fig, path)
-    return "ROC curves (pooled over the test pixels)"
+    return f"ROC curves (pooled over the test pixels inside the FOV{which})"
 
 
 def bar_errors(res: ExperimentResults, data: str, variant: str, metric: str, n_resamples: int,
@@ -171,6 +173,8 @@ def bar_errors(res: ExperimentResults, data: str, variant: str, metric: str, n_r
     """(low, high) error extents of one bar: sd over folds, else a bootstrap CI of the per-image mean."""
     runs = res.variant_runs(data, variant)
     agg = res.exp.aggregation
+    if len({s.fold for s in res.specs if s.data.name == data}) > 1 and len(runs) < 2:
+        return 0.0, 0.0  # cross-validation with one fold left: no sd, and a CI would not be what the caption says
     if len(runs) > 1:
         vals = np.array([r.value(metric, agg) for r in runs]) * res.scale
         sd = float(np.nanstd(vals, ddof=1))

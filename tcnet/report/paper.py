@@ -23,6 +23,7 @@ from typing import Optional
 
 
 from tcnet.config import ExperimentConfig, RunVariant
+from tcnet.report.pairing import Inference, compare_groups
 
 # How the paper (and the literature) may name each metric; the first alias is our name.
 METRIC_ALIASES = {
@@ -181,10 +182,43 @@ def _headline(metrics) -> str:
     return "DI" if "DI" in metrics else ("AUC" if "AUC" in metrics else metrics[0])
 
 
-def notes(reported: dict, res, summary, ref: PaperRef) -> list[str]:
-    """Plain-language our-vs-paper notes for one experiment (``res``: ExperimentResults)."""
+def _verdict(directions: list[int], missing: list[str]) -> str:
+    """``agrees`` when every comparison the claim needs went its way with the CI clear of 0,
+    ``disagrees`` when one went against it with the CI clear of 0, else ``not resolved`` -- also
+    when a run the claim needs was not evaluated (a ranking without it would claim too much)."""
+    if any(d < 0 for d in directions):
+        return "disagrees"
+    if missing:
+        return f"not resolved: {', '.join(missing)} not evaluated"
+    if directions and all(d > 0 for d in directions):
+        return "agrees"
+    return "not resolved: a CI holds 0"
+
+
+def _not_evaluated(res, data: str, variants) -> list[str]:
+    """Declared runs of ``variants`` on ``data`` without evaluation outputs, as ``label (fold k)``."""
+    labels = {r.name: r.label or r.name for r in res.exp.runs}
+    out = []
+    for s in res.specs:
+        if s.data.name == data and s.variant in variants and s.run_id not in res.runs:
+            many = len({t.fold for t in res.specs if t.data.name == data}) > 1
+            out.append(f"{labels[s.variant]}{f' fold {s.fold}' if many else ''}")
+    return out
+
+
+def _level_text(c) -> str:
+    return (f"paired over {c.primary.n} folds' mean differences" if c.level == "folds"
+            else f"paired over {c.primary.n} images") if c.primary is not None else "no paired scores"
+
+
+def notes(reported: dict, res, summary, ref: PaperRef, inference=None) -> list[str]:
+    """Plain-language our-vs-paper notes for one experiment (``res``: ExperimentResults).
+
+    ``inference`` (:class:`tcnet.report.pairing.Inference`): the bootstrap settings and seed of the
+    paired comparisons the verdicts rest on (default: 2000 resamples, 95 %, seed 0)."""
     from tcnet.report.results import varying_settings  # results imports nothing from here
 
+    inference = inference or Inference(2000, 0.95, 0)
     exp = res.exp
     out = []
     values = summary[summary.kind == "value"]
@@ -206,74 +240,115 @@ def notes(reported: dict, res, summary, ref: PaperRef) -> list[str]:
         )
     if not values.ours.notna().any():
         return out + ["No evaluation outputs yet: run the train and evaluate stages of this experiment."]
+    first_verdict = len(out)
     setup = reported.get("setup") or {}
     varying = varying_settings(res)
     m = _headline(exp.metrics)
+    names = [r.name for r in exp.runs]
     for d in exp.data:
         v = values[(values.data == d.name) & (values.metric == m)].dropna(subset=["ours"])
         if v.empty:
             continue
         best = v.loc[v.ours.idxmax()]
-        best_i = [r.name for r in exp.runs].index(best.variant)
+        best_i = names.index(best.variant)
         for key, claim, name in SETUP_CLAIMS:
             if key in varying and claim in setup:
-                out.append(
-                    f"{d.name}: the paper finds the best {name} = {setup[claim]}; ours: best {ref.name(m)} at "
-                    f"{name} = {varying[key][best_i]} ({best.label}, {best.ours:.3f})."
-                )
+                paper_best = [n for n, x in zip(names, varying[key]) if str(x) == str(setup[claim])]
+                line = (f"{d.name}: the paper finds the best {name} = {setup[claim]}; ours: best {ref.name(m)} at "
+                        f"{name} = {varying[key][best_i]} ({best.label}, {best.ours:.3f})")
+                if paper_best and best.variant not in paper_best:
+                    c = compare_groups(res, d.name, [best.variant], paper_best, m, inference)
+                    line += (f", ahead of {name} = {setup[claim]} by {c.text()} ({_level_text(c)}; "
+                             f"{_verdict([-c.direction], _not_evaluated(res, d.name, names))})")
+                elif paper_best:
+                    rest = v[v.variant != best.variant]
+                    if len(rest):
+                        runner = rest.loc[rest.ours.idxmax()]
+                        c = compare_groups(res, d.name, [best.variant], [runner.variant], m, inference)
+                        line += (f", ahead of the runner-up {runner.label} by {c.text()} ({_level_text(c)}; "
+                                 f"{_verdict([c.direction], _not_evaluated(res, d.name, names))})")
+                out.append(line + ".")
         if "model.deep_supervision" in varying and "deep_supervision_better_off" in setup:
-            ds = dict(zip([r.name for r in exp.runs], varying["model.deep_supervision"]))
-            on = v[v.variant.map(ds) == True].ours.mean()  # noqa: E712 (a pandas mask)
-            off = v[v.variant.map(ds) == False].ours.mean()  # noqa: E712
-            verdict = "agrees" if (off > on) == bool(setup["deep_supervision_better_off"]) else "disagrees"
+            ds = dict(zip(names, varying["model.deep_supervision"]))
+            off = [n for n in names if ds[n] is False]
+            on = [n for n in names if ds[n] is True]
+            c = compare_groups(res, d.name, off, on, m, inference)
+            want = 1 if setup["deep_supervision_better_off"] else -1
             better = "without" if setup["deep_supervision_better_off"] else "with"
             out.append(
-                f"{d.name}: the paper finds TCNet better {better} deep supervision; "
-                f"ours: mean {ref.name(m)} {off:.3f} without, {on:.3f} with ({verdict})."
+                f"{d.name}: the paper finds TCNet better {better} deep supervision; ours: {ref.name(m)} without "
+                f"minus with, per image averaged over the other settings: {c.text()} ({_level_text(c)}; "
+                f"{_verdict([want * c.direction], _not_evaluated(res, d.name, names))})."
             )
-    out += claim_notes(reported, res, values, ref, varying, m)
+    out += claim_notes(reported, res, values, ref, varying, m, inference)
+    if len(out) > first_verdict:
+        out.insert(first_verdict, (
+            "Verdicts on the paper's claims below: agrees / disagrees only where the paired difference's "
+            f"{inference.confidence:.0%} CI is clear of 0 (cross-validation: the CI over the folds' mean "
+            "differences), else not resolved; the numbers are mean difference [CI]."))
     for u in ref.unmatched:
         out.append(f"reported.yaml entry with no matching run here: {u}.")
     return out
 
 
-def claim_notes(reported: dict, res, values, ref: PaperRef, varying: dict, m: str) -> list[str]:
+def claim_notes(reported: dict, res, values, ref: PaperRef, varying: dict, m: str, inference) -> list[str]:
     """Our verdict on each of the paper's qualitative claims (reported.yaml ``claims``) for the experiment."""
     exp = res.exp
     claims = (reported.get("claims") or {}).get(exp.paper_key or res.exp_id) or {}
-    placement = dict(zip([r.name for r in exp.runs], varying.get("model.attention_placement", [])))
+    names = [r.name for r in exp.runs]
+    placement = dict(zip(names, varying.get("model.attention_placement", [])))
     out = []
     for d in exp.data:
         v = values[(values.data == d.name)].dropna(subset=["ours"])
         if v.empty:
             continue
         if claims.get("every_placement_beats_none") and placement:
-            h = v[v.metric == m].assign(placement=lambda t: t.variant.map(placement)).groupby("placement").ours.mean()
-            if "none" in h.index and len(h) > 1:
-                others = h.drop("none")
-                beat = [p for p, x in others.items() if x > h["none"]]
-                verdict = "agrees" if len(beat) == len(others) else "disagrees"
+            groups: dict[str, list[str]] = {}
+            for n in names:
+                groups.setdefault(str(placement[n]), []).append(n)
+            if "none" in groups and len(groups) > 1:
+                parts, dirs = [], []
+                for p, members in groups.items():
+                    if p == "none":
+                        continue
+                    c = compare_groups(res, d.name, members, groups["none"], m, inference)
+                    dirs.append(c.direction)
+                    parts.append(f"{p} {c.text()}")
+                ahead = sum(x > 0 for x in dirs)
                 out.append(
-                    f"{d.name}: the paper finds every attention placement better than none; ours (mean {ref.name(m)} "
-                    f"over deep supervision on/off): none {h['none']:.3f}, "
-                    + ", ".join(f"{p} {x:.3f}" for p, x in others.items())
-                    + f": {len(beat)} of {len(others)} better ({verdict})."
+                    f"{d.name}: the paper finds every attention placement better than none; ours, {ref.name(m)} of "
+                    "each placement minus none, per image averaged over deep supervision on/off: "
+                    + ", ".join(parts)
+                    + f": {ahead} of {len(dirs)} clearly ahead ({_verdict(dirs, _not_evaluated(res, d.name, names))})."
                 )
         tcnet = ref.baseline or (exp.baseline_of or "")
         best_on = [x for x in claims.get("tcnet_best_on", []) if x in exp.metrics]
         if best_on and tcnet in set(v.variant):
-            ranks, first = [], 0
+            others = [n for n in names if n != tcnet]
+            parts, dirs = [], []
             for metric in best_on:
                 col = v[v.metric == metric].set_index("variant").ours
                 if tcnet not in col.index:
                     continue
                 rank = 1 + int((col > col[tcnet]).sum())
-                first += rank == 1
-                ranks.append(f"{ref.name(metric)} {rank} of {len(col)}")
-            if ranks:
-                verdict = "agrees" if first == len(ranks) else "disagrees"
+                ties = int((col == col[tcnet]).sum()) - 1
+                cs = {o: compare_groups(res, d.name, [tcnet], [o], metric, inference) for o in others}
+                dirs += [c.direction for c in cs.values()]
+                unresolved = [next(r.label or r.name for r in exp.runs if r.name == o) for o, c in cs.items()
+                              if c.direction == 0]
+                behind = [next(r.label or r.name for r in exp.runs if r.name == o) for o, c in cs.items()
+                          if c.direction < 0]
+                part = f"{ref.name(metric)} rank {rank} of {len(col)}{f' (tied with {ties})' if ties else ''}"
+                if behind:
+                    part += f", clearly behind {', '.join(behind)}"
+                if unresolved:
+                    part += f", CI holds 0 against {', '.join(unresolved)}"
+                parts.append(part)
+            if parts:
+                level = next(iter(cs.values())).level if others else "images"
                 out.append(
                     f"{d.name}: the paper finds TCNet ahead of every other method on "
-                    f"{', '.join(ref.name(x) for x in best_on)}; ours ranks TCNet {'; '.join(ranks)} ({verdict})."
+                    f"{', '.join(ref.name(x) for x in best_on)}; ours ({'per-fold mean differences' if level == 'folds' else 'paired images'}): "
+                    f"{'; '.join(parts)} ({_verdict(dirs, _not_evaluated(res, d.name, names))})."
                 )
     return out

@@ -4,14 +4,21 @@
 - :func:`paired_test`: for paired per-image scores ``a`` (TCNet) and ``b`` (another model) on the
   same images: the mean difference ``a - b``, the Wilcoxon signed-rank test
   (``scipy.stats.wilcoxon``, two-sided; all-zero differences give p = 1 without calling scipy, which
-  would warn and divide by zero) and a seeded percentile-bootstrap CI of the mean difference
-  (``scipy.stats.bootstrap``).
+  would warn and divide by zero) and a seeded BCa-bootstrap CI of the mean difference
+  (``scipy.stats.bootstrap``). The percentile bootstrap it replaced covered 84-92 % instead of 95 %
+  at the demo's 8-24 images (skewed differences, simulated); BCa corrects for skew and bias.
+- :func:`fold_test`: cross-validation's other unit: a one-sample t-test and t-interval over the k
+  per-fold mean differences, which carries the variation between the k trained models that the
+  image-level test leaves out (each fold's images are scored by a different model).
+- :func:`holm`: Holm's step-down adjustment of the p-values of several comparisons.
+- :func:`direction`: what a CI says about a difference: above 0, below 0, or not resolved.
 - :func:`bootstrap_ci`: the same CI for any sample's mean (error bars of single-fold bar charts).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
 from dataclasses import dataclass
 
@@ -33,20 +40,41 @@ def rng_for(seed: int, *key: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32("/".join(key).encode())])
 
 
+BOOTSTRAP_METHOD = "BCa"
+
+
 def bootstrap_ci(
     x, n_resamples: int, confidence: float, rng: np.random.Generator
 ) -> tuple[float, float]:
-    """Percentile-bootstrap CI of ``mean(x)``; a constant sample gives (x0, x0); fewer than 2 values NaN."""
+    """BCa-bootstrap CI of ``mean(x)``; a constant sample gives (x0, x0); fewer than 2 values NaN.
+    Where BCa is undefined (a sample whose resampled means are nearly all equal), the percentile
+    interval from the same generator state."""
     x = np.asarray(x, dtype=float)
     if x.size < 2:
         return math.nan, math.nan
     if np.ptp(x) == 0:
         return float(x[0]), float(x[0])
-    res = stats.bootstrap(
-        (x,), np.mean, n_resamples=int(n_resamples), confidence_level=confidence,
-        method="percentile", vectorized=True, rng=rng,
-    )
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    state = rng.bit_generator.state
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        res = stats.bootstrap((x,), np.mean, n_resamples=int(n_resamples), confidence_level=confidence,
+                              method=BOOTSTRAP_METHOD, vectorized=True, rng=rng)
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        rng.bit_generator.state = state
+        res = stats.bootstrap((x,), np.mean, n_resamples=int(n_resamples), confidence_level=confidence,
+                              method="percentile", vectorized=True, rng=rng)
+        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return lo, hi
+
+
+def direction(lo: float, hi: float) -> int:
+    """+1 when the CI [lo, hi] of a difference lies above 0, -1 below 0, 0 when it holds 0 (or is NaN)."""
+    if math.isfinite(lo) and lo > 0:
+        return 1
+    if math.isfinite(hi) and hi < 0:
+        return -1
+    return 0
 
 
 @dataclass(frozen=True)
@@ -58,6 +86,11 @@ class PairedResult:
     wilcoxon_stat: float
     p_value: float
     note: str = ""
+    n_nonzero: int = 0  # the differences the signed-rank test uses (it drops zeros)
+
+
+# Fewer non-zero differences than this: the two-sided signed-rank test cannot reach p < 0.05 at all.
+MIN_NONZERO = 6
 
 
 def paired_test(a, b, n_resamples: int, confidence: float, rng: np.random.Generator) -> PairedResult:
@@ -71,8 +104,48 @@ def paired_test(a, b, n_resamples: int, confidence: float, rng: np.random.Genera
     if d.size == 0:
         return PairedResult(0, math.nan, math.nan, math.nan, math.nan, math.nan, "no paired images")
     lo, hi = bootstrap_ci(d, n_resamples, confidence, rng)
-    if not np.any(d):
+    nonzero = int(np.count_nonzero(d))
+    if not nonzero:
         return PairedResult(d.size, 0.0, lo, hi, 0.0, 1.0, "all differences are zero")
-    note = "" if d.size >= 6 else f"only {d.size} paired images: the test has little power"
+    note = "" if nonzero >= MIN_NONZERO else (
+        f"only {nonzero} of {d.size} differences are non-zero (the signed-rank test drops zeros): it has little power")
     w = stats.wilcoxon(d)
-    return PairedResult(d.size, float(d.mean()), lo, hi, float(w.statistic), float(w.pvalue), note)
+    return PairedResult(d.size, float(d.mean()), lo, hi, float(w.statistic), float(w.pvalue), note, nonzero)
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    n: int  # folds
+    mean_diff: float
+    ci_low: float
+    ci_high: float
+    t_stat: float
+    p_value: float
+    note: str = ""
+
+
+def fold_test(per_fold_diffs, confidence: float) -> FoldResult:
+    """One-sample t-test (two-sided) and t-interval of the mean of the per-fold mean differences."""
+    d = np.asarray([x for x in per_fold_diffs if math.isfinite(x)], dtype=float)
+    if d.size < 2:
+        return FoldResult(int(d.size), float(d.mean()) if d.size else math.nan, math.nan, math.nan,
+                          math.nan, math.nan, "fewer than 2 folds: no fold-level test")
+    if np.ptp(d) == 0:
+        return FoldResult(int(d.size), float(d[0]), float(d[0]), float(d[0]), math.nan, math.nan,
+                          "the same difference in every fold: no spread to test")
+    r = stats.ttest_1samp(d, 0.0)
+    ci = r.confidence_interval(confidence)
+    return FoldResult(int(d.size), float(d.mean()), float(ci.low), float(ci.high), float(r.statistic),
+                      float(r.pvalue), f"{d.size - 1} degrees of freedom" if d.size < 5 else "")
+
+
+def holm(p_values) -> list[float]:
+    """Holm's step-down adjusted p-values (same order; NaN stays NaN and is not counted)."""
+    p = [float(x) for x in p_values]
+    idx = sorted((i for i, x in enumerate(p) if math.isfinite(x)), key=lambda i: p[i])
+    out = [math.nan] * len(p)
+    running = 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (len(idx) - rank) * p[i]))
+        out[i] = running
+    return out

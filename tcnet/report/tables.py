@@ -24,17 +24,20 @@ import pandas as pd
 
 from tcnet.report.paper import PaperRef
 from tcnet.report.results import ExperimentResults
-from tcnet.report.stats import mean_sd, paired_test, rng_for
+from tcnet.report.pairing import Inference, compare_groups
+from tcnet.report.stats import holm, mean_sd
 
 TABLE_COLUMNS = [
     "experiment", "kind", "data", "variant", "label", "metric", "metric_name", "unit", "aggregation",
     "data_label", "n_folds", "n_images", "ours", "ours_sd", "paper", "diff", "note",
 ]
 STATS_COLUMNS = [
-    "experiment", "data", "baseline", "other", "comparison", "metric", "unit", "n", "mean_diff",
-    "ci_low", "ci_high", "confidence", "n_resamples", "wilcoxon_stat", "p_value", "note",
+    "experiment", "data", "baseline", "other", "comparison", "metric", "unit", "level", "test", "n", "n_nonzero",
+    "mean_diff", "ci_low", "ci_high", "confidence", "n_resamples", "statistic", "p_value", "p_holm", "note",
 ]
-STATS_METRICS = ("DI", "JA")  # paired tests on per-image Dice and Jaccard
+STATS_METRICS = ("DI", "JA", "AC")  # paired tests on per-image scores (AC: the paper's claims name it)
+TESTS = {"images": "Wilcoxon signed-rank; BCa bootstrap CI",
+         "folds": "one-sample t over the per-fold mean differences; t CI"}
 
 AGGREGATION_TEXT = {
     "mean": "mean of per-image scores (ISIC convention)",
@@ -139,12 +142,18 @@ def summary_frame(res: ExperimentResults, ref: PaperRef, data_label: str) -> pd.
             runs = res.variant_runs(d.name, v.name)
             note = _run_notes(res, d.name, v.name)
             for m in exp.metrics:
-                mean, sd = mean_sd(_fold_values(res, d.name, v.name, m).values())
+                values = _fold_values(res, d.name, v.name, m)
+                mean, sd = mean_sd(values.values())
                 paper = ref.cells.get((d.name, v.name, m), math.nan)
+                # mean_sd leaves out an undefined fold value: say so, and count only the folds used
+                undefined = sorted(k for k, x in values.items() if not math.isfinite(x))
+                cell_note = "; ".join(x for x in (note, f"{ref.name(m)} undefined in fold(s) {undefined}"
+                                                  if undefined else "") if x)
                 rows.append(dict(
                     base, kind="value", data=d.name, variant=v.name, label=v.label or v.name, metric=m,
-                    metric_name=ref.name(m), n_folds=len(runs), n_images=sum(r.n_images for r in runs),
-                    ours=mean, ours_sd=sd, paper=paper, diff=mean - paper, note=note,
+                    metric_name=ref.name(m), n_folds=len(runs) - len(undefined),
+                    n_images=sum(r.n_images for r in runs), ours=mean, ours_sd=sd, paper=paper,
+                    diff=mean - paper, note=cell_note,
                 ))
     baseline = ref.baseline  # deltas exist only when there is one
     for delta in ref.deltas:
@@ -173,53 +182,53 @@ def summary_frame(res: ExperimentResults, ref: PaperRef, data_label: str) -> pd.
 
 
 def stats_frame(res: ExperimentResults, n_resamples: int, confidence: float, seed: int) -> pd.DataFrame:
-    """Paired per-image statistics of ``baseline_of`` against every other variant (``stats.csv``).
+    """Paired statistics of ``baseline_of`` against every other variant (``stats.csv``).
 
-    Per data pair: each fold's per-image scores of the two runs are joined on image id, the folds
-    concatenated (cross-validation folds hold disjoint images), then :func:`paired_test`.
+    Per data pair and metric (:func:`tcnet.report.pairing.compare_groups`), level ``images``: each
+    fold's per-image scores of the two runs joined on image id, the folds concatenated, then
+    :func:`paired_test`. With several folds also level ``folds``: :func:`fold_test` over the per-fold
+    mean differences (each fold is a different trained model: the image-level test does not see that
+    variation). ``p_holm``: Holm's adjustment over the comparisons of one (data, metric, level).
     """
     exp = res.exp
     rows = []
     if not exp.baseline_of:
         return pd.DataFrame(rows, columns=STATS_COLUMNS)
+    inference = Inference(n_resamples, confidence, seed)
     b_label = _label(res, exp.baseline_of)
     for d in exp.data:
-        base_runs = {r.spec.fold: r for r in res.variant_runs(d.name, exp.baseline_of)}
         for v in exp.runs:
             if v.name == exp.baseline_of:
                 continue
-            other_runs = {r.spec.fold: r for r in res.variant_runs(d.name, v.name)}
-            joined, lost, notes = [], 0, []
-            for k in sorted(base_runs.keys() & other_runs.keys()):
-                pa, pb = base_runs[k].per_image, other_runs[k].per_image
-                if pa is None or pb is None:
-                    notes.append(f"fold {k}: no per_image.csv")
-                    continue
-                j = pa.merge(pb, on="id", suffixes=("_a", "_b"))
-                lost += max(len(pa), len(pb)) - len(j)
-                joined.append(j)
-            if lost:
-                notes.append(f"{lost} image(s) not in both runs, left out")
-            j = pd.concat(joined, ignore_index=True) if joined else pd.DataFrame()
             for m in STATS_METRICS:
+                c = compare_groups(res, d.name, [exp.baseline_of], [v.name], m, inference)
                 common = dict(
                     experiment=res.exp_id, data=d.name, baseline=exp.baseline_of, other=v.name,
                     comparison=f"{b_label} - {v.label or v.name}", metric=m, unit=res.unit,
                     confidence=confidence, n_resamples=n_resamples,
                 )
-                if f"{m}_a" not in j or f"{m}_b" not in j:
-                    rows.append(dict(common, n=0, note="; ".join(notes + ["no paired per-image scores"])))
-                    continue
-                r = paired_test(
-                    j[f"{m}_a"].to_numpy() * res.scale, j[f"{m}_b"].to_numpy() * res.scale,
-                    n_resamples, confidence, rng_for(seed, res.exp_id, d.name, v.name, m),
-                )
-                rows.append(dict(
-                    common, n=r.n, mean_diff=r.mean_diff, ci_low=r.ci_low, ci_high=r.ci_high,
-                    wilcoxon_stat=r.wilcoxon_stat, p_value=r.p_value,
-                    note="; ".join(notes + ([r.note] if r.note else [])),
-                ))
-    return pd.DataFrame(rows, columns=STATS_COLUMNS)
+                for level in ("images", "folds") if c.cross_validated else ("images",):
+                    common.update(level=level, test=TESTS[level])
+                    r = c.images if level == "images" else c.folds
+                    if r is None:
+                        rows.append(dict(common, n=0, note="; ".join(c.notes)))
+                        continue
+                    rows.append(dict(
+                        common, n=r.n, n_nonzero=getattr(r, "n_nonzero", math.nan), mean_diff=r.mean_diff,
+                        ci_low=r.ci_low, ci_high=r.ci_high,
+                        statistic=r.wilcoxon_stat if level == "images" else r.t_stat,
+                        p_value=r.p_value, note="; ".join(c.notes + ([r.note] if r.note else [])),
+                    ))
+    out = pd.DataFrame(rows, columns=STATS_COLUMNS)
+    for _, idx in out.groupby(["data", "metric", "level"]).groups.items():
+        out.loc[idx, "p_holm"] = holm(out.loc[idx, "p_value"].to_list())
+    return out
+
+
+def primary_level(stats: pd.DataFrame, data: str) -> str:
+    """The level a verdict rests on: ``folds`` where the data pair was cross-validated (the claim is
+    about a training method, and the folds are its repeats), else ``images``."""
+    return "folds" if ((stats.data == data) & (stats.level == "folds")).any() else "images"
 
 
 def main_table(res: ExperimentResults, summary: pd.DataFrame, ref: PaperRef, data_label: str) -> DisplayTable:
@@ -245,7 +254,8 @@ def main_table(res: ExperimentResults, summary: pd.DataFrame, ref: PaperRef, dat
                 if m in with_paper:
                     row += [fmt(c.paper), fmt(c["diff"], signed=True)]
             first = cells.iloc[0]
-            row += [str(int(first.n_images)) if first.n_folds else DASH, first.note]
+            cell_notes = list(dict.fromkeys(n for part in cells.note for n in str(part).split("; ") if n))
+            row += [str(int(first.n_images)) if len(res.variant_runs(d.name, v.name)) else DASH, "; ".join(cell_notes)]
             table.rows.append(row)
         for other, group in cited[cited.data == d.name].groupby("label", sort=False):
             name = other.split(" - ", 1)[1]
@@ -257,22 +267,38 @@ def main_table(res: ExperimentResults, summary: pd.DataFrame, ref: PaperRef, dat
     return table
 
 
-def delta_table(res: ExperimentResults, summary: pd.DataFrame, data_label: str) -> DisplayTable | None:
-    """The paper's stated differences beside ours (None when it states none)."""
+def delta_table(res: ExperimentResults, summary: pd.DataFrame, data_label: str,
+                stats: pd.DataFrame | None = None) -> DisplayTable | None:
+    """The paper's stated differences beside ours (None when it states none), with our CI of the
+    same difference from ``stats`` where it has one (the verdicts' level: :func:`primary_level`)."""
     deltas = summary[summary.kind == "delta"]
     if deltas.empty:
         return None
     multi_data = len(res.exp.data) > 1
-    header = (["Data"] if multi_data else []) + ["Difference", "Metric", "paper", "ours", "ours - paper", "Note"]
+    has_ci = stats is not None and not stats.empty
+    conf = f"{stats.confidence.iloc[0]:.0%} " if has_ci else ""
+    header = (["Data"] if multi_data else []) + ["Difference", "Metric", "paper", "ours"] + (
+        [f"our {conf}CI"] if has_ci else []) + ["ours - paper", "Note"]
     t = DisplayTable(
         f"Differences the paper states for {res.exp.reproduces} (no absolute values given), beside ours. "
-        f"Data: {data_label}. Unit: {'percentage points' if res.unit == 'percent' else 'fractions'}.",
+        f"Data: {data_label}. Unit: {'percentage points' if res.unit == 'percent' else 'fractions'}."
+        + (" Our CI: the paired statistics' interval of the same difference (table below)." if has_ci else ""),
         header,
     )
     for r in deltas.itertuples():
+        ci_cells, note = [], r.note
+        if has_ci:
+            level = primary_level(stats, r.data)
+            hit = stats[(stats.data == r.data) & (stats.other == r.variant) & (stats.metric == r.metric)
+                        & (stats.level == level)]
+            lo, hi = (float(hit.ci_low.iloc[0]), float(hit.ci_high.iloc[0])) if len(hit) else (math.nan, math.nan)
+            ci_cells = [DASH if not np.isfinite(lo) else f"[{lo:+.3f}, {hi:+.3f}]"]
+            if np.isfinite(lo):
+                inside = lo <= r.paper <= hi
+                note = "; ".join(x for x in (note, f"the paper's value is {'inside' if inside else 'outside'} our CI") if x)
         t.rows.append(([r.data] if multi_data else []) + [
             r.label, r.metric_name, fmt(r.paper, signed=True), fmt(r.ours, r.ours_sd, signed=True),
-            fmt(r.diff, signed=True), r.note,
+            *ci_cells, fmt(r.diff, signed=True), note,
         ])
     return t
 
@@ -282,22 +308,34 @@ def stats_table(res: ExperimentResults, stats: pd.DataFrame, data_label: str) ->
         return None
     conf = stats.confidence.iloc[0]
     multi_data = len(res.exp.data) > 1
+    cv = (stats.level == "folds").any()
     header = (["Data"] if multi_data else []) + [
-        "Comparison", "Metric", "n", "Mean difference", f"{conf:.0%} bootstrap CI", "Wilcoxon W", "p", "Note",
+        "Comparison", "Metric"] + (["Level"] if cv else []) + [
+        "n", "Mean difference", f"{conf:.0%} CI", "W" if not cv else "W / t", "p", "p (Holm)", "Note",
     ]
+    units = "percentage points" if res.unit == "percent" else "fractions"
+    n_other = stats.other.nunique()
+    folds = (
+        " Level folds: a one-sample t-test and t-interval over the per-fold mean differences. Each fold's "
+        "images are scored by a model trained on the other folds, so the image-level rows leave out the "
+        "variation between trainings and overstate the evidence; the fold-level rows include it, with "
+        "k - 1 degrees of freedom. The verdicts on the paper's claims rest on them."
+        if cv else "")
     t = DisplayTable(
-        f"Paired per-image statistics, {_label(res, res.exp.baseline_of)} against each other variant on the "
-        f"same images (folds concatenated). Data: {data_label}. Differences in "
-        f"{'percentage points' if res.unit == 'percent' else 'fractions'}; Wilcoxon signed-rank, two-sided; "
-        f"percentile bootstrap with {int(stats.n_resamples.iloc[0])} resamples (seeded).",
+        f"Paired statistics, {_label(res, res.exp.baseline_of)} against each other variant on the same images. "
+        f"Data: {data_label}. Differences in {units}. Level images: Wilcoxon signed-rank (two-sided; n counts "
+        f"the images, the test uses the non-zero differences) on the per-image differences, folds "
+        f"concatenated; BCa bootstrap CI with {int(stats.n_resamples.iloc[0])} resamples (seeded).{folds} "
+        f"p (Holm): adjusted over the {n_other} comparisons of a metric; the metrics are not separate "
+        "evidence (per image, JA = DI / (2 - DI)).",
         header,
     )
     for r in stats.itertuples():
         ci = DASH if not np.isfinite(r.ci_low) else f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
         p = DASH if not np.isfinite(r.p_value) else f"{r.p_value:.3g}"
-        w = DASH if not np.isfinite(r.wilcoxon_stat) else f"{r.wilcoxon_stat:g}"
-        t.rows.append(([r.data] if multi_data else []) + [
-            r.comparison, r.metric, str(int(r.n)), fmt(r.mean_diff, signed=True), ci, w, p,
-            r.note if isinstance(r.note, str) else "",
+        ph = DASH if not np.isfinite(r.p_holm) else f"{r.p_holm:.3g}"
+        w = DASH if not np.isfinite(r.statistic) else f"{r.statistic:.3g}"
+        t.rows.append(([r.data] if multi_data else []) + [r.comparison, r.metric] + ([r.level] if cv else []) + [
+            str(int(r.n)), fmt(r.mean_diff, signed=True), ci, w, p, ph, r.note if isinstance(r.note, str) else "",
         ])
     return t

@@ -27,6 +27,7 @@ from tcnet.report import figures as figs
 from tcnet.report import html as report_html
 from tcnet.report import paper as paper_mod
 from tcnet.report import tables
+from tcnet.report.pairing import Inference
 from tcnet.report.results import ExperimentResults, load_experiment
 from tcnet.utils.atomic import atomic_dir, atomic_write
 
@@ -76,10 +77,10 @@ def _compare_one(params: Params, exp_id: str, res: ExperimentResults, reported: 
     stats = tables.stats_frame(res, cfg.bootstrap, cfg.confidence, seed)
     section = report_html.Section(
         exp_id=exp_id, title=res.exp.title, reproduces=res.exp.reproduces, meta=_meta(res, cfg.data_label),
-        missing=res.missing, notes=paper_mod.notes(reported, res, summary, ref),
+        missing=res.missing, notes=paper_mod.notes(reported, res, summary, ref, Inference(cfg.bootstrap, cfg.confidence, seed)),
     )
     section.tables.append(("Results", tables.main_table(res, summary, ref, cfg.data_label)))
-    delta = tables.delta_table(res, summary, cfg.data_label)
+    delta = tables.delta_table(res, summary, cfg.data_label, stats)
     if delta is not None:
         section.tables.append(("The paper's stated differences", delta))
     st = tables.stats_table(res, stats, cfg.data_label)

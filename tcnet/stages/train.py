@@ -23,7 +23,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from tcnet.config import ConfigError, MlflowConfig, Params, RunSpec, expand_runs, load_params, params_hash, to_dict
+from tcnet.config import (ConfigError, MlflowConfig, Params, RunSpec, check_batch_split, expand_runs, load_params,
+                          params_hash, to_dict)
 from tcnet.training.loop import NonFiniteLossError
 from tcnet.utils.atomic import atomic_write
 
@@ -101,6 +102,24 @@ def _resume_state(run_dir: Path, spec: RunSpec, identity: dict[str, str], verbos
     return ckpt
 
 
+def _load_as_process_0_did(last: Path, epoch: int, dist) -> dict:
+    """``last.pt`` in a process other than 0, which resumes after ``epoch``: the same file, or an error
+    (every process must fail rather than train from another state than process 0)."""
+    from tcnet.checkpoint import CheckpointError, load_checkpoint
+
+    where = f"process {dist.rank} of {dist.world_size}"
+    try:
+        ckpt = load_checkpoint(last)
+    except CheckpointError as e:
+        raise RuntimeError(f"{where}: {e}; process 0 resumes after epoch {epoch} from it. Every process must "
+                           "read the same run folder (with several machines: --out on a shared file system)") from e
+    if int(ckpt["epoch"]) != epoch:
+        raise RuntimeError(f"{where}: {last} holds epoch {ckpt['epoch']}, process 0 resumes after epoch {epoch}: "
+                           "every process must read the same run folder (with several machines: --out on a "
+                           "shared file system)")
+    return ckpt
+
+
 def _settings_changed(recorded, spec: RunSpec) -> str:
     """``"; changed: train.epochs 8 -> 20, ..."`` between a checkpoint's recorded RunSpec and ``spec``."""
     from tcnet.config import setting_differences
@@ -114,10 +133,11 @@ def _settings_changed(recorded, spec: RunSpec) -> str:
     return f"; changed: {shown}{' ...' if len(diffs) > 4 else ''}"
 
 
-def _loaders(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, dist):
+def _loaders(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, dist, sync_bn: bool = False):
     from torch.utils.data import DataLoader, DistributedSampler
 
     from tcnet.data.dataset import SegmentationDataset, ids_for, load_split
+    from tcnet.training.runtime import per_process_batch
 
     cfg = spec.train
     split = load_split(splits_dir, spec.data.train)
@@ -134,12 +154,20 @@ def _loaders(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, dist):
     sampler = DistributedSampler(train_ds, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
                                  seed=cfg.seed, drop_last=False)
     per_rank = len(sampler)
-    # A last batch of one image breaks BatchNorm at the 1x1 coarsest scale: drop it (only then).
-    drop_last = per_rank > cfg.batch_size and per_rank % cfg.batch_size == 1
+    # train.batch_size is the batch of one optimiser step: each process takes its share of it.
+    batch = per_process_batch(cfg.batch_size, dist.world_size)
+    # A last batch of one image breaks BatchNorm at the 1x1 coarsest scale: drop it (only then). Under
+    # DDP on CUDA BatchNorm is synchronised (``sync_bn``), so the step's whole last batch counts: one
+    # image of the epoch's own (n % batch_size == 1, as in one process; each process's share of that
+    # step is then its one image or a padding repeat, dropped with it).
+    if sync_bn:
+        drop_last = len(train_ds) > cfg.batch_size and len(train_ds) % cfg.batch_size == 1
+    else:
+        drop_last = per_rank > batch and per_rank % batch == 1
     workers = dict(num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
                    pin_memory=torch.cuda.is_available())
     generator = torch.Generator()
-    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last,
+    train_loader = DataLoader(train_ds, batch_size=batch, sampler=sampler, drop_last=drop_last,
                               generator=generator, **workers)
     val_loader = None
     if len(val_ds) and dist.is_main:
@@ -247,25 +275,34 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
              "oneDNN emulates it, which is slower than float32; set train.cpu_bf16: false for speed")
     identity = _identity(spec, preprocessed_dir, splits_dir)
     config_hash = identity["config_hash"]
-    ckpt = _resume_state(run_dir, spec, identity, verbose=dist.is_main)
-    info = _read_json(run_dir / "run.json") or {}
-    if _identity_change(info, identity):  # _resume_state said why
-        info = {}
-    if ckpt is not None and int(ckpt["epoch"]) >= cfg.epochs and info.get("complete"):
-        if dist.is_main:
+    # Process 0 alone reads the run's files and decides (skip, resume after epoch k, start fresh), and
+    # tells the others: processes deciding each for itself could disagree (a file one of them cannot
+    # read, a run folder not shared between machines) and then wait on each other for ever.
+    ckpt, info, decision = None, {}, {"skip": False, "epoch": None}
+    if dist.is_main:
+        ckpt = _resume_state(run_dir, spec, identity)
+        info = _read_json(run_dir / "run.json") or {}
+        if _identity_change(info, identity):  # _resume_state said why
+            info = {}
+        if ckpt is not None and int(ckpt["epoch"]) >= cfg.epochs and info.get("complete"):
             _say(f"{spec.run_id}: already trained ({cfg.epochs} epochs, best val DI {info.get('best_val_DI')}); skipping")
-        return info
-    # A last.pt without optimizer state is written only after the final epoch: its training is over, and
-    # what is left is _finish (a crash came between them). Before its final epoch it cannot be resumed.
+            decision["skip"] = True
+        # A last.pt without optimizer state is written only after the final epoch: its training is over,
+        # and what is left is _finish (a crash came between them). Before its final epoch it cannot be resumed.
+        elif ckpt is not None and not ckpt.get("optimizer") and int(ckpt["epoch"]) < cfg.epochs:
+            _say(f"{spec.run_id}: {run_dir / 'last.pt'} holds no optimizer state to resume from; starting fresh")
+            ckpt = None
+        if ckpt is None:
+            for name in OUTPUT_FILES:  # leftovers of another configuration or of a run killed in epoch 1
+                (run_dir / name).unlink(missing_ok=True)
+        decision["epoch"] = None if ckpt is None else int(ckpt["epoch"])
+    decision = dist.broadcast(decision)
+    if decision["skip"]:
+        return info if dist.is_main else (_read_json(run_dir / "run.json") or {})
+    if not dist.is_main and decision["epoch"] is not None:
+        ckpt = _load_as_process_0_did(run_dir / "last.pt", decision["epoch"], dist)
     stateless = ckpt is not None and not ckpt.get("optimizer")
     trained = stateless and int(ckpt["epoch"]) >= cfg.epochs
-    if stateless and not trained:
-        if dist.is_main:
-            _say(f"{spec.run_id}: {run_dir / 'last.pt'} holds no optimizer state to resume from; starting fresh")
-        ckpt = None
-    if ckpt is None and dist.is_main:
-        for name in OUTPUT_FILES:  # leftovers of another configuration or of a run killed in epoch 1
-            (run_dir / name).unlink(missing_ok=True)
     if dist.is_main:  # temporary files of a checkpoint write a kill interrupted (atomic_write's siblings)
         for name in OUTPUT_FILES:
             for tmp in run_dir.glob(f".{name}.*.tmp"):
@@ -274,12 +311,18 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
 
     # -- data, model, optimiser, loss ----------------------------------------------------------
     seed_everything(cfg.seed)
-    train_ds, sampler, train_loader, loader_gen, val_loader = _loaders(spec, preprocessed_dir, splits_dir, dist)
+    sync_bn = dist.enabled and device.type == "cuda"  # SyncBatchNorm needs a GPU
+    # a non-finite loss names the batch's images: under DDP those of this process's share
+    who = f"{spec.run_id} (process {dist.rank} of {dist.world_size})" if dist.enabled else spec.run_id
+    train_ds, sampler, train_loader, loader_gen, val_loader = _loaders(spec, preprocessed_dir, splits_dir, dist, sync_bn)
     image_size = train_ds.image_size
     model, optimizer, scheduler = _model_and_optim(spec, device)
     class_weights = None if cfg.loss.class_weights is not None else _class_weights(preprocessed_dir, spec.data.train)
-    loss_fn = build_loss(cfg.loss, class_weights, int(spec.model_kwargs.get("num_classes", 1)),
-                         bool(spec.model_kwargs.get("deep_supervision", False)))
+    loss_args = (cfg.loss, class_weights, int(spec.model_kwargs.get("num_classes", 1)),
+                 bool(spec.model_kwargs.get("deep_supervision", False)))
+    loss_fn = build_loss(*loss_args)  # validation: rank 0 alone, its own images
+    # Training under DDP: the loss's sums over the whole step's batch (every process's share of it).
+    train_loss_fn = build_loss(*loss_args, sum_across=dist.sum_across()) if dist.enabled else loss_fn
 
     # -- resume ---------------------------------------------------------------------------------
     history: list[dict] = []
@@ -308,6 +351,8 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
 
     raw_model = model
     if dist.enabled:
+        if sync_bn:  # BatchNorm statistics over the step's whole batch, as in one process
+            model = raw_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
@@ -331,6 +376,7 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
         "model_name": spec.model, "image_size": image_size, "epochs": cfg.epochs,
         "n_train": len(train_ds), "n_val": len(val_loader.dataset) if val_loader is not None else 0,
         "device": str(device), "world_size": dist.world_size, "complete": False,
+        "batch_per_process": train_loader.batch_size,
         "best_epoch": best["epoch"], "best_val_DI": _finite_or_none(best["score"]),
         "seed": cfg.seed, "provenance": provenance,  # with --no-mlflow too
     }
@@ -349,7 +395,7 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
             sampler.set_epoch(epoch)
             loader_gen.manual_seed(epoch_seed(cfg.seed, epoch))
             lr = float(optimizer.param_groups[0]["lr"])
-            res = train_one_epoch(model, train_loader, loss_fn, optimizer, device, epoch=epoch, run_id=spec.run_id,
+            res = train_one_epoch(model, train_loader, train_loss_fn, optimizer, device, epoch=epoch, run_id=who,
                                   bf16=cfg.bf16, cpu_bf16=cfg.cpu_bf16, channels_last=channels_last,
                                   progress=progress and dist.is_main,
                                   desc=f"{spec.run_id} {epoch}/{cfg.epochs}")
@@ -462,6 +508,34 @@ def select_runs(specs: list[RunSpec], run_ids: Optional[Sequence[str]], experime
     return [known[r] for r in run_ids]
 
 
+def preflight(params: Params, experiment: str, run_ids: Optional[Sequence[str]], splits_dir, processes: int = 1,
+              what: str = "--nproc") -> list[RunSpec]:
+    """The runs to train, after every check that can fail before a process or an epoch starts (a typo
+    in the last run's model fails now, not hours in); ``tcnet train --nproc`` calls it before it
+    launches the processes, so such an error is one line and status 2, not N tracebacks."""
+    from tcnet.models.registry import check_runs_models
+    from tcnet.stages.evaluate import eval_ids
+
+    specs = select_runs(expand_runs(params, experiment), run_ids, experiment)
+    check_runs_models(params, experiments=[experiment])
+    for spec in specs:  # a run whose evaluation part is empty (e.g. DRIVE without test labels)
+        eval_ids(spec, splits_dir)
+    devices = sorted({s.train.device for s in specs})  # experiment or run overrides of train.device count
+    if len(devices) > 1:
+        raise ValueError(f"experiment {experiment!r}: its runs ask for different train.device values "
+                         f"({', '.join(devices)}); train them in separate calls (--run)")
+    check_batch_split(specs, processes, what)
+    cuda = torch.cuda.is_available() and devices[0] not in ("cpu", "mps")
+    ones = [s for s in specs if processes > 1 and s.train.batch_size == processes]
+    if ones and not cuda:
+        raise ConfigError(
+            f"{what} {processes} would give each process 1 image of train.batch_size {ones[0].train.batch_size} "
+            f"(run {ones[0].run_id}{' and others' if len(ones) > 1 else ''}): on CPU each process normalises its "
+            "share alone (SyncBatchNorm needs GPUs), and BatchNorm statistics of one image are degenerate (they fail "
+            "outright on a 1x1 map: a small image's coarsest scale, DeepLab's image pooling); use fewer processes")
+    return specs
+
+
 def run(params: Params, experiment: str, preprocessed_dir, splits_dir, out_dir,
         run_ids: Optional[Sequence[str]] = None, *, mlflow: Optional[bool] = None, progress: bool = True) -> dict:
     """Train every run of ``experiment`` (or only ``run_ids``) into ``out_dir/<experiment>/<run_id>/``.
@@ -469,24 +543,16 @@ def run(params: Params, experiment: str, preprocessed_dir, splits_dir, out_dir,
     MLflow (unless ``mlflow=False`` or ``TCNET_NO_MLFLOW=1``): the store is initialised and the
     experiment's parent run found or created once, here, before any run starts.
     """
-    from tcnet.models.registry import check_runs_models
-    from tcnet.stages.evaluate import eval_ids
     from tcnet.tracking import open_tracker, pipeline_tags, tracking_enabled
     from tcnet.training.runtime import init_distributed, resolve_device
 
-    specs = select_runs(expand_runs(params, experiment), run_ids, experiment)
-    check_runs_models(params, experiments=[experiment])  # a typo in the last run's model fails now, not hours in
-    for spec in specs:  # and so does a run whose evaluation part is empty (e.g. DRIVE without test labels)
-        eval_ids(spec, splits_dir)
-    devices = sorted({s.train.device for s in specs})  # experiment or run overrides of train.device count
-    if len(devices) > 1:
-        raise ValueError(f"experiment {experiment!r}: its runs ask for different train.device values "
-                         f"({', '.join(devices)}); train them in separate calls (--run)")
-    dist = init_distributed(devices[0])
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    specs = preflight(params, experiment, run_ids, splits_dir, world, "WORLD_SIZE")  # also under one's own torchrun
+    dist = init_distributed(specs[0].train.device)
     digest = params_hash(params)
     tracker = None
     if dist.is_main and tracking_enabled(mlflow):
-        device = resolve_device(devices[0], dist.local_rank)
+        device = resolve_device(specs[0].train.device, dist.local_rank)
         tracker = open_tracker(experiment, params.mlflow, params=params, base_tags=pipeline_tags(params, device))
     results = []
     for i, spec in enumerate(specs, 1):
@@ -509,7 +575,9 @@ def add_arguments(parser) -> None:
     add_experiment_arguments(parser, "train")
     parser.add_argument("--out", default="outputs/models", help="models root: writes OUT/<experiment>/<run_id>/")
     parser.add_argument("--nproc", type=int, default=1, metavar="N",
-                        help="train each run with N processes (DDP via torchrun: gloo on CPU, NCCL on CUDA)")
+                        help="train each run with N processes (DDP via torchrun: gloo on CPU, NCCL on CUDA); "
+                        "train.batch_size stays the batch of one optimiser step, each process takes 1/N of it, "
+                        "so N must divide it")
     add_no_mlflow(parser)
 
 
@@ -519,6 +587,8 @@ def main(args) -> int:
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc > 1 and not in_torchrun():
+        # Before any process starts: errors of the params or data as one line (status 2), not N tracebacks.
+        preflight(load_params(args.params), args.experiment, args.runs, args.splits, args.nproc)
         argv = ["train", "--params", args.params, "--experiment", args.experiment, "--preprocessed",
                 args.preprocessed, "--splits", args.splits, "--out", args.out]
         for r in args.runs or []:

@@ -8,7 +8,8 @@ import random
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Sequence
+from datetime import timedelta
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -134,6 +135,39 @@ class Dist:
         torch.distributed.all_reduce(t)
         return t.cpu().tolist()
 
+    def sum_across(self) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+        """The losses' ``sum_across`` (``tcnet.losses._functional``): a tensor summed over the
+        processes with its gradient kept (:class:`_SumAcross`). None for one process."""
+        return _SumAcross.apply if self.enabled else None
+
+    def broadcast(self, obj):
+        """Process 0's ``obj`` in every process (picklable; one process: ``obj``)."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+class _SumAcross(torch.autograd.Function):
+    """All-reduce (sum) whose backward is the all-reduce of the gradients: every process computes
+    the loss of the whole step's batch from the summed sums, so each one's gradient of its share is
+    the sum over the processes' copies of dL/dsums, and DDP's mean of the parameters' gradients
+    gives the one-process gradient exactly (tests/losses/test_losses_ddp.py). Written here rather
+    than taken from torch.distributed.nn.functional.all_reduce, which torch 2.14 deprecates."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        torch.distributed.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        torch.distributed.all_reduce(grad)
+        return grad
+
 
 def in_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
@@ -149,7 +183,9 @@ def init_distributed(device_name: str = "auto") -> Dist:
         use_cuda = torch.cuda.is_available() and device_name != "cpu"
         if use_cuda:
             torch.cuda.set_device(local % torch.cuda.device_count())
-        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
+        # Process 0 alone validates and finishes a run (MLflow uploads of the model included) while the
+        # others wait at a barrier: NCCL's default 10-minute timeout would abort them.
+        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timedelta(hours=2))
     return Dist(world, rank, local)
 
 
@@ -158,14 +194,52 @@ def shutdown_distributed() -> None:
         torch.distributed.destroy_process_group()
 
 
+def per_process_batch(batch_size: int, processes: int) -> int:
+    """Each process's share of ``train.batch_size``, the batch of ONE optimiser step whatever the
+    number of processes: ``--nproc`` (GPUs) changes the speed of a training, not the training.
+    ``processes`` must divide the batch (:func:`tcnet.config.check_batch_split` says so)."""
+    if processes < 1 or batch_size % processes:
+        raise ValueError(f"batch {batch_size} cannot be split over {processes} processes")
+    return batch_size // processes
+
+
+def worker_env(nproc: int, environ) -> dict:
+    """The workers' environment: ``environ`` with ``OMP_NUM_THREADS`` = this process's cores shared
+    among ``nproc`` workers, unless it is set (torchrun would set 1)."""
+    env = dict(environ)
+    if "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // int(nproc)))
+    return env
+
+
 def relaunch_with_torchrun(nproc: int, argv: Sequence[str]) -> int:
     """Run ``tcnet <argv>`` in ``nproc`` processes under ``torch.distributed.run`` (one machine);
-    returns torchrun's exit status."""
+    returns torchrun's exit status.
+
+    A SIGTERM or Ctrl-C here (KeyboardInterrupt, ``tcnet.cli``) is passed on to torchrun as SIGTERM,
+    and this waits for it: torchrun stops its workers (they run in their own session, so a signal to
+    this process alone never reaches them) and SIGKILLs them after 30 s. Then the interrupt goes on
+    to the CLI (status 130). Without ``OMP_NUM_THREADS`` torchrun gives each worker one thread:
+    set it to this process's cores shared among the workers."""
+    import signal
+
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc)}",
            "-m", "tcnet.cli", *argv]
-    print(f"tcnet: launching {nproc} processes: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-    return subprocess.call(cmd)
+    env = worker_env(nproc, os.environ)
+    print(f"tcnet: launching {nproc} processes ({env['OMP_NUM_THREADS']} threads each): {' '.join(cmd[1:])}",
+          file=sys.stderr, flush=True)
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
 
 
 __all__ = ["resolve_device", "configure_determinism", "determinism", "seed_everything", "epoch_seed", "Dist", "in_torchrun",
-           "init_distributed", "shutdown_distributed", "relaunch_with_torchrun"]
+           "init_distributed", "shutdown_distributed", "relaunch_with_torchrun", "per_process_batch", "worker_env"]

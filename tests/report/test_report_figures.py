@@ -44,3 +44,19 @@ def test_plot_files_for_dvc(params, eval_dir, tmp_path):
     assert list(r.columns) == ["fpr", "tpr"] and len(r) <= ROC_POINTS
     assert r.fpr.iloc[0] == 0 and r.fpr.iloc[-1] == 1  # the ends survive the thinning
     assert list(pd.read_csv(curves[0]).columns) == ["epoch", "train_loss", "val_loss"]
+
+
+def test_error_bars_say_what_the_caption_says(params, tmp_path):
+    """Cross-validation: sd over folds; a variant left with one fold gets no bar (not a bootstrap CI
+    the caption does not name). One split: the bootstrap CI of the per-image mean."""
+    from tcnet.report.figures import bar_errors
+
+    fabricate_eval(params, tmp_path, ["isic2018_cv", "ph2_transfer"],
+                   skip=("isic2018__unetpp__fold1", "isic2018__unetpp__fold2"))
+    cv = load_experiment(params, "isic2018_cv", tmp_path)
+    lo, hi = bar_errors(cv, "isic2018", "tcnet", "DI", 200, 0.95, 0)
+    assert lo == hi > 0
+    assert bar_errors(cv, "isic2018", "unetpp", "DI", 200, 0.95, 0) == (0.0, 0.0)
+    one = load_experiment(params, "ph2_transfer", tmp_path)
+    lo, hi = bar_errors(one, "ph2", "tcnet", "DI", 200, 0.95, 0)
+    assert lo > 0 and hi > 0

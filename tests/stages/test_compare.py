@@ -133,8 +133,9 @@ def test_ph2_relative_claims_only_and_ssls_reported_elsewhere(done):
 def test_paired_statistics_equal_scipy(done):
     params, _, _, out = done
     s = pd.read_csv(out / "isic2018_cv" / "stats.csv")
-    assert set(s.other) == {"unetpp", "deeplabv3p", "cenet", "deeplabv3"} and set(s.metric) == {"DI", "JA"}
-    row = s[(s.other == "unetpp") & (s.metric == "DI")].iloc[0]
+    assert set(s.other) == {"unetpp", "deeplabv3p", "cenet", "deeplabv3"} and set(s.metric) == {"DI", "JA", "AC"}
+    assert set(s.level) == {"images", "folds"}  # cross-validation: both levels
+    row = s[(s.other == "unetpp") & (s.metric == "DI") & (s.level == "images")].iloc[0]
     ev = out.parent / "eval" / "isic2018_cv"
     a, b = [], []
     for k in range(3):  # per fold joined on id, folds concatenated
@@ -144,11 +145,22 @@ def test_paired_statistics_equal_scipy(done):
         a += list(j.DI_x * 100)
         b += list(j.DI_y * 100)
     d = np.array(a) - np.array(b)
-    assert row.n == len(d) == 36
+    assert row.n == row.n_nonzero == len(d) == 36
     assert math.isclose(row.p_value, stats.wilcoxon(d).pvalue)
     assert math.isclose(row.mean_diff, d.mean())
     assert row.ci_low < d.mean() < row.ci_high
     assert row.n_resamples == params.compare.bootstrap and row.confidence == params.compare.confidence
+    # the fold level: a t-test over the three folds' mean differences
+    fold = s[(s.other == "unetpp") & (s.metric == "DI") & (s.level == "folds")].iloc[0]
+    per_fold = d.reshape(3, 12).mean(axis=1)
+    t = stats.ttest_1samp(per_fold, 0.0)
+    assert fold.n == 3 and math.isclose(fold.p_value, t.pvalue) and math.isclose(fold.statistic, t.statistic)
+    assert math.isclose(fold.ci_low, t.confidence_interval(0.95).low)
+    # Holm over the four baselines of one (data, metric, level)
+    images = s[(s.metric == "DI") & (s.level == "images")]
+    order = images.p_value.sort_values()
+    assert math.isclose(images.loc[order.index[0], "p_holm"], min(1.0, 4 * order.iloc[0]))
+    assert (images.p_holm >= images.p_value).all()
     assert pd.read_csv(out / "loss_sweep" / "stats.csv").empty  # no baseline_of: no paired tests
 
 
@@ -200,7 +212,7 @@ def test_added_experiment_appears_in_tables_and_report(tmp_path):
     assert (out / "lr_check" / "fig_bars.png").is_file()
     t = table(out, "lr_check")
     assert set(t.variant) == {"slow", "fast"} and t.paper.isna().all()
-    assert len(pd.read_csv(out / "lr_check" / "stats.csv")) == 2  # baseline_of: fast vs slow, DI and JA
+    assert len(pd.read_csv(out / "lr_check" / "stats.csv")) == 3  # baseline_of: fast vs slow, DI, JA and AC
     html = (out / "report.html").read_text()
     assert 'id="exp-lr_check"' in html and "Learning rate check on PH2" in html
     assert "lr_check" in json.loads((out / "metrics.json").read_text())
@@ -327,7 +339,7 @@ def test_numbers_from_a_look_alike_are_never_labelled_real(tmp_path):
 
 def test_the_papers_qualitative_claims_get_a_verdict(tmp_path):
     """reported.yaml `claims`: TCNet ahead of every baseline (PH2, ISIC 2018), every attention placement
-    ahead of none; the notes rank ours and say agrees / disagrees."""
+    ahead of none; the notes rank ours and say agrees / disagrees / not resolved from the paired CIs."""
     params = load_params(ROOT / "params.yaml")
     # U-Net well ahead of TCNet on PH2; placement 'none' ahead of every other placement
     level = {("ph2_transfer", "unet"): 0.95, ("attention", "none_ds0"): 0.97, ("attention", "none_ds1"): 0.97}
@@ -335,9 +347,25 @@ def test_the_papers_qualitative_claims_get_a_verdict(tmp_path):
     compare.run(params, tmp_path / "eval", REPORTED, tmp_path / "out", ["ph2_transfer", "attention", "isic2018_cv"],
                 log_mlflow=False)
     ph2 = (tmp_path / "out" / "ph2_transfer" / "table.md").read_text()
-    assert "the paper finds TCNet ahead of every other method on JA, AC, DI; ours ranks TCNet JA 2 of 4" in ph2
-    assert "(disagrees)" in ph2
+    assert ("the paper finds TCNet ahead of every other method on JA, AC, DI; ours (paired images): JA rank 2 of 4, "
+            "clearly behind UNet;") in ph2
+    assert "(disagrees)" in ph2 and "Verdicts on the paper's claims below" in ph2
     isic = (tmp_path / "out" / "isic2018_cv" / "table.md").read_text()  # default levels: TCNet (last) best
-    assert "ours ranks TCNet AC 1 of 5; DI 1 of 5 (agrees)" in isic
+    assert "ours (per-fold mean differences): AC rank 1 of 5; DI rank 1 of 5 (agrees)" in isic
     att = (tmp_path / "out" / "attention" / "table.md").read_text()
-    assert "the paper finds every attention placement better than none" in att and "0 of 3 better (disagrees)" in att
+    assert "the paper finds every attention placement better than none" in att
+    assert "0 of 3 clearly ahead (disagrees)" in att
+
+
+def test_a_claim_is_not_resolved_by_a_difference_inside_the_noise_or_a_missing_run(tmp_path):
+    params = load_params(ROOT / "params.yaml")
+    # UNet3+ at TCNet's level (0.79): TCNet still ranks first, by less than the noise
+    fabricate_eval(params, tmp_path / "eval", ["ph2_transfer"], level={("ph2_transfer", "unet3p"): 0.79})
+    compare.run(params, tmp_path / "eval", REPORTED, tmp_path / "out", ["ph2_transfer"], log_mlflow=False)
+    ph2 = (tmp_path / "out" / "ph2_transfer" / "table.md").read_text()
+    assert "JA rank 1 of 4, CI holds 0 against UNet3+;" in ph2 and "(not resolved: a CI holds 0)" in ph2
+    # a baseline not evaluated: TCNet's first place is over the runs that exist, and the verdict says so
+    fabricate_eval(params, tmp_path / "eval2", ["ph2_transfer"], skip=("ph2__unet3p__fold0",))
+    compare.run(params, tmp_path / "eval2", REPORTED, tmp_path / "out2", ["ph2_transfer"], log_mlflow=False)
+    ph2 = (tmp_path / "out2" / "ph2_transfer" / "table.md").read_text()
+    assert "JA rank 1 of 3" in ph2 and "(not resolved: UNet3+ not evaluated)" in ph2

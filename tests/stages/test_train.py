@@ -377,9 +377,111 @@ def test_unknown_run_id_is_a_usage_error(data, tmp_path, capsys):
     assert not (tmp_path / "m").exists()
 
 
+def test_nproc_that_cannot_share_the_batch_is_refused_before_any_process_starts(data, tmp_path, capsys):
+    from tcnet.cli import main as cli
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict(tmp_path, batch_size=4)))
+    rc = cli(["train", "--params", str(tmp_path / "params.yaml"), "--experiment", EXPERIMENT, "--nproc", "3",
+              "--preprocessed", str(data / "pre"), "--splits", str(data / "splits"), "--out", str(tmp_path / "m"),
+              "--no-mlflow"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--nproc 3 does not divide train.batch_size" in err
+    assert f"{EXPERIMENT}/isic2017__tiny__fold0 (4)" in err and "use --nproc 1 or 2 or 4" in err
+    assert "launching" not in err and not (tmp_path / "m").exists()
+
+
+def test_nproc_errors_are_one_line_before_any_process_starts(data, tmp_path, capsys):
+    from tcnet.cli import main as cli
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict(tmp_path, batch_size=2)))
+    base = ["train", "--params", str(tmp_path / "params.yaml"), "--experiment", EXPERIMENT, "--nproc", "2",
+            "--preprocessed", str(data / "pre"), "--splits", str(data / "splits"), "--out", str(tmp_path / "m"),
+            "--no-mlflow"]
+    # CPU: 2 processes would share a batch of 2 as one image each
+    assert cli(base) == 2
+    err = capsys.readouterr().err
+    assert "would give each process 1 image of train.batch_size 2" in err and "use fewer processes" in err
+    assert cli(base + ["--run", "isic2017__nope__fold0"]) == 2  # a run id typo: checked here too
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "isic2017__tiny__fold0" in err and "launching" not in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_the_last_batch_rule_under_ddp(data, tmp_path):
+    """6 images, batch 4 over 2 processes (2 each): one process runs 2 steps (4 + 2). Synchronised
+    BatchNorm (CUDA) does too; per-process BatchNorm (CPU) drops the step where each has 1 image."""
+    from tcnet.training.runtime import Dist
+
+    spec = the_spec(make_params(tmp_path, batch_size=4))
+    two = Dist(world_size=2, rank=0, local_rank=0)  # a DistributedSampler needs no process group
+    *_, one_loader, _, _ = train._loaders(spec, data / "pre", data / "splits", Dist())
+    assert len(one_loader) == 2
+    *_, synced, _, _ = train._loaders(spec, data / "pre", data / "splits", two, sync_bn=True)
+    *_, alone, _, _ = train._loaders(spec, data / "pre", data / "splits", two, sync_bn=False)
+    assert synced.batch_size == alone.batch_size == 2 and (len(synced), len(alone)) == (2, 1)
+
+
+def test_a_process_that_cannot_read_what_process_0_resumes_from_fails(data, tmp_path):
+    from tcnet.training.runtime import Dist
+
+    params = make_params(tmp_path, epochs=1)
+    train.run(params, EXPERIMENT, data / "pre", data / "splits", tmp_path / "models", mlflow=False)
+    last = tmp_path / "models" / EXPERIMENT / "isic2017__tiny__fold0" / "last.pt"
+    rank1 = Dist(world_size=2, rank=1, local_rank=1)
+    assert train._load_as_process_0_did(last, 1, rank1)["epoch"] == 1
+    with pytest.raises(RuntimeError, match=r"process 1 of 2: .*last.pt holds epoch 1, process 0 resumes after "
+                                           r"epoch 3: every process must read the same run folder"):
+        train._load_as_process_0_did(last, 3, rank1)
+    last.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match=r"process 1 of 2: .*; process 0 resumes after epoch 1 from it"):
+        train._load_as_process_0_did(last, 1, rank1)
+
+
+def test_workers_get_the_cores_shared_unless_told():
+    from tcnet.training.runtime import worker_env
+
+    cores = len(os.sched_getaffinity(0))
+    assert worker_env(2, {"PATH": "/bin"})["OMP_NUM_THREADS"] == str(max(1, cores // 2))
+    assert worker_env(64, {})["OMP_NUM_THREADS"] == "1"
+    assert worker_env(2, {"OMP_NUM_THREADS": "7"})["OMP_NUM_THREADS"] == "7"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_workers_too(data, tmp_path):
+    """`kill` (SIGTERM) of `tcnet train --nproc 2`: torchrun's workers run in their own session, so
+    the signal must be passed on; the command exits 130 and no worker is left training."""
+    import psutil
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict(tmp_path, epochs=500, batch_size=4)))
+    out = tmp_path / "models"
+    cmd = [sys.executable, "-m", "tcnet.cli", "train", "--params", str(tmp_path / "params.yaml"), "--experiment",
+           EXPERIMENT, "--preprocessed", str(data / "pre"), "--splits", str(data / "splits"), "--out", str(out),
+           "--no-mlflow", "--nproc", "2"]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    last = out / EXPERIMENT / "isic2017__tiny__fold0" / "last.pt"
+    deadline = time.monotonic() + 240
+    while not last.is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert last.is_file(), proc.stderr.read()[-3000:] if proc.poll() is not None else "no epoch in 240 s"
+
+    def workers():
+        return [p for p in psutil.process_iter(["cmdline"]) if str(out) in " ".join(p.info["cmdline"] or [])
+                and p.pid != proc.pid]
+
+    assert len(workers()) >= 3  # torchrun and its two workers
+    proc.terminate()
+    assert proc.wait(timeout=90) == 130
+    assert "interrupted" in proc.stderr.read()
+    deadline = time.monotonic() + 30
+    while workers() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not workers()
+
+
 @pytest.mark.slow
 def test_ddp_two_gloo_processes(data, tmp_path):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict(tmp_path, epochs=1, batch_size=2)))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict(tmp_path, epochs=1, batch_size=4)))
     out = tmp_path / "models"
     cmd = [sys.executable, "-m", "tcnet.cli", "train", "--params", str(tmp_path / "params.yaml"), "--experiment",
            EXPERIMENT, "--preprocessed", str(data / "pre"), "--splits", str(data / "splits"), "--out", str(out),
@@ -390,6 +492,7 @@ def test_ddp_two_gloo_processes(data, tmp_path):
     run_dir = out / EXPERIMENT / "isic2017__tiny__fold0"
     info = json.loads((run_dir / "run.json").read_text())
     assert info["world_size"] == 2 and info["complete"]
+    assert info["batch_per_process"] == 2  # train.batch_size 4 is the batch of a step, shared by the two
     ckpt = load_checkpoint(run_dir / "last.pt")
     loss = ckpt["history"][0]["train_loss"]
     assert ckpt["epoch"] == 1 and loss == loss and abs(loss) != float("inf")
