@@ -78,6 +78,12 @@ class Comparison:
         return self.folds if self.cross_validated else self.images
 
     @property
+    def has_interval(self) -> bool:
+        """A finite CI at the primary level (no paired scores, or no spread to test: False)."""
+        p = self.primary
+        return p is not None and math.isfinite(p.ci_low) and math.isfinite(p.ci_high)
+
+    @property
     def direction(self) -> int:
         """+1: ``a`` ahead (the CI above 0), -1: behind, 0: not resolved (or nothing to compare)."""
         p = self.primary
@@ -100,6 +106,8 @@ def compare_groups(res: ExperimentResults, data: str, a: list[str], b: list[str]
                    inference: Inference) -> Comparison:
     """Group ``a`` minus group ``b`` on per-image ``metric`` (in the experiment's unit)."""
     cv = len({s.fold for s in res.specs if s.data.name == data}) > 1
+    if not a or not b:
+        return Comparison(cv, None, None, ["a group without variants"])
     j, notes = paired_images(res, data, a, b)
     if f"{metric}_a" not in j or f"{metric}_b" not in j:
         return Comparison(cv, None, None, notes + ["no paired per-image scores"])

@@ -16,6 +16,7 @@ Table 3, which is also how our tables print them (``results.unit_for``).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,14 +183,20 @@ def _headline(metrics) -> str:
     return "DI" if "DI" in metrics else ("AUC" if "AUC" in metrics else metrics[0])
 
 
-def _verdict(directions: list[int], missing: list[str]) -> str:
+_VERDICT_WORDS = re.compile(r"[(;] ?(agrees|disagrees|not resolved)\b")
+
+
+def _verdict(directions: list[int], missing: list[str], *comparisons) -> str:
     """``agrees`` when every comparison the claim needs went its way with the CI clear of 0,
     ``disagrees`` when one went against it with the CI clear of 0, else ``not resolved`` -- also
-    when a run the claim needs was not evaluated (a ranking without it would claim too much)."""
+    when a run the claim needs was not evaluated (a ranking without it would claim too much) or a
+    comparison has no paired scores (``comparisons`` without an interval)."""
     if any(d < 0 for d in directions):
         return "disagrees"
     if missing:
         return f"not resolved: {', '.join(missing)} not evaluated"
+    if any(not c.has_interval for c in comparisons):
+        return "not resolved: no paired per-image scores (or no spread) to test"
     if directions and all(d > 0 for d in directions):
         return "agrees"
     return "not resolved: a CI holds 0"
@@ -250,23 +257,32 @@ def notes(reported: dict, res, summary, ref: PaperRef, inference=None) -> list[s
         if v.empty:
             continue
         best = v.loc[v.ours.idxmax()]
-        best_i = names.index(best.variant)
         for key, claim, name in SETUP_CLAIMS:
             if key in varying and claim in setup:
-                paper_best = [n for n, x in zip(names, varying[key]) if str(x) == str(setup[claim])]
-                line = (f"{d.name}: the paper finds the best {name} = {setup[claim]}; ours: best {ref.name(m)} at "
-                        f"{name} = {varying[key][best_i]} ({best.label}, {best.ours:.3f})")
-                if paper_best and best.variant not in paper_best:
-                    c = compare_groups(res, d.name, [best.variant], paper_best, m, inference)
-                    line += (f", ahead of {name} = {setup[claim]} by {c.text()} ({_level_text(c)}; "
-                             f"{_verdict([-c.direction], _not_evaluated(res, d.name, names))})")
-                elif paper_best:
-                    rest = v[v.variant != best.variant]
-                    if len(rest):
-                        runner = rest.loc[rest.ours.idxmax()]
-                        c = compare_groups(res, d.name, [best.variant], [runner.variant], m, inference)
-                        line += (f", ahead of the runner-up {runner.label} by {c.text()} ({_level_text(c)}; "
-                                 f"{_verdict([c.direction], _not_evaluated(res, d.name, names))})")
+                # Settings as groups of variants (a placement with and without deep supervision): the
+                # claim is about the setting, so its comparisons are between groups.
+                groups: dict[str, list[str]] = {}
+                for n, x in zip(names, varying[key]):
+                    groups.setdefault(str(x), []).append(n)
+                mean = {g: v[v.variant.isin(members)].ours.mean() for g, members in groups.items()}
+                ranked = sorted((g for g in mean if not math.isnan(mean[g])), key=lambda g: -mean[g])
+                ours_best = ranked[0]
+                paper_best = str(setup[claim])
+                single = all(len(g) == 1 for g in groups.values())
+                line = (f"{d.name}: the paper finds the best {name} = {paper_best}; ours: best {ref.name(m)} at "
+                        f"{name} = {ours_best} ("
+                        + (f"{best.label}, {best.ours:.3f})" if single else
+                           f"mean over its {len(groups[ours_best])} variants {mean[ours_best]:.3f})"))
+                each = "" if single else ", per image averaged over its variants"
+                if paper_best in groups and ours_best != paper_best:
+                    c = compare_groups(res, d.name, groups[ours_best], groups[paper_best], m, inference)
+                    line += (f"; {name} = {ours_best} minus {name} = {paper_best}{each}: {c.text()} ({_level_text(c)}; "
+                             f"{_verdict([-c.direction], _not_evaluated(res, d.name, names), c)})")
+                elif paper_best in groups and len(ranked) > 1:
+                    runner = ranked[1]
+                    c = compare_groups(res, d.name, groups[paper_best], groups[runner], m, inference)
+                    line += (f"; minus the runner-up {name} = {runner}{each}: {c.text()} ({_level_text(c)}; "
+                             f"{_verdict([c.direction], _not_evaluated(res, d.name, names), c)})")
                 out.append(line + ".")
         if "model.deep_supervision" in varying and "deep_supervision_better_off" in setup:
             ds = dict(zip(names, varying["model.deep_supervision"]))
@@ -278,10 +294,10 @@ def notes(reported: dict, res, summary, ref: PaperRef, inference=None) -> list[s
             out.append(
                 f"{d.name}: the paper finds TCNet better {better} deep supervision; ours: {ref.name(m)} without "
                 f"minus with, per image averaged over the other settings: {c.text()} ({_level_text(c)}; "
-                f"{_verdict([want * c.direction], _not_evaluated(res, d.name, names))})."
+                f"{_verdict([want * c.direction], _not_evaluated(res, d.name, off + on), c)})."
             )
     out += claim_notes(reported, res, values, ref, varying, m, inference)
-    if len(out) > first_verdict:
+    if any(_VERDICT_WORDS.search(x) for x in out[first_verdict:]):
         out.insert(first_verdict, (
             "Verdicts on the paper's claims below: agrees / disagrees only where the paired difference's "
             f"{inference.confidence:.0%} CI is clear of 0 (cross-validation: the CI over the folds' mean "
@@ -307,25 +323,27 @@ def claim_notes(reported: dict, res, values, ref: PaperRef, varying: dict, m: st
             for n in names:
                 groups.setdefault(str(placement[n]), []).append(n)
             if "none" in groups and len(groups) > 1:
-                parts, dirs = [], []
+                parts, dirs, cs = [], [], []
                 for p, members in groups.items():
                     if p == "none":
                         continue
                     c = compare_groups(res, d.name, members, groups["none"], m, inference)
                     dirs.append(c.direction)
+                    cs.append(c)
                     parts.append(f"{p} {c.text()}")
                 ahead = sum(x > 0 for x in dirs)
                 out.append(
                     f"{d.name}: the paper finds every attention placement better than none; ours, {ref.name(m)} of "
                     "each placement minus none, per image averaged over deep supervision on/off: "
                     + ", ".join(parts)
-                    + f": {ahead} of {len(dirs)} clearly ahead ({_verdict(dirs, _not_evaluated(res, d.name, names))})."
+                    + f": {ahead} of {len(dirs)} clearly ahead ({_verdict(dirs, _not_evaluated(res, d.name, names), *cs)})."
                 )
         tcnet = ref.baseline or (exp.baseline_of or "")
         best_on = [x for x in claims.get("tcnet_best_on", []) if x in exp.metrics]
         if best_on and tcnet in set(v.variant):
             others = [n for n in names if n != tcnet]
-            parts, dirs = [], []
+            label = {r.name: r.label or r.name for r in exp.runs}
+            parts, dirs, every = [], [], []
             for metric in best_on:
                 col = v[v.metric == metric].set_index("variant").ours
                 if tcnet not in col.index:
@@ -334,21 +352,23 @@ def claim_notes(reported: dict, res, values, ref: PaperRef, varying: dict, m: st
                 ties = int((col == col[tcnet]).sum()) - 1
                 cs = {o: compare_groups(res, d.name, [tcnet], [o], metric, inference) for o in others}
                 dirs += [c.direction for c in cs.values()]
-                unresolved = [next(r.label or r.name for r in exp.runs if r.name == o) for o, c in cs.items()
-                              if c.direction == 0]
-                behind = [next(r.label or r.name for r in exp.runs if r.name == o) for o, c in cs.items()
-                          if c.direction < 0]
+                every += list(cs.values())
+                nodata = [label[o] for o, c in cs.items() if not c.has_interval]
+                unresolved = [label[o] for o, c in cs.items() if c.direction == 0 and c.has_interval]
+                behind = [label[o] for o, c in cs.items() if c.direction < 0]
                 part = f"{ref.name(metric)} rank {rank} of {len(col)}{f' (tied with {ties})' if ties else ''}"
                 if behind:
                     part += f", clearly behind {', '.join(behind)}"
                 if unresolved:
                     part += f", CI holds 0 against {', '.join(unresolved)}"
+                if nodata:
+                    part += f", no paired per-image scores against {', '.join(nodata)}"
                 parts.append(part)
             if parts:
                 level = next(iter(cs.values())).level if others else "images"
                 out.append(
                     f"{d.name}: the paper finds TCNet ahead of every other method on "
                     f"{', '.join(ref.name(x) for x in best_on)}; ours ({'per-fold mean differences' if level == 'folds' else 'paired images'}): "
-                    f"{'; '.join(parts)} ({_verdict(dirs, _not_evaluated(res, d.name, names))})."
+                    f"{'; '.join(parts)} ({_verdict(dirs, _not_evaluated(res, d.name, names), *every)})."
                 )
     return out

@@ -130,8 +130,8 @@ def fold_test(per_fold_diffs, confidence: float) -> FoldResult:
     if d.size < 2:
         return FoldResult(int(d.size), float(d.mean()) if d.size else math.nan, math.nan, math.nan,
                           math.nan, math.nan, "fewer than 2 folds: no fold-level test")
-    if np.ptp(d) == 0:
-        return FoldResult(int(d.size), float(d[0]), float(d[0]), float(d[0]), math.nan, math.nan,
+    if np.ptp(d) == 0:  # no interval: a zero-width one would resolve a claim on no evidence of spread
+        return FoldResult(int(d.size), float(d[0]), math.nan, math.nan, math.nan, math.nan,
                           "the same difference in every fold: no spread to test")
     r = stats.ttest_1samp(d, 0.0)
     ci = r.confidence_interval(confidence)

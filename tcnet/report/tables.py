@@ -275,7 +275,8 @@ def delta_table(res: ExperimentResults, summary: pd.DataFrame, data_label: str,
     if deltas.empty:
         return None
     multi_data = len(res.exp.data) > 1
-    has_ci = stats is not None and not stats.empty
+    # our CI is of the mean per-image difference: beside a difference of pooled scores it would not fit
+    has_ci = stats is not None and not stats.empty and res.exp.aggregation == "mean"
     conf = f"{stats.confidence.iloc[0]:.0%} " if has_ci else ""
     header = (["Data"] if multi_data else []) + ["Difference", "Metric", "paper", "ours"] + (
         [f"our {conf}CI"] if has_ci else []) + ["ours - paper", "Note"]

@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable, Optional, Sequence
@@ -208,7 +209,8 @@ def worker_env(nproc: int, environ) -> dict:
     among ``nproc`` workers, unless it is set (torchrun would set 1)."""
     env = dict(environ)
     if "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // int(nproc)))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # macOS
+        env["OMP_NUM_THREADS"] = str(max(1, cores // int(nproc)))
     return env
 
 
@@ -233,11 +235,14 @@ def relaunch_with_torchrun(nproc: int, argv: Sequence[str]) -> int:
         return proc.wait()
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        deadline = time.monotonic() + 60
+        while proc.poll() is None:  # a second Ctrl-C or SIGTERM does not leave torchrun unattended
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            except KeyboardInterrupt:
+                pass
         raise
 
 

@@ -97,6 +97,8 @@ def test_fold_test_is_scipys_one_sample_t():
     assert (f.n, f.p_value, f.t_stat) == (3, ref.pvalue, ref.statistic)
     assert (f.ci_low, f.ci_high) == (ci.low, ci.high) and f.ci_low < 0 < f.ci_high  # 3 folds: wide
     assert math.isnan(fold_test([1.0], 0.95).p_value) and "fewer than 2" in fold_test([1.0], 0.95).note
+    same = fold_test([2.0, 2.0, 2.0], 0.95)  # no spread: no interval, so no claim resolves on it
+    assert same.mean_diff == 2.0 and math.isnan(same.ci_low) and direction(same.ci_low, same.ci_high) == 0
 
 
 def test_holm_by_hand():

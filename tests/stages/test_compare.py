@@ -369,3 +369,22 @@ def test_a_claim_is_not_resolved_by_a_difference_inside_the_noise_or_a_missing_r
     compare.run(params, tmp_path / "eval2", REPORTED, tmp_path / "out2", ["ph2_transfer"], log_mlflow=False)
     ph2 = (tmp_path / "out2" / "ph2_transfer" / "table.md").read_text()
     assert "JA rank 1 of 3" in ph2 and "(not resolved: UNet3+ not evaluated)" in ph2
+
+
+def test_a_comparison_without_paired_scores_says_so(tmp_path):
+    """A run whose per_image.csv lacks a claimed metric (an older evaluation): 'no paired per-image
+    scores', never 'CI holds 0'; an empty group of variants compares to nothing instead of failing."""
+    from tcnet.report.pairing import Inference, compare_groups
+    from tcnet.report.results import load_experiment
+
+    params = load_params(ROOT / "params.yaml")
+    fabricate_eval(params, tmp_path / "eval", ["ph2_transfer"])
+    f = tmp_path / "eval" / "ph2_transfer" / "ph2__unet__fold0" / "per_image.csv"
+    pd.read_csv(f).drop(columns=["AC"]).to_csv(f, index=False)
+    compare.run(params, tmp_path / "eval", REPORTED, tmp_path / "out", ["ph2_transfer"], log_mlflow=False)
+    ph2 = (tmp_path / "out" / "ph2_transfer" / "table.md").read_text()
+    assert "no paired per-image scores against UNet" in ph2
+    assert "(not resolved: no paired per-image scores (or no spread) to test)" in ph2
+    res = load_experiment(params, "ph2_transfer", tmp_path / "eval")
+    c = compare_groups(res, "ph2", [], ["unet"], "DI", Inference(100, 0.95, 0))
+    assert not c.has_interval and c.direction == 0 and c.text() == "no paired scores"
