@@ -13,10 +13,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 
+from tcnet.metrics import scores_from_counts
 from tcnet.report.results import ExperimentResults
-from tcnet.report.stats import FoldResult, PairedResult, direction, fold_test, paired_test, rng_for
+from tcnet.report.stats import (FoldResult, PairedResult, bootstrap_ci_of, direction, fold_test, paired_test,
+                                rng_for)
 
 
 @dataclass(frozen=True)
@@ -102,12 +105,95 @@ class Comparison:
         return f"{p.mean_diff:+.3f}{ci}"
 
 
+POOLED_METRICS = ("AC", "SE", "SP", "JA", "DI", "AUC")
+
+
+def _auc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """ROC AUC from foreground/background counts of probability bins, over the last axis (one AUC
+    per leading index): P(a foreground pixel scores above a background one), a tie (one bin) counted
+    half; NaN where a class is absent. The evaluate stage's pooled AUC at ``PARTS_BINS`` bins."""
+    pos = np.asarray(pos, dtype=np.float64)
+    neg = np.asarray(neg, dtype=np.float64)
+    below = np.cumsum(neg, axis=-1) - neg  # background pixels in lower bins
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (pos * (below + 0.5 * neg)).sum(axis=-1) / (pos.sum(axis=-1) * neg.sum(axis=-1))
+
+
+def pooled_score(metric: str, counts: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """A pooled score from summed per-image parts (``counts`` ``... x 4``; histograms ``... x bins``)."""
+    if metric == "AUC":
+        return _auc_from_histograms(pos, neg)
+    return np.asarray(scores_from_counts(*(counts[..., i] for i in range(4)))[metric], dtype=np.float64)
+
+
+def _pooled_parts(res: ExperimentResults, data: str, a: str, b: str):
+    """Both runs' ``pooled_parts`` per fold, joined on image id: [(fold, parts_a, parts_b)], notes."""
+    notes, folds, lost = [], [], 0
+    for k in sorted({s.fold for s in res.specs if s.data.name == data}):
+        ra = next((r for r in res.variant_runs(data, a) if r.spec.fold == k), None)
+        rb = next((r for r in res.variant_runs(data, b) if r.spec.fold == k), None)
+        if ra is None or rb is None or ra.parts is None or rb.parts is None:
+            gone = a if ra is None or ra.parts is None else b
+            notes.append(f"fold {k}: no pooled_parts.npz of {gone} (re-run evaluate)")
+            continue
+        ids_b = {i: n for n, i in enumerate(rb.parts["ids"])}
+        ia = [n for n, i in enumerate(ra.parts["ids"]) if i in ids_b]
+        ib = [ids_b[ra.parts["ids"][n]] for n in ia]
+        lost += len(ra.parts["ids"]) + len(rb.parts["ids"]) - 2 * len(ia)
+        folds.append((k, {key: ra.parts[key][ia] for key in ("counts", "pos", "neg")},
+                      {key: rb.parts[key][ib] for key in ("counts", "pos", "neg")}))
+    if lost:
+        notes.append(f"{lost} image(s) not scored by both, left out")
+    return folds, notes
+
+
+def _pooled_diff(metric: str, pa: dict, pb: dict, idx=None) -> np.ndarray:
+    """Pooled ``metric`` of run a minus run b over the images ``idx`` (``... x n`` indices; all: None)."""
+    def total(p):
+        if idx is None:
+            return [p[key].sum(axis=0) for key in ("counts", "pos", "neg")]
+        return [p[key][idx].sum(axis=-2) for key in ("counts", "pos", "neg")]
+    return pooled_score(metric, *total(pa)) - pooled_score(metric, *total(pb))
+
+
+def compare_pooled(res: ExperimentResults, data: str, a: str, b: str, metric: str, inference: Inference) -> Comparison:
+    """Run ``a`` minus run ``b`` on a POOLED score (Table 3's convention): the difference of the
+    scores over the same images, and its CI by a paired bootstrap over images (each resample sums
+    the same images' counts and histograms for both runs; BCa). No test statistic. With folds, the
+    fold level too: the t-test over the per-fold pooled differences."""
+    cv = len({s.fold for s in res.specs if s.data.name == data}) > 1
+    folds, notes = _pooled_parts(res, data, a, b)
+    if not folds:
+        return Comparison(cv, None, None, notes + ["no pooled per-image parts"])
+    pa = {key: np.concatenate([f[1][key] for f in folds]) for key in ("counts", "pos", "neg")}
+    pb = {key: np.concatenate([f[2][key] for f in folds]) for key in ("counts", "pos", "neg")}
+    n = len(pa["counts"])
+    point = float(_pooled_diff(metric, pa, pb)) * res.scale
+    lo = hi = math.nan
+    if n >= 2:
+        def statistic(idx, axis=-1):
+            return _pooled_diff(metric, pa, pb, np.asarray(idx, dtype=np.int64)) * res.scale
+        rng = rng_for(inference.seed, res.exp_id, data, a, b, metric, "pooled")
+        lo, hi = bootstrap_ci_of(statistic, n, inference.n_resamples, inference.confidence, rng)
+    images = PairedResult(n, point, lo, hi, math.nan, math.nan, "" if n >= 2 else "fewer than 2 images", n)
+    fold_result = None
+    if cv:
+        fold_result = fold_test([float(_pooled_diff(metric, f[1], f[2])) * res.scale for f in folds],
+                                inference.confidence)
+    return Comparison(cv, images, fold_result, notes)
+
+
 def compare_groups(res: ExperimentResults, data: str, a: list[str], b: list[str], metric: str,
                    inference: Inference) -> Comparison:
-    """Group ``a`` minus group ``b`` on per-image ``metric`` (in the experiment's unit)."""
+    """Group ``a`` minus group ``b`` on ``metric`` (in the experiment's unit): per-image scores, or
+    for a pooled experiment the pooled score of two single runs (:func:`compare_pooled`)."""
     cv = len({s.fold for s in res.specs if s.data.name == data}) > 1
     if not a or not b:
         return Comparison(cv, None, None, ["a group without variants"])
+    if res.exp.aggregation == "pooled":
+        if len(a) > 1 or len(b) > 1:
+            return Comparison(cv, None, None, ["pooled scores are compared between single runs only"])
+        return compare_pooled(res, data, a[0], b[0], metric, inference)
     j, notes = paired_images(res, data, a, b)
     if f"{metric}_a" not in j or f"{metric}_b" not in j:
         return Comparison(cv, None, None, notes + ["no paired per-image scores"])
@@ -118,4 +204,5 @@ def compare_groups(res: ExperimentResults, data: str, a: list[str], b: list[str]
     return Comparison(cv, images, folds, notes)
 
 
-__all__ = ["Inference", "Comparison", "paired_images", "compare_groups"]
+__all__ = ["Inference", "Comparison", "paired_images", "compare_groups", "compare_pooled", "pooled_score",
+           "POOLED_METRICS"]

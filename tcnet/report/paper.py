@@ -338,6 +338,26 @@ def claim_notes(reported: dict, res, values, ref: PaperRef, varying: dict, m: st
                     + ", ".join(parts)
                     + f": {ahead} of {len(dirs)} clearly ahead ({_verdict(dirs, _not_evaluated(res, d.name, names), *cs)})."
                 )
+        ahead = claims.get("ahead_of") or {}
+        on = (ahead.get("metrics") or {}).get(d.name) or []
+        winner = match_variant(str(ahead.get("variant", "")), exp.runs) if ahead else None
+        losers = [match_variant(str(o), exp.runs) for o in ahead.get("of", [])] if ahead else []
+        if winner and on and losers and all(losers):
+            label = {r.name: r.label or r.name for r in exp.runs}
+            parts, dirs, every = [], [], []
+            for metric in [x for x in on if x in exp.metrics]:
+                for o in losers:
+                    c = compare_groups(res, d.name, [winner.name], [o.name], metric, inference)
+                    dirs.append(c.direction)
+                    every.append(c)
+                    parts.append(f"{ref.name(metric)} {c.text()}")
+            used = [winner.name] + [o.name for o in losers]
+            out.append(
+                f"{d.name}: the paper finds {label[winner.name]} ahead of {', '.join(label[o.name] for o in losers)} "
+                f"on {', '.join(ref.name(x) for x in on)}; ours, {label[winner.name]} minus "
+                f"{', '.join(label[o.name] for o in losers)}: {', '.join(parts)} "
+                f"({_verdict(dirs, _not_evaluated(res, d.name, used), *every)})."
+            )
         tcnet = ref.baseline or (exp.baseline_of or "")
         best_on = [x for x in claims.get("tcnet_best_on", []) if x in exp.metrics]
         if best_on and tcnet in set(v.variant):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 
 from tcnet.config import (
@@ -36,6 +37,7 @@ class RunResult:
     roc: Optional[pd.DataFrame] = None  # fpr, tpr (pooled)
     history: Optional[pd.DataFrame] = None  # epoch, train_loss, val_loss, ...
     stale: str = ""  # why the evaluated run config differs from params ("" = it matches)
+    parts: Optional[dict] = None  # pooled_parts.npz: ids, counts (n x 4), pos/neg (n x bins)
 
     def value(self, metric: str, aggregation: str) -> float:
         """The run's score (a fraction) for ``metric`` under ``aggregation`` (``mean``/``pooled``).
@@ -143,7 +145,27 @@ def load_run(spec: RunSpec, path: Path) -> Optional[RunResult]:
         roc=_read_csv(path / "roc.csv", ("fpr", "tpr")),
         history=_read_csv(path / "history.csv", ("epoch",)),
         stale=_staleness(spec, scores.get("run") or {}),
+        parts=_read_parts(path / "pooled_parts.npz"),
     )
+
+
+PARTS_KEYS = ("ids", "counts", "pos", "neg")
+
+
+def _read_parts(path: Path) -> Optional[dict]:
+    """``pooled_parts.npz`` (evaluate, pooled scoring) as arrays; None when absent (older outputs)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            parts = {k: z[k] for k in PARTS_KEYS}
+    except (OSError, ValueError, KeyError) as e:
+        raise EvalOutputError(f"{path}: not a readable pooled_parts.npz ({e}); re-run the evaluate stage") from None
+    n = len(parts["ids"])
+    if parts["counts"].shape != (n, 4) or parts["pos"].shape != parts["neg"].shape or len(parts["pos"]) != n:
+        raise EvalOutputError(f"{path}: arrays of different lengths; re-run the evaluate stage")
+    parts["ids"] = parts["ids"].astype(str)
+    return parts
 
 
 def load_experiment(params: Params, exp_id: str, eval_dir: str | Path) -> ExperimentResults:

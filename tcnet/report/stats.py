@@ -68,6 +68,26 @@ def bootstrap_ci(
     return lo, hi
 
 
+def bootstrap_ci_of(statistic, n: int, n_resamples: int, confidence: float,
+                    rng: np.random.Generator) -> tuple[float, float]:
+    """BCa-bootstrap CI of ``statistic(idx)`` over resampled image indices ``idx`` (``... x n``):
+    for statistics that are not a mean of per-image values (a pooled score's difference). The
+    percentile interval where BCa is undefined, as :func:`bootstrap_ci`."""
+    idx = np.arange(n)
+    state = rng.bit_generator.state
+    for method in (BOOTSTRAP_METHOD, "percentile"):
+        rng.bit_generator.state = state
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            res = stats.bootstrap((idx,), statistic, n_resamples=int(n_resamples), confidence_level=confidence,
+                                  method=method, vectorized=True, rng=rng, batch=200)
+        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        if math.isfinite(lo) and math.isfinite(hi):
+            return lo, hi
+    return math.nan, math.nan
+
+
 def direction(lo: float, hi: float) -> int:
     """+1 when the CI [lo, hi] of a difference lies above 0, -1 below 0, 0 when it holds 0 (or is NaN)."""
     if math.isfinite(lo) and lo > 0:

@@ -24,7 +24,7 @@ import pandas as pd
 
 from tcnet.report.paper import PaperRef
 from tcnet.report.results import ExperimentResults
-from tcnet.report.pairing import Inference, compare_groups
+from tcnet.report.pairing import POOLED_METRICS, Inference, compare_groups
 from tcnet.report.stats import holm, mean_sd
 
 TABLE_COLUMNS = [
@@ -37,7 +37,16 @@ STATS_COLUMNS = [
 ]
 STATS_METRICS = ("DI", "JA", "AC")  # paired tests on per-image scores (AC: the paper's claims name it)
 TESTS = {"images": "Wilcoxon signed-rank; BCa bootstrap CI",
+         "pooled": "paired bootstrap over images of the pooled score; BCa CI",
          "folds": "one-sample t over the per-fold mean differences; t CI"}
+
+
+def stats_metrics(res: ExperimentResults) -> list[str]:
+    """The metrics the paired statistics cover: per-image DI, JA, AC for a mean-of-images experiment;
+    for a pooled one (Table 3) the experiment's own metrics, as pooled scores."""
+    if res.exp.aggregation == "pooled":
+        return [m for m in res.exp.metrics if m in POOLED_METRICS]
+    return list(STATS_METRICS)
 
 AGGREGATION_TEXT = {
     "mean": "mean of per-image scores (ISIC convention)",
@@ -200,7 +209,7 @@ def stats_frame(res: ExperimentResults, n_resamples: int, confidence: float, see
         for v in exp.runs:
             if v.name == exp.baseline_of:
                 continue
-            for m in STATS_METRICS:
+            for m in stats_metrics(res):
                 c = compare_groups(res, d.name, [exp.baseline_of], [v.name], m, inference)
                 common = dict(
                     experiment=res.exp_id, data=d.name, baseline=exp.baseline_of, other=v.name,
@@ -208,7 +217,8 @@ def stats_frame(res: ExperimentResults, n_resamples: int, confidence: float, see
                     confidence=confidence, n_resamples=n_resamples,
                 )
                 for level in ("images", "folds") if c.cross_validated else ("images",):
-                    common.update(level=level, test=TESTS[level])
+                    test = "pooled" if level == "images" and exp.aggregation == "pooled" else level
+                    common.update(level=level, test=TESTS[test])
                     r = c.images if level == "images" else c.folds
                     if r is None:
                         rows.append(dict(common, n=0, note="; ".join(c.notes)))
@@ -322,13 +332,22 @@ def stats_table(res: ExperimentResults, stats: pd.DataFrame, data_label: str) ->
         "variation between trainings and overstate the evidence; the fold-level rows include it, with "
         "k - 1 degrees of freedom. The verdicts on the paper's claims rest on them."
         if cv else "")
+    resamples = int(stats.n_resamples.iloc[0])
+    if res.exp.aggregation == "pooled":
+        images = (f"Level images: the difference of the pooled scores over the same images, with a BCa CI from a "
+                  f"paired bootstrap over images ({resamples} resamples, seeded: each resample sums the same "
+                  "images' confusion counts, and for AUC their probability histograms in 1024 bins, for both "
+                  "runs); a pooled score has no per-image test, so no W or p.")
+    else:
+        images = (f"Level images: Wilcoxon signed-rank (two-sided; n counts the images, the test uses the non-zero "
+                  f"differences) on the per-image differences, folds concatenated; BCa bootstrap CI with "
+                  f"{resamples} resamples (seeded).")
     t = DisplayTable(
         f"Paired statistics, {_label(res, res.exp.baseline_of)} against each other variant on the same images. "
-        f"Data: {data_label}. Differences in {units}. Level images: Wilcoxon signed-rank (two-sided; n counts "
-        f"the images, the test uses the non-zero differences) on the per-image differences, folds "
-        f"concatenated; BCa bootstrap CI with {int(stats.n_resamples.iloc[0])} resamples (seeded).{folds} "
-        f"p (Holm): adjusted over the {n_other} comparisons of a metric; the metrics are not separate "
-        "evidence (per image, JA = DI / (2 - DI)).",
+        f"Data: {data_label}. Differences in {units}. {images}{folds}"
+        + ("" if res.exp.aggregation == "pooled" and not cv else
+           f" p (Holm): adjusted over the {n_other} comparisons of a metric; the metrics are not separate "
+           "evidence (per image, JA = DI / (2 - DI))."),
         header,
     )
     for r in stats.itertuples():

@@ -15,7 +15,10 @@ the headline; DRIVE/CHASE_DB1: pooled over FOV pixels, AUC first.
 
 Writes ``<out>/<experiment>/<run_id>/`` atomically: ``per_image.csv``, ``scores.json``, ``roc.csv``
 (``fpr, tpr, threshold``, pooled), ``history.csv``, ``masks/<id>.png`` (0/255, original size),
-``overlays/<id>.png`` (first ``evaluate.n_overlays`` images: truth contour green, prediction red);
+``overlays/<id>.png`` (first ``evaluate.n_overlays`` images: truth contour green, prediction red),
+for pooled scoring (retina) ``pooled_parts.npz`` (``ids``, per-image ``counts`` tp/fp/fn/tn, and
+``pos``/``neg`` histograms of the FOV probabilities in ``PARTS_BINS`` bins: what compare's paired
+bootstrap of the pooled scores resamples);
 and ``<out>/<experiment>/summary.json`` (every run's mean and pooled scores; the pipeline's DVC metric is
 ``outputs/reports/metrics.json``, from compare).
 """
@@ -37,6 +40,8 @@ from tcnet.models.outputs import foreground_prob
 from tcnet.config import RETINA_DATASETS, EvaluateConfig, Params, RunSpec, expand_runs, load_params, to_dict
 from tcnet.tracking import EVAL_CHECKPOINT_TAG
 from tcnet.utils.atomic import atomic_dir, atomic_write
+
+PARTS_BINS = 1024  # probability bins per image in pooled_parts.npz (AUC to ~1e-4 of the 65536-bin one)
 
 TRUTH_COLOR = (0, 255, 0)  # green
 PRED_COLOR = (255, 0, 0)  # red
@@ -180,6 +185,9 @@ def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, spli
     agg = aggregation or headline_aggregation(dataset)
     acc = MetricAccumulator(threshold=eval_cfg.threshold, with_auc=True)
     hist = ProbabilityHistogram()
+    # Pooled scores (retina): each image's confusion counts and a coarse histogram of its probabilities,
+    # so that compare can bootstrap the pooled scores over images (pooled_parts.npz).
+    parts: dict[str, list] = {"pos": [], "neg": []} if agg == "pooled" else {}
     n_overlays = max(0, int(eval_cfg.n_overlays))
 
     with atomic_dir(out_dir) as tmp:
@@ -220,6 +228,11 @@ def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, spli
                 pred = prob >= eval_cfg.threshold
                 acc.update(image_id, prob, truth, valid=fov, pred=pred)
                 hist.add(prob[fov], truth[fov])
+                if parts:
+                    coarse = ProbabilityHistogram(PARTS_BINS)
+                    coarse.add(prob[fov], truth[fov])
+                    parts["pos"].append(coarse.pos.astype(np.int32))
+                    parts["neg"].append(coarse.neg.astype(np.int32))
                 if eval_cfg.save_masks:
                     write_png(tmp / "masks" / f"{image_id}.png", pred)
                 if start + k < n_overlays:
@@ -231,6 +244,9 @@ def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, spli
         columns = ["id", "AC", "SE", "SP", "JA", "DI", "TJA", "AUC"]
         _write_csv(tmp / "per_image.csv", columns, [[row[c] for c in columns] for row in per_image])
         _write_csv(tmp / "roc.csv", ["fpr", "tpr", "threshold"], _roc_rows(hist))
+        if parts:
+            np.savez_compressed(tmp / "pooled_parts.npz", ids=np.array([r["id"] for r in per_image]),
+                                counts=acc.counts(), pos=np.stack(parts["pos"]), neg=np.stack(parts["neg"]))
         history = model_dir / "history.csv"
         if history.is_file():
             shutil.copy2(history, tmp / "history.csv")

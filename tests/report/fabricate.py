@@ -73,6 +73,17 @@ def fabricate_eval(params: Params, eval_dir: Path, exp_ids=None, *, level=None, 
             d = Path(eval_dir) / exp_id / spec.run_id
             d.mkdir(parents=True, exist_ok=True)
             df.to_csv(d / "per_image.csv", index=False)
+            if retina:  # the pooled parts evaluate writes: counts from SE/SP, histograms shifted by AUC
+                fg, bg = 1000, 9000
+                tp = np.rint(df.SE.to_numpy() * fg).astype(np.int64)
+                tn = np.rint(df.SP.to_numpy() * bg).astype(np.int64)
+                counts = np.stack([tp, bg - tn, fg - tp, tn], axis=1)
+                bins = np.arange(1024)
+                centre = 512 + 400 * (df.AUC.to_numpy()[:, None] - 0.9) * 10
+                pos = np.rint(fg * np.exp(-0.5 * ((bins - centre) / 120) ** 2) / (120 * 2.5066)).astype(np.int32)
+                neg = np.rint(bg * np.exp(-0.5 * ((bins - 300) / 120) ** 2) / (120 * 2.5066)).astype(np.int32)
+                neg = np.repeat(neg[None], n_images, axis=0)
+                np.savez_compressed(d / "pooled_parts.npz", ids=np.array(ids), counts=counts, pos=pos, neg=neg)
             (d / "scores.json").write_text(json.dumps(scores, indent=1))
             roc.to_csv(d / "roc.csv", index=False)
             hist.to_csv(d / "history.csv", index=False)

@@ -109,3 +109,28 @@ def test_holm_by_hand():
 
 def test_direction_reads_a_ci():
     assert (direction(0.1, 2.0), direction(-2.0, -0.1), direction(-1.0, 1.0), direction(math.nan, math.nan)) == (1, -1, 0, 0)
+
+
+def test_the_pooled_auc_of_summed_histograms_is_the_evaluate_stages():
+    from tcnet.metrics import ProbabilityHistogram, roc_auc
+    from tcnet.report.pairing import pooled_score
+
+    rng = np.random.default_rng(5)
+    probs = [rng.beta(2, 5, 3000), rng.beta(2, 3, 2000)]
+    truth = [rng.random(3000) < p for p in (probs[0] * 0.8,)] + [rng.random(2000) < probs[1]]
+    hists = []
+    for p, t in zip(probs, truth):
+        h = ProbabilityHistogram(1024)
+        h.add(p, t)
+        hists.append(h)
+    pos = np.stack([h.pos for h in hists])
+    neg = np.stack([h.neg for h in hists])
+    whole = ProbabilityHistogram(1024)
+    for p, t in zip(probs, truth):
+        whole.add(p, t)
+    got = float(pooled_score("AUC", np.zeros((2, 4)).sum(0), pos.sum(0), neg.sum(0)))
+    assert math.isclose(got, whole.auc(), rel_tol=1e-12)
+    exact = roc_auc(np.concatenate(probs), np.concatenate(truth))
+    assert abs(got - exact) < 1e-3  # 1024 bins: ties inside a bin only
+    counts = np.array([[5, 1, 2, 10], [3, 2, 1, 20]])
+    assert float(pooled_score("SE", counts.sum(0), pos.sum(0), neg.sum(0))) == 8 / 11

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import shutil
 import statistics
 import subprocess
@@ -388,3 +389,26 @@ def test_a_comparison_without_paired_scores_says_so(tmp_path):
     res = load_experiment(params, "ph2_transfer", tmp_path / "eval")
     c = compare_groups(res, "ph2", [], ["unet"], "DI", Inference(100, 0.95, 0))
     assert not c.has_interval and c.direction == 0 and c.text() == "no paired scores"
+
+
+def test_pooled_scores_get_a_paired_bootstrap_and_table_3s_claim_a_verdict(tmp_path):
+    """Table 3 is pooled: the full model against each ablated one as differences of pooled scores over
+    the same images, with a paired bootstrap CI over images; the paper's claim gets a verdict."""
+    from tcnet.report.pairing import pooled_score
+
+    params = load_params(ROOT / "params.yaml")
+    fabricate_eval(params, tmp_path / "eval", ["ablation"])
+    compare.run(params, tmp_path / "eval", REPORTED, tmp_path / "out", ["ablation"], log_mlflow=False)
+    s = pd.read_csv(tmp_path / "out" / "ablation" / "stats.csv")
+    assert set(s.metric) == {"AC", "SE", "SP", "AUC"} and set(s.level) == {"images"}
+    assert set(s.other) == {"lkm", "lkm_etm", "lkm_mfm"} and s.test.str.contains("pooled").all()
+    row = s[(s.data == "drive") & (s.other == "lkm") & (s.metric == "AUC")].iloc[0]
+    ev = tmp_path / "eval" / "ablation"
+    a, b = (np.load(ev / f"drive__{v}__fold0" / "pooled_parts.npz") for v in ("lkm_etm_mfm", "lkm"))
+    want = (pooled_score("AUC", a["counts"].sum(0), a["pos"].sum(0), a["neg"].sum(0))
+            - pooled_score("AUC", b["counts"].sum(0), b["pos"].sum(0), b["neg"].sum(0)))
+    assert math.isclose(row.mean_diff, float(want), rel_tol=1e-9)
+    assert row.ci_low <= row.mean_diff <= row.ci_high and row.n == 12 and np.isnan(row.p_value)
+    md = (tmp_path / "out" / "ablation" / "table.md").read_text()
+    assert "drive: the paper finds LKM+ETM+MFM ahead of LKM on Acc, Sp, AUC; ours, LKM+ETM+MFM minus LKM: Acc " in md
+    assert re.search(r"chase_db1: the paper finds .* \((agrees|disagrees|not resolved)", md)

@@ -128,6 +128,19 @@ def test_retina_scores_are_pooled_inside_the_fov(trained):
         truth, fov = load_mask(s), load_fov(s)
         assert pred.shape == truth.shape == DRIVE_SIZE[::-1]
         assert float(row["AC"]) == pytest.approx(np.mean(pred[fov] == truth[fov]))  # FOV pixels only
+    # the per-image parts compare bootstraps: they add up to the pooled scores
+    from tcnet.report.pairing import pooled_score
+
+    with np.load(out / "pooled_parts.npz") as z:
+        assert list(z["ids"]) == [r["id"] for r in read_csv(out / "per_image.csv")]
+        total = z["counts"].sum(0), z["pos"].sum(0), z["neg"].sum(0)
+        assert z["pos"].shape == (3, 1024) and int(z["pos"].sum() + z["neg"].sum()) == int(z["counts"].sum())
+    assert float(pooled_score("AC", *total)) == pytest.approx(scores["pooled"]["AC"])
+    assert float(pooled_score("AUC", *total)) == pytest.approx(scores["pooled"]["AUC"], abs=2e-3)
+    isic = root / "eval" / EXPERIMENT / ISIC_RUN
+    if not isic.is_dir():
+        assert cli(args(root, "--no-mlflow", "--run", ISIC_RUN)) == 0
+    assert (isic / "per_image.csv").is_file() and not (isic / "pooled_parts.npz").exists()  # mean-of-images scoring has no use for them
 
 
 def test_eval_metrics_and_tables_land_in_the_training_mlflow_run(trained, monkeypatch):
