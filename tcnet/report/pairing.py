@@ -96,13 +96,14 @@ class Comparison:
     def level(self) -> str:
         return "folds" if self.cross_validated else "images"
 
-    def text(self) -> str:
-        """``+0.52 [−0.31, +1.20]`` (mean difference and CI at the primary level) or why there is none."""
+    def text(self, digits: int = 3) -> str:
+        """``+0.52 [−0.31, +1.20]`` (mean difference and CI at the primary level) or why there is none;
+        fractions (retina) need ``digits=4``: their differences are thousandths."""
         p = self.primary
         if p is None or not math.isfinite(p.mean_diff):
             return "no paired scores"
-        ci = f" [{p.ci_low:+.3f}, {p.ci_high:+.3f}]" if math.isfinite(p.ci_low) else " (no CI)"
-        return f"{p.mean_diff:+.3f}{ci}"
+        ci = f" [{p.ci_low:+.{digits}f}, {p.ci_high:+.{digits}f}]" if math.isfinite(p.ci_low) else " (no CI)"
+        return f"{p.mean_diff:+.{digits}f}{ci}"
 
 
 POOLED_METRICS = ("AC", "SE", "SP", "JA", "DI", "AUC")
@@ -132,14 +133,18 @@ def _pooled_parts(res: ExperimentResults, data: str, a: str, b: str):
     for k in sorted({s.fold for s in res.specs if s.data.name == data}):
         ra = next((r for r in res.variant_runs(data, a) if r.spec.fold == k), None)
         rb = next((r for r in res.variant_runs(data, b) if r.spec.fold == k), None)
-        if ra is None or rb is None or ra.parts is None or rb.parts is None:
-            gone = a if ra is None or ra.parts is None else b
-            notes.append(f"fold {k}: no pooled_parts.npz of {gone} (re-run evaluate)")
+        why = [f"{v} not evaluated" if r is None else f"no pooled_parts.npz of {v} (re-run evaluate)"
+               for v, r in ((a, ra), (b, rb)) if r is None or r.parts is None]
+        if why:
+            notes.append(f"fold {k}: {'; '.join(why)}")
             continue
         ids_b = {i: n for n, i in enumerate(rb.parts["ids"])}
         ia = [n for n, i in enumerate(ra.parts["ids"]) if i in ids_b]
         ib = [ids_b[ra.parts["ids"][n]] for n in ia]
         lost += len(ra.parts["ids"]) + len(rb.parts["ids"]) - 2 * len(ia)
+        if not ia:
+            notes.append(f"fold {k}: no image scored by both")
+            continue
         folds.append((k, {key: ra.parts[key][ia] for key in ("counts", "pos", "neg")},
                       {key: rb.parts[key][ib] for key in ("counts", "pos", "neg")}))
     if lost:
@@ -172,10 +177,11 @@ def compare_pooled(res: ExperimentResults, data: str, a: str, b: str, metric: st
     lo = hi = math.nan
     if n >= 2:
         def statistic(idx, axis=-1):
+            assert axis == -1  # scipy passes the resampled indices on the last axis
             return _pooled_diff(metric, pa, pb, np.asarray(idx, dtype=np.int64)) * res.scale
         rng = rng_for(inference.seed, res.exp_id, data, a, b, metric, "pooled")
         lo, hi = bootstrap_ci_of(statistic, n, inference.n_resamples, inference.confidence, rng)
-    images = PairedResult(n, point, lo, hi, math.nan, math.nan, "" if n >= 2 else "fewer than 2 images", n)
+    images = PairedResult(n, point, lo, hi, math.nan, math.nan, "" if n >= 2 else "fewer than 2 images", math.nan)
     fold_result = None
     if cv:
         fold_result = fold_test([float(_pooled_diff(metric, f[1], f[2])) * res.scale for f in folds],

@@ -195,7 +195,9 @@ def stats_frame(res: ExperimentResults, n_resamples: int, confidence: float, see
 
     Per data pair and metric (:func:`tcnet.report.pairing.compare_groups`), level ``images``: each
     fold's per-image scores of the two runs joined on image id, the folds concatenated, then
-    :func:`paired_test`. With several folds also level ``folds``: :func:`fold_test` over the per-fold
+    :func:`paired_test`; for a pooled experiment (Table 3) the difference of the pooled scores over
+    the same images with a paired-bootstrap CI (:func:`tcnet.report.pairing.compare_pooled`; no W, p,
+    ``n_nonzero`` or ``p_holm``). With several folds also level ``folds``: :func:`fold_test` over the per-fold
     mean differences (each fold is a different trained model: the image-level test does not see that
     variation). ``p_holm``: Holm's adjustment over the comparisons of one (data, metric, level).
     """
@@ -337,7 +339,8 @@ def stats_table(res: ExperimentResults, stats: pd.DataFrame, data_label: str) ->
         images = (f"Level images: the difference of the pooled scores over the same images, with a BCa CI from a "
                   f"paired bootstrap over images ({resamples} resamples, seeded: each resample sums the same "
                   "images' confusion counts, and for AUC their probability histograms in 1024 bins, for both "
-                  "runs); a pooled score has no per-image test, so no W or p.")
+                  "runs; so an AUC difference here can differ from the table's, at 65536 bins, by ~1e-4); a "
+                  "pooled score has no per-image test, so no W or p.")
     else:
         images = (f"Level images: Wilcoxon signed-rank (two-sided; n counts the images, the test uses the non-zero "
                   f"differences) on the per-image differences, folds concatenated; BCa bootstrap CI with "
@@ -350,12 +353,14 @@ def stats_table(res: ExperimentResults, stats: pd.DataFrame, data_label: str) ->
            "evidence (per image, JA = DI / (2 - DI))."),
         header,
     )
+    digits = 3 if res.unit == "percent" else 4  # fractions: differences of thousandths
     for r in stats.itertuples():
-        ci = DASH if not np.isfinite(r.ci_low) else f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
+        ci = DASH if not np.isfinite(r.ci_low) else f"[{r.ci_low:+.{digits}f}, {r.ci_high:+.{digits}f}]"
         p = DASH if not np.isfinite(r.p_value) else f"{r.p_value:.3g}"
         ph = DASH if not np.isfinite(r.p_holm) else f"{r.p_holm:.3g}"
         w = DASH if not np.isfinite(r.statistic) else f"{r.statistic:.3g}"
         t.rows.append(([r.data] if multi_data else []) + [r.comparison, r.metric] + ([r.level] if cv else []) + [
-            str(int(r.n)), fmt(r.mean_diff, signed=True), ci, w, p, ph, r.note if isinstance(r.note, str) else "",
+            str(int(r.n)), f"{r.mean_diff:+.{digits}f}" if np.isfinite(r.mean_diff) else DASH, ci, w, p, ph,
+            r.note if isinstance(r.note, str) else "",
         ])
     return t

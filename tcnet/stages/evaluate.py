@@ -16,8 +16,8 @@ the headline; DRIVE/CHASE_DB1: pooled over FOV pixels, AUC first.
 Writes ``<out>/<experiment>/<run_id>/`` atomically: ``per_image.csv``, ``scores.json``, ``roc.csv``
 (``fpr, tpr, threshold``, pooled), ``history.csv``, ``masks/<id>.png`` (0/255, original size),
 ``overlays/<id>.png`` (first ``evaluate.n_overlays`` images: truth contour green, prediction red),
-for pooled scoring (retina) ``pooled_parts.npz`` (``ids``, per-image ``counts`` tp/fp/fn/tn, and
-``pos``/``neg`` histograms of the FOV probabilities in ``PARTS_BINS`` bins: what compare's paired
+for pooled scoring (the retina sets, or an experiment declaring ``aggregation: pooled``)
+``pooled_parts.npz`` (``ids``, per-image ``counts`` tp/fp/fn/tn, and ``pos``/``neg`` histograms of the FOV probabilities in ``PARTS_BINS`` bins: what compare's paired
 bootstrap of the pooled scores resamples);
 and ``<out>/<experiment>/summary.json`` (every run's mean and pooled scores; the pipeline's DVC metric is
 ``outputs/reports/metrics.json``, from compare).
@@ -138,7 +138,7 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Sequence]) -> 
 
 def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, splits_dir, raw_dir, model_dir, out_dir,
                  *, tracker=None, aggregation: Optional[str] = None, device: Optional[str] = None,
-                 progress: bool = True, log_checkpoint: bool = False) -> dict:
+                 progress: bool = True, log_checkpoint: bool = False, pooled_parts: bool = False) -> dict:
     """Evaluate one run: ``model_dir`` is the run's training folder (``best.pt``, ``last.pt``), ``out_dir`` its
     evaluation folder (replaced whole). Returns what ``scores.json`` holds."""
     import torch
@@ -187,7 +187,7 @@ def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, spli
     hist = ProbabilityHistogram()
     # Pooled scores (retina): each image's confusion counts and a coarse histogram of its probabilities,
     # so that compare can bootstrap the pooled scores over images (pooled_parts.npz).
-    parts: dict[str, list] = {"pos": [], "neg": []} if agg == "pooled" else {}
+    parts: dict[str, list] = {"pos": [], "neg": []} if agg == "pooled" or pooled_parts else {}
     n_overlays = max(0, int(eval_cfg.n_overlays))
 
     with atomic_dir(out_dir) as tmp:
@@ -373,6 +373,8 @@ def run(params: Params, experiment: str, preprocessed_dir, splits_dir, raw_dir, 
             spec, params.evaluate, preprocessed_dir, splits_dir, raw_dir,
             Path(models_dir) / experiment / spec.run_id, Path(out_dir) / experiment / spec.run_id,
             tracker=tracker, progress=progress, log_checkpoint=params.mlflow.log_models,
+            # compare bootstraps pooled scores where the experiment declares them (the retina sets' default)
+            pooled_parts=params.experiment(experiment).aggregation == "pooled",
         )
     summary = write_summary(params, experiment, out_dir)
     return {"experiment": experiment, "runs": results, "summary": summary}
