@@ -57,7 +57,7 @@ def options(args: argparse.Namespace) -> PipelineOptions:
 def cmd_compile(args) -> int:
     from pipeline.pipeline import default_data_source
 
-    from pipeline.pipeline import without_credentials
+    from tcnet.provenance import without_credentials
 
     out = compile_pipeline(options(args), args.out)
     print(f"compiled {out}")

@@ -38,8 +38,8 @@ from components.fetch_data import fetch_data
 from components.preprocess import preprocess
 from components.split import split
 from components.train import train
-from tcnet.config import check_batch_split, expand_runs, load_params
-from tcnet.provenance import without_credentials  # noqa: F401  (also imported from here by the CLI, tests)
+from tcnet.config import Params, check_batch_split, expand_runs, load_params
+from tcnet.provenance import without_credentials
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_NAME = "tcnet"
@@ -77,10 +77,14 @@ def one_line_yaml(text: str) -> str:
     return line
 
 
+def all_runs(params: Params) -> list:
+    """Every run (RunSpec) of every experiment, in params order."""
+    return [r for exp in params.experiments for r in expand_runs(params, exp)]
+
+
 def run_items(params_path: Path) -> list[dict[str, str]]:
     """One ``{"experiment", "run_id"}`` per run of every experiment, in params order."""
-    params = load_params(params_path)
-    return [{"experiment": exp, "run_id": r.run_id} for exp in params.experiments for r in expand_runs(params, exp)]
+    return [{"experiment": r.experiment, "run_id": r.run_id} for r in all_runs(load_params(params_path))]
 
 
 def _git(*args: str) -> str:
@@ -104,10 +108,11 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
     # Each train task's GPUs share every run's batch (tcnet train --nproc): refuse a split that fails
     # at compile time, not in a pod on a GPU node.
     params = load_params(opts.params)
-    check_batch_split([r for exp in params.experiments for r in expand_runs(params, exp)], opts.gpus, "gpus")
+    runs = all_runs(params)
+    check_batch_split(runs, opts.gpus, "gpus")
     params_text = one_line_yaml(Path(opts.params).read_text())
     reported_text = one_line_yaml(Path(opts.reported).read_text())
-    items = run_items(opts.params)
+    items = [{"experiment": r.experiment, "run_id": r.run_id} for r in runs]
     repo_default, rev_default = default_data_source()
     profile = params.profile
 
@@ -183,12 +188,11 @@ def check_cluster_tracking(uri: str) -> None:
         )
 
 
-def compile_pipeline(opts: PipelineOptions, out: Path, *, for_cluster: bool = True) -> Path:
-    """Write the pipeline package; ``for_cluster`` (compile, submit) requires a server MLflow URI."""
+def compile_pipeline(opts: PipelineOptions, out: Path) -> Path:
+    """Write the pipeline package for a cluster (compile, submit): it requires a server MLflow URI."""
     from kfp import compiler
 
-    if for_cluster:
-        check_cluster_tracking(opts.mlflow_uri)
+    check_cluster_tracking(opts.mlflow_uri)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(build_pipeline(opts), package_path=str(out))

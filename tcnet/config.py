@@ -542,7 +542,12 @@ def check_batch_split(runs: typing.Iterable[RunSpec], processes: int, what: str 
 def expand_runs(params: Params, exp_id: str) -> list[RunSpec]:
     """All (data pair x variant x fold) runs of one experiment, with train overrides merged."""
     exp = params.experiment(exp_id)
-    base_train = to_dict(params.train)
+    exp_base = deep_merge(to_dict(params.train), exp.train)
+    exp_train = from_dict(TrainConfig, exp_base, f"experiments.{exp_id}.train")
+    try:  # the experiment's own overrides first: a typo there is not the first run's
+        exp_train.validate()
+    except ConfigError as e:
+        raise ConfigError(f"experiments.{exp_id}.train: {e}") from None
     runs = []
     for pair in exp.data:
         if pair.train in TEST_ONLY_DATASETS:
@@ -550,11 +555,6 @@ def expand_runs(params: Params, exp_id: str) -> list[RunSpec]:
                 f"experiments.{exp_id}: {pair.train} is a test-only dataset and cannot be trained on; "
                 f"train on another dataset and set eval: {pair.train}, part: test"
             )
-        exp_train = from_dict(TrainConfig, deep_merge(base_train, exp.train), f"experiments.{exp_id}.train")
-        try:  # the experiment's own overrides first: a typo there is not the first run's
-            exp_train.validate()
-        except ConfigError as e:
-            raise ConfigError(f"experiments.{exp_id}.train: {e}") from None
         folds = exp.folds if exp.folds is not None else tuple(range(n_folds(pair.train, params.split)))
         for fold in folds:
             if not 0 <= fold < n_folds(pair.train, params.split):
@@ -563,7 +563,7 @@ def expand_runs(params: Params, exp_id: str) -> list[RunSpec]:
                     f"({n_folds(pair.train, params.split)} fold(s))"
                 )
             for v in exp.runs:
-                merged = deep_merge(deep_merge(base_train, exp.train), v.train)
+                merged = deep_merge(exp_base, v.train)
                 where = f"experiments.{exp_id}.runs.{v.name}"
                 train = from_dict(TrainConfig, merged, f"{where}.train")
                 try:

@@ -135,7 +135,7 @@ def collect(device, root: Optional[Path] = None) -> dict[str, str]:
     not of the working folder, which may be another repository; ``root`` (default: the project
     around the working folder) is where ``data.dvc`` is read."""
     root = Path(root or project_root())
-    sha, dirty = git_state(str(code_root()))
+    sha, dirty = git_state()  # the checkout the tcnet code comes from (its default)
     tags = {
         "tcnet.git_commit": sha,
         "tcnet.git_dirty": str(dirty).lower(),

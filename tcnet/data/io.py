@@ -45,22 +45,18 @@ def _open_pil(path: Path):
     """Open and fully decode ``path`` with Pillow (``load()`` is what detects truncation)."""
     from PIL import Image, UnidentifiedImageError
 
+    undecodable = (Image.DecompressionBombError, OSError, SyntaxError, ValueError, EOFError)
     try:
         img = Image.open(path)
-    except Image.DecompressionBombError as e:  # an error, not a crash: name the file and the limit
-        raise InvalidInputError(f"{path}: image too large to decode safely ({e})") from None
     except UnidentifiedImageError:
         raise InvalidInputError(
             f"{path}: not a recognised image file (corrupt, or not JPEG/PNG/BMP/TIFF/GIF)"
         ) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except undecodable as e:
         raise _decode_error(path, e) from None
     try:
         img.load()
-    except Image.DecompressionBombError as e:
-        img.close()
-        raise InvalidInputError(f"{path}: image too large to decode safely ({e})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except undecodable as e:
         img.close()
         raise _decode_error(path, e) from None
     return img
@@ -80,6 +76,10 @@ def _tiff_needs_tifffile(img) -> bool:
 
 
 def _decode_error(path: Path, e: Exception) -> InvalidInputError:
+    from PIL import Image
+
+    if isinstance(e, Image.DecompressionBombError):  # an error, not a crash: name the file and the limit
+        return InvalidInputError(f"{path}: image too large to decode safely ({e})")
     text = str(e)
     if "truncat" in text.lower() or isinstance(e, EOFError):
         return InvalidInputError(f"{path}: image file is truncated or corrupt ({text or 'unexpected end of file'})")
@@ -145,18 +145,19 @@ def read_image(path, *, exif_orientation: bool = False) -> np.ndarray:
     """
     path = Path(path)
     _check_file(path)
+    arr = None  # stays None for a TIFF Pillow cannot read, or reads wrongly: tifffile's then
     try:
         with _open_pil(path) as img:  # closes GIF/TIFF handles Pillow keeps open after load()
-            if _tiff_needs_tifffile(img):
-                raise InvalidInputError(f"{path}: TIFF layout for tifffile")
-            if exif_orientation:
-                from PIL import ImageOps
+            if not _tiff_needs_tifffile(img):
+                if exif_orientation:
+                    from PIL import ImageOps
 
-                img = ImageOps.exif_transpose(img)
-            arr = _pil_to_rgb(img, path)
+                    img = ImageOps.exif_transpose(img)
+                arr = _pil_to_rgb(img, path)
     except InvalidInputError:
         if path.suffix.lower() not in TIFF_SUFFIXES:
             raise
+    if arr is None:
         arr = _read_tifffile(path)
         if arr.ndim == 2:
             arr = np.repeat(arr[..., None], 3, axis=2)

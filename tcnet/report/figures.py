@@ -161,7 +161,7 @@ def _roc(res, summary, data_label, path) -> str:
         ax.set_ylabel("true positive rate")
         ax.set_title(d.name, fontsize=9)
         ax.legend(fontsize=7, loc="lower right")
-    multi_fold = any(len({s.fold for s in res.specs if s.data.name == d.name}) > 1 for d in res.exp.data)
+    multi_fold = any(len(res.folds(d.name)) > 1 for d in res.exp.data)
     which = "; the first evaluated fold of each variant" if multi_fold else ""
     _suptitle(fig, res, f"ROC curves (pooled pixels{which})", data_label)
     _save(fig, path)
@@ -173,7 +173,7 @@ def bar_errors(res: ExperimentResults, data: str, variant: str, metric: str, n_r
     """(low, high) error extents of one bar: sd over folds, else a bootstrap CI of the per-image mean."""
     runs = res.variant_runs(data, variant)
     agg = res.exp.aggregation
-    if len({s.fold for s in res.specs if s.data.name == data}) > 1 and len(runs) < 2:
+    if len(res.folds(data)) > 1 and len(runs) < 2:
         return 0.0, 0.0  # cross-validation with one fold left: no sd, and a CI would not be what the caption says
     if len(runs) > 1:
         vals = np.array([r.value(metric, agg) for r in runs]) * res.scale

@@ -42,7 +42,7 @@ def paired_images(res: ExperimentResults, data: str, a: list[str], b: list[str])
     def group(variants: list[str], fold: int):
         frames = []
         for v in variants:
-            run = next((r for r in res.variant_runs(data, v) if r.spec.fold == fold), None)
+            run = res.run_of(data, v, fold)
             if run is None or run.per_image is None:
                 return None, v
             frames.append(run.per_image.set_index("id"))
@@ -52,7 +52,7 @@ def paired_images(res: ExperimentResults, data: str, a: list[str], b: list[str])
         cols = [c for c in frames[0].columns if all(c in f for f in frames)]
         return sum(f.loc[common, cols].astype(float) for f in frames) / len(frames), None
 
-    for k in sorted({s.fold for s in res.specs if s.data.name == data}):
+    for k in res.folds(data):
         ga, missing_a = group(a, k)
         gb, missing_b = group(b, k)
         if ga is None or gb is None:
@@ -96,7 +96,7 @@ class Comparison:
     def level(self) -> str:
         return "folds" if self.cross_validated else "images"
 
-    def text(self, digits: int = 3) -> str:
+    def text(self, digits: int = 3) -> str:  # digits: ExperimentResults.digits
         """``+0.52 [−0.31, +1.20]`` (mean difference and CI at the primary level) or why there is none;
         fractions (retina) need ``digits=4``: their differences are thousandths."""
         p = self.primary
@@ -130,9 +130,8 @@ def pooled_score(metric: str, counts: np.ndarray, pos: np.ndarray, neg: np.ndarr
 def _pooled_parts(res: ExperimentResults, data: str, a: str, b: str):
     """Both runs' ``pooled_parts`` per fold, joined on image id: [(fold, parts_a, parts_b)], notes."""
     notes, folds, lost = [], [], 0
-    for k in sorted({s.fold for s in res.specs if s.data.name == data}):
-        ra = next((r for r in res.variant_runs(data, a) if r.spec.fold == k), None)
-        rb = next((r for r in res.variant_runs(data, b) if r.spec.fold == k), None)
+    for k in res.folds(data):
+        ra, rb = res.run_of(data, a, k), res.run_of(data, b, k)
         why = [f"{v} not evaluated" if r is None else f"no pooled_parts.npz of {v} (re-run evaluate)"
                for v, r in ((a, ra), (b, rb)) if r is None or r.parts is None]
         if why:
@@ -166,7 +165,7 @@ def compare_pooled(res: ExperimentResults, data: str, a: str, b: str, metric: st
     scores over the same images, and its CI by a paired bootstrap over images (each resample sums
     the same images' counts and histograms for both runs; BCa). No test statistic. With folds, the
     fold level too: the t-test over the per-fold pooled differences."""
-    cv = len({s.fold for s in res.specs if s.data.name == data}) > 1
+    cv = len(res.folds(data)) > 1
     folds, notes = _pooled_parts(res, data, a, b)
     if not folds:
         return Comparison(cv, None, None, notes + ["no pooled per-image parts"])
@@ -192,8 +191,17 @@ def compare_pooled(res: ExperimentResults, data: str, a: str, b: str, metric: st
 def compare_groups(res: ExperimentResults, data: str, a: list[str], b: list[str], metric: str,
                    inference: Inference) -> Comparison:
     """Group ``a`` minus group ``b`` on ``metric`` (in the experiment's unit): per-image scores, or
-    for a pooled experiment the pooled score of two single runs (:func:`compare_pooled`)."""
-    cv = len({s.fold for s in res.specs if s.data.name == data}) > 1
+    for a pooled experiment the pooled score of two single runs (:func:`compare_pooled`). Computed
+    once per experiment results (``res.comparisons``): the stats table and the verdicts share them."""
+    key = (data, tuple(a), tuple(b), metric, inference)
+    if key not in res.comparisons:
+        res.comparisons[key] = _compare_groups(res, data, list(a), list(b), metric, inference)
+    return res.comparisons[key]
+
+
+def _compare_groups(res: ExperimentResults, data: str, a: list[str], b: list[str], metric: str,
+                    inference: Inference) -> Comparison:
+    cv = len(res.folds(data)) > 1
     if not a or not b:
         return Comparison(cv, None, None, ["a group without variants"])
     if res.exp.aggregation == "pooled":

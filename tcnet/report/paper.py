@@ -213,12 +213,6 @@ def _not_evaluated(res, data: str, variants) -> list[str]:
     return out
 
 
-def _digits(res) -> int:
-    """Decimals of a difference: 3 for percent, 4 for fractions (a CI of [+0.0004, +0.003] must not
-    print as [+0.000, ...] beside an 'agrees')."""
-    return 3 if res.unit == "percent" else 4
-
-
 def _level_text(c) -> str:
     return (f"paired over {c.primary.n} folds' mean differences" if c.level == "folds"
             else f"paired over {c.primary.n} images") if c.primary is not None else "no paired scores"
@@ -282,12 +276,12 @@ def notes(reported: dict, res, summary, ref: PaperRef, inference=None) -> list[s
                 each = "" if single else ", per image averaged over its variants"
                 if paper_best in groups and ours_best != paper_best:
                     c = compare_groups(res, d.name, groups[ours_best], groups[paper_best], m, inference)
-                    line += (f"; {name} = {ours_best} minus {name} = {paper_best}{each}: {c.text(_digits(res))} ({_level_text(c)}; "
+                    line += (f"; {name} = {ours_best} minus {name} = {paper_best}{each}: {c.text(res.digits)} ({_level_text(c)}; "
                              f"{_verdict([-c.direction], _not_evaluated(res, d.name, names), c)})")
                 elif paper_best in groups and len(ranked) > 1:
                     runner = ranked[1]
                     c = compare_groups(res, d.name, groups[paper_best], groups[runner], m, inference)
-                    line += (f"; minus the runner-up {name} = {runner}{each}: {c.text(_digits(res))} ({_level_text(c)}; "
+                    line += (f"; minus the runner-up {name} = {runner}{each}: {c.text(res.digits)} ({_level_text(c)}; "
                              f"{_verdict([c.direction], _not_evaluated(res, d.name, names), c)})")
                 out.append(line + ".")
         if "model.deep_supervision" in varying and "deep_supervision_better_off" in setup:
@@ -299,7 +293,7 @@ def notes(reported: dict, res, summary, ref: PaperRef, inference=None) -> list[s
             better = "without" if setup["deep_supervision_better_off"] else "with"
             out.append(
                 f"{d.name}: the paper finds TCNet better {better} deep supervision; ours: {ref.name(m)} without "
-                f"minus with, per image averaged over the other settings: {c.text(_digits(res))} ({_level_text(c)}; "
+                f"minus with, per image averaged over the other settings: {c.text(res.digits)} ({_level_text(c)}; "
                 f"{_verdict([want * c.direction], _not_evaluated(res, d.name, off + on), c)})."
             )
     out += claim_notes(reported, res, values, ref, varying, m, inference)
@@ -336,7 +330,7 @@ def claim_notes(reported: dict, res, values, ref: PaperRef, varying: dict, m: st
                     c = compare_groups(res, d.name, members, groups["none"], m, inference)
                     dirs.append(c.direction)
                     cs.append(c)
-                    parts.append(f"{p} {c.text(_digits(res))}")
+                    parts.append(f"{p} {c.text(res.digits)}")
                 ahead = sum(x > 0 for x in dirs)
                 out.append(
                     f"{d.name}: the paper finds every attention placement better than none; ours, {ref.name(m)} of "
@@ -356,7 +350,7 @@ def claim_notes(reported: dict, res, values, ref: PaperRef, varying: dict, m: st
                     c = compare_groups(res, d.name, [winner.name], [o.name], metric, inference)
                     dirs.append(c.direction)
                     every.append(c)
-                    parts.append(f"{ref.name(metric)} {c.text(_digits(res))}")
+                    parts.append(f"{ref.name(metric)} {c.text(res.digits)}")
             used = [winner.name] + [o.name for o in losers]
             out.append(
                 f"{d.name}: the paper finds {label[winner.name]} ahead of {', '.join(label[o.name] for o in losers)} "

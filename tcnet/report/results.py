@@ -66,6 +66,9 @@ class ExperimentResults:
     specs: list[RunSpec]  # every run params declares, in expand_runs order
     runs: dict[str, RunResult] = field(default_factory=dict)  # run_id -> result (evaluated runs only)
     unit: str = "percent"  # how tables print values: percent (ISIC/PH2) or fraction (retina)
+    # tcnet.report.pairing.compare_groups' results: the stats table and the claims' verdicts ask for
+    # many of the same comparisons, each a bootstrap
+    comparisons: dict = field(default_factory=dict, repr=False)
 
     @property
     def missing(self) -> list[str]:
@@ -74,6 +77,20 @@ class ExperimentResults:
     @property
     def scale(self) -> float:
         return 100.0 if self.unit == "percent" else 1.0
+
+    @property
+    def digits(self) -> int:
+        """Decimals of a difference: 3 for percent, 4 for fractions (a CI of [+0.0004, +0.003] must not
+        print as [+0.000, ...] beside an 'agrees')."""
+        return 3 if self.unit == "percent" else 4
+
+    def folds(self, data_name: str) -> list[int]:
+        """The folds params declares for a data pair (evaluated or not)."""
+        return sorted({s.fold for s in self.specs if s.data.name == data_name})
+
+    def run_of(self, data_name: str, variant: str, fold: int) -> Optional[RunResult]:
+        """One variant's evaluated run of one fold (None when it was not evaluated)."""
+        return next((r for r in self.variant_runs(data_name, variant) if r.spec.fold == fold), None)
 
     def variant_runs(self, data_name: str, variant: str) -> list[RunResult]:
         """The evaluated folds of one variant on one data pair, in fold order."""

@@ -54,25 +54,14 @@ def bootstrap_ci(
         return math.nan, math.nan
     if np.ptp(x) == 0:
         return float(x[0]), float(x[0])
-    state = rng.bit_generator.state
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        res = stats.bootstrap((x,), np.mean, n_resamples=int(n_resamples), confidence_level=confidence,
-                              method=BOOTSTRAP_METHOD, vectorized=True, rng=rng)
-    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        rng.bit_generator.state = state
-        res = stats.bootstrap((x,), np.mean, n_resamples=int(n_resamples), confidence_level=confidence,
-                              method="percentile", vectorized=True, rng=rng)
-        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return lo, hi
+    return bootstrap_ci_of(lambda idx, axis=-1: x[idx].mean(axis=-1), x.size, n_resamples, confidence, rng)
 
 
 def bootstrap_ci_of(statistic, n: int, n_resamples: int, confidence: float,
                     rng: np.random.Generator) -> tuple[float, float]:
-    """BCa-bootstrap CI of ``statistic(idx)`` over resampled image indices ``idx`` (``... x n``):
-    for statistics that are not a mean of per-image values (a pooled score's difference). The
-    percentile interval where BCa is undefined, as :func:`bootstrap_ci`."""
+    """BCa-bootstrap CI of ``statistic(idx)`` over resampled image indices ``idx`` (``... x n``): a
+    mean of per-image values (:func:`bootstrap_ci`) or a pooled score's difference. Where BCa is
+    undefined, the percentile interval from the same generator state."""
     idx = np.arange(n)
     state = rng.bit_generator.state
     for method in (BOOTSTRAP_METHOD, "percentile"):

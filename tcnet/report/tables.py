@@ -92,7 +92,7 @@ def fmt(v: float, sd: float = math.nan, signed: bool = False) -> str:
 
 
 def max_folds(res: ExperimentResults) -> int:
-    return max((len({s.fold for s in res.specs if s.data.name == d.name}) for d in res.exp.data), default=1)
+    return max((len(res.folds(d.name)) for d in res.exp.data), default=1)
 
 
 def caption(res: ExperimentResults, data_label: str) -> str:
@@ -353,7 +353,7 @@ def stats_table(res: ExperimentResults, stats: pd.DataFrame, data_label: str) ->
            "evidence (per image, JA = DI / (2 - DI))."),
         header,
     )
-    digits = 3 if res.unit == "percent" else 4  # fractions: differences of thousandths
+    digits = res.digits
     for r in stats.itertuples():
         ci = DASH if not np.isfinite(r.ci_low) else f"[{r.ci_low:+.{digits}f}, {r.ci_high:+.{digits}f}]"
         p = DASH if not np.isfinite(r.p_value) else f"{r.p_value:.3g}"

@@ -33,7 +33,6 @@ import json
 import errno
 import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from torch import nn
 
 from tcnet.models.outputs import main_output
 from tcnet.tools.predict import example_image
+from tcnet.utils.atomic import atomic_path
 
 FORMATS = ("onnx", "torchscript")
 DEFAULT_ATOL = 1e-4
@@ -253,11 +253,7 @@ def export(
     module = exportable_copy(net, size)
     metadata = _metadata(meta, size)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(out) as tmp:
         if fmt == "onnx":
             try:
                 _export_onnx(module, size, tmp, metadata, opset)
@@ -280,12 +276,6 @@ def export(
                 f"{fmt} export of {model} does not match PyTorch: max |difference| {diff:.3g} > atol {atol:g}; "
                 f"nothing written to {out}"
             )
-        from tcnet.utils.atomic import current_umask
-
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600: a server under another uid must read it
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return ExportResult(str(out), fmt, size, diff, atol, str(meta.get("model_name", "")))
 
 

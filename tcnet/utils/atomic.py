@@ -31,8 +31,9 @@ def _remove(p: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "w", **kwargs):
-    """Open a temporary file beside ``path``; on success it replaces ``path`` in one step."""
+def atomic_path(path: str | Path):
+    """Yield the path of an empty temporary file beside ``path`` (for writers that take a file name:
+    ONNX, TorchScript); on success it replaces ``path`` in one step, on failure it is removed."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
@@ -42,17 +43,24 @@ def atomic_write(path: str | Path, mode: str = "w", **kwargs):
     except OSError as e:
         raise _unwritable(path, e) from e
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600
+    # mkstemp makes 0600: the output should be readable like any new file (a server under another uid)
+    os.chmod(tmp, 0o666 & ~current_umask())
     try:
-        with open(tmp, mode, **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "w", **kwargs):
+    """Open a temporary file beside ``path``; on success it replaces ``path`` in one step."""
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 @contextlib.contextmanager

@@ -111,7 +111,7 @@ def test_submit_without_a_data_repository_says_what_to_pass(monkeypatch, capsys)
 @pytest.mark.filterwarnings("ignore:This client only works with Kubeflow Pipeline:FutureWarning")
 def test_a_token_in_the_data_url_stays_out_of_the_package(kfp_server, tmp_path, monkeypatch, capsys):
     from pipeline.__main__ import main
-    from pipeline.pipeline import without_credentials
+    from tcnet.provenance import without_credentials
 
     assert without_credentials("https://user:pw@git.example.com/x.git") == "https://git.example.com/x.git"
     assert without_credentials("git@github.com:org/x.git") == "git@github.com:org/x.git"  # ssh: not a secret
