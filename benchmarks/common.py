@@ -56,11 +56,10 @@ class Mode:
 
 
 def cpu_count() -> int:
-    """Cores this process may run on (the affinity mask; ``os.cpu_count()`` where there is none)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    """CPUs this process may use (affinity, cgroup quota, OMP_NUM_THREADS: tcnet.utils.cpus)."""
+    from tcnet.utils.cpus import available_cpus
+
+    return available_cpus()
 
 
 def set_threads(n: Optional[int] = None) -> int:

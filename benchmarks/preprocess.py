@@ -9,8 +9,8 @@ temporary folder (``--data`` to choose; ``--fresh`` to rewrite).
   (into a new output folder each call, as under ``dvc repro``, which deletes outputs first);
 - limit over the same files: ``tcnet.data.io.read_image`` + ``tcnet.data.transforms.resize_image``
   of each image and ``read_gray`` + ``resize_mask`` of its mask -- every file the stage decodes --
-  in a ``ProcessPoolExecutor`` of ``os.cpu_count()`` workers with the stage's worker settings (its
-  initializer: one OpenCV thread, :func:`tcnet.utils.heap.retain_freed_memory`) and chunk size,
+  in a ``ProcessPoolExecutor`` of ``common.cpu_count()`` workers (the stage's "all cores") with
+  the stage's worker settings (its initializer: one OpenCV thread, :func:`tcnet.utils.heap.retain_freed_memory`) and chunk size,
   results dropped in the worker (a tight loop: decode + resize and nothing else); pool start
   included. The target (>= 0.9) is the stage over this limit;
 - limit over the images alone: the same without the masks (the stage cannot reach it: it must
@@ -244,7 +244,7 @@ def run(args, mode: common.Mode) -> dict:
     raw_size = _wh(args.image_size) if args.image_size else mode.pick((256, 192), (1024, 768), (1024, 768))
     out_size = args.out_size or mode.pick(64, 448, 448)
     repeats = args.repeats or mode.pick(1, 3, 5)
-    workers = os.cpu_count() or 1
+    workers = common.cpu_count()  # what the stage's workers = 0 means (tcnet.utils.cpus)
     root = args.data or Path(tempfile.gettempdir()) / f"tcnet-bench-{os.getuid()}" / f"preprocess-{mode.name}"
     ensure_data(Path(root), n, raw_size, args.fresh)
     samples = sorted(discover(DATASET, Path(root) / DATASET), key=lambda s: s.id)

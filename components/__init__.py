@@ -1,4 +1,5 @@
-"""Kubeflow components: one per pipeline stage, each a few lines that call the stage's ``run()``.
+"""Kubeflow components: one per pipeline stage, each a few lines that call the stage's ``run()``
+(and ``data_params``, which hands the cached data stages only the params sections they read).
 
 Every component is a Python component on the project image (``base_image=components.image.IMAGE``,
 nothing pip-installed at run time): the body imports ``tcnet`` (installed in the image) and calls the
@@ -8,6 +9,7 @@ pods and, unchanged, under ``kfp.local.SubprocessRunner(use_venv=False)``.
 """
 
 from components.compare import compare
+from components.data_params import data_params
 from components.evaluate import evaluate
 from components.fetch_data import fetch_data
 from components.image import IMAGE
@@ -15,4 +17,4 @@ from components.preprocess import preprocess
 from components.split import split
 from components.train import train
 
-__all__ = ["IMAGE", "compare", "evaluate", "fetch_data", "preprocess", "split", "train"]
+__all__ = ["IMAGE", "compare", "data_params", "evaluate", "fetch_data", "preprocess", "split", "train"]

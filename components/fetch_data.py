@@ -2,10 +2,10 @@
 
 A pod has no checkout, so the data is read through DVC's filesystem against the repository URL:
 DVC clones the git repository at ``rev`` (a tag or commit SHA -- pin one, the task is cached),
-reads ``data.dvc`` there and downloads only the datasets that ``params_yaml`` preprocesses from
-the remote named in ``.dvc/config`` (credentials from the environment: a Kubernetes secret on a
-cluster, see pipeline/pipeline.py). Locally, ``repo_url`` may be a path and ``rev`` empty: the
-working tree.
+reads ``<preprocess.raw_dir>.dvc`` there (``data.dvc``: the folder ``dvc.yaml`` reads too) and
+downloads only the datasets that ``params_yaml`` preprocesses from the remote named in
+``.dvc/config`` (credentials from the environment: a Kubernetes secret on a cluster, see
+pipeline/pipeline.py). Locally, ``repo_url`` may be a path and ``rev`` empty: the working tree.
 """
 
 from kfp import dsl
@@ -15,8 +15,7 @@ from components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def fetch_data(params_yaml: str, repo_url: str, rev: str, raw: Output[Dataset], data_path: str = "data",
-               remote: str = ""):
+def fetch_data(params_yaml: str, repo_url: str, rev: str, raw: Output[Dataset], remote: str = ""):
     """Write ``<raw>/<dataset>/`` for every dataset in ``preprocess.datasets``."""
     import yaml
     from dvc.api import DVCFileSystem
@@ -24,6 +23,7 @@ def fetch_data(params_yaml: str, repo_url: str, rev: str, raw: Output[Dataset], 
     from tcnet.provenance import md5_of_dvc_file, without_credentials
 
     params = from_dict(Params, yaml.safe_load(params_yaml)).validate()
+    data_path = params.preprocess.repo_data_path()  # "data": the DVC-tracked folder in the repository
     fs = DVCFileSystem(repo_url, rev=rev or None, remote=remote or None)
     for dataset in params.preprocess.datasets:
         fs.get(f"{data_path}/{dataset}", f"{raw.path}/{dataset}", recursive=True)

@@ -25,18 +25,23 @@ def _add_build_options(p: argparse.ArgumentParser, *, local: bool = False) -> No
     g.add_argument("--data-repo-url", default=str(ROOT) if local else "",
                    help="git repository holding data.dvc (default: " + ("this checkout" if local else "this checkout's origin remote") + ")")
     g.add_argument("--data-rev", default="",
-                   help="git revision of the data (default: " + ("the working tree" if local else "this checkout's HEAD commit") + ")")
+                   help="git revision of the data (default: " + ("the working tree" if local else
+                   "this checkout's last commit that changed data.dvc or .dvc/config") + ")")
     g.add_argument("--gpus", type=int, default=d.gpus,
                    help="GPUs per train task; they share each step's batch, so it must divide every run's "
                    "train.batch_size (default: %(default)s)")
+    g.add_argument("--eval-gpus", type=int, choices=(0, 1), default=d.eval_gpus,
+                   help="GPUs per evaluate task; 0 evaluates on the CPU (default: %(default)s)")
     g.add_argument("--accelerator-type", default=d.accelerator_type, help="(default: %(default)s)")
     g.add_argument("--gpu-node-label", default=d.gpu_node_label, metavar="KEY=VALUE",
-                   help="node selector for train tasks, e.g. nvidia.com/gpu.present=true (default: none)")
+                   help="node selector for the GPU tasks (train; evaluate with --eval-gpus 1), e.g. nvidia.com/gpu.present=true (default: none)")
     g.add_argument("--no-gpu-toleration", dest="gpu_toleration", action="store_false",
-                   help="do not tolerate the <accelerator-type>:NoSchedule taint on train tasks")
-    g.add_argument("--train-cpu", default=d.train_cpu, help="CPU request of a train task (default: %(default)s)")
+                   help="do not tolerate the <accelerator-type>:NoSchedule taint on the GPU tasks")
+    g.add_argument("--train-cpu", default=d.train_cpu, help="CPU request of a train task; its processes share it as threads (OMP_NUM_THREADS) "
+                   "(default: %(default)s)")
     g.add_argument("--train-memory", default=d.train_memory, help="memory request of a train task (default: %(default)s)")
-    g.add_argument("--data-cpu", default=d.data_cpu, help="CPU request of the other tasks (default: %(default)s)")
+    g.add_argument("--data-cpu", default=d.data_cpu, help="CPU request of the other tasks; also their threads and preprocess's workers "
+                   "(default: %(default)s)")
     g.add_argument("--data-memory", default=d.data_memory, help="memory request of the other tasks (default: %(default)s)")
     g.add_argument("--train-retries", type=int, default=0 if local else d.train_retries,
                    help="retries of a failed train task (default: %(default)s)")
@@ -105,7 +110,9 @@ def cmd_submit(args) -> int:
     opts = options(args)
     from pipeline.pipeline import default_data_source
 
-    repo, rev = default_data_source()
+    from tcnet.config import load_params
+
+    repo, rev = default_data_source(load_params(opts.params).preprocess.repo_data_path())
     if not (opts.data_repo_url or repo):
         print("pipeline submit: no git remote 'origin' here: pass --data-repo-url (a git URL the cluster can clone)",
               file=sys.stderr)

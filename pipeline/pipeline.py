@@ -5,7 +5,8 @@ is decided at compile time from ``params.yaml`` (the single source of truth):
 
 * the pipeline parameters' defaults: ``params_yaml`` (the whole params file, so every task builds
   the same typed config with ``tcnet.config``), ``reported_yaml`` (paper/reported.yaml, for
-  compare) and the data's git repository URL and revision. The two YAML documents are passed as
+  compare) and the data's git repository URL and revision (the last commit that changed
+  ``data.dvc`` or ``.dvc/config``, so that a new commit of code alone reuses the cached data). The two YAML documents are passed as
   one-line YAML (flow style, same data; comments dropped): kfp 2.17's compiler copies string
   defaults verbatim into the package's header comment, so a multi-line default would make the
   compiled package invalid YAML. At submit time either form (block or flow YAML) is accepted;
@@ -17,10 +18,12 @@ is decided at compile time from ``params.yaml`` (the single source of truth):
 
 Cluster settings (not pipeline parameters, they shape the pods): GPUs per train task
 (``set_accelerator_type`` + ``set_accelerator_limit``), CPU/memory requests, retries on train,
-``MLFLOW_TRACKING_URI`` on every task, the DVC remote credentials from a Kubernetes secret on
-``fetch_data``. Caching: on for the data stages (deterministic functions of repo, revision and
-params); off for train, evaluate and compare -- each of them writes this pipeline run's MLflow runs,
-which a cache hit would silently leave out (their ``pipeline_run_id`` input changes every run too).
+``MLFLOW_TRACKING_URI`` on every task, ``TCNET_CPUS`` and ``OMP_NUM_THREADS`` from each task's CPU
+request (a pod sees its node's cores), the DVC remote credentials from a Kubernetes secret on ``fetch_data``. Caching: on
+for the data stages, which get only the params sections they read (``data_params``): deterministic
+functions of repo, revision and those sections; off for train, evaluate and compare -- each of them
+writes this pipeline run's MLflow runs, which a cache hit would silently leave out (their
+``pipeline_run_id`` input changes every run too).
 """
 
 import subprocess
@@ -33,6 +36,7 @@ from kfp import dsl, kubernetes
 from kfp.dsl import Metrics
 
 from components.compare import compare
+from components.data_params import data_params
 from components.evaluate import evaluate
 from components.fetch_data import fetch_data
 from components.preprocess import preprocess
@@ -53,11 +57,12 @@ class PipelineOptions:
     params: Path = ROOT / "params.yaml"
     reported: Path = ROOT / "paper" / "reported.yaml"
     data_repo_url: str = ""  # git URL the cluster can clone ("" = this checkout's origin remote)
-    data_rev: str = ""  # git revision of the data ("" = this checkout's HEAD commit)
+    data_rev: str = ""  # git revision of the data ("" = the last commit that changed data.dvc or .dvc/config)
     gpus: int = 1  # GPUs per train task
+    eval_gpus: int = 0  # GPUs per evaluate task (0: evaluate on the CPU)
     accelerator_type: str = "nvidia.com/gpu"
-    gpu_node_label: str = ""  # "key=value" node selector for train, e.g. nvidia.com/gpu.present=true
-    gpu_toleration: bool = True  # tolerate the usual nvidia.com/gpu:NoSchedule taint of GPU nodes
+    gpu_node_label: str = ""  # "key=value" node selector for GPU tasks, e.g. nvidia.com/gpu.present=true
+    gpu_toleration: bool = True  # GPU tasks tolerate the usual nvidia.com/gpu:NoSchedule taint of GPU nodes
     train_cpu: str = "4"
     train_memory: str = "16Gi"
     data_cpu: str = "2"
@@ -95,9 +100,24 @@ def _git(*args: str) -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def default_data_source() -> tuple[str, str]:
-    """This checkout's ``origin`` URL and HEAD commit ("" where there is none)."""
-    return _git("remote", "get-url", "origin"), _git("rev-parse", "HEAD")
+def default_data_source(data_path: str = "data") -> tuple[str, str]:
+    """This checkout's ``origin`` URL and the data's revision: the last commit that changed
+    ``<data_path>.dvc`` or ``.dvc/config`` (the remote), else HEAD ("" where there is none). A commit
+    of code alone then leaves ``fetch_data``'s inputs, and its cache entry, as they were."""
+    rev = _git("log", "-1", "--format=%H", "--", f"{data_path}.dvc", ".dvc/config") or _git("rev-parse", "HEAD")
+    return _git("remote", "get-url", "origin"), rev
+
+
+def cpu_threads(request: str, processes: int = 1) -> int:
+    """Threads per process for a Kubernetes CPU request ("4", "2.5", "500m") shared by ``processes``:
+    a pod's ``os.sched_getaffinity`` is its node's cores, not its request."""
+    try:
+        cores = float(request[:-1]) / 1000 if request.endswith("m") else float(request)
+    except ValueError:
+        raise ValueError(f"CPU request {request!r} is not a Kubernetes CPU quantity (e.g. 4, 2.5, 500m)") from None
+    if not cores > 0:
+        raise ValueError(f"CPU request {request!r} must be > 0")
+    return max(1, int(cores // processes))
 
 
 def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
@@ -105,6 +125,8 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
         raise ValueError(f"gpu_node_label must be KEY=VALUE (e.g. nvidia.com/gpu.present=true), got {opts.gpu_node_label!r}")
     if opts.gpus < 1:
         raise ValueError(f"gpus must be >= 1, got {opts.gpus}")
+    if opts.eval_gpus not in (0, 1):  # evaluate runs on one device: a second GPU would sit idle
+        raise ValueError(f"eval_gpus must be 0 or 1, got {opts.eval_gpus}")
     # Each train task's GPUs share every run's batch (tcnet train --nproc): refuse a split that fails
     # at compile time, not in a pod on a GPU node.
     params = load_params(opts.params)
@@ -113,11 +135,23 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
     params_text = one_line_yaml(Path(opts.params).read_text())
     reported_text = one_line_yaml(Path(opts.reported).read_text())
     items = [{"experiment": r.experiment, "run_id": r.run_id} for r in runs]
-    repo_default, rev_default = default_data_source()
+    repo_default, rev_default = default_data_source(params.preprocess.repo_data_path())
     profile = params.profile
 
-    def common(task, cache: bool, cpu: str, memory: str):
+    def on_gpus(task, n: int):
+        task.set_accelerator_type(opts.accelerator_type).set_accelerator_limit(n)
+        if opts.gpu_toleration:
+            kubernetes.add_toleration(task, key=opts.accelerator_type, operator="Exists", effect="NoSchedule")
+        if opts.gpu_node_label:
+            key, _, value = opts.gpu_node_label.partition("=")
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+
+    def common(task, cache: bool, cpu: str, memory: str, processes: int = 1):
         task.set_env_variable("MLFLOW_TRACKING_URI", opts.mlflow_uri)
+        # A pod's affinity is its node's cores: the request sets the task's CPUs (preprocess's pool,
+        # tcnet.utils.cpus) and each process's threads (torch's; one process per GPU on train).
+        task.set_env_variable("TCNET_CPUS", str(cpu_threads(cpu)))
+        task.set_env_variable("OMP_NUM_THREADS", str(cpu_threads(cpu, processes)))
         task.set_caching_options(cache)
         # memory limit = request: a task over its share is OOM-killed alone rather than starving its
         # node (the in-memory /dev/shm counts against it too). No CPU limit: it would only throttle.
@@ -136,12 +170,14 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
         data_rev: str = opts.data_rev or rev_default,
         dvc_remote: str = "",
     ) -> Metrics:
-        fetch = fetch_data(params_yaml=params_yaml, repo_url=data_repo_url, rev=data_rev, remote=dvc_remote)
+        sections = common(data_params(params_yaml=params_yaml), True, "1", "1Gi").set_display_name("check params")
+        data_yaml = sections.output  # the preprocess and split sections: the data stages' cache keys
+        fetch = fetch_data(params_yaml=data_yaml, repo_url=data_repo_url, rev=data_rev, remote=dvc_remote)
         common(fetch, True, opts.data_cpu, opts.data_memory).set_display_name("fetch data (DVC)")
         if opts.dvc_secret:
             kubernetes.use_secret_as_env(fetch, secret_name=opts.dvc_secret, secret_key_to_env=DVC_SECRET_KEYS)
-        pre = common(preprocess(params_yaml=params_yaml, raw=fetch.outputs["raw"]), True, opts.data_cpu, opts.data_memory)
-        spl = common(split(params_yaml=params_yaml, preprocessed=pre.outputs["preprocessed"]), True, "1", "2Gi")
+        pre = common(preprocess(params_yaml=data_yaml, raw=fetch.outputs["raw"]), True, opts.data_cpu, opts.data_memory)
+        spl = common(split(params_yaml=data_yaml, preprocessed=pre.outputs["preprocessed"]), True, "1", "2Gi")
 
         with dsl.ParallelFor(items, name="runs", parallelism=opts.parallelism) as run:
             tr = train(
@@ -149,21 +185,18 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
                 preprocessed=pre.outputs["preprocessed"], splits=spl.outputs["splits"],
                 gpus=opts.gpus, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             )
-            common(tr, False, opts.train_cpu, opts.train_memory)
-            tr.set_accelerator_type(opts.accelerator_type).set_accelerator_limit(opts.gpus)
+            common(tr, False, opts.train_cpu, opts.train_memory, processes=opts.gpus)
+            on_gpus(tr, opts.gpus)
             tr.set_retry(num_retries=opts.train_retries, backoff_duration="60s", backoff_factor=2.0)
             kubernetes.empty_dir_mount(tr, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
-            if opts.gpu_toleration:
-                kubernetes.add_toleration(tr, key=opts.accelerator_type, operator="Exists", effect="NoSchedule")
-            if opts.gpu_node_label:
-                key, _, value = opts.gpu_node_label.partition("=")
-                kubernetes.add_node_selector(tr, label_key=key, label_value=value)
             ev = evaluate(
                 params_yaml=params_yaml, experiment=run.experiment, run_id=run.run_id,
                 preprocessed=pre.outputs["preprocessed"], splits=spl.outputs["splits"], raw=fetch.outputs["raw"],
                 model=tr.outputs["model"], pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             )
             common(ev, False, opts.data_cpu, opts.data_memory)
+            if opts.eval_gpus:
+                on_gpus(ev, opts.eval_gpus)
 
         cmp = compare(
             params_yaml=params_yaml, reported_yaml=reported_yaml,
@@ -178,13 +211,26 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
 def check_cluster_tracking(uri: str) -> None:
     """A package for a cluster needs an MLflow server: with an empty, sqlite or file URI every pod
     would write its runs into a store inside itself, gone when the pod ends."""
+    import ipaddress
     from urllib.parse import urlsplit
 
-    if urlsplit(uri).scheme not in ("http", "https", "databricks"):
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https", "databricks"):
         raise ValueError(
             f"--mlflow-uri {uri!r}: a cluster's tasks need an MLflow tracking server (http://... or "
             f"https://...; default {IN_CLUSTER_MLFLOW}); a local store would be written inside each pod and "
             "lost with it (docs/deploy.md). For a run on this machine use 'python -m pipeline run --local'"
+        )
+    host = (parts.hostname or "").lower()
+    try:
+        address = ipaddress.ip_address(host)
+        loopback = address.is_loopback or address.is_unspecified  # 0.0.0.0 too: the pod itself
+    except ValueError:
+        loopback = host == "localhost" or host.endswith(".localhost")
+    if loopback:
+        raise ValueError(
+            f"--mlflow-uri {uri!r}: in a pod, {host} is the pod itself, not this machine's port-forward; "
+            f"give the server's in-cluster address (default {IN_CLUSTER_MLFLOW}, docs/deploy.md §5)"
         )
 
 

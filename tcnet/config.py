@@ -16,7 +16,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Optional, Union
 
 import yaml
@@ -55,7 +55,7 @@ class PreprocessConfig:
     image_size: int = 64  # square side after resizing; multiple of 32
     image_size_overrides: dict[str, int] = field(default_factory=dict)  # per dataset, e.g. {drive: 128}
     skip_invalid: bool = False  # True: skip and report bad pairs instead of stopping
-    workers: int = 0  # process-pool size; 0 = all cores
+    workers: int = 0  # process-pool size; 0 = the CPUs this process may use (tcnet.utils.cpus)
 
     def size_for(self, dataset: str) -> int:
         return int(self.image_size_overrides.get(dataset, self.image_size))
@@ -70,6 +70,15 @@ class PreprocessConfig:
                 raise ConfigError(f"preprocess image size for {d} must be a positive multiple of 32, got {s}")
         if self.workers < 0:
             raise ConfigError(f"preprocess.workers must be >= 0 (0 = all cores), got {self.workers}")
+
+    def repo_data_path(self) -> str:
+        """``raw_dir`` as a path inside the repository, where ``<raw_dir>.dvc`` tracks it: what the
+        Kubeflow pipeline fetches (a pod has no checkout, only the repository at a revision)."""
+        path = PurePosixPath(self.raw_dir)
+        if path.is_absolute() or ".." in path.parts or str(path) == ".":
+            raise ConfigError(f"preprocess.raw_dir {self.raw_dir!r}: the pipeline fetches the data from the git "
+                              "repository, so it must be a folder inside it tracked by <raw_dir>.dvc (e.g. data)")
+        return path.as_posix()
 
 
 @dataclass(frozen=True)
@@ -388,6 +397,16 @@ def to_dict(obj) -> dict:
         return v
 
     return plain(obj)
+
+
+DATA_SECTIONS = ("preprocess", "split")
+
+
+def data_stage_params(params: Params) -> dict:
+    """The sections that the data stages read (preprocess, split; the pipeline's fetch_data), as plain
+    data, defaults included: what the Kubeflow pipeline keys their cached tasks on, so that an edit to
+    ``train`` or ``experiments`` does not fetch and preprocess the data again."""
+    return {name: to_dict(getattr(params, name)) for name in DATA_SECTIONS}
 
 
 def deep_merge(base: dict, override: dict) -> dict:

@@ -11,6 +11,7 @@ not an image, corrupt or truncated, unsupported layout).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -87,22 +88,25 @@ def _decode_error(path: Path, e: Exception) -> InvalidInputError:
 
 
 def _to_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
-    """Scale integer/float sample data to uint8 (16-bit -> /257; floats in [0, 1] -> *255)."""
+    """Scale sample data to uint8: 16-bit unsigned (either byte order) / 257; wider or signed
+    integers and floats by the range their values use (<= 1 floats: * 255; <= 255: as they are;
+    <= 65535: 16-bit data in a wider type, / 257). Anything else is refused, not clipped to white."""
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == bool:
         return arr.astype(np.uint8) * 255
-    if arr.dtype == np.uint16:
+    if arr.dtype.kind == "u" and arr.dtype.itemsize == 2:  # big-endian TIFFs too ('>u2')
         return np.round(arr.astype(np.float64) / 257.0).astype(np.uint8)
-    if np.issubdtype(arr.dtype, np.integer):
-        return np.clip(arr, 0, 255).astype(np.uint8)
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all():
-            raise InvalidInputError(f"{path}: image holds NaN or infinite values")
-        hi = float(arr.max()) if arr.size else 0.0
-        scale = 255.0 if hi <= 1.0 else 1.0
-        return np.clip(np.round(arr * scale), 0, 255).astype(np.uint8)
-    raise InvalidInputError(f"{path}: unsupported pixel type {arr.dtype}")
+    if arr.dtype.kind not in "iuf":
+        raise InvalidInputError(f"{path}: unsupported pixel type {arr.dtype}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InvalidInputError(f"{path}: image holds NaN or infinite values")
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if lo < 0 or hi > 65535:
+        raise InvalidInputError(f"{path}: pixel values {lo:g}..{hi:g} ({arr.dtype}) are outside 0..65535; "
+                                "convert it to 8- or 16-bit")
+    scale = 255.0 if arr.dtype.kind == "f" and hi <= 1.0 else 1.0 if hi <= 255 else 1 / 257.0
+    return np.clip(np.round(arr.astype(np.float64) * scale), 0, 255).astype(np.uint8)
 
 
 def _read_tifffile(path: Path) -> np.ndarray:
@@ -212,13 +216,13 @@ def _gray_array(arr: np.ndarray, path: Path) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.uint8)
 
 
-def write_png(path, arr) -> Path:
-    """Write ``arr`` (uint8 H x W, H x W x 3 or H x W x 4; bool -> 0/255) as PNG, atomically.
+def write_png(path, arr, text: Optional[dict] = None) -> Path:
+    """Write ``arr`` (uint8 H x W, H x W x 3 or H x W x 4; uint16 H x W; bool -> 0/255) as PNG, atomically.
 
     The file appears complete or not at all (temporary sibling + ``os.replace``). No timestamp or
-    other metadata is written, so the same array always gives the same bytes.
+    other metadata is written, so the same array (and ``text``: PNG tEXt fields) gives the same bytes.
     """
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
 
     from tcnet.utils.atomic import atomic_write
 
@@ -226,15 +230,22 @@ def write_png(path, arr) -> Path:
     a = np.asarray(arr)
     if a.dtype == bool:
         a = a.astype(np.uint8) * 255
-    if a.dtype != np.uint8:
-        raise ValueError(f"write_png({path}): expected a uint8 or bool array, got {a.dtype}")
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[..., 0]
+    if a.dtype.kind == "u" and a.dtype.itemsize == 2 and a.ndim == 2:  # 16-bit grey (probability maps): I;16
+        a = a.astype("<u2")
+    elif a.dtype != np.uint8:
+        raise ValueError(f"write_png({path}): expected a uint8 or bool array (or uint16 H x W), got {a.dtype} {a.shape}")
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
         raise ValueError(f"write_png({path}): expected H x W, H x W x 3 or H x W x 4, got shape {a.shape}")
-    img = Image.fromarray(np.ascontiguousarray(a))  # uint8: L, RGB or RGBA from the shape
+    img = Image.fromarray(np.ascontiguousarray(a))  # uint8: L, RGB or RGBA from the shape; uint16: I;16
+    info = None
+    if text:
+        info = PngImagePlugin.PngInfo()
+        for key, value in text.items():
+            info.add_text(key, value)
     with atomic_write(path, "wb") as f:
-        img.save(f, format="PNG")
+        img.save(f, format="PNG", pnginfo=info)
     return path
 
 

@@ -338,8 +338,8 @@ def stats_table(res: ExperimentResults, stats: pd.DataFrame, data_label: str) ->
     if res.exp.aggregation == "pooled":
         images = (f"Level images: the difference of the pooled scores over the same images, with a BCa CI from a "
                   f"paired bootstrap over images ({resamples} resamples, seeded: each resample sums the same "
-                  "images' confusion counts, and for AUC their probability histograms in 1024 bins, for both "
-                  "runs; so an AUC difference here can differ from the table's, at 65536 bins, by ~1e-4); a "
+                  "images' confusion counts, and for AUC their probability histograms in 16384 bins, for both "
+                  "runs; so an AUC difference here can differ from the table's, at 65536 bins, by up to ~5e-4); a "
                   "pooled score has no per-image test, so no W or p.")
     else:
         images = (f"Level images: Wilcoxon signed-rank (two-sided; n counts the images, the test uses the non-zero "

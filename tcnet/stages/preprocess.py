@@ -40,6 +40,7 @@ import numpy as np
 
 from tcnet.config import PreprocessConfig, to_dict
 from tcnet.utils.atomic import atomic_dir
+from tcnet.utils.cpus import available_cpus
 
 MANIFEST_COLUMNS = (
     "id", "dataset", "index", "official_split", "image_path", "mask_path", "fov_path",
@@ -513,7 +514,7 @@ def run(cfg: PreprocessConfig, raw_dir: Path, out_dir: Path) -> dict:
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     if not raw_dir.is_dir():
         raise PreprocessError(f"raw data folder {raw_dir} not found (preprocess.raw_dir / --raw)")
-    workers = cfg.workers or os.cpu_count() or 1
+    workers = cfg.workers or available_cpus()  # affinity, cgroup quota, OMP_NUM_THREADS (a pod's request)
     t_start = time.perf_counter()
     pool = _start_pool(workers) if workers > 1 else None  # the workers import while the parent does
     try:

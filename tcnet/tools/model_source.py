@@ -166,7 +166,7 @@ def resolved_checkpoint(spec: str | os.PathLike, *, uri: str | None = None,
     from mlflow.exceptions import MlflowException
 
     turi = tracking_uri(uri)
-    from tcnet.tracking import sqlite_path
+    from tcnet.tracking import MODEL_NAME, sqlite_path
 
     db = sqlite_path(turi)
     if db is not None and not db.is_file():  # MLflow would create an empty store here, then not find the model
@@ -185,8 +185,12 @@ def resolved_checkpoint(spec: str | os.PathLike, *, uri: str | None = None,
         found = None
         if local is not None:
             found = local if local.is_file() else checkpoint_in_dir(local)
-        if found is None and text.startswith("runs:/"):
-            run_id = text[len("runs:/"):].split("/", 1)[0]
+        run_id, _, artifact = text[len("runs:/"):].partition("/")
+        # The run's own checkpoint stands in for the run itself, for the torch model training logs
+        # (tcnet.tracking.MODEL_NAME: pt2, not a checkpoint; absent with mlflow.log_models false), and
+        # for an artifact that holds no checkpoint -- never for a misspelt artifact path.
+        fallback = local is not None or artifact.strip("/") in ("", MODEL_NAME)
+        if found is None and text.startswith("runs:/") and fallback:
             with contextlib.suppress(MlflowException):
                 found = checkpoint_for_run(mlflow.MlflowClient(turi).get_run(run_id), models_dir)
         if found is None:

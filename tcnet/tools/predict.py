@@ -10,7 +10,8 @@ Outputs under ``--out`` (each file written atomically):
 - ``<stem>_mask.png``: the binary mask, 8-bit, 0 = background, 255 = foreground, at the input's
   size; an ISIC image ``ISIC_0012345.jpg`` gives ``ISIC_0012345_segmentation.png`` (the challenge's
   submission name), so ``--out`` is a ready submission folder;
-- ``probs/<stem>_prob.png`` (``--probs``): the probability as 8-bit grey, ``round(255 * p)``;
+- ``probs/<stem>_prob.png`` (``--probs``): the probability as 16-bit grey, ``round(65535 * p)``
+  (``--probs-bits 8``: ``round(255 * p)``, smaller, but too coarse for AUC);
 - ``overlays/<stem>_overlay.png`` (``--overlay``): the image with the mask tinted and outlined.
 
 With ``--recursive`` the input folder's sub-folders are kept under ``--out``.
@@ -29,12 +30,18 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from tcnet.models.outputs import foreground_prob, main_output
+from tcnet.tools.score import ANNOTATION_SUFFIXES
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif")
 ISIC_ID = re.compile(r"^ISIC_\d{7}$")
-# Files that sit next to images in official layouts but are not images to segment.
-IGNORED_NAME = re.compile(r"(_superpixels|_segmentation|_mask|_prob|_overlay)$", re.IGNORECASE)
+# Files that sit next to images in official layouts but are not images to segment: the annotations
+# (ISIC, DRIVE, CHASE_DB1, PH2 masks; PH2's colour-region labels IMD002_R1_Label4), decoys, our outputs.
+IGNORED_NAME = re.compile(
+    "(" + "|".join([*ANNOTATION_SUFFIXES, "_superpixels", "_prob", "_overlay", r"_R\d+_Label\d+"]) + ")$", re.IGNORECASE)
 PROBS_DIR, OVERLAYS_DIR = "probs", "overlays"
+# Stamped into every PNG predict writes: it overwrites its own outputs, never another file (a
+# ground-truth mask of the same name when --out is the input folder).
+STAMP = {"Software": "tcnet predict"}
 
 EXIT_OK, EXIT_SKIPPED, EXIT_NOTHING = 0, 1, 2
 
@@ -44,15 +51,18 @@ folder, or an MLflow URI: runs:/<mlflow_run_id>/pyfunc (the model tcnet promote 
 models:/tcnet/3, models:/tcnet@champion.
 
 outputs: OUT/<stem>_mask.png (ISIC_xxxxxxx images: OUT/ISIC_xxxxxxx_segmentation.png), 8-bit
-0/255 at each image's original size; --probs adds OUT/probs/<stem>_prob.png, --overlay adds
-OUT/overlays/<stem>_overlay.png. Files whose names end in _mask, _segmentation, _prob, _overlay or
-_superpixels, and hidden files, are not treated as inputs.
+0/255 at each image's original size; --probs adds OUT/probs/<stem>_prob.png (16-bit), --overlay
+adds OUT/overlays/<stem>_overlay.png. Not treated as inputs: hidden files, our outputs (_prob,
+_overlay), ISIC's _superpixels, and the datasets' annotations, names ending in
+{annotations} (and PH2's _R1_Label4).
+A mask file is overwritten only if tcnet predict wrote it (a PNG text field says so): OUT may be
+the input folder; its ground-truth masks stay as they are.
 
 exit status: 0 every image was segmented; 1 some inputs were skipped (unreadable, corrupt, not an
 image, or an output that could not be written) -- the others are still written and every skipped
 file is listed with its reason; 2 nothing could be done (bad MODEL, no images found, bad option, or
 every input skipped).
-"""
+""".format(annotations=", ".join(ANNOTATION_SUFFIXES))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,6 +100,16 @@ def binarize(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 
 def prob_to_uint8(prob: np.ndarray) -> np.ndarray:
     return np.clip(np.round(prob * 255.0), 0, 255).astype(np.uint8)
+
+
+def prob_to_png(prob: np.ndarray, bits: int = 16) -> np.ndarray:
+    """The probability as grey levels: uint16 ``round(65535 p)`` or uint8 ``round(255 p)``. 8 bits
+    tie most of a weak model's pixels and bias AUC (tcnet score reads both)."""
+    if bits == 8:
+        return prob_to_uint8(prob)
+    if bits != 16:
+        raise ValueError(f"--probs-bits must be 8 or 16, got {bits}")
+    return np.clip(np.round(prob * 65535.0), 0, 65535).astype(np.uint16)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.4) -> np.ndarray:
@@ -185,6 +205,7 @@ def run(
     *,
     overlays: bool = False,
     probs: bool = False,
+    probs_bits: int = 16,
     threshold: float = 0.5,
     batch_size: int = 8,
     device: str = "auto",
@@ -206,6 +227,8 @@ def run(
         raise ValueError(f"--threshold must be in [0, 1], got {threshold}")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    if probs_bits not in (8, 16):
+        raise ValueError(f"--probs-bits must be 8 or 16, got {probs_bits}")
     inputs, out = Path(inputs), Path(out)
     log = log or (lambda msg: None)
     files = collect_inputs(inputs, recursive=recursive, exclude=out)
@@ -244,7 +267,10 @@ def run(
                     result.skipped.append((str(src), f"{src}: cannot read: {type(e).__name__}: {e}"))
             for (src, stem), img, prob in zip(ok, images, predict_probs(net, images, size, dev)):
                 try:
-                    result.written.append(_write_outputs(src, stem, img, prob, out, threshold, probs, overlays, write_png))
+                    result.written.append(_write_outputs(src, stem, img, prob, out, threshold, probs, overlays,
+                                                         write_png, probs_bits))
+                except FileExistsError as e:
+                    result.skipped.append((str(src), f"{e.filename}: {e.strerror}"))
                 except OSError as e:
                     result.skipped.append((str(src), f"cannot write its outputs under {out}: {e}"))
             bar.update(len(chunk))
@@ -253,14 +279,32 @@ def run(
     return result
 
 
-def _write_outputs(src, stem: Path, img, prob, out: Path, threshold, probs, overlays, write_png) -> dict:
+def written_by_predict(path: Path) -> bool:
+    """Whether ``path`` is a PNG that tcnet predict wrote (its :data:`STAMP`)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return getattr(im, "text", {}).get("Software") == STAMP["Software"]
+    except Exception:  # noqa: BLE001 - not an image, unreadable: not ours either way
+        return False
+
+
+def _write_outputs(src, stem: Path, img, prob, out: Path, threshold, probs, overlays, write_png,
+                   probs_bits: int = 16) -> dict:
     mask = binarize(prob, threshold)
     mask_path = out / stem.parent / f"{output_stem(stem.name)}.png"
-    write_png(mask_path, mask)
+    # Checked before anything is written. probs/ and overlays/ are predict's own folders (an unstamped
+    # file there is an older predict's output): only the mask's name can be a ground truth's.
+    if mask_path.exists() and not written_by_predict(mask_path):
+        raise FileExistsError(errno.EEXIST, "exists and tcnet predict did not write it (a ground-truth mask, or a "
+                              "mask from an older tcnet predict, which did not stamp its files); move it or choose "
+                              "another --out", str(mask_path))
+    write_png(mask_path, mask, text=STAMP)
     if probs:
-        write_png(out / PROBS_DIR / stem.parent / f"{stem.name}_prob.png", prob_to_uint8(prob))
+        write_png(out / PROBS_DIR / stem.parent / f"{stem.name}_prob.png", prob_to_png(prob, probs_bits), text=STAMP)
     if overlays:
-        write_png(out / OVERLAYS_DIR / stem.parent / f"{stem.name}_overlay.png", overlay(img, mask))
+        write_png(out / OVERLAYS_DIR / stem.parent / f"{stem.name}_overlay.png", overlay(img, mask), text=STAMP)
     h, w = mask.shape
     return {
         "input": str(src), "mask": str(mask_path), "width": w, "height": h,
@@ -281,7 +325,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the masks (created)")
     parser.add_argument("--recursive", action="store_true", help="also segment images in sub-folders (kept under --out)")
     parser.add_argument("--overlay", action="store_true", help="also write overlays/<stem>_overlay.png")
-    parser.add_argument("--probs", action="store_true", help="also write probs/<stem>_prob.png (8-bit probability)")
+    parser.add_argument("--probs", action="store_true", help="also write probs/<stem>_prob.png (the probability, "
+                        "16-bit grey: what tcnet score --probs reads for AUC)")
+    parser.add_argument("--probs-bits", type=int, choices=(8, 16), default=16,
+                        help="grey levels of --probs: 16 (default) or 8 (smaller; too coarse for AUC)")
     parser.add_argument("--threshold", type=float, default=0.5, help="foreground where probability >= this (default 0.5, as evaluate)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N (default auto)")
@@ -292,7 +339,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"tcnet predict: {msg}", file=sys.stderr)
 
     result = run(
-        args.model, args.input, args.out, overlays=args.overlay, probs=args.probs,
+        args.model, args.input, args.out, overlays=args.overlay, probs=args.probs, probs_bits=args.probs_bits,
         threshold=args.threshold, batch_size=args.batch_size, device=args.device,
         recursive=args.recursive, log=log,
     )

@@ -225,8 +225,10 @@ def _own_checkpoint(client, run, models_dir, tmp: str) -> tuple[Path | None, str
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
-        "Finds the experiment's best finished TCNet training run by the metric, logs its best.pt as\n"
-        "the tcnet pyfunc model, registers a version under --name and points --alias at it.\n"
+        "Finds the experiment's best finished TCNet training run by the metric, logs the checkpoint that\n"
+        "metric describes (best.pt; last.pt where evaluate scored last.pt, because the scored val images\n"
+        "had chosen best.pt's epoch) as the tcnet pyfunc model, registers a version under --name and\n"
+        "points --alias at it.\n"
         "Tracking URI: --tracking-uri, else MLFLOW_TRACKING_URI, else mlflow.tracking_uri in --params.\n"
         "Then: mlflow models serve -m models:/tcnet@champion --env-manager local --host 127.0.0.1 --port 5001"
     )

@@ -1,7 +1,7 @@
 """``tcnet score``: score a folder of predicted masks against ground truth, ISIC-scorer style.
 
-    tcnet score --pred PRED_DIR --truth TRUTH_DIR [--fov FOV_DIR] [--probs PROBS_DIR]
-                [--threshold 128] [--out scores.json]
+    tcnet score --pred PRED_DIR --truth TRUTH_DIR [--truth-glob '*_1stHO.png'] [--fov FOV_DIR]
+                [--probs PROBS_DIR] [--threshold 128] [--out scores.json]
 
 Files are paired by :func:`mask_id` (ISIC ``ISIC_0000000_segmentation.png`` <-> ``ISIC_0000000.png``,
 DRIVE ``01_manual1.gif`` <-> ``01_test.png``, CHASE ``Image_01L_1stHO.png`` <-> ``Image_01L.png``,
@@ -20,6 +20,7 @@ An undefined AUC (one-class truth) is written as ``null``. See ``docs/metrics.md
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import re
@@ -34,10 +35,9 @@ MASK_SUFFIXES = (".png", ".gif", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
 PROB_SUFFIXES = MASK_SUFFIXES + (".npy",)
 # Suffixes stripped from a file stem (repeatedly, case-insensitively) to get the image id:
 # ISIC truth, DRIVE truth/FOV/images, CHASE_DB1 observers, PH2 lesion masks, common prediction names.
-ID_SUFFIXES = (
-    "_segmentation", "_manual1", "_manual2", "_1stHO", "_2ndHO", "_lesion", "_mask",
-    "_test", "_training", "_pred", "_prediction", "_prob", "_probs", "_probability",
-)
+# The first seven name annotations in the official layouts (tcnet predict never segments those).
+ANNOTATION_SUFFIXES = ("_segmentation", "_manual1", "_manual2", "_1stHO", "_2ndHO", "_lesion", "_mask")
+ID_SUFFIXES = (*ANNOTATION_SUFFIXES, "_test", "_training", "_pred", "_prediction", "_prob", "_probs", "_probability")
 _ISIC_ID = re.compile(r"ISIC_(\d{7})", re.IGNORECASE)
 GREY_PALETTE_TOLERANCE = 8  # max R/G/B spread of a palette colour that still counts as grey
 TABLE_KEYS = (*METRICS, "TJA", "AUC")
@@ -73,8 +73,9 @@ def mask_id(path) -> str:
     return stem
 
 
-def _index(folder: Path, what: str, suffixes: tuple[str, ...]) -> dict[str, list[Path]]:
-    """id -> files in ``folder`` (not recursive; hidden and non-image files skipped)."""
+def _index(folder: Path, what: str, suffixes: tuple[str, ...], glob: str | None = None) -> dict[str, list[Path]]:
+    """id -> files in ``folder`` (not recursive; hidden and non-image files, and with ``glob`` the
+    names it does not match, skipped)."""
     if not folder.exists():
         raise FileNotFoundError(f"{what} folder {folder} does not exist")
     if not folder.is_dir():
@@ -82,6 +83,8 @@ def _index(folder: Path, what: str, suffixes: tuple[str, ...]) -> dict[str, list
     out: dict[str, list[Path]] = {}
     for f in sorted(folder.iterdir()):
         if f.name.startswith(".") or not f.is_file() or f.suffix.lower() not in suffixes:
+            continue
+        if glob is not None and not fnmatch.fnmatch(f.name, glob):
             continue
         out.setdefault(mask_id(f), []).append(f)
     return out
@@ -171,8 +174,11 @@ def load_probs(path) -> np.ndarray:
             raise ScoreError(f"{path}: probabilities must be finite and in [0, 1]")
         return a
     img = _open(path)
-    if img.mode.startswith("I;16"):
-        return np.asarray(img).astype(np.float64) / 65535.0
+    if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit grey ("I" where Pillow < 10.3 opens it so)
+        a = np.asarray(img).astype(np.float64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ScoreError(f"{path}: 16-bit probability map holds values outside 0..65535")
+        return a / 65535.0
     return _grey8(img, path, "probability map").astype(np.float64) / 255.0
 
 
@@ -195,8 +201,10 @@ def score_folders(
     fov_dir=None,
     threshold: int = 128,
     probs_dir=None,
+    truth_glob: str | None = None,
 ) -> dict:
-    """Score every truth mask in ``truth_dir`` against its prediction; returns the JSON contract.
+    """Score every truth mask in ``truth_dir`` (those ``truth_glob`` matches, if given) against its
+    prediction; returns the JSON contract.
 
     Raises :class:`ScoreError` (or ``FileNotFoundError``/``InvalidInputError``) naming the file
     for a missing, unreadable, non-greyscale or wrongly sized prediction (or FOV / probability map).
@@ -204,14 +212,16 @@ def score_folders(
     if not 0 <= int(threshold) <= 255:
         raise ScoreError(f"--threshold must be in 0..255 (predictions are binarised > threshold), got {threshold}")
     pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
-    truths = _index(truth_dir, "truth", MASK_SUFFIXES)
+    truths = _index(truth_dir, "truth", MASK_SUFFIXES, truth_glob)
     if not truths:
-        raise ScoreError(f"truth folder {truth_dir} holds no mask files ({', '.join(MASK_SUFFIXES)})")
+        raise ScoreError(f"truth folder {truth_dir} holds no mask files ({', '.join(MASK_SUFFIXES)})"
+                         + (f" matching --truth-glob {truth_glob!r}" if truth_glob else ""))
     for image_id, files in truths.items():
         if len(files) > 1:
             raise ScoreError(
                 f"truth folder {truth_dir} has several masks for id {image_id}: "
-                f"{', '.join(f.name for f in files)}; keep one truth mask per image in the folder"
+                f"{', '.join(f.name for f in files)}; keep one truth mask per image in the folder, or pick "
+                "them with --truth-glob (e.g. '*_1stHO.png' for CHASE_DB1's first observer)"
             )
     preds = _index(pred_dir, "prediction", MASK_SUFFIXES)
     fovs = None if fov_dir is None else _index(Path(fov_dir), "FOV", MASK_SUFFIXES)
@@ -282,6 +292,9 @@ def format_table(result: dict) -> str:
 def add_arguments(parser) -> None:
     parser.add_argument("--pred", required=True, metavar="DIR", help="predicted masks (8-bit greyscale, 0..255)")
     parser.add_argument("--truth", required=True, metavar="DIR", help="ground-truth masks (one per image)")
+    parser.add_argument("--truth-glob", metavar="PATTERN",
+                        help="only the truth files whose names match, for a folder that holds images or several "
+                             "observers too (CHASE_DB1: '*_1stHO.png')")
     parser.add_argument("--fov", metavar="DIR", help="field-of-view masks: only pixels inside count (retina)")
     parser.add_argument(
         "--threshold", type=int, default=128, metavar="T",
@@ -296,7 +309,8 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    result = score_folders(args.pred, args.truth, fov_dir=args.fov, threshold=args.threshold, probs_dir=args.probs)
+    result = score_folders(args.pred, args.truth, fov_dir=args.fov, threshold=args.threshold, probs_dir=args.probs,
+                           truth_glob=args.truth_glob)
     n = len(result["per_image"])
     print(f"scored {n} image{'s' if n != 1 else ''}: mean = per-image average (ISIC), pooled = summed counts (retina)")
     print(format_table(result))

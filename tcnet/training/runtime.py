@@ -205,12 +205,14 @@ def per_process_batch(batch_size: int, processes: int) -> int:
 
 
 def worker_env(nproc: int, environ) -> dict:
-    """The workers' environment: ``environ`` with ``OMP_NUM_THREADS`` = this process's cores shared
-    among ``nproc`` workers, unless it is set (torchrun would set 1)."""
+    """The workers' environment: ``environ`` with ``OMP_NUM_THREADS`` = this process's CPUs (affinity,
+    cgroup quota: :func:`tcnet.utils.cpus.available_cpus`) shared among ``nproc`` workers, unless it
+    is set (torchrun would set 1)."""
+    from tcnet.utils.cpus import available_cpus
+
     env = dict(environ)
     if "OMP_NUM_THREADS" not in env:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # macOS
-        env["OMP_NUM_THREADS"] = str(max(1, cores // int(nproc)))
+        env["OMP_NUM_THREADS"] = str(max(1, available_cpus(env) // int(nproc)))
     return env
 
 

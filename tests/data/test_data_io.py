@@ -135,3 +135,28 @@ def test_planar_16_bit_rgb_tiff_and_oversized_images(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 600 pixels: over twice the limit
     with pytest.raises(InvalidInputError, match=r"big\.png: image too large to decode safely"):
         read_image(tmp_path / "big.png")
+
+
+def test_wide_and_big_endian_samples_are_scaled_not_clipped_to_white(tmp_path):
+    """A big-endian 16-bit TIFF, 16-bit data in int32 or float32: the same grey as the 8-bit image."""
+    import tifffile
+
+    grey = np.tile(np.arange(256, dtype=np.uint16), (4, 1))
+    cases = {"be16": (grey * 257, ">"), "i32": (grey.astype(np.int32) * 257, "<"),
+             "f32": (grey.astype(np.float32) * 257, "<"), "unit": (grey.astype(np.float32) / 255, "<")}
+    for name, (data, order) in cases.items():
+        tifffile.imwrite(tmp_path / f"{name}.tif", data, byteorder=order)
+        np.testing.assert_array_equal(read_gray(tmp_path / f"{name}.tif"), grey.astype(np.uint8), err_msg=name)
+    tifffile.imwrite(tmp_path / "neg.tif", grey.astype(np.int16) - 5)
+    with pytest.raises(InvalidInputError, match=r"neg\.tif: pixel values -5\.\.250 .* outside 0\.\.65535"):
+        read_image(tmp_path / "neg.tif")
+
+
+def test_write_png_text_fields_are_kept_and_deterministic(tmp_path):
+    a = np.zeros((4, 5), np.uint8)
+    write_png(tmp_path / "a.png", a, text={"Software": "tcnet predict"})
+    write_png(tmp_path / "b.png", a, text={"Software": "tcnet predict"})
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    with Image.open(tmp_path / "a.png") as im:
+        assert im.text == {"Software": "tcnet predict"}
+    np.testing.assert_array_equal(read_gray(tmp_path / "a.png"), a)

@@ -3,12 +3,15 @@
 import ast
 import inspect
 import textwrap
+from pathlib import Path
 
 import pytest
+import yaml
 
 import components
 from components.image import IMAGE
 
+ROOT = Path(__file__).resolve().parents[2]
 STAGE_COMPONENTS = ("preprocess", "split", "train", "evaluate", "compare")
 
 
@@ -22,7 +25,7 @@ def body_statements(func) -> list[str]:
     return [ln for ln in lines if ln.strip() and not ln.strip().startswith(("#", "import ", "from "))]
 
 
-@pytest.mark.parametrize("name", ("fetch_data", *STAGE_COMPONENTS))
+@pytest.mark.parametrize("name", ("data_params", "fetch_data", *STAGE_COMPONENTS))
 def test_component_is_short_and_runs_on_the_project_image(name):
     comp = getattr(components, name)
     container = comp.component_spec.implementation.container
@@ -67,3 +70,18 @@ def test_train_uses_the_stage_multi_gpu_option():
 def test_fetch_data_reads_through_dvc():
     src = inspect.getsource(components.fetch_data.python_func)
     assert "DVCFileSystem(repo_url, rev=" in src
+
+
+def test_data_params_hands_on_only_what_the_data_stages_read():
+    """The data stages' cache keys: a train or experiments edit leaves them as they were."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    sliced = components.data_params.python_func(yaml.safe_dump(params))
+    assert "\n" not in sliced.strip()  # one line, like the package's defaults
+    assert set(yaml.safe_load(sliced)) == {"preprocess", "split"}
+    assert yaml.safe_load(sliced)["preprocess"]["image_size"] == params["preprocess"]["image_size"]
+    edited = {**params, "train": {**params["train"], "lr": 0.5}, "experiments": dict(list(params["experiments"].items())[:1])}
+    assert components.data_params.python_func(yaml.safe_dump(edited)) == sliced
+    edited = {**params, "split": {**params["split"], "seed": 7}}
+    assert components.data_params.python_func(yaml.safe_dump(edited)) != sliced
+    with pytest.raises(Exception, match="unknown config key 'trian'"):  # the whole params checked in the first pod
+        components.data_params.python_func(yaml.safe_dump({**params, "trian": {}}))

@@ -70,19 +70,20 @@ def data_repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def outputs(data_repo, tmp_path_factory):
-    """The three data components chained in a pipeline under the local runner: their artifacts."""
+    """The data components chained as in the pipeline, under the local runner: their artifacts."""
     from kfp import dsl, local
     from kfp.dsl import Dataset
 
-    from components import fetch_data, preprocess, split
+    from components import data_params, fetch_data, preprocess, split
     from pipeline.pipeline import one_line_yaml
 
     @dsl.pipeline
     def data_stages(params_yaml: str, repo_url: str, rev: str) -> NamedTuple(
             "Outputs", raw=Dataset, preprocessed=Dataset, splits=Dataset):
-        f = fetch_data(params_yaml=params_yaml, repo_url=repo_url, rev=rev)
-        p = preprocess(params_yaml=params_yaml, raw=f.outputs["raw"])
-        s = split(params_yaml=params_yaml, preprocessed=p.outputs["preprocessed"])
+        data_yaml = data_params(params_yaml=params_yaml).output  # the preprocess and split sections
+        f = fetch_data(params_yaml=data_yaml, repo_url=repo_url, rev=rev)
+        p = preprocess(params_yaml=data_yaml, raw=f.outputs["raw"])
+        s = split(params_yaml=data_yaml, preprocessed=p.outputs["preprocessed"])
         return NamedTuple("Outputs", raw=Dataset, preprocessed=Dataset, splits=Dataset)(
             f.outputs["raw"], p.outputs["preprocessed"], s.outputs["splits"])
 

@@ -2,12 +2,13 @@
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tcnet.config import expand_runs, load_params
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ("fetch_data", "preprocess", "split", "train", "evaluate", "compare")
+STAGES = ("data_params", "fetch_data", "preprocess", "split", "train", "evaluate", "compare")
 
 
 def executors(spec) -> dict:
@@ -65,7 +66,7 @@ def test_train_requests_gpus_cpu_memory_and_retries(compiled):
 def test_caching_on_for_data_stages_off_for_mlflow_stages(compiled):
     _, spec, _ = compiled
     tasks = spec["root"]["dag"]["tasks"]
-    for t in ("fetch-data", "preprocess", "split"):
+    for t in ("data-params", "fetch-data", "preprocess", "split"):
         assert tasks[t]["cachingOptions"].get("enableCache") is True, t
     assert not tasks["compare"]["cachingOptions"].get("enableCache")
     _, loop = loop_task(spec)
@@ -80,12 +81,19 @@ def test_parameters_default_to_params_yaml_and_the_data_revision(compiled):
     assert yaml.safe_load(p["reported_yaml"]["defaultValue"]) == yaml.safe_load((ROOT / "paper/reported.yaml").read_text())
     assert p["data_repo_url"]["defaultValue"] == "https://git.example.com/tcnet.git"
     assert p["data_rev"]["defaultValue"] == "v0.1.0"
-    # every task gets the same params
-    for task in [*spec["root"]["dag"]["tasks"].values(), *next(
-            c["dag"]["tasks"] for n, c in spec["components"].items() if n.startswith("comp-for-loop")).values()]:
+    # the data stages get the params sections they read (their cache keys), the others the whole params
+    data_stages = {"fetch-data", "preprocess", "split"}
+    seen = set()
+    for name, task in [*spec["root"]["dag"]["tasks"].items(), *next(
+            c["dag"]["tasks"] for n, c in spec["components"].items() if n.startswith("comp-for-loop")).items()]:
         if "params_yaml" in task.get("inputs", {}).get("parameters", {}):
             src = task["inputs"]["parameters"]["params_yaml"]
-            assert src.get("componentInputParameter", "").endswith("params_yaml"), task["taskInfo"]
+            seen.add(name)
+            if name in data_stages:
+                assert src["taskOutputParameter"] == {"outputParameterKey": "Output", "producerTask": "data-params"}, name
+            else:
+                assert src.get("componentInputParameter", "").endswith("params_yaml"), name
+    assert data_stages | {"data-params", "train", "evaluate", "compare"} <= seen
 
 
 def test_dvc_secret_and_mlflow_env_are_wired(compiled):
@@ -97,6 +105,11 @@ def test_dvc_secret_and_mlflow_env_are_wired(compiled):
     for name, ex in executors(spec).items():
         env = {e["name"]: e["value"] for e in ex["container"].get("env", [])}
         assert env.get("MLFLOW_TRACKING_URI", "").startswith("http"), name
+        # a pod sees its node's cores: threads and preprocess's workers follow the CPU request
+        cpu = ex["container"]["resources"]["resourceCpuRequest"]
+        per_process = 2 if name == "exec-train" else 1  # --gpus 2 share the train task's 4 CPUs
+        assert env["OMP_NUM_THREADS"] == str(max(1, int(float(cpu)) // per_process)), name
+        assert env["TCNET_CPUS"] == str(max(1, int(float(cpu)))), name
 
 
 def test_mlflow_stages_get_the_pipeline_run_id(compiled):
@@ -105,3 +118,64 @@ def test_mlflow_stages_get_the_pipeline_run_id(compiled):
     tasks = [spec["root"]["dag"]["tasks"]["compare"], *spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"].values()]
     for t in tasks:
         assert t["inputs"]["parameters"]["pipeline_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+
+
+def test_evaluate_gets_gpus_only_when_asked(compiled, tmp_path):
+    from pipeline.pipeline import PipelineOptions, compile_pipeline
+
+    _, spec, _ = compiled
+    assert "accelerator" not in executors(spec)["exec-evaluate"]["container"]["resources"]  # default: on the CPU
+    out = compile_pipeline(PipelineOptions(eval_gpus=1, data_repo_url="https://git.example.com/t.git", data_rev="v1"),
+                           tmp_path / "p.yaml")
+    spec, platform = yaml.safe_load_all(out.read_text())
+    res = executors(spec)["exec-evaluate"]["container"]["resources"]
+    assert (res["accelerator"]["resourceType"], res["accelerator"]["resourceCount"]) == ("nvidia.com/gpu", "1")
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-evaluate"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in k8s["tolerations"]
+
+
+@pytest.mark.parametrize("uri", ["http://localhost:5000", "http://127.0.0.1:5000", "https://[::1]:443", "http://api.localhost",
+                                 "http://0.0.0.0:5000"])
+def test_a_loopback_tracking_uri_is_refused_for_a_cluster(uri):
+    from pipeline.pipeline import check_cluster_tracking
+
+    with pytest.raises(ValueError, match="the pod itself"):
+        check_cluster_tracking(uri)
+
+
+def test_cpu_requests_become_threads():
+    from pipeline.pipeline import cpu_threads
+
+    assert cpu_threads("4") == 4 and cpu_threads("4", 2) == 2 and cpu_threads("3", 2) == 1
+    assert cpu_threads("500m") == 1 and cpu_threads("2500m") == 2 and cpu_threads("1.5") == 1
+    for bad in ("four", "0", "-1"):
+        with pytest.raises(ValueError, match="CPU"):
+            cpu_threads(bad)
+
+
+def test_the_data_revision_is_the_last_commit_that_changed_the_data(tmp_path, monkeypatch):
+    """A commit of code alone keeps fetch_data's inputs, so its cache entry and the data stages' hold."""
+    import subprocess
+
+    import pipeline.pipeline as pl
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    (tmp_path / "data.dvc").write_text("outs:\n- md5: 1.dir\n  path: data\n")
+    git("add", "-A")
+    git("commit", "-qm", "data")
+    data_commit = git("rev-parse", "HEAD")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("commit", "-qm", "code")
+    monkeypatch.setattr(pl, "ROOT", tmp_path)
+    assert pl.default_data_source("data")[1] == data_commit
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc/config").write_text("[core]\n    remote = s3\n")  # a new remote is a new data source
+    git("add", "-A")
+    git("commit", "-qm", "remote")
+    assert pl.default_data_source("data")[1] == git("rev-parse", "HEAD")

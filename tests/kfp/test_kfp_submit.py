@@ -103,7 +103,7 @@ def test_submit_without_a_data_repository_says_what_to_pass(monkeypatch, capsys)
     import pipeline.pipeline as pl
     from pipeline.__main__ import main
 
-    monkeypatch.setattr(pl, "default_data_source", lambda: ("", ""))
+    monkeypatch.setattr(pl, "default_data_source", lambda *a: ("", ""))
     assert main(["submit", "--host", "http://127.0.0.1:9"]) == 2
     assert "--data-repo-url" in capsys.readouterr().err
 

@@ -440,10 +440,21 @@ def test_a_process_that_cannot_read_what_process_0_resumes_from_fails(data, tmp_
 def test_workers_get_the_cores_shared_unless_told():
     from tcnet.training.runtime import worker_env
 
-    cores = len(os.sched_getaffinity(0))
+    from tcnet.utils.cpus import available_cpus
+
+    cores = available_cpus({})
     assert worker_env(2, {"PATH": "/bin"})["OMP_NUM_THREADS"] == str(max(1, cores // 2))
     assert worker_env(64, {})["OMP_NUM_THREADS"] == "1"
     assert worker_env(2, {"OMP_NUM_THREADS": "7"})["OMP_NUM_THREADS"] == "7"
+
+
+def test_workers_share_a_containers_cpu_quota_not_its_nodes_cores(monkeypatch):
+    from tcnet.training.runtime import worker_env
+    from tcnet.utils import cpus
+
+    monkeypatch.setattr(cpus, "affinity_cpus", lambda: 64)  # a pod's affinity: the node's cores
+    monkeypatch.setattr(cpus, "cgroup_cpu_quota", lambda: 6.0)  # its CPU limit
+    assert worker_env(2, {})["OMP_NUM_THREADS"] == "3"
 
 
 @pytest.mark.slow

@@ -110,6 +110,13 @@ def test_masks_match_the_training_preprocessing(checkpoint, tmp_path, monkeypatc
     _, mask = read_png(tmp_path / "out" / "a_mask.png")
     np.testing.assert_array_equal(mask, np.where(p >= thr, 255, 0))
     assert 0 < (mask == 255).mean() < 1
+    # --probs: 16-bit grey by default (what score reads for AUC), 8-bit on request
+    for bits, dtype, scale in ((16, np.uint16, 65535), (8, np.uint8, 255)):
+        predict.run(str(checkpoint), tmp_path / "a.png", tmp_path / f"p{bits}", probs=True, probs_bits=bits, device="cpu")
+        with Image.open(tmp_path / f"p{bits}" / "probs" / "a_prob.png") as im:
+            grey = np.asarray(im)
+        assert grey.dtype == dtype or (bits == 16 and im.mode.startswith("I"))
+        np.testing.assert_allclose(grey.astype(np.float64) / scale, p, atol=0.5 / scale + 1e-6)
 
 
 def test_threshold_extremes_give_0_and_255(checkpoint, tmp_path):
@@ -195,3 +202,70 @@ def test_when_every_input_is_skipped_the_exit_status_is_2(checkpoint, tmp_path, 
     rc = cli(["predict", "--model", str(checkpoint), "--input", str(src), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == 2 and "0 image(s) segmented" in err and "broken.jpg" in err
+
+
+def test_ground_truth_next_to_the_images_is_never_overwritten(checkpoint, tmp_path, capsys):
+    """OUT = an ISIC folder: the ground truth has the prediction's name; predict skips that image,
+    writes none of its files, and still replaces its own outputs on a second run."""
+    src = tmp_path / "isic"
+    src.mkdir()
+    Image.fromarray(rgb(40, 50, 1)).save(src / "ISIC_0000001.jpg", quality=90)
+    Image.fromarray(rgb(40, 50, 2)).save(src / "ISIC_0000002.jpg", quality=90)
+    truth = np.zeros((40, 50), np.uint8)
+    truth[10:30, 10:40] = 255
+    Image.fromarray(truth).save(src / "ISIC_0000001_segmentation.png")
+    before = (src / "ISIC_0000001_segmentation.png").read_bytes()
+    for _ in range(2):
+        rc = cli(["predict", "--model", str(checkpoint), "--input", str(src), "--out", str(src), "--overlay"])
+        err = capsys.readouterr().err
+        assert rc == 1 and "1 image(s) segmented" in err, err
+        assert "ISIC_0000001_segmentation.png: exists and tcnet predict did not write it" in err
+    assert (src / "ISIC_0000001_segmentation.png").read_bytes() == before
+    assert not (src / "overlays" / "ISIC_0000001_overlay.png").exists()  # checked before anything is written
+    assert predict.written_by_predict(src / "ISIC_0000002_segmentation.png")
+    assert not predict.written_by_predict(src / "ISIC_0000001_segmentation.png")
+
+
+def test_official_layouts_annotations_are_not_segmented(checkpoint, tmp_path, capsys):
+    """CHASE_DB1 keeps both observers beside the images; PH2 its lesion and colour-region masks."""
+    assert cli(["synth", "chase_db1", "--out", str(tmp_path / "c"), "--n", "2"]) == 0
+    images = predict.collect_inputs(tmp_path / "c", recursive=True)
+    assert images and all(not p.stem.endswith(("_1stHO", "_2ndHO")) for p in images)
+    assert cli(["synth", "ph2", "--out", str(tmp_path / "p"), "--n", "2"]) == 0
+    roi = tmp_path / "p" / "extra" / "IMD002_roi"
+    roi.mkdir(parents=True)
+    Image.fromarray(rgb(20, 20)).save(roi / "IMD002_R1_Label4.bmp")
+    found = predict.collect_inputs(tmp_path / "p", recursive=True)
+    assert found and not any("Label" in p.stem or p.stem.endswith("_lesion") for p in found)
+    capsys.readouterr()
+
+
+def test_probability_maps_give_score_the_auc_of_the_float_probabilities(checkpoint, tmp_path, capsys):
+    """predict --probs (16-bit) -> score --probs: the AUC of the model's own float probabilities."""
+    import json
+
+    from sklearn.metrics import roc_auc_score
+
+    from tcnet.checkpoint import load_model
+
+    src, truth_dir = tmp_path / "in", tmp_path / "truth"
+    src.mkdir()
+    truth_dir.mkdir()
+    images = {f"case{i}": rgb(40, 52, 20 + i) for i in range(3)}
+    for name, img in images.items():
+        Image.fromarray(img).save(src / f"{name}.png")
+    model, meta = load_model(checkpoint, torch.device("cpu"))
+    model.eval()
+    probs = predict.predict_probs(model, list(images.values()), meta["image_size"], torch.device("cpu"))
+    cut = float(np.median(np.concatenate([p.ravel() for p in probs])))  # truth that the ranking half-explains
+    for (name, img), p in zip(images.items(), probs):
+        noise = np.random.default_rng(1).random(p.shape) < 0.2
+        Image.fromarray(np.where((p >= cut) ^ noise, 255, 0).astype(np.uint8)).save(truth_dir / f"{name}.png")
+    assert cli(["predict", "--model", str(checkpoint), "--input", str(src), "--out", str(tmp_path / "out"), "--probs"]) == 0
+    assert cli(["score", "--pred", str(tmp_path / "out"), "--truth", str(truth_dir), "--probs",
+                str(tmp_path / "out" / "probs"), "--out", str(tmp_path / "s.json")]) == 0
+    capsys.readouterr()
+    got = json.loads((tmp_path / "s.json").read_text())["per_image"]
+    for row, p in zip(sorted(got, key=lambda r: r["id"]), probs):
+        truth = np.asarray(Image.open(truth_dir / f"{row['id']}.png")) > 0
+        assert row["AUC"] == pytest.approx(roc_auc_score(truth.ravel(), p.ravel()), abs=2e-4)

@@ -154,6 +154,9 @@ def test_a_training_runs_model_uri_resolves_to_its_checkpoint(store, tmp_path):
     assert cli(["predict", "--model", f"runs:/{mlflow_id}/model", "--input", str(tmp_path / "z.png"),
                 "--out", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "z_mask.png").is_file()
+    with pytest.raises(ValueError, match="cannot be fetched"):  # a misspelt artifact is not the run's checkpoint
+        with resolved_checkpoint(f"runs:/{mlflow_id}/pyfnuc"):
+            pass
 
 
 def test_the_file_the_metric_describes_is_registered(store):

@@ -239,3 +239,22 @@ def test_duplicate_predictions_and_missing_folder(folders, capsys):
     assert "several" in _fails(capsys, folders, "ISIC_0000001.png", "ISIC_0000001_pred.png")
     rc, _, err = _run(capsys, "--pred", folders / "nope", "--truth", folders / "truth")
     assert rc == 2 and "nope" in err
+
+
+def test_truth_glob_picks_one_observer_from_the_chase_folder(tmp_path, capsys):
+    """CHASE_DB1's official folder holds each image and both observers' masks side by side."""
+    assert cli(["synth", "chase_db1", "--out", str(tmp_path / "c"), "--n", "2"]) == 0
+    capsys.readouterr()
+    truth_dir = next(p.parent for p in (tmp_path / "c").rglob("*_1stHO.png"))
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for t in truth_dir.glob("*_1stHO.png"):
+        Image.open(t).convert("L").save(pred / t.name.replace("_1stHO", "_mask"))  # the 1st observer as prediction
+    rc, _, err = _run(capsys, "--pred", pred, "--truth", truth_dir)
+    assert rc == 2 and "several masks for id" in err and "--truth-glob" in err
+    rc, out, err = _run(capsys, "--pred", pred, "--truth", truth_dir, "--truth-glob", "*_1stHO.png", "--out", tmp_path / "s.json")
+    assert rc == 0, err
+    scores = json.loads((tmp_path / "s.json").read_text())
+    assert len(scores["per_image"]) == len(list(truth_dir.glob("*_1stHO.png"))) and scores["mean"]["DI"] == 1.0
+    rc, _, err = _run(capsys, "--pred", pred, "--truth", truth_dir, "--truth-glob", "*_3rdHO.png")
+    assert rc == 2 and "matching --truth-glob '*_3rdHO.png'" in err
