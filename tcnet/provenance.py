@@ -53,13 +53,15 @@ def git_state(root: Optional[str] = None) -> tuple[str, bool]:
     """``(commit sha, dirty)`` of the checkout at ``root`` (default: the one the tcnet code comes from);
     ``$TCNET_GIT_COMMIT`` or ``("unknown", False)`` outside git.
 
-    Dirty = a tracked file differs from the commit (untracked files are not counted).
+    Dirty = a tracked file differs from the commit (untracked files are not counted), except
+    ``dvc.lock``: ``dvc repro`` rewrites it after each stage, so counting it would call the later
+    stages of one clean run dirty (and split its MLflow parent run in two).
     """
     root_path = Path(root) if root else code_root()
     sha = _git(root_path, "rev-parse", "HEAD")
     if not sha:
         return os.environ.get(GIT_COMMIT_ENV, "").strip() or UNKNOWN, False
-    status = _git(root_path, "status", "--porcelain", "--untracked-files=no")
+    status = _git(root_path, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock")
     return sha, bool(status)
 
 

@@ -97,13 +97,16 @@ def pipeline_run_id(params=None) -> str:
 
 
 def flatten(d: Mapping, prefix: str = "", sep: str = ".") -> dict[str, Any]:
-    """``{"train": {"loss": {"ce_weight": .5}}} -> {"train.loss.ce_weight": .5}``; lists as JSON."""
+    """``{"train": {"loss": {"ce_weight": .5}}} -> {"train.loss.ce_weight": .5}``; lists as JSON. An
+    empty mapping gives no key: ``model_kwargs: {}`` beside ``model_kwargs: {base_channels: 32}``
+    leaves ``run.model_kwargs.base_channels`` blank, where a ``"{}"`` value under the parent key
+    would sit in another column of MLflow's compare view."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{sep}{k}" if prefix else str(k)
-        if isinstance(v, Mapping) and v:
+        if isinstance(v, Mapping):
             out.update(flatten(v, key, sep))
-        elif isinstance(v, (list, tuple, Mapping)):
+        elif isinstance(v, (list, tuple)):
             out[key] = json.dumps(v, default=str)
         else:
             out[key] = v

@@ -57,6 +57,9 @@ def test_retry_backs_off_on_locked_database_only(monkeypatch):
 def test_flatten_and_null_logger():
     assert tracking.flatten({"t": {"loss": {"w": 0.5}, "sizes": [1, 2]}, "x": None}) == {
         "t.loss.w": 0.5, "t.sizes": "[1, 2]", "x": None}
+    # an empty mapping gives no key, so runs with and without an override line up in MLflow's compare view
+    assert tracking.flatten({"kw": {}, "o": 1}) == {"o": 1}
+    assert tracking.flatten({"kw": {"base_channels": 32}, "o": 1}) == {"kw.base_channels": 32, "o": 1}
     null = tracking.NullRunLogger()
     null.log_metrics({"a": 1}, step=1)
     with null.active(system_metrics=True):
@@ -173,3 +176,30 @@ def test_the_commit_is_the_codes_not_the_working_folders(tmp_path, monkeypatch):
     if expected.returncode:  # an installed wheel, outside any checkout
         pytest.skip("tcnet is not running from a git checkout")
     assert sha == expected.stdout.strip() and collect("cpu", root=tmp_path)["tcnet.git_commit"] == sha
+
+
+def test_dvc_lock_rewritten_by_dvc_repro_does_not_make_the_checkout_dirty(tmp_path):
+    """dvc repro rewrites dvc.lock after every stage: the later stages of one run are not 'dirty'."""
+    import subprocess
+
+    from tcnet.provenance import git_state
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    (tmp_path / "params.yaml").write_text("a: 1\n")
+    git("add", "-A")
+    git("commit", "-qm", "x")
+    git_state.cache_clear()
+    assert git_state(str(tmp_path))[1] is False
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    git_state.cache_clear()
+    assert git_state(str(tmp_path))[1] is False
+    (tmp_path / "params.yaml").write_text("a: 2\n")  # a real change still counts
+    git_state.cache_clear()
+    assert git_state(str(tmp_path))[1] is True
+    git_state.cache_clear()

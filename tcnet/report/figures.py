@@ -62,10 +62,17 @@ def figure_kinds(res: ExperimentResults) -> list[str]:
 
 
 def _suptitle(fig: Figure, res: ExperimentResults, what: str, data_label: str) -> None:
-    fig.suptitle(
-        f"{res.exp.reproduces} - {what}\n[data: {data_label}; aggregation: {res.exp.aggregation}]",
+    fig.suptitle(  # the experiment first: "Fig. 2 - training loss" read as if it were the paper's own figure
+        f"{res.exp.title} (reproduces {res.exp.reproduces}): {what}\n"
+        f"[data: {data_label}; aggregation: {res.exp.aggregation}]",
         fontsize=9,
     )
+
+
+def _legend(ax, n_entries: int) -> None:
+    """The legend below the axes, where it covers no point, bar or error bar."""
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(4, max(1, n_entries)),
+              frameon=False)
 
 
 def _axes(fig: Figure, n: int):
@@ -75,7 +82,8 @@ def _axes(fig: Figure, n: int):
 
 def _save(fig: Figure, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=100, format="png", metadata={"Software": None})
+    # bbox "tight": the legends below the axes are part of the picture
+    fig.savefig(path, dpi=110, format="png", metadata={"Software": None}, bbox_inches="tight")
 
 
 def _unit_label(res: ExperimentResults) -> str:
@@ -96,7 +104,7 @@ def _sweep(res, summary, ref, data_label, path) -> str:
         ax.set_ylabel(_unit_label(res))
         ax.set_title(d.name, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _legend(ax, len(res.exp.metrics))
     _suptitle(fig, res, f"metrics vs {name}", data_label)
     _save(fig, path)
     return f"Metrics against {name}"
@@ -138,10 +146,11 @@ def _curves(res, column: str, what: str, data_label, path) -> str:
         ax.set_ylabel(column)
         ax.set_title(d.name, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        _legend(ax, len(res.exp.runs))
     _suptitle(fig, res, what, data_label)
     _save(fig, path)
-    return what.capitalize() + " per epoch (mean over folds)"
+    multi_fold = any(len(res.folds(d.name)) > 1 for d in res.exp.data)
+    return what[0].upper() + what[1:] + " per epoch" + (" (mean over folds)" if multi_fold else "")
 
 
 def _roc(res, summary, data_label, path) -> str:
@@ -199,9 +208,12 @@ def _bars(res, summary, ref, data_label, path, n_resamples, confidence, seed) ->
     for ax, d in zip(_axes(fig, len(res.exp.data)), res.exp.data):
         vals = summary[(summary.kind == "value") & (summary.data == d.name)]
         paper_label = "paper (as printed)"
+        reach = []  # the lowest and highest ends of the bars' error bars: the axis must show them
         for i, v in enumerate(variants):
             cells = vals[vals.variant == v.name].set_index("metric").reindex(metrics)
             err = np.array([bar_errors(res, d.name, v.name, m, n_resamples, confidence, seed) for m in metrics]).T
+            ours = cells.ours.to_numpy(dtype=float)
+            reach += [*(ours - err[0]), *(ours + err[1])]
             pos = x - 0.4 + width * (i + 0.5)
             ax.bar(pos, cells.ours.fillna(0), width, yerr=err if err.any() else None, capsize=2,
                    label=v.label or v.name)
@@ -212,14 +224,16 @@ def _bars(res, summary, ref, data_label, path, n_resamples, confidence, seed) ->
         ax.set_xticks(x, [ref.name(m) for m in metrics])
         ax.set_ylabel(_unit_label(res))
         ax.set_title(d.name, fontsize=9)
-        shown = pd.concat([vals.ours, vals.paper]).astype(float)  # the paper's markers too: never cut off
+        # the paper's markers and the error bars too: never cut off
+        shown = np.concatenate([vals.ours.to_numpy(float), vals.paper.to_numpy(float), np.asarray(reach, float)])
         finite = shown[np.isfinite(shown)]
         if len(finite):  # zoom on the range the bars and markers span; the label says where the axis starts
             low = max(0.0, float(finite.min()) - 0.1 * res.scale)
-            ax.set_ylim(low, res.scale * 1.02)
+            low = 0.0 if low < 0.25 * res.scale else low  # a zoom that keeps most of the axis is no zoom
+            ax.set_ylim(low, max(res.scale, float(finite.max())) * 1.02)
             if low > 0:
                 ax.set_ylabel(f"{_unit_label(res)} (axis starts at {low:.3g}, not 0)")
-        ax.legend(fontsize=6, ncol=2)
+        _legend(ax, len(variants) + 1)
     err_txt = "error bars: sd over folds" if multi_fold else (
         f"error bars: {confidence:.0%} bootstrap CI of the per-image mean"
         if res.exp.aggregation == "mean" else "no error bars (one pooled score per run)"
@@ -227,6 +241,13 @@ def _bars(res, summary, ref, data_label, path, n_resamples, confidence, seed) ->
     _suptitle(fig, res, f"metrics per variant; {err_txt}", data_label)
     _save(fig, path)
     return f"Metrics per variant ({err_txt})"
+
+
+def _val_loss_what(res: ExperimentResults) -> str:
+    """What val_loss was computed on: the scored images (part val) or held-out training images."""
+    if all(d.part == "val" for d in res.exp.data):
+        return "validation loss (on the scored validation images)"
+    return "validation loss (on training images held out for checkpoint selection, not the scored test images)"
 
 
 def draw_figures(res: ExperimentResults, summary: pd.DataFrame, ref: PaperRef, out_dir: Path,
@@ -246,7 +267,7 @@ def draw_figures(res: ExperimentResults, summary: pd.DataFrame, ref: PaperRef, o
             add(kind, "fig_sweep.png", lambda p: _sweep(res, summary, ref, data_label, p))
         elif kind == "curves":
             add(kind, "fig_train_loss.png", lambda p: _curves(res, "train_loss", "training loss", data_label, p))
-            add(kind, "fig_val_loss.png", lambda p: _curves(res, "val_loss", "validation (test) loss", data_label, p))
+            add(kind, "fig_val_loss.png", lambda p: _curves(res, "val_loss", _val_loss_what(res), data_label, p))
         elif kind == "roc":
             add(kind, "fig_roc.png", lambda p: _roc(res, summary, data_label, p))
         elif kind == "bars":

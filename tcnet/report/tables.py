@@ -95,7 +95,7 @@ def max_folds(res: ExperimentResults) -> int:
     return max((len(res.folds(d.name)) for d in res.exp.data), default=1)
 
 
-def caption(res: ExperimentResults, data_label: str) -> str:
+def caption(res: ExperimentResults, data_label: str, with_paper: bool = True) -> str:
     exp = res.exp
     k = max_folds(res)
     unit = "percent" if res.unit == "percent" else "fractions"
@@ -112,9 +112,19 @@ def caption(res: ExperimentResults, data_label: str) -> str:
              "each image)." if any(d.eval_dataset == "chase_db1" for d in exp.data) else "")
     return (
         f"{exp.title} (reproduces {exp.reproduces}). Data: {data_label}. "
-        f"Aggregation: {AGGREGATION_TEXT[exp.aggregation]}. Values in {unit}; {folds}. "
-        "paper = the value the paper prints; Δ = ours - paper." + (ckpt if res.runs else "") + chase
+        f"Aggregation: {AGGREGATION_TEXT[exp.aggregation]}. Values in {unit}; {folds}."
+        + (" paper = the value the paper prints; Δ = ours - paper." if with_paper else "")
+        + (ckpt if res.runs else "") + chase
     )
+
+
+def _shared_images(res: ExperimentResults, data: str, a: str, b: str) -> int:
+    """Images that runs ``a`` and ``b`` both scored, summed over their shared folds (0 without ``b``)."""
+    if not b:
+        return 0
+    ra = {r.spec.fold: r for r in res.variant_runs(data, a) if r.per_image is not None}
+    rb = {r.spec.fold: r for r in res.variant_runs(data, b) if r.per_image is not None}
+    return sum(len(set(ra[k].per_image["id"]) & set(rb[k].per_image["id"])) for k in ra.keys() & rb.keys())
 
 
 def _label(res: ExperimentResults, variant: str) -> str:
@@ -184,7 +194,10 @@ def summary_frame(res: ExperimentResults, ref: PaperRef, data_label: str) -> pd.
         rows.append(dict(
             base, kind="delta", data=delta.data, variant=delta.other_variant,
             label=f"{base_label} - {delta.other_name}", metric=delta.metric, metric_name=ref.name(delta.metric),
-            n_folds=n_folds, n_images=0, ours=ours, ours_sd=sd, paper=delta.value,
+            # a difference: percentage points (fractions stay fractions); its images: both runs' shared ones
+            unit="percentage points" if res.unit == "percent" else res.unit,
+            n_folds=n_folds, n_images=_shared_images(res, delta.data, baseline, delta.other_variant),
+            ours=ours, ours_sd=sd, paper=delta.value,
             diff=ours - delta.value, note=note,
         ))
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
@@ -220,7 +233,8 @@ def stats_frame(res: ExperimentResults, n_resamples: int, confidence: float, see
                 )
                 for level in ("images", "folds") if c.cross_validated else ("images",):
                     test = "pooled" if level == "images" and exp.aggregation == "pooled" else level
-                    common.update(level=level, test=TESTS[test])
+                    # the fold-level t-test resamples nothing
+                    common.update(level=level, test=TESTS[test], n_resamples=n_resamples if level == "images" else math.nan)
                     r = c.images if level == "images" else c.folds
                     if r is None:
                         rows.append(dict(common, n=0, note="; ".join(c.notes)))
@@ -234,6 +248,8 @@ def stats_frame(res: ExperimentResults, n_resamples: int, confidence: float, see
     out = pd.DataFrame(rows, columns=STATS_COLUMNS)
     for _, idx in out.groupby(["data", "metric", "level"]).groups.items():
         out.loc[idx, "p_holm"] = holm(out.loc[idx, "p_value"].to_list())
+    for column in ("n", "n_nonzero", "n_resamples"):  # counts print as counts (24, not 24.0), blank where none
+        out[column] = out[column].astype("Int64")
     return out
 
 
@@ -255,7 +271,7 @@ def main_table(res: ExperimentResults, summary: pd.DataFrame, ref: PaperRef, dat
         name = ref.name(m)
         header += [name] + ([f"{name} paper", f"{name} Δ"] if m in with_paper else [])
     header += ["n images", "Note"]
-    table = DisplayTable(caption(res, data_label), header)
+    table = DisplayTable(caption(res, data_label, with_paper=bool(with_paper)), header)
     for d in exp.data:
         for v in exp.runs:
             cells = values[(values.data == d.name) & (values.variant == v.name)].set_index("metric")
@@ -324,7 +340,7 @@ def stats_table(res: ExperimentResults, stats: pd.DataFrame, data_label: str) ->
     cv = (stats.level == "folds").any()
     header = (["Data"] if multi_data else []) + [
         "Comparison", "Metric"] + (["Level"] if cv else []) + [
-        "n", "Mean difference", f"{conf:.0%} CI", "W" if not cv else "W / t", "p", "p (Holm)", "Note",
+        "n", "Difference" if res.exp.aggregation == "pooled" else "Mean difference", f"{conf:.0%} CI", "W" if not cv else "W / t", "p", "p (Holm)", "Note",
     ]
     units = "percentage points" if res.unit == "percent" else "fractions"
     n_other = stats.other.nunique()
@@ -334,7 +350,7 @@ def stats_table(res: ExperimentResults, stats: pd.DataFrame, data_label: str) ->
         "variation between trainings and overstate the evidence; the fold-level rows include it, with "
         "k - 1 degrees of freedom. The verdicts on the paper's claims rest on them."
         if cv else "")
-    resamples = int(stats.n_resamples.iloc[0])
+    resamples = int(stats.n_resamples.dropna().iloc[0]) if stats.n_resamples.notna().any() else 0
     if res.exp.aggregation == "pooled":
         images = (f"Level images: the difference of the pooled scores over the same images, with a BCa CI from a "
                   f"paired bootstrap over images ({resamples} resamples, seeded: each resample sums the same "

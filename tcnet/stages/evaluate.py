@@ -290,7 +290,9 @@ def _log_to_mlflow(tracker, spec: RunSpec, model_dir: Path, out_dir: Path, score
     metrics = {f"eval_{agg}_{k}": v for agg in ("mean", "pooled") for k, v in (scores[agg] or {}).items()}
     metrics["eval_n"] = scores["n"]
     logger.log_metrics(metrics, step=0)
-    logger.set_tags({"tcnet.eval_dataset": scores["dataset"], "tcnet.eval_part": scores["part"],
+    synthetic = scores.get("synthetic") or []  # the run's data, on the run itself (not only on its parent)
+    logger.set_tags({"tcnet.data_source": f"synthetic look-alike ({', '.join(synthetic)})" if synthetic else "real",
+                     "tcnet.eval_dataset": scores["dataset"], "tcnet.eval_part": scores["part"],
                      "tcnet.eval_aggregation": scores["aggregation"], "tcnet.eval_dir": str(out_dir.resolve()),
                      EVAL_CHECKPOINT_TAG: scores["checkpoint"]["name"]})
     table = pd.DataFrame(per_image)
