@@ -253,6 +253,37 @@ def stats_frame(res: ExperimentResults, n_resamples: int, confidence: float, see
     return out
 
 
+COMPARISON_COLUMNS = [
+    "experiment", "data", "a", "b", "comparison", "metric", "unit", "level", "primary", "n", "mean_diff",
+    "ci_low", "ci_high", "confidence", "p_value", "note",
+]
+
+
+def comparisons_frame(res: ExperimentResults) -> pd.DataFrame:
+    """Every paired comparison the tables and the verdicts used (``comparisons.csv``): group ``a``
+    minus group ``b`` (variants joined by ``+``), per level; ``primary``: the level a verdict rests
+    on. What traces a verdict's CI in the report back to numbers, for experiments without
+    ``baseline_of`` too (the loss sweep, the attention placements)."""
+    rows = []
+    label = {v.name: v.label or v.name for v in res.exp.runs}
+    for (data, a, b, metric, inference), c in res.comparisons.items():
+        common = dict(experiment=res.exp_id, data=data, a="+".join(a), b="+".join(b), metric=metric,
+                      comparison=f"{' + '.join(label.get(x, x) for x in a)} - {' + '.join(label.get(x, x) for x in b)}",
+                      unit=res.unit, confidence=inference.confidence)
+        for level, r in (("images", c.images), ("folds", c.folds)):
+            if r is None and (level == "folds") != c.cross_validated:
+                continue
+            if r is None:
+                rows.append(dict(common, level=level, primary=r is c.primary, n=0, note="; ".join(c.notes)))
+                continue
+            rows.append(dict(common, level=level, primary=r is c.primary, n=r.n, mean_diff=r.mean_diff,
+                             ci_low=r.ci_low, ci_high=r.ci_high, p_value=r.p_value,
+                             note="; ".join(c.notes + ([r.note] if r.note else []))))
+    out = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    out["n"] = out["n"].astype("Int64")
+    return out
+
+
 def primary_level(stats: pd.DataFrame, data: str) -> str:
     """The level a verdict rests on: ``folds`` where the data pair was cross-validated (the claim is
     about a training method, and the folds are its repeats), else ``images``."""

@@ -89,6 +89,8 @@ def _compare_one(params: Params, exp_id: str, res: ExperimentResults, reported: 
     with atomic_dir(exp_dir) as tmp:
         summary.to_csv(tmp / "table.csv", index=False)
         stats.to_csv(tmp / "stats.csv", index=False)
+        # after the verdicts (section.notes) and the stats table: every comparison either used
+        tables.comparisons_frame(res).to_csv(tmp / "comparisons.csv", index=False)
         drawn = figs.draw_figures(res, summary, ref, tmp, cfg.data_label, cfg.bootstrap, cfg.confidence, seed)
         section.figures = drawn
         (tmp / "table.md").write_text(_markdown(res, cfg.data_label, section))

@@ -62,7 +62,7 @@ def test_every_experiment_gets_its_outputs(done):
     params, _, result, out = done
     assert set(result["experiments"]) == set(EXPERIMENTS)
     for exp_id in EXPERIMENTS:
-        for f in ("table.md", "table.csv", "stats.csv"):
+        for f in ("table.md", "table.csv", "stats.csv", "comparisons.csv"):
             assert (out / exp_id / f).is_file(), (exp_id, f)
         md = (out / exp_id / "table.md").read_text()
         assert "Data: synthetic look-alike" in md  # in the caption and the header, every table
@@ -163,6 +163,13 @@ def test_paired_statistics_equal_scipy(done):
     assert math.isclose(images.loc[order.index[0], "p_holm"], min(1.0, 4 * order.iloc[0]))
     assert (images.p_holm >= images.p_value).all()
     assert pd.read_csv(out / "loss_sweep" / "stats.csv").empty  # no baseline_of: no paired tests
+    # comparisons.csv: every comparison the report used, the verdicts' too, traceable to numbers
+    sweep = pd.read_csv(out / "loss_sweep" / "comparisons.csv")
+    assert len(sweep) and set(sweep.level) == {"images"} and sweep.primary.all()
+    c = pd.read_csv(out / "isic2018_cv" / "comparisons.csv")
+    row = c[(c.a == "tcnet") & (c.b == "unetpp") & (c.metric == "DI") & (c.level == "folds")].iloc[0]
+    assert bool(row.primary) and math.isclose(row.ci_low, fold.ci_low) and math.isclose(row.mean_diff, fold.mean_diff)
+    assert not c[(c.level == "images") & (c.a == "tcnet")].primary.any()  # with folds the verdicts rest on them
 
 
 def test_statistics_are_seeded(done, tmp_path):
