@@ -205,6 +205,7 @@ def _bars(res, summary, ref, data_label, path, n_resamples, confidence, seed) ->
     width = 0.8 / max(1, len(variants))
     x = np.arange(len(metrics))
     multi_fold = any(len(res.variant_runs(d.name, v.name)) > 1 for d in res.exp.data for v in variants)
+    styles = _curve_styles(res)
     for ax, d in zip(_axes(fig, len(res.exp.data)), res.exp.data):
         vals = summary[(summary.kind == "value") & (summary.data == d.name)]
         paper_label = "paper (as printed)"
@@ -215,8 +216,10 @@ def _bars(res, summary, ref, data_label, path, n_resamples, confidence, seed) ->
             ours = cells.ours.to_numpy(dtype=float)
             reach += [*(ours - err[0]), *(ours + err[1])]
             pos = x - 0.4 + width * (i + 0.5)
+            style = styles[v.name]  # the curves' colours (and dashes as hatching): one legend for both figures
             ax.bar(pos, cells.ours.fillna(0), width, yerr=err if err.any() else None, capsize=2,
-                   label=v.label or v.name)
+                   label=v.label or v.name, color=style["color"], hatch="//" if style["linestyle"] != "-" else None,
+                   edgecolor="white" if style["linestyle"] != "-" else None)
             paper = cells.paper.to_numpy(dtype=float)
             if np.isfinite(paper).any():
                 ax.plot(pos, paper, "kx", markersize=7, label=paper_label)
