@@ -56,7 +56,7 @@ class Mode:
 
 
 def cpu_count() -> int:
-    """CPUs this process may use (affinity, cgroup quota, OMP_NUM_THREADS: tcnet.utils.cpus)."""
+    """CPUs this process may use (affinity, cgroup quota, TCNET_CPUS: tcnet.utils.cpus)."""
     from tcnet.utils.cpus import available_cpus
 
     return available_cpus()

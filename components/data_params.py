@@ -15,7 +15,7 @@ from components.image import IMAGE
 def data_params(params_yaml: str) -> str:
     """One-line YAML of the ``preprocess`` and ``split`` sections of the validated params."""
     import yaml
-    from tcnet.config import Params, data_stage_params, from_dict
+    from tcnet.config import Params, data_stage_params, flow_yaml, from_dict
 
     params = from_dict(Params, yaml.safe_load(params_yaml)).validate()
-    return yaml.safe_dump(data_stage_params(params), default_flow_style=True, width=2**31, sort_keys=True)
+    return flow_yaml(data_stage_params(params), sort_keys=True)

@@ -70,7 +70,7 @@ def cmd_compile(args) -> int:
     if url != without_credentials(url):
         print("note: the data repository URL's user/token part is not written into the package; pass the full "
               "URL as the run's data_repo_url argument when you start a run", file=sys.stderr)
-    if not (args.data_repo_url or default_data_source()[0]):
+    if not url:
         print("note: no --data-repo-url and no git remote 'origin': the package's data_repo_url default is empty; "
               "set it when you start a run", file=sys.stderr)
     return 0

@@ -42,7 +42,7 @@ from components.fetch_data import fetch_data
 from components.preprocess import preprocess
 from components.split import split
 from components.train import train
-from tcnet.config import Params, check_batch_split, expand_runs, load_params
+from tcnet.config import Params, check_batch_split, expand_runs, flow_yaml, load_params
 from tcnet.provenance import without_credentials
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,11 +75,7 @@ class PipelineOptions:
 
 def one_line_yaml(text: str) -> str:
     """The same YAML data on one line (flow style), for a pipeline parameter default."""
-    data = yaml.safe_load(text)
-    line = yaml.safe_dump(data, default_flow_style=True, width=2**31, sort_keys=False).strip()
-    if "\n" in line or yaml.safe_load(line) != data:  # a schema change this cannot carry: say so
-        raise ValueError("params/reported YAML does not round-trip as one-line flow YAML")
-    return line
+    return flow_yaml(yaml.safe_load(text))
 
 
 def all_runs(params: Params) -> list:
@@ -87,9 +83,13 @@ def all_runs(params: Params) -> list:
     return [r for exp in params.experiments for r in expand_runs(params, exp)]
 
 
+def _items(runs) -> list[dict[str, str]]:
+    return [{"experiment": r.experiment, "run_id": r.run_id} for r in runs]
+
+
 def run_items(params_path: Path) -> list[dict[str, str]]:
     """One ``{"experiment", "run_id"}`` per run of every experiment, in params order."""
-    return [{"experiment": r.experiment, "run_id": r.run_id} for r in all_runs(load_params(params_path))]
+    return _items(all_runs(load_params(params_path)))
 
 
 def _git(*args: str) -> str:
@@ -134,7 +134,7 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
     check_batch_split(runs, opts.gpus, "gpus")
     params_text = one_line_yaml(Path(opts.params).read_text())
     reported_text = one_line_yaml(Path(opts.reported).read_text())
-    items = [{"experiment": r.experiment, "run_id": r.run_id} for r in runs]
+    items = _items(runs)
     repo_default, rev_default = default_data_source(params.preprocess.repo_data_path())
     profile = params.profile
 

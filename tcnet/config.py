@@ -399,6 +399,15 @@ def to_dict(obj) -> dict:
     return plain(obj)
 
 
+def flow_yaml(data, sort_keys: bool = False) -> str:
+    """``data`` as one line of flow-style YAML (a Kubeflow parameter value or default); refuses data
+    that would not read back the same."""
+    line = yaml.safe_dump(data, default_flow_style=True, width=2**31, sort_keys=sort_keys).strip()
+    if "\n" in line or yaml.safe_load(line) != data:  # a schema change this cannot carry: say so
+        raise ValueError("the YAML data does not round-trip as one line of flow YAML")
+    return line
+
+
 DATA_SECTIONS = ("preprocess", "split")
 
 

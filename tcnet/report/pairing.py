@@ -16,8 +16,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from tcnet.metrics import scores_from_counts
-from tcnet.report.results import ExperimentResults
+from tcnet.metrics import METRICS, scores_from_counts
+from tcnet.report.results import PARTS_KEYS, ExperimentResults
 from tcnet.report.stats import (FoldResult, PairedResult, bootstrap_ci_of, direction, fold_test, paired_test,
                                 rng_for)
 
@@ -106,7 +106,8 @@ class Comparison:
         return f"{p.mean_diff:+.{digits}f}{ci}"
 
 
-POOLED_METRICS = ("AC", "SE", "SP", "JA", "DI", "AUC")
+POOLED_METRICS = (*METRICS, "AUC")
+SUMMED = PARTS_KEYS[1:]  # the per-image parts a pooled score sums: counts, pos, neg
 
 
 def _auc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
@@ -144,8 +145,7 @@ def _pooled_parts(res: ExperimentResults, data: str, a: str, b: str):
         if not ia:
             notes.append(f"fold {k}: no image scored by both")
             continue
-        folds.append((k, {key: ra.parts[key][ia] for key in ("counts", "pos", "neg")},
-                      {key: rb.parts[key][ib] for key in ("counts", "pos", "neg")}))
+        folds.append((k, {key: ra.parts[key][ia] for key in SUMMED}, {key: rb.parts[key][ib] for key in SUMMED}))
     if lost:
         notes.append(f"{lost} image(s) not scored by both, left out")
     return folds, notes
@@ -153,11 +153,23 @@ def _pooled_parts(res: ExperimentResults, data: str, a: str, b: str):
 
 def _pooled_diff(metric: str, pa: dict, pb: dict, idx=None) -> np.ndarray:
     """Pooled ``metric`` of run a minus run b over the images ``idx`` (``... x n`` indices; all: None)."""
+    # Only the parts the metric reads: AC/SE/SP/JA/DI never touch the (bins-wide) histograms.
+    keys = SUMMED if metric == "AUC" else SUMMED[:1]
+    weights = None if idx is None else _resample_weights(np.asarray(idx), len(pa["counts"]))
+
     def total(p):
-        if idx is None:
-            return [p[key].sum(axis=0) for key in ("counts", "pos", "neg")]
-        return [p[key][idx].sum(axis=-2) for key in ("counts", "pos", "neg")]
+        summed = {k: p[k].sum(axis=0) if weights is None else weights @ p[k] for k in keys}
+        return [summed.get(k) for k in SUMMED]
     return pooled_score(metric, *total(pa)) - pooled_score(metric, *total(pb))
+
+
+def _resample_weights(idx: np.ndarray, n: int) -> np.ndarray:
+    """How often each of ``n`` images is drawn in each resample (``... x m`` indices -> ``... x n``):
+    summing parts is then one matrix product, not a ``... x m x bins`` gather. Exact in float64."""
+    flat = idx.reshape(-1, idx.shape[-1])
+    w = np.zeros((flat.shape[0], n))
+    np.add.at(w, (np.arange(flat.shape[0])[:, None], flat), 1.0)
+    return w.reshape(*idx.shape[:-1], n)
 
 
 def compare_pooled(res: ExperimentResults, data: str, a: str, b: str, metric: str, inference: Inference) -> Comparison:
@@ -169,8 +181,8 @@ def compare_pooled(res: ExperimentResults, data: str, a: str, b: str, metric: st
     folds, notes = _pooled_parts(res, data, a, b)
     if not folds:
         return Comparison(cv, None, None, notes + ["no pooled per-image parts"])
-    pa = {key: np.concatenate([f[1][key] for f in folds]) for key in ("counts", "pos", "neg")}
-    pb = {key: np.concatenate([f[2][key] for f in folds]) for key in ("counts", "pos", "neg")}
+    pa = {key: np.concatenate([f[1][key] for f in folds]) for key in SUMMED}
+    pb = {key: np.concatenate([f[2][key] for f in folds]) for key in SUMMED}
     n = len(pa["counts"])
     point = float(_pooled_diff(metric, pa, pb)) * res.scale
     lo = hi = math.nan

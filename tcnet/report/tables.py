@@ -229,7 +229,7 @@ def stats_frame(res: ExperimentResults, n_resamples: int, confidence: float, see
                 common = dict(
                     experiment=res.exp_id, data=d.name, baseline=exp.baseline_of, other=v.name,
                     comparison=f"{b_label} - {v.label or v.name}", metric=m, unit=res.unit,
-                    confidence=confidence, n_resamples=n_resamples,
+                    confidence=confidence,
                 )
                 for level in ("images", "folds") if c.cross_validated else ("images",):
                     test = "pooled" if level == "images" and exp.aggregation == "pooled" else level
@@ -270,11 +270,11 @@ def comparisons_frame(res: ExperimentResults) -> pd.DataFrame:
         common = dict(experiment=res.exp_id, data=data, a="+".join(a), b="+".join(b), metric=metric,
                       comparison=f"{' + '.join(label.get(x, x) for x in a)} - {' + '.join(label.get(x, x) for x in b)}",
                       unit=res.unit, confidence=inference.confidence)
+        primary_level = "folds" if c.cross_validated else "images"
         for level, r in (("images", c.images), ("folds", c.folds)):
-            if r is None and (level == "folds") != c.cross_validated:
-                continue
-            if r is None:
-                rows.append(dict(common, level=level, primary=r is c.primary, n=0, note="; ".join(c.notes)))
+            if r is None:  # a level without a result: a row (with the reason) only for the one verdicts use
+                if level == primary_level:
+                    rows.append(dict(common, level=level, primary=True, n=0, note="; ".join(c.notes)))
                 continue
             rows.append(dict(common, level=level, primary=r is c.primary, n=r.n, mean_diff=r.mean_diff,
                              ci_low=r.ci_low, ci_high=r.ci_high, p_value=r.p_value,

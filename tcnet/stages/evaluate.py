@@ -229,10 +229,11 @@ def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, spli
                                          f"image size {w}x{h} ({sample.image})")
                 pred = prob >= eval_cfg.threshold
                 acc.update(image_id, prob, truth, valid=fov, pred=pred)
-                hist.add(prob[fov], truth[fov])
+                prob_in, truth_in = prob[fov], truth[fov]
+                hist.add(prob_in, truth_in)
                 if parts:
                     coarse = ProbabilityHistogram(PARTS_BINS)
-                    coarse.add(prob[fov], truth[fov])
+                    coarse.add(prob_in, truth_in)
                     parts["pos"].append(coarse.pos.astype(np.int32))
                     parts["neg"].append(coarse.neg.astype(np.int32))
                 if eval_cfg.save_masks:

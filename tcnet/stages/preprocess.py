@@ -514,7 +514,7 @@ def run(cfg: PreprocessConfig, raw_dir: Path, out_dir: Path) -> dict:
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     if not raw_dir.is_dir():
         raise PreprocessError(f"raw data folder {raw_dir} not found (preprocess.raw_dir / --raw)")
-    workers = cfg.workers or available_cpus()  # affinity, cgroup quota, OMP_NUM_THREADS (a pod's request)
+    workers = cfg.workers or available_cpus()  # affinity, cgroup quota, TCNET_CPUS (a pod's request)
     t_start = time.perf_counter()
     pool = _start_pool(workers) if workers > 1 else None  # the workers import while the parent does
     try:

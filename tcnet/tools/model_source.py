@@ -185,14 +185,14 @@ def resolved_checkpoint(spec: str | os.PathLike, *, uri: str | None = None,
         found = None
         if local is not None:
             found = local if local.is_file() else checkpoint_in_dir(local)
-        run_id, _, artifact = text[len("runs:/"):].partition("/")
-        # The run's own checkpoint stands in for the run itself, for the torch model training logs
-        # (tcnet.tracking.MODEL_NAME: pt2, not a checkpoint; absent with mlflow.log_models false), and
-        # for an artifact that holds no checkpoint -- never for a misspelt artifact path.
-        fallback = local is not None or artifact.strip("/") in ("", MODEL_NAME)
-        if found is None and text.startswith("runs:/") and fallback:
-            with contextlib.suppress(MlflowException):
-                found = checkpoint_for_run(mlflow.MlflowClient(turi).get_run(run_id), models_dir)
+        if found is None and text.startswith("runs:/"):
+            run_id, _, artifact = text[len("runs:/"):].partition("/")
+            # The run's own checkpoint stands in for the run itself, for the torch model training logs
+            # (tcnet.tracking.MODEL_NAME: pt2, not a checkpoint; absent with mlflow.log_models false), and
+            # for an artifact that holds no checkpoint -- never for a misspelt artifact path.
+            if local is not None or artifact.strip("/") in ("", MODEL_NAME):
+                with contextlib.suppress(MlflowException):
+                    found = checkpoint_for_run(mlflow.MlflowClient(turi).get_run(run_id), models_dir)
         if found is None:
             if local is None:
                 raise ValueError(f"model {text!r}: cannot be fetched from {turi}: {error.message}") from None

@@ -98,18 +98,14 @@ def binarize(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     return np.where(prob >= threshold, 255, 0).astype(np.uint8)
 
 
-def prob_to_uint8(prob: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(prob * 255.0), 0, 255).astype(np.uint8)
+PROB_LEVELS = {8: (255, np.uint8), 16: (65535, np.uint16)}  # --probs-bits -> (top grey level, dtype)
 
 
 def prob_to_png(prob: np.ndarray, bits: int = 16) -> np.ndarray:
     """The probability as grey levels: uint16 ``round(65535 p)`` or uint8 ``round(255 p)``. 8 bits
     tie most of a weak model's pixels and bias AUC (tcnet score reads both)."""
-    if bits == 8:
-        return prob_to_uint8(prob)
-    if bits != 16:
-        raise ValueError(f"--probs-bits must be 8 or 16, got {bits}")
-    return np.clip(np.round(prob * 65535.0), 0, 65535).astype(np.uint16)
+    top, dtype = PROB_LEVELS[bits]
+    return np.clip(np.round(prob * float(top)), 0, top).astype(dtype)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.4) -> np.ndarray:
@@ -227,7 +223,7 @@ def run(
         raise ValueError(f"--threshold must be in [0, 1], got {threshold}")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    if probs_bits not in (8, 16):
+    if probs_bits not in PROB_LEVELS:
         raise ValueError(f"--probs-bits must be 8 or 16, got {probs_bits}")
     inputs, out = Path(inputs), Path(out)
     log = log or (lambda msg: None)
@@ -284,8 +280,8 @@ def written_by_predict(path: Path) -> bool:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            return getattr(im, "text", {}).get("Software") == STAMP["Software"]
+        with Image.open(path) as im:  # info, not text: write_png puts the stamp before the pixels, so no decode
+            return im.format == "PNG" and im.info.get("Software") == STAMP["Software"]
     except Exception:  # noqa: BLE001 - not an image, unreadable: not ours either way
         return False
 
