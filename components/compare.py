@@ -30,6 +30,7 @@ def compare(params_yaml: str, reported_yaml: str, evals: Input[List[Dataset]], r
     (work / "reported.yaml").write_text(reported_yaml)
     result = run(from_dict(Params, yaml.safe_load(params_yaml)).validate(), work / "eval", work / "reported.yaml", reports.path)
     shutil.copyfile(result["report"], report.path)
-    Path(tables.path).write_text("\n\n".join(Path(e["table_md"]).read_text() for e in result["experiments"].values()))
+    md = [result["datasets"], *(e["table_md"] for e in result["experiments"].values())]
+    Path(tables.path).write_text("\n\n".join(Path(m).read_text() for m in md))
     headline = pd.json_normalize(json.loads(Path(result["metrics"]).read_text()), sep=".").iloc[0]
     metrics.metadata.update({k: float(v) for k, v in headline.items() if isinstance(v, (int, float))})

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 import tempfile
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from pipeline.pipeline import ROOT, PipelineOptions, compile_pipeline, local_run
@@ -60,13 +60,14 @@ def options(args: argparse.Namespace) -> PipelineOptions:
 
 
 def cmd_compile(args) -> int:
-    from pipeline.pipeline import default_data_source
+    from pipeline.pipeline import data_source
 
     from tcnet.provenance import without_credentials
 
-    out = compile_pipeline(options(args), args.out)
+    opts = options(args)
+    out = compile_pipeline(opts, args.out)
     print(f"compiled {out}")
-    url = args.data_repo_url or default_data_source()[0]
+    url = data_source(opts)[0]
     if url != without_credentials(url):
         print("note: the data repository URL's user/token part is not written into the package; pass the full "
               "URL as the run's data_repo_url argument when you start a run", file=sys.stderr)
@@ -107,17 +108,16 @@ def submit(host: str, opts: PipelineOptions, *, experiment_name: str, run_name: 
 
 
 def cmd_submit(args) -> int:
+    from pipeline.pipeline import data_source
+
     opts = options(args)
-    from pipeline.pipeline import default_data_source
-
-    from tcnet.config import load_params
-
-    repo, rev = default_data_source(load_params(opts.params).preprocess.repo_data_path())
-    if not (opts.data_repo_url or repo):
+    repo, rev = data_source(opts)
+    if not repo:
         print("pipeline submit: no git remote 'origin' here: pass --data-repo-url (a git URL the cluster can clone)",
               file=sys.stderr)
         return 2
-    data = {"data_repo_url": opts.data_repo_url or repo, "data_rev": opts.data_rev or rev}  # recorded on the run
+    opts = replace(opts, data_repo_url=repo, data_rev=rev)  # resolved once: the package's defaults are these
+    data = {"data_repo_url": repo, "data_rev": rev}  # recorded on the run
     result = submit(args.host, opts, experiment_name=args.experiment_name, run_name=args.run_name, arguments=data,
                     namespace=args.namespace, enable_caching=False if args.no_cache else None)
     print(f"submitted run {result.run_id} to {args.host} (experiment {args.experiment_name!r}; "

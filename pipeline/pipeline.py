@@ -108,6 +108,16 @@ def default_data_source(data_path: str = "data") -> tuple[str, str]:
     return _git("remote", "get-url", "origin"), rev
 
 
+def data_source(opts: "PipelineOptions", params: Optional[Params] = None) -> tuple[str, str]:
+    """The data's git URL and revision for ``opts``: the options' own, else :func:`default_data_source`
+    (asked only for what the options leave empty)."""
+    if opts.data_repo_url and opts.data_rev:
+        return opts.data_repo_url, opts.data_rev
+    params = params or load_params(opts.params)
+    repo, rev = default_data_source(params.preprocess.repo_data_path())
+    return opts.data_repo_url or repo, opts.data_rev or rev
+
+
 def cpu_threads(request: str, processes: int = 1) -> int:
     """Threads per process for a Kubernetes CPU request ("4", "2.5", "500m") shared by ``processes``:
     a pod's ``os.sched_getaffinity`` is its node's cores, not its request."""
@@ -135,7 +145,7 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
     params_text = one_line_yaml(Path(opts.params).read_text())
     reported_text = one_line_yaml(Path(opts.reported).read_text())
     items = _items(runs)
-    repo_default, rev_default = default_data_source(params.preprocess.repo_data_path())
+    repo_url, rev = data_source(opts, params)
     profile = params.profile
 
     def on_gpus(task, n: int):
@@ -166,8 +176,8 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
         params_yaml: str = params_text,
         reported_yaml: str = reported_text,
         # The full URL (a token in it included) is a run argument: `submit` and `run --local` pass it.
-        data_repo_url: str = without_credentials(opts.data_repo_url or repo_default),
-        data_rev: str = opts.data_rev or rev_default,
+        data_repo_url: str = without_credentials(repo_url),
+        data_rev: str = rev,
         dvc_remote: str = "",
     ) -> Metrics:
         sections = common(data_params(params_yaml=params_yaml), True, "1", "1Gi").set_display_name("check params")

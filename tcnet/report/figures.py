@@ -149,8 +149,7 @@ def _curves(res, column: str, what: str, data_label, path) -> str:
         _legend(ax, len(res.exp.runs))
     _suptitle(fig, res, what, data_label)
     _save(fig, path)
-    multi_fold = any(len(res.folds(d.name)) > 1 for d in res.exp.data)
-    return what[0].upper() + what[1:] + " per epoch" + (" (mean over folds)" if multi_fold else "")
+    return what[0].upper() + what[1:] + " per epoch" + (" (mean over folds)" if res.multi_fold else "")
 
 
 def _roc(res, summary, data_label, path) -> str:
@@ -170,8 +169,7 @@ def _roc(res, summary, data_label, path) -> str:
         ax.set_ylabel("true positive rate")
         ax.set_title(d.name, fontsize=9)
         ax.legend(fontsize=7, loc="lower right")
-    multi_fold = any(len(res.folds(d.name)) > 1 for d in res.exp.data)
-    which = "; the first evaluated fold of each variant" if multi_fold else ""
+    which = "; the first evaluated fold of each variant" if res.multi_fold else ""
     _suptitle(fig, res, f"ROC curves (pooled pixels{which})", data_label)
     _save(fig, path)
     return f"ROC curves (pooled over the test pixels inside the FOV{which})"

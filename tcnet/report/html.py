@@ -63,7 +63,9 @@ def banner_text(data_label: str) -> str:
     )
 
 
-def render(sections: list[Section], data_label: str, heading: str, subtitle: str = "") -> str:
+def render(sections: list[Section], data_label: str, heading: str, subtitle: str = "",
+           datasets: DisplayTable | None = None) -> str:
+    """The page; ``datasets``: the images-per-dataset table, a section of its own before the experiments."""
     e = html.escape
     out = [
         "<!DOCTYPE html>",
@@ -75,9 +77,12 @@ def render(sections: list[Section], data_label: str, heading: str, subtitle: str
     ]
     if subtitle:
         out.append(f'<p class="meta">{e(subtitle)}</p>')
-    out.append("<nav><ul>" + "".join(
+    nav = ['<li><a href="#datasets">datasets</a>: images per dataset (Table 2)</li>'] if datasets is not None else []
+    out.append("<nav><ul>" + "".join(nav) + "".join(
         f'<li><a href="#exp-{e(s.exp_id)}">{e(s.exp_id)}</a>: {e(s.title)} ({e(s.reproduces)})</li>' for s in sections
     ) + "</ul></nav>")
+    if datasets is not None:
+        out.append(f'<section id="datasets"><h2>Datasets</h2>{datasets.html()}</section>')
     for s in sections:
         out.append(f'<section id="exp-{e(s.exp_id)}"><h2>{e(s.exp_id)}: {e(s.title)}</h2>')
         out.append(f'<p class="meta">Reproduces: <b>{e(s.reproduces)}</b>. {e(s.meta)}</p>')

@@ -88,6 +88,11 @@ class ExperimentResults:
         """The folds params declares for a data pair (evaluated or not)."""
         return sorted({s.fold for s in self.specs if s.data.name == data_name})
 
+    @property
+    def multi_fold(self) -> bool:
+        """Whether params declares more than one fold for any data pair (a figure then shows folds' means)."""
+        return any(len(self.folds(d.name)) > 1 for d in self.exp.data)
+
     def run_of(self, data_name: str, variant: str, fold: int) -> Optional[RunResult]:
         """One variant's evaluated run of one fold (None when it was not evaluated)."""
         return next((r for r in self.variant_runs(data_name, variant) if r.spec.fold == fold), None)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from tcnet.metrics.auc import AUC_BINS
 from tcnet.report.paper import PaperRef
 from tcnet.report.results import ExperimentResults
 from tcnet.report.pairing import POOLED_METRICS, Inference, compare_groups
@@ -383,11 +384,13 @@ def stats_table(res: ExperimentResults, stats: pd.DataFrame, data_label: str) ->
         if cv else "")
     resamples = int(stats.n_resamples.dropna().iloc[0]) if stats.n_resamples.notna().any() else 0
     if res.exp.aggregation == "pooled":
+        # The histograms' width as evaluate wrote them (pooled_parts.npz), not a constant that could drift.
+        bins = next((r.parts["pos"].shape[-1] for r in res.runs.values() if r.parts is not None), None)
         images = (f"Level images: the difference of the pooled scores over the same images, with a BCa CI from a "
                   f"paired bootstrap over images ({resamples} resamples, seeded: each resample sums the same "
-                  "images' confusion counts, and for AUC their probability histograms in 16384 bins, for both "
-                  "runs; so an AUC difference here can differ from the table's, at 65536 bins, by up to ~5e-4); a "
-                  "pooled score has no per-image test, so no W or p.")
+                  f"images' confusion counts, and for AUC their probability histograms in {bins} bins, for both "
+                  f"runs; so an AUC difference here can differ from the table's, at {AUC_BINS} bins, by up to "
+                  "~5e-4); a pooled score has no per-image test, so no W or p.")
     else:
         images = (f"Level images: Wilcoxon signed-rank (two-sided; n counts the images, the test uses the non-zero "
                   f"differences) on the per-image differences, folds concatenated; BCa bootstrap CI with "

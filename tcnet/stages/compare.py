@@ -7,6 +7,7 @@ paper's numbers (``paper/reported.yaml``). Outputs (docs/architecture.md, "compa
     <out>/<exp>/table.md, table.csv, stats.csv, fig_*.png   one folder per experiment
     <out>/report.html                                       self-contained, every experiment
     <out>/metrics.json                                      DVC metric: our headline numbers
+    <out>/datasets.md, datasets.csv                         images per dataset: paper's Table 2 beside ours
     <out>/plots/curves/*.csv, <out>/plots/roc/*.csv         DVC plots (loss curves, ROC)
 
 and, unless ``log_mlflow=False``, the same tables and figures on each experiment's MLflow parent
@@ -27,6 +28,7 @@ from tcnet.report import figures as figs
 from tcnet.report import html as report_html
 from tcnet.report import paper as paper_mod
 from tcnet.report import tables
+from tcnet.report.datasets import datasets_frame, datasets_table
 from tcnet.report.pairing import Inference
 from tcnet.report.results import ExperimentResults, load_experiment
 from tcnet.utils.atomic import atomic_dir, atomic_write
@@ -144,17 +146,24 @@ def _write_all(params: Params, exp_ids: list[str], eval_dir: Path, reported: dic
     return done
 
 
-def _write_report(params: Params, done: list[_Done], dest: Path) -> None:
+def _write_report(params: Params, done: list[_Done], reported: dict, dest: Path) -> None:
     label = params.compare.data_label
     metrics = {"data_label": label, "profile": params.profile}
     metrics.update({d.res.exp_id: _headline(d) for d in done})
     with atomic_write(dest / "metrics.json") as f:
         json.dump(metrics, f, indent=2, sort_keys=False)
+    frame = datasets_frame([d.res for d in done], reported)
+    table = datasets_table(frame, reported, label)
+    with atomic_write(dest / "datasets.csv") as f:
+        frame.to_csv(f, index=False)
+    with atomic_write(dest / "datasets.md") as f:
+        f.write(f"# Datasets\n\n> {report_html.banner_text(label)}\n\n{table.markdown()}")
     page = report_html.render(
         [d.section for d in done], label, heading="TCNet: the paper's experiments, reproduced",
         subtitle=f"Profile: {params.profile}. Experiments: {', '.join(d.res.exp_id for d in done)}. "
         "Tables print the paper's values beside ours where it states them (paper/reported.yaml); "
         "the numbers in its figures are lost and never filled in.",
+        datasets=table,
     )
     with atomic_write(dest / "report.html") as f:
         f.write(page)
@@ -185,14 +194,14 @@ def run(params: Params | str | Path, eval_dir: str | Path, reported_path: str | 
     if experiments:
         out_dir.mkdir(parents=True, exist_ok=True)
         done = _write_all(params, exp_ids, Path(eval_dir), reported, out_dir, explicit=True)
-        _write_report(params, done, out_dir)
+        _write_report(params, done, reported, out_dir)
     else:
         with atomic_dir(out_dir) as tmp:
             done = _write_all(params, exp_ids, Path(eval_dir), reported, tmp, explicit=False)
             if not any(d.res.runs for d in done):  # a wrong --eval, not a partly evaluated pipeline
                 raise FileNotFoundError(f"{eval_dir}: no evaluation outputs for any experiment "
                                         f"({', '.join(exp_ids)}); run 'tcnet evaluate' or 'dvc repro' first")
-            _write_report(params, done, tmp)
+            _write_report(params, done, reported, tmp)
         for d in done:
             d.section.figures = [replace(f, path=out_dir / d.res.exp_id / f.name) for f in d.section.figures]
 
@@ -200,6 +209,7 @@ def run(params: Params | str | Path, eval_dir: str | Path, reported_path: str | 
         "out_dir": str(out_dir),
         "report": str(out_dir / "report.html"),
         "metrics": str(out_dir / "metrics.json"),
+        "datasets": str(out_dir / "datasets.md"),
         "data_label": params.compare.data_label,
         "experiments": {},
     }

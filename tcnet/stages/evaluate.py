@@ -84,6 +84,21 @@ def eval_ids(spec: RunSpec, splits_dir) -> tuple[str, list[str]]:
     return dataset, ids
 
 
+def split_counts(splits_dir, datasets) -> dict:
+    """Per dataset, the sizes of its split (``<splits_dir>/<dataset>.json``): ``{"folds": [[n_train,
+    n_val], ...], "test": n_test, "source": how it was made}``. Kept in ``scores.json`` so compare can
+    set the images we used beside the paper's Table 2 without the splits at hand (a KFP compare task
+    gets only the evaluations)."""
+    from tcnet.data.dataset import load_split
+
+    out = {}
+    for d in sorted(set(datasets)):
+        split = load_split(splits_dir, d)
+        out[d] = {"folds": [[len(f["train"]), len(f["val"])] for f in split["folds"]], "test": len(split["test"]),
+                  "source": split.get("source", "")}
+    return out
+
+
 def checkpoint_choice(spec: RunSpec, eval_cfg: EvaluateConfig) -> tuple[str, str]:
     """``(file name, why)`` of the checkpoint that scores a run (``evaluate.checkpoint``).
 
@@ -257,6 +272,7 @@ def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, spli
         scores = _json_safe({
             "mean": acc.mean(), "pooled": acc.pooled(), "n": len(per_image), "dataset": dataset,
             "synthetic": synthetic,  # datasets (train, eval) whose raw folder is a tcnet synth look-alike
+            "splits": split_counts(splits_dir, (spec.data.train, dataset)),  # the images behind the numbers
             "part": spec.data.part, "aggregation": agg, "threshold": eval_cfg.threshold,
             "run": {**to_dict(spec), "run_id": spec.run_id},
             "checkpoint": {"path": str(ckpt_path.resolve()), "name": ckpt_name, "why": ckpt_why,

@@ -178,9 +178,26 @@ class PredictResult:
         return EXIT_SKIPPED if self.written else EXIT_NOTHING
 
 
-def _plan(inputs: list[Path], root: Path | None, result: PredictResult) -> list[tuple[Path, Path]]:
-    """(input, relative output stem) per input; an input whose mask name another input already
-    claims (``a.jpg`` and ``a.png``) is skipped."""
+def mask_path(out: Path, stem: Path) -> Path:
+    """Where the mask of the input with relative output stem ``stem`` goes under ``out``."""
+    return out / stem.parent / f"{output_stem(stem.name)}.png"
+
+
+def foreign_mask_error(path: Path) -> FileExistsError | None:
+    """The error for a mask name that holds a file tcnet predict did not write (a ground truth), else None.
+    probs/ and overlays/ are predict's own folders (an unstamped file there is an older predict's
+    output): only the mask's name can be a ground truth's."""
+    if path.exists() and not written_by_predict(path):
+        return FileExistsError(errno.EEXIST, "exists and tcnet predict did not write it (a ground-truth mask, or a "
+                               "mask from an older tcnet predict, which did not stamp its files); move it or choose "
+                               "another --out", str(path))
+    return None
+
+
+def _plan(inputs: list[Path], root: Path | None, out: Path, result: PredictResult) -> list[tuple[Path, Path]]:
+    """(input, relative output stem) per input. Skipped before the model loads: an input whose mask
+    name another input already claims (``a.jpg`` and ``a.png``), and one whose mask name holds a file
+    predict did not write."""
     planned, claimed = [], {}
     for p in inputs:
         rel_dir = p.parent.relative_to(root) if root is not None else Path()
@@ -190,6 +207,10 @@ def _plan(inputs: list[Path], root: Path | None, result: PredictResult) -> list[
             result.skipped.append((str(p), f"same output name as {claimed[key]}; rename one of them"))
             continue
         claimed[key] = p
+        clash = foreign_mask_error(mask_path(out, stem))
+        if clash is not None:
+            result.skipped.append((str(p), f"{clash.filename}: {clash.strerror}"))
+            continue
         planned.append((p, stem))
     return planned
 
@@ -235,6 +256,10 @@ def run(
         )
     if out.exists() and not out.is_dir():  # before the model loads: nothing could be written
         raise FileExistsError(errno.EEXIST, "exists and is not a folder (--out)", str(out))
+    result = PredictResult()
+    plan = _plan(files, inputs if inputs.is_dir() else None, out, result)
+    if not plan:  # every input skipped: no model to load, nothing to write
+        return result
     net, meta, dev = load(model, device)
     out.mkdir(parents=True, exist_ok=True)  # an unwritable place fails here, naming it, not per image
     if dev.type == "cpu":
@@ -244,10 +269,9 @@ def run(
         # on every forward (tcnet/utils/heap.py). Process-wide, for life.
         retain_freed_memory_for_inference()
     size = image_size_of(meta)
-    log(f"model {meta.get('model_name', '?')} ({model}) at {size}x{size} on {dev}; {len(files)} image(s)")
+    skipped = f" ({len(result.skipped)} skipped)" if result.skipped else ""
+    log(f"model {meta.get('model_name', '?')} ({model}) at {size}x{size} on {dev}; {len(plan)} image(s){skipped}")
 
-    result = PredictResult()
-    plan = _plan(files, inputs if inputs.is_dir() else None, result)
     bar = tqdm(total=len(plan), unit="img", disable=(None if progress is None else not progress), file=sys.stderr)
     try:
         for start in range(0, len(plan), batch_size):
@@ -289,21 +313,18 @@ def written_by_predict(path: Path) -> bool:
 def _write_outputs(src, stem: Path, img, prob, out: Path, threshold, probs, overlays, write_png,
                    probs_bits: int = 16) -> dict:
     mask = binarize(prob, threshold)
-    mask_path = out / stem.parent / f"{output_stem(stem.name)}.png"
-    # Checked before anything is written. probs/ and overlays/ are predict's own folders (an unstamped
-    # file there is an older predict's output): only the mask's name can be a ground truth's.
-    if mask_path.exists() and not written_by_predict(mask_path):
-        raise FileExistsError(errno.EEXIST, "exists and tcnet predict did not write it (a ground-truth mask, or a "
-                              "mask from an older tcnet predict, which did not stamp its files); move it or choose "
-                              "another --out", str(mask_path))
-    write_png(mask_path, mask, text=STAMP)
+    mpath = mask_path(out, stem)
+    clash = foreign_mask_error(mpath)  # checked again: the file may have appeared while the model ran
+    if clash is not None:
+        raise clash
+    write_png(mpath, mask, text=STAMP)
     if probs:
         write_png(out / PROBS_DIR / stem.parent / f"{stem.name}_prob.png", prob_to_png(prob, probs_bits), text=STAMP)
     if overlays:
         write_png(out / OVERLAYS_DIR / stem.parent / f"{stem.name}_overlay.png", overlay(img, mask), text=STAMP)
     h, w = mask.shape
     return {
-        "input": str(src), "mask": str(mask_path), "width": w, "height": h,
+        "input": str(src), "mask": str(mpath), "width": w, "height": h,
         "foreground_fraction": float((mask > 0).mean()),
     }
 

@@ -70,6 +70,9 @@ def test_every_experiment_gets_its_outputs(done):
         assert all(Path(f).is_file() for f in result["experiments"][exp_id]["figures"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data_label"] == "synthetic look-alike" and set(EXPERIMENTS) <= set(metrics)
+    datasets = pd.read_csv(out / "datasets.csv")  # Table 2's counts beside ours, in the report too
+    assert set(datasets.dataset) == {"isic2017", "ph2", "isic2018", "drive", "chase_db1"}
+    assert "Images per dataset" in (out / "datasets.md").read_text() and 'id="datasets"' in (out / "report.html").read_text()
     assert sorted(p.name for p in (out / "loss_sweep").glob("*.png")) == ["fig_sweep.png"]
     assert {p.name for p in (out / "ablation").glob("*.png")} == {
         "fig_train_loss.png", "fig_val_loss.png", "fig_roc.png", "fig_bars.png"}

@@ -89,6 +89,10 @@ def test_evaluate_writes_every_output_at_original_size(trained, monkeypatch):
     assert scores["aggregation"] == "mean" and scores["run"]["run_id"] == ISIC_RUN
     assert set(scores["mean"]) == {"AC", "SE", "SP", "JA", "DI", "TJA", "AUC"}
     assert all(0.0 <= v <= 1.0 for v in scores["mean"].values() if v is not None)
+    split = json.loads((root / "splits" / "isic2017.json").read_text())  # the sizes behind the numbers, for compare
+    assert scores["splits"] == {"isic2017": {"folds": [[len(f["train"]), len(f["val"])] for f in split["folds"]],
+                                             "test": len(split["test"]), "source": split["source"]}}
+    assert scores["splits"]["isic2017"]["folds"][0][1] == scores["n"] == 3
 
     rows = read_csv(out / "per_image.csv")
     assert list(rows[0]) == ["id", "AC", "SE", "SP", "JA", "DI", "TJA", "AUC"]

@@ -226,6 +226,20 @@ def test_ground_truth_next_to_the_images_is_never_overwritten(checkpoint, tmp_pa
     assert not predict.written_by_predict(src / "ISIC_0000001_segmentation.png")
 
 
+def test_a_folder_of_ground_truth_names_is_refused_before_the_model_loads(tmp_path, capsys):
+    """Every mask name taken by a ground truth: all inputs skipped up front, so a model that does not
+    exist is never even opened (the clash is found before minutes of loading and inference)."""
+    src = tmp_path / "isic"
+    src.mkdir()
+    Image.fromarray(rgb(40, 50, 1)).save(src / "ISIC_0000001.jpg", quality=90)
+    Image.fromarray(np.zeros((40, 50), np.uint8)).save(src / "ISIC_0000001_segmentation.png")
+    rc = cli(["predict", "--model", str(tmp_path / "no-such-model.pt"), "--input", str(src), "--out", str(src)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "0 image(s) segmented" in err, err
+    assert "ISIC_0000001_segmentation.png: exists and tcnet predict did not write it" in err
+    assert "no-such-model" not in err
+
+
 def test_official_layouts_annotations_are_not_segmented(tmp_path):
     """CHASE_DB1 keeps both observers beside the images; PH2 its lesion and colour-region masks
     (tcnet synth writes them all, e.g. IMD002_roi/IMD002_R1_Label4.bmp)."""
