@@ -239,9 +239,16 @@ class ExperimentConfig:
     train: dict[str, Any] = field(default_factory=dict)  # experiment-wide overrides of train.*
     folds: Optional[tuple[int, ...]] = None  # None = every fold of the split
     metrics: tuple[str, ...] = ("AC", "SE", "SP", "JA", "DI")
-    aggregation: Literal["mean", "pooled"] = "mean"
+    # "" = the datasets' convention: pooled where every evaluated dataset is a retina set, else mean
+    aggregation: Literal["mean", "pooled", ""] = ""
     baseline_of: str = ""  # run name of TCNet, against which paired statistics are computed
     paper_key: str = ""  # key in paper/reported.yaml
+
+    def __post_init__(self) -> None:
+        if self.aggregation == "" and self.data:
+            retina = [d.eval_dataset in RETINA_DATASETS for d in self.data]
+            if all(retina) or not any(retina):  # a mix needs an explicit choice (validate says so)
+                object.__setattr__(self, "aggregation", "pooled" if all(retina) else "mean")
 
     def validate(self, exp_id: str) -> None:
         if not self.data or not self.runs:
@@ -258,6 +265,10 @@ class ExperimentConfig:
             raise ConfigError(f"experiments.{exp_id}: run names must be unique, got {names}")
         for m in self.metrics:
             check_choice(f"metric in experiments.{exp_id}.metrics", m, METRIC_NAMES)
+        if self.aggregation == "":
+            raise ConfigError(
+                f"experiments.{exp_id}: evaluates retina datasets (pooled over FOV pixels by convention) and "
+                "skin datasets (per-image mean) together; set aggregation: pooled or aggregation: mean")
         check_choice(f"aggregation in experiments.{exp_id}", self.aggregation, ("mean", "pooled"))
         if self.baseline_of:
             check_choice(f"experiments.{exp_id}.baseline_of run", self.baseline_of, names)

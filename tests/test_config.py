@@ -156,3 +156,21 @@ def test_batch_split_over_processes_names_the_runs_and_the_counts_that_fit(tmp_p
     msg = str(e.value)
     assert msg.startswith("gpus 4 does not divide train.batch_size of 8 run(s) (ablation/drive__lkm__fold0 (2), ")
     assert "use gpus 1 or 2, or batch sizes that are multiples of 4" in msg
+
+
+def test_aggregation_defaults_to_the_datasets_convention(tmp_path):
+    """Retina sets are scored pooled over FOV pixels, skin sets per image: an experiment that does
+    not say gets its datasets' convention, and one that mixes them must choose."""
+    base = ("preprocess: {datasets: [isic2017, drive, chase_db1]}\nexperiments:\n  e:\n    title: t\n"
+            "    reproduces: r\n    runs: [{name: a}]\n")
+    cases = {"[{name: d, train: drive}, {name: c, train: chase_db1}]": "pooled",
+             "[{name: i, train: isic2017}]": "mean"}
+    for data, expected in cases.items():
+        path = tmp_path / "p.yaml"
+        path.write_text(base + f"    data: {data}\n")
+        assert load_params(path).experiment("e").aggregation == expected
+        path.write_text(base + f"    data: {data}\n    aggregation: mean\n")  # an explicit choice stands
+        assert load_params(path).experiment("e").aggregation == "mean"
+    path.write_text(base + "    data: [{name: d, train: drive}, {name: i, train: isic2017}]\n")
+    with pytest.raises(ConfigError, match="experiments.e: evaluates retina datasets .* set aggregation"):
+        load_params(path)

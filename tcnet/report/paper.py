@@ -332,11 +332,17 @@ def claim_notes(reported: dict, res, values, ref: PaperRef, varying: dict, m: st
                     cs.append(c)
                     parts.append(f"{p} {c.text(res.digits)}")
                 ahead = sum(x > 0 for x in dirs)
+                # The claim's sentence names the encoder/decoder units, the cross-layer connections and the
+                # up-sampling modules; its Fig. 2/3 show other placements. Say which ones the verdict covers.
+                unrun = [p for p in ("all_conv", "skip", "upsample") if p not in groups]
+                scope = (f" The paper's sentence also names placements not run here ({', '.join(unrun)}); the "
+                         "verdict covers the placements above only." if unrun else "")
                 out.append(
                     f"{d.name}: the paper finds every attention placement better than none; ours, {ref.name(m)} of "
                     "each placement minus none, per image averaged over deep supervision on/off: "
                     + ", ".join(parts)
                     + f": {ahead} of {len(dirs)} clearly ahead ({_verdict(dirs, _not_evaluated(res, d.name, names), *cs)})."
+                    + scope
                 )
         ahead = claims.get("ahead_of") or {}
         on = (ahead.get("metrics") or {}).get(d.name) or []

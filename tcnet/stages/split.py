@@ -10,7 +10,7 @@ Conventions per dataset (``docs/stages-data.md``):
 
 * ``isic2017``  official train / validation / test; one fold.
 * ``isic2018``  seeded ``KFold(cv_folds, shuffle=True)`` over the official training images;
-  test = official validation + test ids when present, else [].
+  test = the official test ids when present, else [] (the official validation images are not used).
 * ``ph2``       no folds; every image is a test image (ISIC 2017 -> PH2 transfer).
 * ``drive``     official 20/20: test = official test; one fold whose val is a seeded
   ``retina_val_fraction`` hold-out of the official training images (checkpoint selection).
@@ -86,7 +86,9 @@ def _split_isic2018(ids, by, cfg):
     from sklearn.model_selection import KFold
 
     pool = by["train"] if by["train"] else sorted(ids)
-    test = sorted(by["val"] + by["test"])
+    # The official test set alone: the challenge's leaderboard scores it, and a blend with the
+    # validation images would be neither that number nor the validation one.
+    test = sorted(by["test"])
     k = cfg.cv_folds
     if len(pool) < k:
         raise SplitError(f"isic2018: {k}-fold cross-validation needs at least {k} training images, found {len(pool)}")
@@ -96,10 +98,13 @@ def _split_isic2018(ids, by, cfg):
         for tr, va in KFold(n_splits=k, shuffle=True, random_state=cfg.seed).split(arr)
     ]
     what = "official training images" if by["train"] else "images (no official split found)"
-    tail = (
-        f"test = official validation + test ({len(by['val'])} + {len(by['test'])})"
-        if test else "test = [] (no official validation/test images present)"
-    )
+    unused = f"; the {len(by['val'])} official validation images are not used" if by["val"] else ""
+    if test:
+        tail = f"test = the {len(test)} official test images{unused}"
+    elif by["val"]:
+        tail = f"test = [] (no official test images present){unused}"
+    else:
+        tail = "test = [] (no official validation/test images present)"
     source = (
         f"seeded {k}-fold cross-validation (sklearn KFold, shuffle=True, random_state={cfg.seed}) "
         f"over the {len(pool)} {what}; {tail}"

@@ -1,6 +1,7 @@
 """``tcnet score``: score a folder of predicted masks against ground truth, ISIC-scorer style.
 
-    tcnet score --pred PRED_DIR --truth TRUTH_DIR [--truth-glob '*_1stHO.png'] [--fov FOV_DIR]
+    tcnet score --pred PRED_DIR --truth TRUTH_DIR [--truth-glob '*_1stHO.png'] [--pred-glob PATTERN]
+                [--fov FOV_DIR | --fov-from-images IMAGES_DIR] [--recursive]
                 [--probs PROBS_DIR] [--threshold 128] [--out scores.json]
 
 Files are paired by :func:`mask_id` (ISIC ``ISIC_0000000_segmentation.png`` <-> ``ISIC_0000000.png``,
@@ -32,6 +33,7 @@ import numpy as np
 from tcnet.metrics import METRICS, MetricAccumulator
 
 MASK_SUFFIXES = (".png", ".gif", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
+IMAGE_SUFFIXES = MASK_SUFFIXES  # the images --fov-from-images derives a FOV from
 PROB_SUFFIXES = MASK_SUFFIXES + (".npy",)
 # Suffixes stripped from a file stem (repeatedly, case-insensitively) to get the image id:
 # ISIC truth, DRIVE truth/FOV/images, CHASE_DB1 observers, PH2 lesion masks, common prediction names.
@@ -73,21 +75,41 @@ def mask_id(path) -> str:
     return stem
 
 
-def _index(folder: Path, what: str, suffixes: tuple[str, ...], glob: str | None = None) -> dict[str, list[Path]]:
-    """id -> files in ``folder`` (not recursive; hidden and non-image files, and with ``glob`` the
-    names it does not match, skipped)."""
+def _index(folder: Path, what: str, suffixes: tuple[str, ...], glob: str | None = None,
+           recursive: bool = False) -> dict[str, list[Path]]:
+    """id -> files in ``folder`` (with ``recursive`` its sub-folders too; hidden files and folders,
+    non-image files, and with ``glob`` the names it does not match, skipped)."""
     if not folder.exists():
         raise FileNotFoundError(f"{what} folder {folder} does not exist")
     if not folder.is_dir():
         raise ScoreError(f"{what} folder {folder} is not a folder")
     out: dict[str, list[Path]] = {}
-    for f in sorted(folder.iterdir()):
-        if f.name.startswith(".") or not f.is_file() or f.suffix.lower() not in suffixes:
+    for f in sorted(folder.rglob("*") if recursive else folder.iterdir()):
+        if any(part.startswith(".") for part in f.relative_to(folder).parts) or not f.is_file():
             continue
-        if glob is not None and not fnmatch.fnmatch(f.name, glob):
+        if f.suffix.lower() not in suffixes or (glob is not None and not fnmatch.fnmatch(f.name, glob)):
             continue
         out.setdefault(mask_id(f), []).append(f)
     return out
+
+
+def _image_index(folder: Path, recursive: bool) -> dict[str, list[Path]]:
+    """id -> the images (not annotations: no :data:`ANNOTATION_SUFFIXES` stem) in ``folder``."""
+    found = _index(folder, "image", IMAGE_SUFFIXES, recursive=recursive)
+    images = {}
+    for image_id, files in found.items():
+        kept = [f for f in files if not f.stem.lower().endswith(tuple(s.lower() for s in ANNOTATION_SUFFIXES))]
+        if kept:
+            images[image_id] = kept
+    return images
+
+
+def derived_fov(image_path: Path) -> np.ndarray:
+    """The FOV of a fundus photograph as the CHASE_DB1 adapter derives it (none ship with CHASE_DB1)."""
+    from tcnet.data.adapters.chase_db1 import derive_fov
+    from tcnet.data.io import read_image
+
+    return derive_fov(read_image(image_path))
 
 
 def _one(index: dict[str, list[Path]], image_id: str, truth: Path, folder: Path, what: str) -> Path:
@@ -202,17 +224,24 @@ def score_folders(
     threshold: int = 128,
     probs_dir=None,
     truth_glob: str | None = None,
+    pred_glob: str | None = None,
+    recursive: bool = False,
+    fov_images_dir=None,
 ) -> dict:
     """Score every truth mask in ``truth_dir`` (those ``truth_glob`` matches, if given) against its
-    prediction; returns the JSON contract.
+    prediction (among those ``pred_glob`` matches); returns the JSON contract. ``recursive``: every
+    folder is searched with its sub-folders (PH2's folder per image). ``fov_images_dir``: instead of
+    FOV masks, the images there, whose FOV is derived as for CHASE_DB1 (none ship with it).
 
     Raises :class:`ScoreError` (or ``FileNotFoundError``/``InvalidInputError``) naming the file
     for a missing, unreadable, non-greyscale or wrongly sized prediction (or FOV / probability map).
     """
     if not 0 <= int(threshold) <= 255:
         raise ScoreError(f"--threshold must be in 0..255 (predictions are binarised > threshold), got {threshold}")
+    if fov_dir is not None and fov_images_dir is not None:
+        raise ScoreError("give --fov (FOV masks) or --fov-from-images (images to derive them from), not both")
     pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
-    truths = _index(truth_dir, "truth", MASK_SUFFIXES, truth_glob)
+    truths = _index(truth_dir, "truth", MASK_SUFFIXES, truth_glob, recursive)
     if not truths:
         raise ScoreError(f"truth folder {truth_dir} holds no mask files ({', '.join(MASK_SUFFIXES)})"
                          + (f" matching --truth-glob {truth_glob!r}" if truth_glob else ""))
@@ -221,11 +250,13 @@ def score_folders(
             raise ScoreError(
                 f"truth folder {truth_dir} has several masks for id {image_id}: "
                 f"{', '.join(f.name for f in files)}; keep one truth mask per image in the folder, or pick "
-                "them with --truth-glob (e.g. '*_1stHO.png' for CHASE_DB1's first observer)"
+                "them with --truth-glob (e.g. '*_1stHO.png' for CHASE_DB1's first observer, '*_lesion.bmp' "
+                "for PH2)"
             )
-    preds = _index(pred_dir, "prediction", MASK_SUFFIXES)
-    fovs = None if fov_dir is None else _index(Path(fov_dir), "FOV", MASK_SUFFIXES)
-    probs = None if probs_dir is None else _index(Path(probs_dir), "probability", PROB_SUFFIXES)
+    preds = _index(pred_dir, "prediction", MASK_SUFFIXES, pred_glob, recursive)
+    fovs = None if fov_dir is None else _index(Path(fov_dir), "FOV", MASK_SUFFIXES, recursive=recursive)
+    fov_images = None if fov_images_dir is None else _image_index(Path(fov_images_dir), recursive)
+    probs = None if probs_dir is None else _index(Path(probs_dir), "probability", PROB_SUFFIXES, recursive=recursive)
 
     acc = MetricAccumulator(with_auc=probs is not None)
     for image_id in sorted(truths):
@@ -239,6 +270,10 @@ def score_folders(
             fov_path = _one(fovs, image_id, truth_path, Path(fov_dir), "FOV mask")
             valid = load_truth(fov_path)
             _check_size(valid, fov_path, truth, truth_path, "FOV mask")
+        if fov_images is not None:
+            image_path = _one(fov_images, image_id, truth_path, Path(fov_images_dir), "image")
+            valid = derived_fov(image_path)
+            _check_size(valid, image_path, truth, truth_path, "image (FOV derived from it)")
         prob = None
         if probs is not None:
             prob_path = _one(probs, image_id, truth_path, Path(probs_dir), "probability map")
@@ -295,7 +330,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--truth-glob", metavar="PATTERN",
                         help="only the truth files whose names match, for a folder that holds images or several "
                              "observers too (CHASE_DB1: '*_1stHO.png')")
-    parser.add_argument("--fov", metavar="DIR", help="field-of-view masks: only pixels inside count (retina)")
+    parser.add_argument("--pred-glob", metavar="PATTERN",
+                        help="only the prediction files whose names match (e.g. '*_2ndHO.png': CHASE_DB1's second "
+                             "observer scored against the first, from the official folder)")
+    parser.add_argument("--recursive", action="store_true",
+                        help="search every folder's sub-folders too (PH2's folder per image; the nested output "
+                             "of 'tcnet predict --recursive')")
+    fov = parser.add_mutually_exclusive_group()
+    fov.add_argument("--fov", metavar="DIR", help="field-of-view masks: only pixels inside count (retina; DRIVE "
+                     "ships them as *_mask.gif)")
+    fov.add_argument("--fov-from-images", metavar="DIR",
+                     help="derive each image's field of view from the fundus photograph in DIR, as the pipeline "
+                          "does for CHASE_DB1, which ships no FOV masks (paired by id; annotation files skipped)")
     parser.add_argument(
         "--threshold", type=int, default=128, metavar="T",
         help="a prediction pixel is foreground where its value > T (0..255; default 128, the ISIC scorer's)",
@@ -310,7 +356,8 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     result = score_folders(args.pred, args.truth, fov_dir=args.fov, threshold=args.threshold, probs_dir=args.probs,
-                           truth_glob=args.truth_glob)
+                           truth_glob=args.truth_glob, pred_glob=args.pred_glob, recursive=args.recursive,
+                           fov_images_dir=args.fov_from_images)
     n = len(result["per_image"])
     print(f"scored {n} image{'s' if n != 1 else ''}: mean = per-image average (ISIC), pooled = summed counts (retina)")
     print(format_table(result))

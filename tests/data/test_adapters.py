@@ -88,6 +88,14 @@ def test_isic2018_optional_splits_and_ignored_texts(synth_root, synth_copy):
     shutil.rmtree(root / "ISIC2018_Task1-2_Training_Input")
     with pytest.raises(LayoutError, match="ISIC2018_Task1-2_Training_Input/ folder .* required"):
         discover("isic2018", root)
+    # an optional split's ground truth without its images is an error too, never a split dropped in silence
+    shutil.copytree(synth_root / "isic2018" / "ISIC2018_Task1-2_Training_Input", root / "ISIC2018_Task1-2_Training_Input")
+    shutil.rmtree(root / "ISIC2018_Task1-2_Validation_Input")
+    with pytest.raises(LayoutError, match="ISIC2018_Task1_Validation_GroundTruth holds the val masks but no "
+                       "ISIC2018_Task1-2_Validation_Input/ folder"):
+        discover("isic2018", root)
+    shutil.rmtree(root / "ISIC2018_Task1_Validation_GroundTruth")  # the way out the error names
+    assert Counter(s.official_split for s in discover("isic2018", root)) == {"train": 4}
 
 
 def test_ph2_official_layout_and_root_levels(synth_root):

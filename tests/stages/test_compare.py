@@ -366,6 +366,8 @@ def test_the_papers_qualitative_claims_get_a_verdict(tmp_path):
     att = (tmp_path / "out" / "attention" / "table.md").read_text()
     assert "the paper finds every attention placement better than none" in att
     assert "0 of 3 clearly ahead (disagrees)" in att
+    # the claim's sentence names placements the Fig. 2/3 grid does not run: the verdict says it covers fewer
+    assert "also names placements not run here (skip, upsample); the verdict covers the placements above only" in att
 
 
 def test_a_claim_is_not_resolved_by_a_difference_inside_the_noise_or_a_missing_run(tmp_path):

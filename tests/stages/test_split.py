@@ -86,8 +86,11 @@ def test_every_dataset_follows_its_convention(pre, tmp_path):
     assert sorted(vals) == train  # every training image is validation exactly once
     for f in s["folds"]:
         assert sorted(f["train"] + f["val"]) == train and not set(f["train"]) & set(f["val"])
-    assert s["test"] == sorted(i for i, p in _isic2018() if p in ("val", "test"))
+    # the official test set alone (the leaderboard's); the 3 official validation images in no part
+    assert s["test"] == sorted(i for i, p in _isic2018() if p == "test")
+    assert not {i for i, p in _isic2018() if p == "val"} & {i for f in s["folds"] for part in f.values() for i in part}
     assert "KFold" in s["source"] and "random_state=7" in s["source"]
+    assert "the 5 official test images; the 3 official validation images are not used" in s["source"]
 
     s = load_split(out, "ph2")
     assert s["folds"] == [] and s["test"] == sorted(i for i, _ in _ph2())

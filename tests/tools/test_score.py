@@ -258,3 +258,48 @@ def test_truth_glob_picks_one_observer_from_the_chase_folder(tmp_path, capsys):
     assert len(scores["per_image"]) == len(list(truth_dir.glob("*_1stHO.png"))) and scores["mean"]["DI"] == 1.0
     rc, _, err = _run(capsys, "--pred", pred, "--truth", truth_dir, "--truth-glob", "*_3rdHO.png")
     assert rc == 2 and "matching --truth-glob '*_3rdHO.png'" in err
+
+
+def test_chase_human_baseline_inside_the_derived_fov_from_the_official_folder(tmp_path, capsys):
+    """The second observer against the first, straight from the official flat folder, scored inside
+    the FOV the pipeline derives (CHASE_DB1 ships none): the same pixels evaluate counts."""
+    from tcnet.data.adapters import discover, load_fov, load_mask
+    from tcnet.metrics import MetricAccumulator
+
+    assert cli(["synth", "chase_db1", "--out", str(tmp_path / "c"), "--n", "2"]) == 0
+    capsys.readouterr()
+    folder = next(p.parent for p in (tmp_path / "c").rglob("*_1stHO.png"))
+    common = ["--pred", folder, "--pred-glob", "*_2ndHO.png", "--truth", folder, "--truth-glob", "*_1stHO.png"]
+    rc, _, err = _run(capsys, *common, "--fov-from-images", folder, "--out", tmp_path / "fov.json")
+    assert rc == 0, err
+    rc, _, err = _run(capsys, *common, "--out", tmp_path / "all.json")
+    assert rc == 0, err
+    inside, everywhere = (json.loads((tmp_path / f).read_text()) for f in ("fov.json", "all.json"))
+    acc = MetricAccumulator()
+    for s in discover("chase_db1", tmp_path / "c"):
+        second = np.asarray(Image.open(str(s.mask).replace("_1stHO", "_2ndHO")).convert("L")) > 128
+        acc.update(s.id, None, load_mask(s), valid=load_fov(s), pred=second)
+    assert inside["pooled"] == pytest.approx(acc.pooled())
+    assert inside["pooled"]["AC"] < everywhere["pooled"]["AC"]  # the black surround no longer counts
+    with pytest.raises(SystemExit) as stop:
+        _run(capsys, *common, "--fov", folder, "--fov-from-images", folder)
+    assert stop.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_ph2_folder_per_image_with_recursive(tmp_path, capsys):
+    """PH2 keeps every image and its lesion mask in a folder of their own."""
+    assert cli(["synth", "ph2", "--out", str(tmp_path / "p"), "--n", "2"]) == 0
+    capsys.readouterr()
+    lesions = sorted((tmp_path / "p").rglob("*_lesion.bmp"))
+    pred = tmp_path / "pred"
+    for t in lesions:  # nested as 'tcnet predict --recursive' writes them
+        (pred / t.parent.parent.name).mkdir(parents=True)
+        Image.open(t).convert("L").save(pred / t.parent.parent.name / f"{t.parent.parent.name}_mask.png")
+    rc, _, err = _run(capsys, "--pred", pred, "--truth", tmp_path / "p", "--truth-glob", "*_lesion.bmp")
+    assert rc == 2 and "holds no mask files" in err
+    rc, _, err = _run(capsys, "--pred", pred, "--truth", tmp_path / "p", "--recursive", "--truth-glob", "*_lesion.bmp",
+                      "--out", tmp_path / "s.json")
+    assert rc == 0, err
+    scores = json.loads((tmp_path / "s.json").read_text())
+    assert [r["id"] for r in scores["per_image"]] == [t.parent.parent.name for t in lesions]
+    assert scores["mean"]["DI"] == 1.0

@@ -32,15 +32,19 @@ class IsicAdapter(Adapter):
                 find_dirs(root, [img_name], SEARCH_DEPTH), IMAGE_RE, f"{img_name} (ISIC_xxxxxxx.jpg images)",
                 lambda p: self.error(root, p),
             )
-            if img_dir is None:
-                if split in self.required:
-                    raise self.error(root, f"no {img_name}/ folder with ISIC_xxxxxxx.jpg images found "
-                                     f"(the {split} split is required)")
-                continue
             gt_dir = pick_folder(
                 find_dirs(root, [gt_name], SEARCH_DEPTH), re.compile(r".*" + re.escape(MASK_SUFFIX), re.I),
                 f"{gt_name} (masks)", lambda p: self.error(root, p),
             )
+            if img_dir is None:
+                if split in self.required:
+                    raise self.error(root, f"no {img_name}/ folder with ISIC_xxxxxxx.jpg images found "
+                                     f"(the {split} split is required)")
+                if gt_dir is not None:  # masks of a split whose images are missing: never drop it silently
+                    raise self.error(root, f"{gt_dir} holds the {split} masks but no {img_name}/ folder with "
+                                     f"ISIC_xxxxxxx.jpg images was found next to it: add the {img_name} archive, "
+                                     f"or move {gt_dir} out of {root} to use the other splits only")
+                continue
             if gt_dir is None:
                 way_out = "" if split in self.required else (
                     f"; the challenge's {split} inputs were released before their ground truth: add the "
