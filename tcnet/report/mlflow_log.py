@@ -8,7 +8,10 @@ commit and params hash), found or created there. What is logged on it:
   ``tcnet.compare.aggregation``, ``tcnet.compare.unit``;
 - ``compare/table.json`` and ``compare/stats.json`` via ``log_table`` (the MLflow UI's table view);
 - ``compare/<file>`` for ``table.md``, ``table.csv``, ``stats.csv`` and every figure PNG;
-- metrics ``compare.<data>.<variant>.<metric>``: our value in the table's unit.
+- metrics ``compare.<data>.<variant>.<metric>``: our value in the table's unit, and beside it
+  ``paper.<data>.<variant>.<metric>``, the paper's value where it prints one (a stated difference:
+  ``compare.<data>.delta.<label>.<metric>`` and ``paper.<data>.delta.<label>.<metric>``), so the
+  MLflow UI's compare view sets ours and the paper's side by side.
 """
 
 from __future__ import annotations
@@ -44,11 +47,16 @@ def log_experiment(params: Params, exp_id: str, exp_dir: Path, summary: pd.DataF
     log.log_table(_json_safe(summary), "compare/table.json")
     if not stats.empty:
         log.log_table(_json_safe(stats), "compare/stats.json")
-    for f in ["table.md", "table.csv", "stats.csv"]:
+    for f in ["table.md", "table.csv", "stats.csv", "comparisons.csv"]:
         if (exp_dir / f).is_file():
             log.log_artifact(exp_dir / f, "compare")
     for p in figure_paths:
         log.log_artifact(p, "compare")
-    values = summary[(summary.kind == "value") & summary.ours.notna()]
-    log.log_metrics({_metric_key("compare", r.data, r.variant, r.metric): float(r.ours) for r in values.itertuples()})
+    metrics = {}
+    for r in summary[summary.kind.isin(["value", "delta"])].itertuples():
+        where = (r.data, r.variant) if r.kind == "value" else (r.data, "delta", r.label)
+        for prefix, v in (("compare", r.ours), ("paper", r.paper)):
+            if pd.notna(v):
+                metrics[_metric_key(prefix, *where, r.metric)] = float(v)
+    log.log_metrics(metrics)
     return log.run_id

@@ -329,6 +329,11 @@ def test_mlflow_tables_and_figures_on_the_parent_run(done, tmp_path, monkeypatch
     assert labels >= {"TCNet", "UNet", "TCNet - SSLS"}
     tcnet_ja = table(out, "ph2_transfer").pipe(lambda t: cell(t, kind="value", variant="tcnet", metric="JA")).ours
     assert math.isclose(run.data.metrics["compare.ph2.tcnet.JA"], tcnet_ja)
+    # the paper's stated difference beside ours, for the UI's compare view (no absolute paper value on PH2)
+    assert run.data.metrics["paper.ph2.delta.TCNet - UNet.JA"] == 2.475
+    assert "compare.ph2.delta.TCNet - UNet.JA" in run.data.metrics and "paper.ph2.tcnet.JA" not in run.data.metrics
+    assert run.data.metrics["paper.ph2.delta.TCNet - SSLS.AC"] == 11.153  # SSLS: the paper's number, none of ours
+    assert "compare.ph2.delta.TCNet - SSLS.AC" not in run.data.metrics and "compare/comparisons.csv" in names
 
 
 def test_numbers_from_a_look_alike_are_never_labelled_real(tmp_path):

@@ -27,6 +27,7 @@ def params_dict(root: Path, uri: str) -> dict:
         "mlflow": {"tracking_uri": uri, "log_models": False, "system_metrics": False},
         "experiments": {EXPERIMENT: {
             "title": "tiny", "reproduces": "test", "model": "tcnet_tiny", "runs": [{"name": "tiny"}],
+            "aggregation": "mean",  # skin and retina together: the experiment must choose (evaluate pools DRIVE anyway)
             "data": [{"name": "isic2017", "train": "isic2017", "part": "val"},
                      {"name": "drive", "train": "isic2017", "eval": "drive", "part": "test"}],
         }},
