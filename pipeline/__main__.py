@@ -64,10 +64,10 @@ def cmd_compile(args) -> int:
 
     from tcnet.provenance import without_credentials
 
-    opts = options(args)
+    url, rev = data_source(options(args))
+    opts = replace(options(args), data_repo_url=url, data_rev=rev)  # git asked once: build_pipeline takes these
     out = compile_pipeline(opts, args.out)
     print(f"compiled {out}")
-    url = data_source(opts)[0]
     if url != without_credentials(url):
         print("note: the data repository URL's user/token part is not written into the package; pass the full "
               "URL as the run's data_repo_url argument when you start a run", file=sys.stderr)

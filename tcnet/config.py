@@ -23,6 +23,12 @@ import yaml
 
 DATASETS = ("isic2017", "isic2018", "ph2", "drive", "chase_db1")
 RETINA_DATASETS = ("drive", "chase_db1")
+
+
+def dataset_aggregation(dataset: str) -> str:
+    """A dataset's scoring convention: ISIC/PH2 the mean of per-image scores (the ISIC challenge's);
+    retina pooled over FOV pixels."""
+    return "pooled" if dataset in RETINA_DATASETS else "mean"
 METRIC_NAMES = ("AC", "SE", "SP", "JA", "DI", "TJA", "AUC")
 
 
@@ -239,16 +245,15 @@ class ExperimentConfig:
     train: dict[str, Any] = field(default_factory=dict)  # experiment-wide overrides of train.*
     folds: Optional[tuple[int, ...]] = None  # None = every fold of the split
     metrics: tuple[str, ...] = ("AC", "SE", "SP", "JA", "DI")
-    # "" = the datasets' convention: pooled where every evaluated dataset is a retina set, else mean
-    aggregation: Literal["mean", "pooled", ""] = ""
+    # mean | pooled; "" = the datasets' convention (dataset_aggregation), the same for every eval dataset
+    aggregation: str = ""
     baseline_of: str = ""  # run name of TCNet, against which paired statistics are computed
     paper_key: str = ""  # key in paper/reported.yaml
 
     def __post_init__(self) -> None:
-        if self.aggregation == "" and self.data:
-            retina = [d.eval_dataset in RETINA_DATASETS for d in self.data]
-            if all(retina) or not any(retina):  # a mix needs an explicit choice (validate says so)
-                object.__setattr__(self, "aggregation", "pooled" if all(retina) else "mean")
+        conventions = {dataset_aggregation(d.eval_dataset) for d in self.data}
+        if self.aggregation == "" and len(conventions) == 1:  # a mix needs an explicit choice (validate says so)
+            object.__setattr__(self, "aggregation", conventions.pop())
 
     def validate(self, exp_id: str) -> None:
         if not self.data or not self.runs:

@@ -174,3 +174,6 @@ def test_aggregation_defaults_to_the_datasets_convention(tmp_path):
     path.write_text(base + "    data: [{name: d, train: drive}, {name: i, train: isic2017}]\n")
     with pytest.raises(ConfigError, match="experiments.e: evaluates retina datasets .* set aggregation"):
         load_params(path)
+    path.write_text(base + "    data: [{name: d, train: drive}]\n    aggregation: poled\n")
+    with pytest.raises(ConfigError, match="valid: mean, pooled$"):
+        load_params(path)

@@ -31,7 +31,7 @@ def _ours(counts: dict) -> dict:
     pool = sum(folds[0]) if folds else 0  # each fold splits the same pool into train and val
     return {
         "images": pool + test, "folds": len(folds),
-        "train": _span([f[0] for f in folds]) if folds else "0", "val": _span([f[1] for f in folds]) if folds else "0",
+        "train": _span([f[0] for f in folds]) if folds else "", "val": _span([f[1] for f in folds]) if folds else "",
         "test": test, "source": counts.get("source", ""),
     }
 
@@ -78,7 +78,8 @@ def datasets_table(frame: pd.DataFrame, reported: dict, data_label: str) -> Disp
     caption = (
         "Images per dataset: the paper's Table 2 as printed beside the splits our runs used "
         f"(ours: {data_label}). Ours: images = the split's train+val pool plus its test part; train/val "
-        "per fold (a range where folds differ); test = the official test part."
+        "per fold (a range where folds differ; none for a test-only set); test = the split's test part "
+        "(official where the dataset has an official split; the last column says how each was made)."
         + (f" Paper: {notes}" if notes else "")
     )
     header = ["dataset", "experiments", "paper train", "paper val", "paper test", "ours: images", "folds",

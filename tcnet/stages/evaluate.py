@@ -37,7 +37,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tcnet.models.outputs import foreground_prob
-from tcnet.config import RETINA_DATASETS, EvaluateConfig, Params, RunSpec, expand_runs, load_params, to_dict
+from tcnet.config import EvaluateConfig, Params, RunSpec, dataset_aggregation, expand_runs, load_params, to_dict
 from tcnet.tracking import EVAL_CHECKPOINT_TAG
 from tcnet.utils.atomic import atomic_dir, atomic_write
 
@@ -55,7 +55,7 @@ def _say(msg: str) -> None:
 
 def headline_aggregation(dataset: str) -> str:
     """ISIC/PH2: mean of per-image scores (ISIC challenge); retina: pooled over FOV pixels."""
-    return "pooled" if dataset in RETINA_DATASETS else "mean"
+    return dataset_aggregation(dataset)
 
 
 def _json_safe(obj):
@@ -185,6 +185,7 @@ def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, spli
         # the heap too grew it far past the live peak for UNet3+ (tcnet/utils/heap.py;
         # `python -m benchmarks cpu_settings --only heap_infer`). Process-wide, for life.
         retain_freed_memory_for_inference()
+    splits = split_counts(splits_dir, (spec.data.train, spec.data.eval_dataset))  # a bad split file fails here
     model, meta = load_model(ckpt_path, dev)
     if meta.get("config_hash") != spec.config_hash():
         raise ValueError(
@@ -272,7 +273,7 @@ def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, spli
         scores = _json_safe({
             "mean": acc.mean(), "pooled": acc.pooled(), "n": len(per_image), "dataset": dataset,
             "synthetic": synthetic,  # datasets (train, eval) whose raw folder is a tcnet synth look-alike
-            "splits": split_counts(splits_dir, (spec.data.train, dataset)),  # the images behind the numbers
+            "splits": splits,  # the images behind the numbers
             "part": spec.data.part, "aggregation": agg, "threshold": eval_cfg.threshold,
             "run": {**to_dict(spec), "run_id": spec.run_id},
             "checkpoint": {"path": str(ckpt_path.resolve()), "name": ckpt_name, "why": ckpt_why,

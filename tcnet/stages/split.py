@@ -85,10 +85,11 @@ def _split_isic2017(ids, by, cfg):
 def _split_isic2018(ids, by, cfg):
     from sklearn.model_selection import KFold
 
-    pool = by["train"] if by["train"] else sorted(ids)
     # The official test set alone: the challenge's leaderboard scores it, and a blend with the
-    # validation images would be neither that number nor the validation one.
-    test = sorted(by["test"])
+    # validation images would be neither that number nor the validation one. Without an official
+    # training split there is no official split at all: every image is in the pool.
+    pool = by["train"] if by["train"] else sorted(ids)
+    test = sorted(by["test"]) if by["train"] else []
     k = cfg.cv_folds
     if len(pool) < k:
         raise SplitError(f"isic2018: {k}-fold cross-validation needs at least {k} training images, found {len(pool)}")
@@ -98,7 +99,7 @@ def _split_isic2018(ids, by, cfg):
         for tr, va in KFold(n_splits=k, shuffle=True, random_state=cfg.seed).split(arr)
     ]
     what = "official training images" if by["train"] else "images (no official split found)"
-    unused = f"; the {len(by['val'])} official validation images are not used" if by["val"] else ""
+    unused = f"; the {len(by['val'])} official validation images are not used" if by["val"] and by["train"] else ""
     if test:
         tail = f"test = the {len(test)} official test images{unused}"
     elif by["val"]:

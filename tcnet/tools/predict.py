@@ -30,14 +30,10 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from tcnet.models.outputs import foreground_prob, main_output
-from tcnet.tools.score import ANNOTATION_SUFFIXES
+from tcnet.tools.score import ANNOTATION_SUFFIXES, IMAGE_SUFFIXES
+from tcnet.tools.score import NOT_IMAGE_NAME as IGNORED_NAME  # annotations, decoys, our outputs: not inputs
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif")
 ISIC_ID = re.compile(r"^ISIC_\d{7}$")
-# Files that sit next to images in official layouts but are not images to segment: the annotations
-# (ISIC, DRIVE, CHASE_DB1, PH2 masks; PH2's colour-region labels IMD002_R1_Label4), decoys, our outputs.
-IGNORED_NAME = re.compile(
-    "(" + "|".join([*ANNOTATION_SUFFIXES, "_superpixels", "_prob", "_overlay", r"_R\d+_Label\d+"]) + ")$", re.IGNORECASE)
 PROBS_DIR, OVERLAYS_DIR = "probs", "overlays"
 # Stamped into every PNG predict writes: it overwrites its own outputs, never another file (a
 # ground-truth mask of the same name when --out is the input folder).

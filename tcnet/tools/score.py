@@ -33,13 +33,19 @@ import numpy as np
 from tcnet.metrics import METRICS, MetricAccumulator
 
 MASK_SUFFIXES = (".png", ".gif", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
-IMAGE_SUFFIXES = MASK_SUFFIXES  # the images --fov-from-images derives a FOV from
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif")  # photographs (predict, --fov-from-images)
 PROB_SUFFIXES = MASK_SUFFIXES + (".npy",)
 # Suffixes stripped from a file stem (repeatedly, case-insensitively) to get the image id:
 # ISIC truth, DRIVE truth/FOV/images, CHASE_DB1 observers, PH2 lesion masks, common prediction names.
 # The first seven name annotations in the official layouts (tcnet predict never segments those).
 ANNOTATION_SUFFIXES = ("_segmentation", "_manual1", "_manual2", "_1stHO", "_2ndHO", "_lesion", "_mask")
 ID_SUFFIXES = (*ANNOTATION_SUFFIXES, "_test", "_training", "_pred", "_prediction", "_prob", "_probs", "_probability")
+# tcnet predict's maps and pictures (probs/<stem>_prob.png, overlays/<stem>_overlay.png): never masks.
+NOT_MASK_NAME = re.compile(r"(_prob|_probs|_probability|_overlay)$", re.IGNORECASE)
+# Files beside the images of the official layouts that are not photographs: the annotations (PH2's
+# colour-region labels IMD002_R1_Label4 too), ISIC's superpixel decoys, and predict's own outputs.
+NOT_IMAGE_NAME = re.compile(
+    "(" + "|".join([*ANNOTATION_SUFFIXES, "_superpixels", "_prob", "_overlay", r"_R\d+_Label\d+"]) + ")$", re.IGNORECASE)
 _ISIC_ID = re.compile(r"ISIC_(\d{7})", re.IGNORECASE)
 GREY_PALETTE_TOLERANCE = 8  # max R/G/B spread of a palette colour that still counts as grey
 TABLE_KEYS = (*METRICS, "TJA", "AUC")
@@ -76,9 +82,10 @@ def mask_id(path) -> str:
 
 
 def _index(folder: Path, what: str, suffixes: tuple[str, ...], glob: str | None = None,
-           recursive: bool = False) -> dict[str, list[Path]]:
+           recursive: bool = False, exclude: re.Pattern | None = NOT_MASK_NAME) -> dict[str, list[Path]]:
     """id -> files in ``folder`` (with ``recursive`` its sub-folders too; hidden files and folders,
-    non-image files, and with ``glob`` the names it does not match, skipped)."""
+    non-image files, stems ``exclude`` matches -- by default predict's probability maps and
+    overlays -- and with ``glob`` the names it does not match, skipped)."""
     if not folder.exists():
         raise FileNotFoundError(f"{what} folder {folder} does not exist")
     if not folder.is_dir():
@@ -89,27 +96,15 @@ def _index(folder: Path, what: str, suffixes: tuple[str, ...], glob: str | None 
             continue
         if f.suffix.lower() not in suffixes or (glob is not None and not fnmatch.fnmatch(f.name, glob)):
             continue
+        if exclude is not None and exclude.search(f.stem):
+            continue
         out.setdefault(mask_id(f), []).append(f)
     return out
 
 
 def _image_index(folder: Path, recursive: bool) -> dict[str, list[Path]]:
-    """id -> the images (not annotations: no :data:`ANNOTATION_SUFFIXES` stem) in ``folder``."""
-    found = _index(folder, "image", IMAGE_SUFFIXES, recursive=recursive)
-    images = {}
-    for image_id, files in found.items():
-        kept = [f for f in files if not f.stem.lower().endswith(tuple(s.lower() for s in ANNOTATION_SUFFIXES))]
-        if kept:
-            images[image_id] = kept
-    return images
-
-
-def derived_fov(image_path: Path) -> np.ndarray:
-    """The FOV of a fundus photograph as the CHASE_DB1 adapter derives it (none ship with CHASE_DB1)."""
-    from tcnet.data.adapters.chase_db1 import derive_fov
-    from tcnet.data.io import read_image
-
-    return derive_fov(read_image(image_path))
+    """id -> the photographs in ``folder`` (annotations, decoys and predict's outputs skipped)."""
+    return _index(folder, "image", IMAGE_SUFFIXES, recursive=recursive, exclude=NOT_IMAGE_NAME)
 
 
 def _one(index: dict[str, list[Path]], image_id: str, truth: Path, folder: Path, what: str) -> Path:
@@ -238,6 +233,8 @@ def score_folders(
     """
     if not 0 <= int(threshold) <= 255:
         raise ScoreError(f"--threshold must be in 0..255 (predictions are binarised > threshold), got {threshold}")
+    from tcnet.data.adapters.chase_db1 import derive_fov_of_file
+
     if fov_dir is not None and fov_images_dir is not None:
         raise ScoreError("give --fov (FOV masks) or --fov-from-images (images to derive them from), not both")
     pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
@@ -256,7 +253,8 @@ def score_folders(
     preds = _index(pred_dir, "prediction", MASK_SUFFIXES, pred_glob, recursive)
     fovs = None if fov_dir is None else _index(Path(fov_dir), "FOV", MASK_SUFFIXES, recursive=recursive)
     fov_images = None if fov_images_dir is None else _image_index(Path(fov_images_dir), recursive)
-    probs = None if probs_dir is None else _index(Path(probs_dir), "probability", PROB_SUFFIXES, recursive=recursive)
+    probs = None if probs_dir is None else _index(Path(probs_dir), "probability", PROB_SUFFIXES, recursive=recursive,
+                                                  exclude=None)
 
     acc = MetricAccumulator(with_auc=probs is not None)
     for image_id in sorted(truths):
@@ -272,7 +270,7 @@ def score_folders(
             _check_size(valid, fov_path, truth, truth_path, "FOV mask")
         if fov_images is not None:
             image_path = _one(fov_images, image_id, truth_path, Path(fov_images_dir), "image")
-            valid = derived_fov(image_path)
+            valid = derive_fov_of_file(image_path)
             _check_size(valid, image_path, truth, truth_path, "image (FOV derived from it)")
         prob = None
         if probs is not None:
@@ -324,7 +322,29 @@ def format_table(result: dict) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+EPILOG = """\
+examples, on the official layouts (docs/metrics.md):
+  ISIC 2018      tcnet score --pred preds --truth data/isic2018/ISIC2018_Task1_Test_GroundTruth
+  DRIVE          tcnet score --pred preds --truth data/drive/DRIVE/test/1st_manual \\
+                   --fov data/drive/DRIVE/test/mask --probs preds/probs
+  CHASE_DB1      tcnet score --pred preds --truth data/chase_db1 --truth-glob '*_1stHO.png' \\
+                   --fov-from-images data/chase_db1
+  human baseline tcnet score --pred data/chase_db1 --pred-glob '*_2ndHO.png' \\
+                   --truth data/chase_db1 --truth-glob '*_1stHO.png' --fov-from-images data/chase_db1
+  PH2            tcnet score --pred preds --recursive --truth "data/ph2/PH2Dataset/PH2 Dataset images" \\
+                   --truth-glob '*_lesion.bmp'
+
+Files pair by image id (ISIC_0000000_segmentation.png <-> ISIC_0000000_segmentation.png or
+ISIC_0000000.png; 01_manual1.gif <-> 01_test_mask.png; Image_01L_1stHO.png <-> Image_01L_mask.png).
+exit status: 0 scored; 2 a file or folder that cannot be scored (the message names it).
+"""
+
+
 def add_arguments(parser) -> None:
+    import argparse
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
     parser.add_argument("--pred", required=True, metavar="DIR", help="predicted masks (8-bit greyscale, 0..255)")
     parser.add_argument("--truth", required=True, metavar="DIR", help="ground-truth masks (one per image)")
     parser.add_argument("--truth-glob", metavar="PATTERN",

@@ -34,11 +34,13 @@ def test_paper_counts_beside_ours(params, eval_dir, reported):
     # ours: the pool of a fold plus the test part; folds counted; per-fold sizes as a range where they differ
     assert rows.loc["isic2018", ["images", "folds", "train", "val", "test"]].tolist() == [24, 3, "16-17", "7-8", 0]
     assert rows.loc["ph2", ["images", "folds", "test"]].tolist() == [12, 0, 12]
+    assert rows.loc["ph2", ["train", "val"]].tolist() == ["", ""]  # a test-only set has no folds, not folds of 0
     assert rows.loc["isic2017", "experiments"] == "ph2_transfer" and rows.loc["isic2017", "images"] == 32
     assert frame.note.isna().all()
     table = datasets_table(frame, reported, "synthetic look-alike")
     assert "synthetic look-alike" in table.caption and "2594" in table.caption  # the paper's note on its counts
     assert table.rows[2][:5] == ["isic2018", "isic2018_cv", "1865", "635", "0"]
+    assert table.rows[1][7:10] == ["—", "—", "12"]  # ph2: no train/val per fold, 12 test images
 
 
 def test_unused_and_unrecorded_datasets_say_so(params, eval_dir, reported):

@@ -140,6 +140,16 @@ def test_isic2018_without_official_test_has_empty_test(tmp_path):
     assert s["test"] == [] and len(s["folds"]) == 3
 
 
+def test_isic2018_without_an_official_training_split_puts_every_image_in_the_folds(tmp_path):
+    """No official split (e.g. a user manifest): no image may be both in a fold and in the test list."""
+    items = [(i, "") for i, _ in _isic2018()]
+    pre = _write_manifest(tmp_path / "pre", {"isic2018": items})
+    run(CFG, pre, tmp_path / "s")
+    s = load_split(tmp_path / "s", "isic2018")
+    assert s["test"] == [] and sorted(v for f in s["folds"] for v in f["val"]) == sorted(i for i, _ in items)
+    assert "no official split found" in s["source"] and "not used" not in s["source"]
+
+
 def test_zero_val_fraction_gives_empty_val(tmp_path):
     pre = _write_manifest(tmp_path / "pre", {"drive": _drive()})
     run(SplitConfig(retina_val_fraction=0.0), pre, tmp_path / "s")

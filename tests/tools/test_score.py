@@ -270,6 +270,7 @@ def test_chase_human_baseline_inside_the_derived_fov_from_the_official_folder(tm
     capsys.readouterr()
     folder = next(p.parent for p in (tmp_path / "c").rglob("*_1stHO.png"))
     common = ["--pred", folder, "--pred-glob", "*_2ndHO.png", "--truth", folder, "--truth-glob", "*_1stHO.png"]
+    Image.open(next(folder.glob("*_1stHO.png"))).convert("L").save(folder / "Image_01L_prob.png")  # predict's, not a photo
     rc, _, err = _run(capsys, *common, "--fov-from-images", folder, "--out", tmp_path / "fov.json")
     assert rc == 0, err
     rc, _, err = _run(capsys, *common, "--out", tmp_path / "all.json")
@@ -292,9 +293,11 @@ def test_ph2_folder_per_image_with_recursive(tmp_path, capsys):
     capsys.readouterr()
     lesions = sorted((tmp_path / "p").rglob("*_lesion.bmp"))
     pred = tmp_path / "pred"
-    for t in lesions:  # nested as 'tcnet predict --recursive' writes them
-        (pred / t.parent.parent.name).mkdir(parents=True)
-        Image.open(t).convert("L").save(pred / t.parent.parent.name / f"{t.parent.parent.name}_mask.png")
+    for t in lesions:  # nested as 'tcnet predict --recursive --probs --overlay' writes them
+        stem = t.parent.parent.name
+        for sub, name in (("", "_mask"), ("probs/", "_prob"), ("overlays/", "_overlay")):
+            (pred / sub / stem).mkdir(parents=True)
+            Image.open(t).convert("L").save(pred / sub / stem / f"{stem}{name}.png")
     rc, _, err = _run(capsys, "--pred", pred, "--truth", tmp_path / "p", "--truth-glob", "*_lesion.bmp")
     assert rc == 2 and "holds no mask files" in err
     rc, _, err = _run(capsys, "--pred", pred, "--truth", tmp_path / "p", "--recursive", "--truth-glob", "*_lesion.bmp",
@@ -303,3 +306,6 @@ def test_ph2_folder_per_image_with_recursive(tmp_path, capsys):
     scores = json.loads((tmp_path / "s.json").read_text())
     assert [r["id"] for r in scores["per_image"]] == [t.parent.parent.name for t in lesions]
     assert scores["mean"]["DI"] == 1.0
+    rc, _, err = _run(capsys, "--pred", pred, "--truth", tmp_path / "p", "--recursive", "--truth-glob", "*_lesion.bmp",
+                      "--probs", pred / "probs")  # the maps pair with the masks; the overlays stay out of it
+    assert rc == 0, err

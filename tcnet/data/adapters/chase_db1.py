@@ -38,6 +38,14 @@ FOV_MEDIAN = 5  # median filter size (odd), against JPEG noise in the black surr
 FOV_ERODE_FRACTION = 0.004  # erosion radius as a fraction of min(H, W) (999x960 -> 4 px), >= 1 px
 
 
+def derive_fov_of_file(path) -> np.ndarray:
+    """:func:`derive_fov` of the image file at ``path`` (what evaluate and ``tcnet score
+    --fov-from-images`` count)."""
+    from tcnet.data.io import read_image
+
+    return derive_fov(read_image(path))
+
+
 def derive_fov(rgb: np.ndarray) -> np.ndarray:
     """Field of view of a fundus photograph on a black surround, as bool H x W.
 
@@ -137,8 +145,4 @@ data/chase_db1/                 (the zip's 84 files, flat; a CHASEDB1/ subfolder
         return samples
 
     def load_fov(self, sample: Sample, image: Optional[np.ndarray] = None) -> np.ndarray:
-        if image is None:
-            from tcnet.data.io import read_image
-
-            image = read_image(sample.image)
-        return derive_fov(image)
+        return derive_fov_of_file(sample.image) if image is None else derive_fov(image)
