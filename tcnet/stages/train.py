@@ -137,7 +137,8 @@ def _loaders(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, dist, sync
     from torch.utils.data import DataLoader, DistributedSampler
 
     from tcnet.data.dataset import SegmentationDataset, ids_for, load_split
-    from tcnet.training.runtime import per_process_batch
+    from tcnet.training.runtime import loader_workers, per_process_batch
+    from tcnet.utils.cpus import available_cpus
 
     cfg = spec.train
     split = load_split(splits_dir, spec.data.train)
@@ -164,7 +165,11 @@ def _loaders(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, dist, sync
         drop_last = len(train_ds) > cfg.batch_size and len(train_ds) % cfg.batch_size == 1
     else:
         drop_last = per_rank > batch and per_rank % batch == 1
-    workers = dict(num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+    n_workers = loader_workers(cfg.num_workers, dist.world_size)
+    if n_workers < cfg.num_workers and dist.is_main:  # a pod's CPU request, not its node's cores
+        _say(f"{spec.run_id}: train.num_workers {cfg.num_workers} -> {n_workers} DataLoader workers per process: "
+             f"{available_cpus()} CPU(s) here for {dist.world_size} process(es)")
+    workers = dict(num_workers=n_workers, persistent_workers=n_workers > 0,
                    pin_memory=torch.cuda.is_available())
     generator = torch.Generator()
     train_loader = DataLoader(train_ds, batch_size=batch, sampler=sampler, drop_last=drop_last,
@@ -270,6 +275,9 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
     from tcnet.training.runtime import epoch_seed, seed_everything
 
     cfg = spec.train
+    if device.type == "cuda" and cfg.bf16 and dist.is_main and not torch.cuda.is_bf16_supported(including_emulation=False):
+        _say(f"{spec.run_id}: train.bf16 is on but {torch.cuda.get_device_name(device)} has no native bfloat16 "
+             "(compute capability < 8.0): it is emulated, slower than float32; set train.bf16: false")
     if device.type == "cpu" and cfg.cpu_bf16 and dist.is_main and not cpu_has_native_bf16():
         _say(f"{spec.run_id}: train.cpu_bf16 is on but this CPU has no native bfloat16 (AVX512-BF16 or AMX): "
              "oneDNN emulates it, which is slower than float32; set train.cpu_bf16: false for speed")
@@ -544,7 +552,7 @@ def run(params: Params, experiment: str, preprocessed_dir, splits_dir, out_dir,
     experiment's parent run found or created once, here, before any run starts.
     """
     from tcnet.tracking import open_tracker, pipeline_tags, tracking_enabled
-    from tcnet.training.runtime import init_distributed, resolve_device
+    from tcnet.training.runtime import describe_device, init_distributed, resolve_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     specs = preflight(params, experiment, run_ids, splits_dir, world, "WORLD_SIZE")  # also under one's own torchrun
@@ -555,6 +563,8 @@ def run(params: Params, experiment: str, preprocessed_dir, splits_dir, out_dir,
         device = resolve_device(specs[0].train.device, dist.local_rank)
         tracker = open_tracker(experiment, params.mlflow, params=params, base_tags=pipeline_tags(params, device))
     results = []
+    if dist.is_main:
+        _say(describe_device(resolve_device(specs[0].train.device, dist.local_rank), specs[0].train.device))
     for i, spec in enumerate(specs, 1):
         if dist.is_main:  # a line before the first epoch's: off a terminal, epochs are minutes apart
             _say(f"run {i}/{len(specs)}: {spec.run_id} ({spec.model}, {spec.train.epochs} epochs)")

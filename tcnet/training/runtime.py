@@ -38,6 +38,26 @@ def resolve_device(name: str = "auto", local_rank: int = 0, *, option: str = "tr
     return torch.device(name)
 
 
+def describe_device(device: torch.device, setting: str = "auto") -> str:
+    """One line on where a run trains, and why there where ``auto`` chose the CPU although this torch
+    has CUDA (an older driver, no visible GPU): otherwise a GPU machine trains on its CPU unnoticed."""
+    if device.type == "cuda":
+        return f"device {device} ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu" and setting in ("", "auto") and torch.version.cuda:
+        return ("device cpu (train.device auto found no usable CUDA GPU; on a GPU machine check the driver "
+                f"for CUDA {torch.version.cuda} and CUDA_VISIBLE_DEVICES, or set train.device: cuda to fail instead)")
+    return f"device {device}"
+
+
+def loader_workers(requested: int, world_size: int = 1) -> int:
+    """DataLoader workers per process: ``requested``, at most the CPUs this process has beside itself
+    (:func:`tcnet.utils.cpus.available_cpus` -- a pod's request via TCNET_CPUS -- shared by the
+    ``world_size`` processes, less one for the process itself)."""
+    from tcnet.utils.cpus import available_cpus
+
+    return max(0, min(int(requested), available_cpus() // max(1, world_size) - 1))
+
+
 def configure_determinism(deterministic: bool, device: torch.device) -> None:
     """``deterministic``: deterministic kernels everywhere (``torch.use_deterministic_algorithms``).
 

@@ -55,3 +55,28 @@ def test_determinism_sets_the_flags_and_restores_them(device, want):
         assert (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) == want
     after = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     assert after == before
+
+
+def test_a_cpu_chosen_by_auto_says_why_when_torch_has_cuda(monkeypatch):
+    """A GPU machine whose driver torch cannot use trains on the CPU: the first line says so."""
+    from tcnet.training import runtime
+
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    line = runtime.describe_device(torch.device("cpu"), "auto")
+    assert "no usable CUDA GPU" in line and "CUDA 13.0" in line and "train.device: cuda" in line
+    assert runtime.describe_device(torch.device("cpu"), "cpu") == "device cpu"  # asked for: nothing to explain
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert runtime.describe_device(torch.device("cpu"), "auto") == "device cpu"  # a CPU-only torch
+
+
+def test_loader_workers_fit_the_cpus_of_the_process(monkeypatch):
+    """A pod sees its node's cores; TCNET_CPUS (its request) bounds the DataLoader workers, one CPU
+    left for each training process."""
+    from tcnet.training.runtime import loader_workers
+    from tcnet.utils import cpus
+
+    monkeypatch.setattr(cpus, "affinity_cpus", lambda: 64)  # the node's cores
+    monkeypatch.setattr(cpus, "cgroup_cpu_quota", lambda: None)
+    monkeypatch.setenv("TCNET_CPUS", "4")
+    assert loader_workers(8) == 3 and loader_workers(2) == 2 and loader_workers(0) == 0
+    assert loader_workers(8, world_size=2) == 1 and loader_workers(8, world_size=5) == 0
