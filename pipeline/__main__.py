@@ -37,8 +37,8 @@ def _add_build_options(p: argparse.ArgumentParser, *, local: bool = False) -> No
                    help="node selector for the GPU tasks (train; evaluate with --eval-gpus 1), e.g. nvidia.com/gpu.present=true (default: none)")
     g.add_argument("--no-gpu-toleration", dest="gpu_toleration", action="store_false",
                    help="do not tolerate the <accelerator-type>:NoSchedule taint on the GPU tasks")
-    g.add_argument("--train-cpu", default=d.train_cpu, help="CPU request of a train task; its processes share it as threads (OMP_NUM_THREADS) "
-                   "(default: %(default)s)")
+    g.add_argument("--train-cpu", default=d.train_cpu, help="CPU request of a train task; its processes share it as threads (OMP_NUM_THREADS) and "
+                   "DataLoader workers, capped to (request // GPUs) - 1 per process (default: %(default)s)")
     g.add_argument("--train-memory", default=d.train_memory, help="memory request of a train task (default: %(default)s)")
     g.add_argument("--data-cpu", default=d.data_cpu, help="CPU request of the other tasks; also their threads and preprocess's workers "
                    "(default: %(default)s)")
