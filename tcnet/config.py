@@ -23,13 +23,13 @@ import yaml
 
 DATASETS = ("isic2017", "isic2018", "ph2", "drive", "chase_db1")
 RETINA_DATASETS = ("drive", "chase_db1")
+METRIC_NAMES = ("AC", "SE", "SP", "JA", "DI", "TJA", "AUC")
 
 
 def dataset_aggregation(dataset: str) -> str:
     """A dataset's scoring convention: ISIC/PH2 the mean of per-image scores (the ISIC challenge's);
     retina pooled over FOV pixels."""
     return "pooled" if dataset in RETINA_DATASETS else "mean"
-METRIC_NAMES = ("AC", "SE", "SP", "JA", "DI", "TJA", "AUC")
 
 
 class ConfigError(ValueError):

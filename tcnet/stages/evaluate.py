@@ -53,11 +53,6 @@ def _say(msg: str) -> None:
     print(f"tcnet evaluate: {msg}", file=sys.stderr, flush=True)
 
 
-def headline_aggregation(dataset: str) -> str:
-    """ISIC/PH2: mean of per-image scores (ISIC challenge); retina: pooled over FOV pixels."""
-    return dataset_aggregation(dataset)
-
-
 def _json_safe(obj):
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
@@ -200,7 +195,7 @@ def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, spli
     if missing:
         raise ValueError(f"{len(missing)} {dataset} id(s) of the split are not in {Path(preprocessed_dir) / 'manifest.csv'}, "
                          f"e.g. {', '.join(missing[:5])}")
-    agg = aggregation or headline_aggregation(dataset)
+    agg = aggregation or dataset_aggregation(dataset)  # ISIC/PH2 per-image mean; retina pooled
     acc = MetricAccumulator(threshold=eval_cfg.threshold, with_auc=True)
     hist = ProbabilityHistogram()
     # Pooled scores (retina): each image's confusion counts and a coarse histogram of its probabilities,
@@ -428,4 +423,4 @@ def main(args) -> int:
     return 0
 
 
-__all__ = ["evaluate_run", "run", "write_summary", "eval_ids", "overlay", "headline_aggregation", "add_arguments", "main"]
+__all__ = ["evaluate_run", "run", "write_summary", "eval_ids", "overlay", "add_arguments", "main"]

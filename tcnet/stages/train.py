@@ -165,10 +165,11 @@ def _loaders(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, dist, sync
         drop_last = len(train_ds) > cfg.batch_size and len(train_ds) % cfg.batch_size == 1
     else:
         drop_last = per_rank > batch and per_rank % batch == 1
-    n_workers = loader_workers(cfg.num_workers, dist.world_size)
-    if n_workers < cfg.num_workers and dist.is_main:  # a pod's CPU request, not its node's cores
+    cpus = available_cpus()  # a pod's CPU request (TCNET_CPUS), not its node's cores
+    n_workers = loader_workers(cfg.num_workers, dist.world_size, cpus)
+    if n_workers < cfg.num_workers and dist.is_main:
         _say(f"{spec.run_id}: train.num_workers {cfg.num_workers} -> {n_workers} DataLoader workers per process: "
-             f"{available_cpus()} CPU(s) here for {dist.world_size} process(es)")
+             f"{cpus} CPU(s) here for {dist.world_size} process(es)")
     workers = dict(num_workers=n_workers, persistent_workers=n_workers > 0,
                    pin_memory=torch.cuda.is_available())
     generator = torch.Generator()
@@ -559,12 +560,12 @@ def run(params: Params, experiment: str, preprocessed_dir, splits_dir, out_dir,
     dist = init_distributed(specs[0].train.device)
     digest = params_hash(params)
     tracker = None
-    if dist.is_main and tracking_enabled(mlflow):
-        device = resolve_device(specs[0].train.device, dist.local_rank)
-        tracker = open_tracker(experiment, params.mlflow, params=params, base_tags=pipeline_tags(params, device))
-    results = []
     if dist.is_main:
-        _say(describe_device(resolve_device(specs[0].train.device, dist.local_rank), specs[0].train.device))
+        device = resolve_device(specs[0].train.device, dist.local_rank)
+        _say(describe_device(device, specs[0].train.device))
+        if tracking_enabled(mlflow):
+            tracker = open_tracker(experiment, params.mlflow, params=params, base_tags=pipeline_tags(params, device))
+    results = []
     for i, spec in enumerate(specs, 1):
         if dist.is_main:  # a line before the first epoch's: off a terminal, epochs are minutes apart
             _say(f"run {i}/{len(specs)}: {spec.run_id} ({spec.model}, {spec.train.epochs} epochs)")

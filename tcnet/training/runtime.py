@@ -49,13 +49,14 @@ def describe_device(device: torch.device, setting: str = "auto") -> str:
     return f"device {device}"
 
 
-def loader_workers(requested: int, world_size: int = 1) -> int:
+def loader_workers(requested: int, world_size: int = 1, cpus: Optional[int] = None) -> int:
     """DataLoader workers per process: ``requested``, at most the CPUs this process has beside itself
-    (:func:`tcnet.utils.cpus.available_cpus` -- a pod's request via TCNET_CPUS -- shared by the
-    ``world_size`` processes, less one for the process itself)."""
+    (``cpus``, default :func:`tcnet.utils.cpus.available_cpus` -- a pod's request via TCNET_CPUS --
+    shared by the ``world_size`` processes, less one for the process itself)."""
     from tcnet.utils.cpus import available_cpus
 
-    return max(0, min(int(requested), available_cpus() // max(1, world_size) - 1))
+    cpus = available_cpus() if cpus is None else cpus
+    return max(0, min(int(requested), cpus // max(1, world_size) - 1))
 
 
 def configure_determinism(deterministic: bool, device: torch.device) -> None:
