@@ -18,15 +18,14 @@ from components.image import IMAGE
 def fetch_data(params_yaml: str, repo_url: str, rev: str, raw: Output[Dataset], remote: str = ""):
     """Write ``<raw>/<dataset>/`` for every dataset in ``preprocess.datasets``."""
     import yaml
-    from dvc.api import DVCFileSystem
     from tcnet.config import Params, from_dict
+    from tcnet.data.fetch import fetch_datasets, open_repo
     from tcnet.provenance import md5_of_dvc_file, without_credentials
 
     params = from_dict(Params, yaml.safe_load(params_yaml)).validate()
     data_path = params.preprocess.repo_data_path()  # "data": the DVC-tracked folder in the repository
-    fs = DVCFileSystem(repo_url, rev=rev or None, remote=remote or None)
-    for dataset in params.preprocess.datasets:
-        fs.get(f"{data_path}/{dataset}", f"{raw.path}/{dataset}", recursive=True)
+    fs = open_repo(repo_url, rev, remote)
+    fetch_datasets(fs, data_path, params.preprocess.datasets, raw.path)
     # The URL without a user/token part (artifact metadata is shown in the UI, kept in ML Metadata), and
     # the data's DVC hash at that revision: the pods after this one have no checkout to read it from.
     raw.metadata.update({"repo_url": without_credentials(repo_url), "rev": rev or "(working tree)",

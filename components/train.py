@@ -2,7 +2,9 @@
 
 It runs ``tcnet train --experiment E --run R --nproc GPUS`` (the ``tcnet`` CLI that the DVC stage
 calls): with one GPU that is ``tcnet.stages.train.run`` in this process; with more, the stage's own
-``--nproc`` relaunches it under torchrun (DDP over the pod's GPUs).
+``--nproc`` relaunches it under torchrun (DDP over the pod's GPUs). With ``checkpoint_dir`` (a volume mounted by
+the pipeline's ``--checkpoint-pvc``) the run trains in ``<checkpoint_dir>/<pipeline run>/`` and a
+retried task of the same pipeline run resumes from its last epoch (``tcnet train --checkpoint-dir``).
 """
 
 from kfp import dsl
@@ -13,7 +15,7 @@ from components.image import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train(params_yaml: str, experiment: str, run_id: str, preprocessed: Input[Dataset], splits: Input[Dataset],
-          model: Output[Model], gpus: int = 1, pipeline_run_id: str = ""):
+          model: Output[Model], gpus: int = 1, pipeline_run_id: str = "", checkpoint_dir: str = ""):
     """``<model>/<experiment>/<run_id>/``: best.pt, last.pt, history.csv, run.json."""
     import os, tempfile
     from pathlib import Path
@@ -24,7 +26,8 @@ def train(params_yaml: str, experiment: str, run_id: str, preprocessed: Input[Da
     params = Path(tempfile.mkdtemp()) / "params.yaml"
     params.write_text(params_yaml)
     status = main(["train", "--params", str(params), "--experiment", experiment, "--run", run_id, "--nproc", str(gpus),
-                   "--preprocessed", preprocessed.path, "--splits", splits.path, "--out", model.path])
+                   "--preprocessed", preprocessed.path, "--splits", splits.path, "--out", model.path,
+                   "--checkpoint-dir", checkpoint_dir and os.path.join(checkpoint_dir, pipeline_run_id)])
     if status:
         raise RuntimeError(f"tcnet train failed (exit status {status}); its error is in the log above")
     model.metadata.update({"experiment": experiment, "run_id": run_id, "framework": "pytorch"})

@@ -46,6 +46,11 @@ def _add_build_options(p: argparse.ArgumentParser, *, local: bool = False) -> No
     g.add_argument("--train-retries", type=int, default=0 if local else d.train_retries,
                    help="retries of a failed train task (default: %(default)s)")
     g.add_argument("--parallelism", type=int, default=d.parallelism, help="concurrent runs, 0 = unlimited (default: %(default)s)")
+    if not local:  # kfp.local ignores volume mounts
+        g.add_argument("--checkpoint-pvc", default=d.checkpoint_pvc, metavar="NAME",
+                       help="PersistentVolumeClaim mounted into every train task (ReadWriteMany where train pods "
+                       "share it across nodes): runs train there, so a train task retried in the same pipeline run "
+                       "resumes from its last epoch instead of epoch 0 (default: none)")
     mlflow_default = os.environ.get("MLFLOW_TRACKING_URI", "") if local else d.mlflow_uri
     g.add_argument("--mlflow-uri", default=mlflow_default,
                    help="MLFLOW_TRACKING_URI of every task (default: "

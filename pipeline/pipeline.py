@@ -17,7 +17,8 @@ is decided at compile time from ``params.yaml`` (the single source of truth):
   run id that its params no longer define).
 
 Cluster settings (not pipeline parameters, they shape the pods): GPUs per train task
-(``set_accelerator_type`` + ``set_accelerator_limit``), CPU/memory requests, retries on train,
+(``set_accelerator_type`` + ``set_accelerator_limit``), CPU/memory requests, retries on train, a
+checkpoint volume on train (``checkpoint_pvc``: a retried train task resumes from its last epoch),
 ``MLFLOW_TRACKING_URI`` on every task, ``TCNET_CPUS`` and ``OMP_NUM_THREADS`` from each task's CPU
 request (a pod sees its node's cores), the DVC remote credentials from a Kubernetes secret on ``fetch_data``. Caching: on
 for the data stages, which get only the params sections they read (``data_params``): deterministic
@@ -49,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_NAME = "tcnet"
 IN_CLUSTER_MLFLOW = "http://mlflow.mlflow.svc.cluster.local:5000"
 # Secret keys -> environment variables for the DVC remote (S3 / MinIO; see docs/deploy.md).
+CHECKPOINT_MOUNT = "/tcnet-checkpoints"  # where --checkpoint-pvc is mounted in train pods
 DVC_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
 
 
@@ -68,6 +70,7 @@ class PipelineOptions:
     data_cpu: str = "2"
     data_memory: str = "8Gi"
     train_retries: int = 2
+    checkpoint_pvc: str = ""  # a PVC mounted into train tasks: a retried task resumes from its last epoch
     parallelism: int = 0  # concurrent runs in the ParallelFor (0 = unlimited)
     mlflow_uri: str = IN_CLUSTER_MLFLOW
     dvc_secret: str = "tcnet-dvc-credentials"  # "" = no credentials (a public remote)
@@ -194,17 +197,22 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
                 params_yaml=params_yaml, experiment=run.experiment, run_id=run.run_id,
                 preprocessed=pre.outputs["preprocessed"], splits=spl.outputs["splits"],
                 gpus=opts.gpus, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                checkpoint_dir=CHECKPOINT_MOUNT if opts.checkpoint_pvc else "",
             )
             common(tr, False, opts.train_cpu, opts.train_memory, processes=opts.gpus)
+            if opts.checkpoint_pvc:
+                kubernetes.mount_pvc(tr, pvc_name=opts.checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
             on_gpus(tr, opts.gpus)
             tr.set_retry(num_retries=opts.train_retries, backoff_duration="60s", backoff_factor=2.0)
             kubernetes.empty_dir_mount(tr, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
             ev = evaluate(
                 params_yaml=params_yaml, experiment=run.experiment, run_id=run.run_id,
-                preprocessed=pre.outputs["preprocessed"], splits=spl.outputs["splits"], raw=fetch.outputs["raw"],
-                model=tr.outputs["model"], pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                preprocessed=pre.outputs["preprocessed"], splits=spl.outputs["splits"], model=tr.outputs["model"],
+                repo_url=data_repo_url, rev=data_rev, remote=dvc_remote, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             )
             common(ev, False, opts.data_cpu, opts.data_memory)
+            if opts.dvc_secret:  # it fetches the raw files it scores on from the DVC remote
+                kubernetes.use_secret_as_env(ev, secret_name=opts.dvc_secret, secret_key_to_env=DVC_SECRET_KEYS)
             if opts.eval_gpus:
                 on_gpus(ev, opts.eval_gpus)
 
@@ -269,6 +277,9 @@ def local_run(opts: PipelineOptions, workdir: Path, arguments: Optional[dict] = 
 
     from tcnet.tracking import init_store, sqlite_path
 
+    if opts.checkpoint_pvc:
+        raise ValueError(f"checkpoint_pvc {opts.checkpoint_pvc!r}: the local runner mounts no volumes; train tasks "
+                         "here write their checkpoints in the run's own outputs")
     if sqlite_path(opts.mlflow_uri) is not None:
         init_store(opts.mlflow_uri)
 

@@ -1,7 +1,7 @@
 """Pipeline stage ``train``: every run of an experiment, resumable, tracked in MLflow.
 
     tcnet train --params params.yaml --experiment ID [--run RUN_ID ...] [--preprocessed outputs/preprocessed]
-                [--splits outputs/splits] [--out outputs/models] [--nproc N] [--no-mlflow]
+                [--splits outputs/splits] [--out outputs/models] [--checkpoint-dir DIR] [--nproc N] [--no-mlflow]
 
 One run (:func:`train_run`) writes ``<out>/<experiment>/<run_id>/``: ``best.pt`` (best validation
 DI), ``last.pt`` (every epoch; without the optimizer state once the run is finished),
@@ -9,6 +9,11 @@ DI), ``last.pt`` (every epoch; without the optimizer state once the run is finis
 when it was written by the same configuration, training code and training inputs (config, code and
 inputs hashes: :mod:`tcnet.fingerprint`); a finished run is skipped on the same terms, and trained
 afresh when any of the three changed. Protocol, resume and determinism: docs/training.md.
+
+With ``--checkpoint-dir DIR`` a run trains (and resumes) in ``DIR/<experiment>/<run_id>/`` and its
+files are copied to ``<out>/<experiment>/<run_id>/`` when it is finished: for an output folder that
+does not outlive the process, such as a Kubeflow task's output artifact, with ``DIR`` on a volume that
+a retried task finds again (docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,7 +32,7 @@ import torch
 from tcnet.config import (ConfigError, MlflowConfig, Params, RunSpec, check_batch_split, expand_runs, load_params,
                           params_hash, to_dict)
 from tcnet.training.loop import NonFiniteLossError
-from tcnet.utils.atomic import atomic_write
+from tcnet.utils.atomic import atomic_dir, atomic_write
 
 OUTPUT_FILES = ("best.pt", "last.pt", "history.csv", "run.json")
 # A new best epoch is written to best.pt at once when the file is this old (seconds); sooner, only
@@ -37,6 +43,16 @@ BEST_PT_MAX_AGE_S = 300.0
 
 def _say(msg: str) -> None:
     print(f"tcnet train: {msg}", file=sys.stderr, flush=True)
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(msg: str) -> None:
+    """``_say`` a message the first time only: the same for every run of a call (the loader cap)."""
+    if msg not in _SAID:
+        _SAID.add(msg)
+        _say(msg)
 
 
 def _read_json(path: Path) -> Optional[dict]:
@@ -168,8 +184,10 @@ def _loaders(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, dist, sync
     cpus = available_cpus()  # a pod's CPU request (TCNET_CPUS), not its node's cores
     n_workers = loader_workers(cfg.num_workers, dist.world_size, cpus)
     if n_workers < cfg.num_workers and dist.is_main:
-        _say(f"{spec.run_id}: train.num_workers {cfg.num_workers} -> {n_workers} DataLoader workers per process: "
-             f"{cpus} CPU(s) here for {dist.world_size} process(es)")
+        _say_once(f"train.num_workers {cfg.num_workers} -> {n_workers} DataLoader workers per process: {cpus} CPU(s) "
+                  f"here for {dist.world_size} process(es), each keeping one for itself; all {cfg.num_workers} need "
+                  f"{(cfg.num_workers + 1) * dist.world_size} CPUs (TCNET_CPUS, else the affinity mask or cgroup "
+                  "quota; on Kubeflow --train-cpu)")
     workers = dict(num_workers=n_workers, persistent_workers=n_workers > 0,
                    pin_memory=torch.cuda.is_available())
     generator = torch.Generator()
@@ -545,9 +563,21 @@ def preflight(params: Params, experiment: str, run_ids: Optional[Sequence[str]],
     return specs
 
 
+def publish(run_dir: Path, dest: Path) -> None:
+    """Copy a finished run's files from ``run_dir`` to ``dest``, replacing it whole (never half-copied)."""
+    with atomic_dir(dest) as tmp:
+        for name in OUTPUT_FILES:
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, tmp / name)
+
+
 def run(params: Params, experiment: str, preprocessed_dir, splits_dir, out_dir,
-        run_ids: Optional[Sequence[str]] = None, *, mlflow: Optional[bool] = None, progress: bool = True) -> dict:
+        run_ids: Optional[Sequence[str]] = None, *, mlflow: Optional[bool] = None, progress: bool = True,
+        checkpoint_dir=None) -> dict:
     """Train every run of ``experiment`` (or only ``run_ids``) into ``out_dir/<experiment>/<run_id>/``.
+
+    With ``checkpoint_dir``, each run trains (and resumes) in ``checkpoint_dir/<experiment>/<run_id>/``
+    and, once finished, its files are copied to ``out_dir`` (:func:`publish`).
 
     MLflow (unless ``mlflow=False`` or ``TCNET_NO_MLFLOW=1``): the store is initialised and the
     experiment's parent run found or created once, here, before any run starts.
@@ -565,13 +595,21 @@ def run(params: Params, experiment: str, preprocessed_dir, splits_dir, out_dir,
         _say(describe_device(device, specs[0].train.device))
         if tracking_enabled(mlflow):
             tracker = open_tracker(experiment, params.mlflow, params=params, base_tags=pipeline_tags(params, device))
+    out_dir = Path(out_dir)
+    work_dir = Path(checkpoint_dir) if checkpoint_dir else out_dir
+    if work_dir.resolve() == out_dir.resolve():
+        work_dir = out_dir  # nothing to copy
     results = []
     for i, spec in enumerate(specs, 1):
         if dist.is_main:  # a line before the first epoch's: off a terminal, epochs are minutes apart
             _say(f"run {i}/{len(specs)}: {spec.run_id} ({spec.model}, {spec.train.epochs} epochs)")
-        results.append(train_run(spec, preprocessed_dir, splits_dir, Path(out_dir) / experiment / spec.run_id,
-                                 params.mlflow, tracker, profile=params.profile, params_digest=digest,
-                                 progress=progress))
+        run_dir = work_dir / experiment / spec.run_id
+        info = train_run(spec, preprocessed_dir, splits_dir, run_dir, params.mlflow, tracker, profile=params.profile,
+                         params_digest=digest, progress=progress)
+        if work_dir is not out_dir and dist.is_main and info.get("complete"):
+            publish(run_dir, out_dir / experiment / spec.run_id)
+            _say(f"{spec.run_id}: copied {run_dir} to {out_dir / experiment / spec.run_id}")
+        results.append(info)
     return {"experiment": experiment, "runs": results}
 
 
@@ -585,6 +623,10 @@ def add_arguments(parser) -> None:
 
     add_experiment_arguments(parser, "train")
     parser.add_argument("--out", default="outputs/models", help="models root: writes OUT/<experiment>/<run_id>/")
+    parser.add_argument("--checkpoint-dir", default="", metavar="DIR",
+                        help="train and resume each run in DIR/<experiment>/<run_id>/ (a folder that outlives this "
+                        "process, e.g. a volume that a retried Kubeflow task finds again) and copy each finished run "
+                        "to OUT/<experiment>/<run_id>/ (default: train in OUT itself)")
     parser.add_argument("--nproc", type=int, default=1, metavar="N",
                         help="train each run with N processes (DDP via torchrun: gloo on CPU, NCCL on CUDA); "
                         "train.batch_size stays the batch of one optimiser step, each process takes 1/N of it, "
@@ -601,7 +643,7 @@ def main(args) -> int:
         # Before any process starts: errors of the params or data as one line (status 2), not N tracebacks.
         preflight(load_params(args.params), args.experiment, args.runs, args.splits, args.nproc)
         argv = ["train", "--params", args.params, "--experiment", args.experiment, "--preprocessed",
-                args.preprocessed, "--splits", args.splits, "--out", args.out]
+                args.preprocessed, "--splits", args.splits, "--out", args.out, "--checkpoint-dir", args.checkpoint_dir]
         for r in args.runs or []:
             argv += ["--run", r]
         if args.no_mlflow:
@@ -610,7 +652,7 @@ def main(args) -> int:
     params = load_params(args.params)
     try:
         result = run(params, args.experiment, args.preprocessed, args.splits, args.out, args.runs,
-                     mlflow=False if args.no_mlflow else None)
+                     mlflow=False if args.no_mlflow else None, checkpoint_dir=args.checkpoint_dir or None)
     finally:
         shutdown_distributed()
     if int(os.environ.get("RANK", "0")) != 0:
@@ -620,4 +662,4 @@ def main(args) -> int:
     return 0
 
 
-__all__ = ["train_run", "run", "select_runs", "add_arguments", "main", "NonFiniteLossError"]
+__all__ = ["train_run", "run", "publish", "select_runs", "add_arguments", "main", "NonFiniteLossError"]

@@ -67,9 +67,11 @@ def test_train_uses_the_stage_multi_gpu_option():
     assert '"--nproc", str(gpus)' in src and '"--run", run_id' in src
 
 
-def test_fetch_data_reads_through_dvc():
-    src = inspect.getsource(components.fetch_data.python_func)
-    assert "DVCFileSystem(repo_url, rev=" in src
+@pytest.mark.parametrize("name", ("fetch_data", "evaluate"))
+def test_the_components_that_read_the_dvc_remote_share_one_implementation(name):
+    """Both open the data's repository through tcnet.data.fetch (tests/data/test_fetch.py), never DVC directly."""
+    src = inspect.getsource(getattr(components, name).python_func)
+    assert "from tcnet.data.fetch import" in src and "DVCFileSystem" not in src
 
 
 def test_data_params_hands_on_only_what_the_data_stages_read():
@@ -85,3 +87,60 @@ def test_data_params_hands_on_only_what_the_data_stages_read():
     assert components.data_params.python_func(yaml.safe_dump(edited)) != sliced
     with pytest.raises(Exception, match="unknown config key 'trian'"):  # the whole params checked in the first pod
         components.data_params.python_func(yaml.safe_dump({**params, "trian": {}}))
+
+
+def test_a_retried_train_task_resumes_from_the_checkpoint_volume(tmp_path, monkeypatch, capsys):
+    """The train component as a retried pod runs it: the first attempt is stopped in epoch 2 (SIGTERM on
+    preemption: status 130); the retry, with a new empty output artifact and the same pipeline run id,
+    resumes after epoch 1 from the volume and fills its artifact; another pipeline run starts afresh."""
+    from kfp.dsl import Dataset, Model
+
+    import tcnet.training.loop as loop
+    from tcnet.config import PreprocessConfig, SplitConfig
+    from tcnet.data.synth.writers import write_dataset
+    from tcnet.stages import preprocess, split
+
+    write_dataset("isic2017", tmp_path / "raw" / "isic2017", n=6, seed=1, size=(50, 40))
+    preprocess.run(PreprocessConfig(datasets=("isic2017",), image_size=32, workers=1), tmp_path / "raw", tmp_path / "pre")
+    split.run(SplitConfig(), tmp_path / "pre", tmp_path / "splits")
+    params = yaml.safe_dump({
+        "preprocess": {"datasets": ["isic2017"], "image_size": 32},
+        "train": {"epochs": 2, "batch_size": 2, "lr": 1e-3, "device": "cpu"},
+        "experiments": {"e": {"title": "tiny", "reproduces": "test", "data": [{"name": "isic2017", "train": "isic2017"}],
+                              "model": "tcnet_tiny", "runs": [{"name": "tiny"}]}},
+    })
+    for var in ("TCNET_PIPELINE_RUN_ID", "TCNET_DATA_HASH"):  # the component sets them: restored after the test
+        monkeypatch.setenv(var, "")
+    monkeypatch.setenv("TCNET_NO_MLFLOW", "1")
+    volume, run_id = tmp_path / "volume", "isic2017__tiny__fold0"
+
+    def attempt(n: int, pipeline_run: str = "run-1") -> Path:
+        model = Model(uri=str(tmp_path / f"attempt{n}" / "model"))  # each attempt's pod: a new, empty artifact
+        components.train.python_func(
+            params_yaml=params, experiment="e", run_id=run_id, preprocessed=Dataset(uri=str(tmp_path / "pre")),
+            splits=Dataset(uri=str(tmp_path / "splits")), model=model, pipeline_run_id=pipeline_run,
+            checkpoint_dir=str(volume))
+        return Path(model.path) / "e" / run_id
+
+    real_epoch = loop.train_one_epoch
+
+    def preempted_in_epoch_2(*a, **k):
+        if k.get("epoch") == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*a, **k)
+
+    monkeypatch.setattr(loop, "train_one_epoch", preempted_in_epoch_2)
+    with pytest.raises(RuntimeError, match="exit status 130"):
+        attempt(1)
+    monkeypatch.setattr(loop, "train_one_epoch", real_epoch)
+    capsys.readouterr()
+
+    published = attempt(2)
+    err = capsys.readouterr().err
+    assert f"{run_id}: resuming after epoch 1 of 2" in err, err
+    assert sorted(p.name for p in published.iterdir()) == ["best.pt", "history.csv", "last.pt", "run.json"]
+    assert (published / "last.pt").read_bytes() == (volume / "run-1" / "e" / run_id / "last.pt").read_bytes()
+
+    attempt(3, pipeline_run="run-2")
+    err = capsys.readouterr().err
+    assert "resuming" not in err and (volume / "run-2" / "e" / run_id / "best.pt").is_file(), err

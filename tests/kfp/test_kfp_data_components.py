@@ -51,21 +51,13 @@ def write_isic2017(root: Path, n_train: int = 4, n_val: int = 2) -> None:
 
 
 @pytest.fixture(scope="module")
-def data_repo(tmp_path_factory):
-    """(file:// URL, commit) of a git repository whose data lives only on its DVC remote."""
+def data_repo(tmp_path_factory, remote_only_data_repo):
+    """(file:// URL, commit, base) of a git repository whose data lives only on its DVC remote."""
     base = tmp_path_factory.mktemp("dvc")
     repo = base / "repo"
     repo.mkdir()
     write_isic2017(repo / "data" / "isic2017")
-    sh(["git", "init", "-q"], repo)
-    sh(["dvc", "init", "-q"], repo)
-    sh(["dvc", "add", "-q", "data"], repo)
-    sh(["dvc", "remote", "add", "-d", "storage", str(base / "remote")], repo)
-    sh(["dvc", "push", "-q"], repo)
-    sh(["git", "add", "-A"], repo)
-    sh(["git", "commit", "-qm", "data"], repo)
-    sh(["rm", "-rf", "data", ".dvc/cache"], repo)
-    return f"file://{repo}", sh(["git", "rev-parse", "HEAD"], repo), base
+    return (*remote_only_data_repo(repo), base)
 
 
 @pytest.fixture(scope="module")

@@ -98,10 +98,12 @@ def test_parameters_default_to_params_yaml_and_the_data_revision(compiled):
 
 def test_dvc_secret_and_mlflow_env_are_wired(compiled):
     _, spec, platform = compiled
-    fetch = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-fetch-data"]
-    (secret,) = fetch["secretAsEnv"]
-    assert secret["secretName"] == "tcnet-dvc-credentials"
-    assert {m["envVar"] for m in secret["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name in ("exec-fetch-data", "exec-evaluate"):  # both read the DVC remote
+        (secret,) = k8s[name]["secretAsEnv"]
+        assert secret["secretName"] == "tcnet-dvc-credentials"
+        assert {m["envVar"] for m in secret["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert sorted(n for n, e in k8s.items() if "secretAsEnv" in e) == ["exec-evaluate", "exec-fetch-data"]
     for name, ex in executors(spec).items():
         env = {e["name"]: e["value"] for e in ex["container"].get("env", [])}
         assert env.get("MLFLOW_TRACKING_URI", "").startswith("http"), name
@@ -132,6 +134,55 @@ def test_evaluate_gets_gpus_only_when_asked(compiled, tmp_path):
     assert (res["accelerator"]["resourceType"], res["accelerator"]["resourceCount"]) == ("nvidia.com/gpu", "1")
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-evaluate"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in k8s["tolerations"]
+
+
+def test_evaluate_fetches_its_raw_files_from_the_data_repository_not_the_raw_artifact(compiled):
+    """Only preprocess reads fetch_data's raw artifact (every dataset, full size); each evaluate gets the
+    data's repository, revision and remote (the pipeline's parameters) and fetches what its run scores."""
+    _, spec, _ = compiled
+    _, loop = loop_task(spec)
+    ev = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]["evaluate"]
+    assert "raw" not in ev["inputs"].get("artifacts", {})
+    params = ev["inputs"]["parameters"]
+    for name, pipeline_param in (("repo_url", "data_repo_url"), ("rev", "data_rev"), ("remote", "dvc_remote")):
+        assert params[name]["componentInputParameter"].endswith(pipeline_param), (name, params[name])
+    readers = [t for t, task in spec["root"]["dag"]["tasks"].items()
+               if any(a.get("taskOutputArtifact", {}).get("outputArtifactKey") == "raw"
+                      for a in task.get("inputs", {}).get("artifacts", {}).values())]
+    assert readers == ["preprocess"]
+
+
+def test_train_checkpoints_on_a_volume_only_when_asked(compiled, tmp_path):
+    """--checkpoint-pvc: the claim is mounted into train tasks alone, and train is told to keep its runs
+    there; without it, no volume and an empty checkpoint_dir (train in the output artifact)."""
+    from pipeline.__main__ import main
+    from pipeline.pipeline import CHECKPOINT_MOUNT
+
+    def train_task(spec):
+        _, loop = loop_task(spec)
+        return spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]["train"]
+
+    _, spec, platform = compiled
+    assert train_task(spec)["inputs"]["parameters"]["checkpoint_dir"]["runtimeValue"]["constant"] == ""
+    assert not any("pvcMount" in e for e in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values())
+
+    out = tmp_path / "p.yaml"
+    assert main(["compile", "--out", str(out), "--data-repo-url", "https://git.example.com/t.git", "--data-rev", "v1",
+                 "--checkpoint-pvc", "tcnet-checkpoints"]) == 0
+    spec, platform = yaml.safe_load_all(out.read_text())
+    assert train_task(spec)["inputs"]["parameters"]["checkpoint_dir"]["runtimeValue"]["constant"] == CHECKPOINT_MOUNT
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    (mount,) = k8s["exec-train"]["pvcMount"]
+    assert mount["mountPath"] == CHECKPOINT_MOUNT
+    assert "tcnet-checkpoints" in yaml.safe_dump(mount)  # the claim's name, as kfp-kubernetes spells the field
+    assert [name for name, e in k8s.items() if "pvcMount" in e] == ["exec-train"]
+
+
+def test_the_local_runner_refuses_a_checkpoint_volume(tmp_path):
+    from pipeline.pipeline import PipelineOptions, local_run
+
+    with pytest.raises(ValueError, match="mounts no volumes"):
+        local_run(PipelineOptions(checkpoint_pvc="c"), tmp_path)
 
 
 @pytest.mark.parametrize("uri", ["http://localhost:5000", "http://127.0.0.1:5000", "https://[::1]:443", "http://api.localhost",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -230,6 +231,21 @@ def test_best_pt_is_written_at_every_new_best_once_it_is_old(data, tmp_path, mon
         assert tensors_equal(best, last)
 
 
+def _dies_in_epoch(monkeypatch, epoch: int):
+    """Training is killed (KeyboardInterrupt, as SIGTERM) when ``epoch`` starts; returns the real epoch function."""
+    import tcnet.training.loop as loop
+
+    real_epoch = loop.train_one_epoch
+
+    def dies(*a, **k):
+        if k.get("epoch") == epoch:
+            raise KeyboardInterrupt(f"killed in epoch {epoch}")
+        return real_epoch(*a, **k)
+
+    monkeypatch.setattr(loop, "train_one_epoch", dies)
+    return real_epoch
+
+
 def test_crash_before_best_pt_caught_up_resumes_with_the_best_weights(data, tmp_path, monkeypatch, capsys):
     """Killed in epoch 3 after two better epochs: no best.pt yet, last.pt holds epoch 2 (the best).
     The resumed run writes best.pt with epoch 2's weights, as an uninterrupted run does."""
@@ -244,14 +260,7 @@ def test_crash_before_best_pt_caught_up_resumes_with_the_best_weights(data, tmp_
     monkeypatch.undo()
 
     _scripted_val_di(monkeypatch, scores)
-    real_epoch = loop.train_one_epoch
-
-    def dies_in_epoch_3(*a, **k):
-        if k.get("epoch") == 3:
-            raise KeyboardInterrupt("killed in epoch 3")
-        return real_epoch(*a, **k)
-
-    monkeypatch.setattr(loop, "train_one_epoch", dies_in_epoch_3)
+    real_epoch = _dies_in_epoch(monkeypatch, 3)
     out = tmp_path / "models"
     with pytest.raises(KeyboardInterrupt):
         train.run(params, EXPERIMENT, data / "pre", data / "splits", out, mlflow=False)
@@ -297,6 +306,65 @@ def test_crash_after_the_final_checkpoint_finishes_without_training(data, tmp_pa
     assert info["complete"] and json.loads((run_dir / "run.json").read_text())["complete"]
     assert [r["epoch"] for r in read_history(run_dir / "history.csv")] == ["1", "2"]
     assert tensors_equal(load_checkpoint(run_dir / "last.pt")["model"], weights)
+
+
+def test_checkpoint_dir_trains_and_resumes_there_and_copies_the_finished_run_to_out(data, tmp_path, monkeypatch,
+                                                                                    capsys):
+    """--checkpoint-dir: a run killed in epoch 2 leaves nothing in OUT (an output that would not survive
+    the process anyway); the rerun resumes in the checkpoint folder and copies the finished run to OUT,
+    with the weights of a run never interrupted."""
+    import tcnet.training.loop as loop
+
+    params = make_params(tmp_path, epochs=2)
+    run_id = the_spec(params).run_id
+    train.run(params, EXPERIMENT, data / "pre", data / "splits", tmp_path / "reference", mlflow=False)
+
+    real_epoch = _dies_in_epoch(monkeypatch, 2)
+    out, volume = tmp_path / "models", tmp_path / "volume"
+    with pytest.raises(KeyboardInterrupt):
+        train.run(params, EXPERIMENT, data / "pre", data / "splits", out, mlflow=False, checkpoint_dir=volume)
+    assert load_checkpoint(volume / EXPERIMENT / run_id / "last.pt")["epoch"] == 1
+    assert not (out / EXPERIMENT / run_id).exists()
+    monkeypatch.setattr(loop, "train_one_epoch", real_epoch)
+    capsys.readouterr()
+
+    args = ["train", "--params", str(tmp_path / "params.yaml"), "--experiment", EXPERIMENT, "--preprocessed",
+            str(data / "pre"), "--splits", str(data / "splits"), "--out", str(out), "--checkpoint-dir", str(volume),
+            "--no-mlflow"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict(tmp_path, epochs=2)))
+    from tcnet.cli import main
+
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "resuming after epoch 1" in err and f"copied {volume / EXPERIMENT / run_id}" in err, err
+    published = out / EXPERIMENT / run_id
+    assert sorted(p.name for p in published.iterdir()) == sorted(train.OUTPUT_FILES)
+    for name in train.OUTPUT_FILES:  # the very files of the checkpoint folder
+        assert (published / name).read_bytes() == (volume / EXPERIMENT / run_id / name).read_bytes(), name
+    ref = tmp_path / "reference" / EXPERIMENT / run_id
+    assert tensors_equal(load_checkpoint(published / "best.pt")["model"], load_checkpoint(ref / "best.pt")["model"])
+    assert tensors_equal(load_checkpoint(published / "last.pt")["model"], load_checkpoint(ref / "last.pt")["model"])
+
+    # A finished run in the checkpoint folder (the retry of a task that died while uploading its output):
+    # nothing is trained again, and OUT gets the run.
+    shutil.rmtree(out)
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "already trained" in err and "resuming" not in err and "copied" in err, err
+    assert (published / "best.pt").read_bytes() == (volume / EXPERIMENT / run_id / "best.pt").read_bytes()
+
+
+def test_capped_loader_workers_are_said_once_with_the_cpus_they_need(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TCNET_CPUS", "2")
+    monkeypatch.setattr(train, "_SAID", set())
+    raw = params_dict(tmp_path, epochs=1, num_workers=3)
+    raw["experiments"][EXPERIMENT]["runs"] = [{"name": "a"}, {"name": "b"}]
+    params = from_dict(Params, raw).validate()
+    result = train.run(params, EXPERIMENT, data / "pre", data / "splits", tmp_path / "models", mlflow=False)
+    assert len(result["runs"]) == 2
+    err = capsys.readouterr().err
+    line = "train.num_workers 3 -> 1 DataLoader workers per process: 2 CPU(s) here for 1 process(es)"
+    assert err.count(line) == 1 and "all 3 need 4 CPUs (TCNET_CPUS" in err, err
 
 
 def test_kill_9_then_resume_matches_an_uninterrupted_run(data, tmp_path):
