@@ -21,6 +21,8 @@ def train(params_yaml: str, experiment: str, run_id: str, preprocessed: Input[Da
     from pathlib import Path
     from tcnet.cli import main
 
+    if checkpoint_dir and not pipeline_run_id:  # the volume's folders are per pipeline run: never share one
+        raise ValueError("checkpoint_dir needs pipeline_run_id (dsl.PIPELINE_JOB_ID_PLACEHOLDER)")
     os.environ["TCNET_PIPELINE_RUN_ID"] = pipeline_run_id  # this pipeline run's MLflow parent run
     os.environ["TCNET_DATA_HASH"] = preprocessed.metadata.get("data_md5", "")  # no checkout here: fetch_data's read
     params = Path(tempfile.mkdtemp()) / "params.yaml"

@@ -20,7 +20,8 @@ Cluster settings (not pipeline parameters, they shape the pods): GPUs per train 
 (``set_accelerator_type`` + ``set_accelerator_limit``), CPU/memory requests, retries on train, a
 checkpoint volume on train (``checkpoint_pvc``: a retried train task resumes from its last epoch),
 ``MLFLOW_TRACKING_URI`` on every task, ``TCNET_CPUS`` and ``OMP_NUM_THREADS`` from each task's CPU
-request (a pod sees its node's cores), the DVC remote credentials from a Kubernetes secret on ``fetch_data``. Caching: on
+request (a pod sees its node's cores), the DVC remote credentials from a Kubernetes secret on ``fetch_data``
+and ``evaluate`` (which fetches the raw files its run is scored on). Caching: on
 for the data stages, which get only the params sections they read (``data_params``): deterministic
 functions of repo, revision and those sections; off for train, evaluate and compare -- each of them
 writes this pipeline run's MLflow runs, which a cache hit would silently leave out (their

@@ -79,6 +79,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is not ours
         raise CheckpointError(f"checkpoint {path}: not a PyTorch checkpoint (torch.save writes a zip archive; "
                               "this file is not one: truncated, or another kind of file)")
+    damaged = _crc_mismatch(path)
+    if damaged:  # torch.load never checks the CRCs: damaged weights would load and predict wrongly
+        raise CheckpointError(f"checkpoint {path}: corrupt ({damaged}): the file changed after it was written; "
+                              "use another copy, or train the run again")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torn file, or pickled objects weights_only refuses
@@ -87,6 +91,26 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"checkpoint {path}: not a tcnet checkpoint (expected a dict with a 'model' state dict)")
     return ckpt
+
+
+def _crc_mismatch(path: Path) -> Optional[str]:
+    """The first record of the checkpoint's zip whose bytes do not match its CRC-32, or None.
+
+    Records written without one (CRC 0: the per-epoch resume state, ``save_checkpoint(crc32=False)``)
+    are not checked; ``best.pt`` and a finished run's ``last.pt`` have one in every record."""
+    import zipfile
+    import zlib
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.CRC:
+                    with z.open(info) as f:  # zipfile checks the CRC-32 when the record is read to its end
+                        while f.read(1 << 24):
+                            pass
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return None
 
 
 def model_kwargs_of(ckpt: dict) -> dict:

@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("tcnet.stages.evaluate", "predict and score the runs of an experiment (pipeline stage)"),
     "compare": ("tcnet.stages.compare", "tables, statistics, figures and the HTML report (pipeline stage)"),
     "experiments": ("tcnet.tools.experiments", "list the experiments and runs declared in params.yaml"),
-    "models": ("tcnet.tools.models_table", "list registered models with parameters and GFLOPs"),
+    "models": ("tcnet.tools.models_table", "list the model architectures (--model names) with parameters and GFLOPs"),
     "score": ("tcnet.tools.score", "score a folder of predicted masks against ground truth"),
     "predict": ("tcnet.tools.predict", "segment new images with a trained model"),
     "export": ("tcnet.tools.export", "export a trained model to ONNX or TorchScript"),

@@ -177,6 +177,26 @@ def test_save_without_crc32_round_trips_and_leaves_the_global_option(tiny, tmp_p
         assert all(i.CRC != 0 for i in z.infolist() if i.file_size > 0)
 
 
+def test_a_damaged_checkpoint_is_refused_not_loaded_with_wrong_weights(tiny, tmp_path):
+    """torch.load never checks the zip's CRC-32s: four zeroed KiB inside the weights loaded silently
+    and predicted different masks. The records' CRCs catch it; a file saved without them still loads."""
+    save_checkpoint(_state(tiny), tmp_path / "best.pt")
+    with zipfile.ZipFile(tmp_path / "best.pt") as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)  # the largest tensor's record (stored, not deflated)
+    data = bytearray((tmp_path / "best.pt").read_bytes())
+    header = data[info.header_offset:info.header_offset + 30]  # its local header: name and extra lengths at 26, 28
+    start = info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+    middle = start + info.file_size // 2
+    data[middle:middle + 64] = bytes(64)
+    (tmp_path / "damaged.pt").write_bytes(bytes(data))
+    torch.load(tmp_path / "damaged.pt", weights_only=True)  # what torch alone does: no complaint
+    with pytest.raises(CheckpointError, match=r"damaged.pt: corrupt \(Bad CRC-32 for file .*use another copy"):
+        load_checkpoint(tmp_path / "damaged.pt")
+
+    save_checkpoint(_state(tiny), tmp_path / "no-crc.pt", crc32=False)  # records with CRC 0 are not checked
+    assert load_checkpoint(tmp_path / "no-crc.pt")["epoch"] == 1
+
+
 def test_weights_of_another_model_are_one_short_line(tiny, tmp_path):
     state = _state(tiny)
     state["model_kwargs"] = {"use_etm": False}  # the weights hold the ETM; the model built now has none

@@ -56,9 +56,14 @@ def fetch_eval_files(fs, data_path: str, spec, preprocessed_dir, splits_dir, out
     paths = eval_files(spec, preprocessed_dir, splits_dir)
     for dataset in dict.fromkeys((spec.data.train, spec.data.eval_dataset)):
         marker = f"{dataset}/{SYNTHETIC_MARKER}"
-        if fs.exists(f"{data_path}/{marker}"):
-            paths.append(marker)
+        try:  # not fs.exists, which says False for any error: a failed read must not label data "real"
+            fs.info(f"{data_path}/{marker}")
+        except FileNotFoundError:
+            continue
+        paths.append(marker)
     out = Path(out)
+    # One file at a time (a HEAD and a GET each on S3; fsspec's list form of get is the same loop):
+    # seconds to a minute for a test set of hundreds of pairs, where the whole datasets are tens of GB.
     for rel in tqdm(paths, desc=f"{spec.run_id} fetch", unit="file", file=sys.stderr, leave=False):
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         fs.get_file(f"{data_path}/{rel}", str(out / rel))

@@ -375,6 +375,9 @@ def run(params: Params, experiment: str, preprocessed_dir, splits_dir, raw_dir, 
 
     specs = select_runs(expand_runs(params, experiment), run_ids, experiment)
     raw_dir = Path(raw_dir if raw_dir is not None else params.preprocess.raw_dir)
+    if not Path(models_dir).is_dir():  # a wrong path, not runs to train: say which
+        raise FileNotFoundError(errno.ENOENT, "models folder not found (--models: the folder 'tcnet train --out' "
+                                "wrote, default outputs/models)", str(models_dir))
     for dataset in dict.fromkeys(spec.data.eval_dataset for spec in specs):
         if not (raw_dir / dataset).is_dir():  # before any model is loaded, and naming both ways to set it
             raise FileNotFoundError(errno.ENOENT, "raw data folder not found: evaluate scores against the "

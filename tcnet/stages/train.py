@@ -55,6 +55,10 @@ def _say_once(msg: str) -> None:
         _say(msg)
 
 
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def _read_json(path: Path) -> Optional[dict]:
     try:
         return json.loads(path.read_text())
@@ -259,8 +263,12 @@ def _run_tags(spec: RunSpec, provenance: dict, profile: str, params_digest: str)
 
 
 def train_run(spec: RunSpec, preprocessed_dir, splits_dir, run_dir, mlflow_cfg: Optional[MlflowConfig] = None,
-              tracking_ctx=None, *, profile: str = "", params_digest: str = "", progress: bool = True) -> dict:
+              tracking_ctx=None, *, profile: str = "", params_digest: str = "", progress: bool = True,
+              publish_to=None) -> dict:
     """Train one run into ``run_dir`` (resuming from ``last.pt`` when possible); returns ``run.json``.
+
+    ``publish_to``: where the finished run's files go (:func:`publish`) when ``run_dir`` is a
+    checkpoint folder (``--checkpoint-dir``); the MLflow tag ``tcnet.checkpoint`` names that copy.
 
     ``tracking_ctx``: a :class:`tcnet.tracking.ExperimentTracker` (the experiment's parent run,
     opened once by :func:`run` before the runs start), or None for no MLflow logging.
@@ -279,13 +287,20 @@ def train_run(spec: RunSpec, preprocessed_dir, splits_dir, run_dir, mlflow_cfg: 
         # at 448², batch 2: 56-124 k page faults and 4-9 % of the step; `python -m benchmarks
         # cpu_settings --only heap [--batch 4]`). Process-wide, for life.
         retain_freed_memory(trim_threshold=None)
+    run_dir = Path(run_dir)
     with determinism(spec.train.deterministic, device), flush_denormal(device):
-        return _train(spec, Path(preprocessed_dir), Path(splits_dir), Path(run_dir), mlflow_cfg or MlflowConfig(),
-                      tracking_ctx, dist, device, profile, params_digest, progress)
+        info = _train(spec, Path(preprocessed_dir), Path(splits_dir), run_dir, mlflow_cfg or MlflowConfig(),
+                      tracking_ctx, dist, device, profile, params_digest, progress,
+                      Path(publish_to) if publish_to else run_dir)
+    if publish_to and dist.is_main and info.get("complete"):
+        publish(run_dir, Path(publish_to))
+        _say(f"{spec.run_id}: copied {run_dir} to {publish_to}")
+    return info
 
 
 def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Path, mlflow_cfg: MlflowConfig,
-           tracking_ctx, dist, device: torch.device, profile: str, params_digest: str, progress: bool) -> dict:
+           tracking_ctx, dist, device: torch.device, profile: str, params_digest: str, progress: bool,
+           published_dir: Path) -> dict:
     from tcnet.checkpoint import save_checkpoint, set_rng_state
     from tcnet.losses import build_loss
     from tcnet.tracking import NullRunLogger
@@ -312,7 +327,7 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
         if _identity_change(info, identity):  # _resume_state said why
             info = {}
         if ckpt is not None and int(ckpt["epoch"]) >= cfg.epochs and info.get("complete"):
-            _say(f"{spec.run_id}: already trained ({cfg.epochs} epochs, best val DI {info.get('best_val_DI')}); skipping")
+            _say(f"{spec.run_id}: already trained ({cfg.epochs} epochs, best val DI {_fmt(info.get('best_val_DI'))}); skipping")
             decision["skip"] = True
         # A last.pt without optimizer state is written only after the final epoch: its training is over,
         # and what is left is _finish (a crash came between them). Before its final epoch it cannot be resumed.
@@ -471,7 +486,7 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
                 # A crash between that last.pt and its history.csv left the file an epoch short.
                 with atomic_write(run_dir / "history.csv") as f:
                     f.write(history_rows_csv(history))
-            _finish(logger, spec, run_dir, record, history, best, image_size, mlflow_cfg)
+            _finish(logger, spec, run_dir, record, history, best, image_size, mlflow_cfg, published_dir)
     dist.barrier()
     if not dist.is_main:  # rank 0 wrote the final record
         return _read_json(run_dir / "run.json") or record
@@ -495,8 +510,9 @@ def _log_start(logger, spec: RunSpec, record: dict, history: list[dict]) -> None
 
 
 def _finish(logger, spec: RunSpec, run_dir: Path, record: dict, history: list[dict], best: dict, image_size: int,
-            mlflow_cfg: MlflowConfig) -> None:
-    """history.csv, the final run.json, and the MLflow summary (best score, checkpoint path, model)."""
+            mlflow_cfg: MlflowConfig, published_dir: Path) -> None:
+    """history.csv, the final run.json, and the MLflow summary (best score, checkpoint path -- where the
+    run's files end up, ``published_dir`` -- and model)."""
     from tcnet.training.loop import history_rows_csv
 
     if not history:
@@ -506,7 +522,8 @@ def _finish(logger, spec: RunSpec, run_dir: Path, record: dict, history: list[di
             f.write(history_rows_csv(history))
     best_di = next((r.get("val_DI") for r in history if r["epoch"] == best["epoch"]), None)
     record.update(complete=True, best_epoch=best["epoch"], best_val_DI=_finite_or_none(best_di))
-    logger.set_tags({"tcnet.checkpoint": str((run_dir / "best.pt").resolve()), "tcnet.best_epoch": str(best["epoch"])})
+    logger.set_tags({"tcnet.checkpoint": str((published_dir / "best.pt").resolve()),
+                     "tcnet.best_epoch": str(best["epoch"])})
     logger.log_metrics({"best_val_DI": record["best_val_DI"], "best_epoch": best["epoch"]}, step=best["epoch"])
     logger.log_artifact(run_dir / "history.csv")
     if mlflow_cfg.log_models and logger.run_id:
@@ -603,13 +620,10 @@ def run(params: Params, experiment: str, preprocessed_dir, splits_dir, out_dir,
     for i, spec in enumerate(specs, 1):
         if dist.is_main:  # a line before the first epoch's: off a terminal, epochs are minutes apart
             _say(f"run {i}/{len(specs)}: {spec.run_id} ({spec.model}, {spec.train.epochs} epochs)")
-        run_dir = work_dir / experiment / spec.run_id
-        info = train_run(spec, preprocessed_dir, splits_dir, run_dir, params.mlflow, tracker, profile=params.profile,
-                         params_digest=digest, progress=progress)
-        if work_dir is not out_dir and dist.is_main and info.get("complete"):
-            publish(run_dir, out_dir / experiment / spec.run_id)
-            _say(f"{spec.run_id}: copied {run_dir} to {out_dir / experiment / spec.run_id}")
-        results.append(info)
+        results.append(train_run(spec, preprocessed_dir, splits_dir, work_dir / experiment / spec.run_id,
+                                 params.mlflow, tracker, profile=params.profile, params_digest=digest,
+                                 progress=progress,
+                                 publish_to=None if work_dir is out_dir else out_dir / experiment / spec.run_id))
     return {"experiment": experiment, "runs": results}
 
 
@@ -622,7 +636,8 @@ def add_arguments(parser) -> None:
     from tcnet.stages._cli import add_experiment_arguments, add_no_mlflow
 
     add_experiment_arguments(parser, "train")
-    parser.add_argument("--out", default="outputs/models", help="models root: writes OUT/<experiment>/<run_id>/")
+    parser.add_argument("--out", default="outputs/models",
+                        help="models root: writes OUT/<experiment>/<run_id>/ (default: outputs/models)")
     parser.add_argument("--checkpoint-dir", default="", metavar="DIR",
                         help="train and resume each run in DIR/<experiment>/<run_id>/ (a folder that outlives this "
                         "process, e.g. a volume that a retried Kubeflow task finds again) and copy each finished run "
@@ -643,7 +658,9 @@ def main(args) -> int:
         # Before any process starts: errors of the params or data as one line (status 2), not N tracebacks.
         preflight(load_params(args.params), args.experiment, args.runs, args.splits, args.nproc)
         argv = ["train", "--params", args.params, "--experiment", args.experiment, "--preprocessed",
-                args.preprocessed, "--splits", args.splits, "--out", args.out, "--checkpoint-dir", args.checkpoint_dir]
+                args.preprocessed, "--splits", args.splits, "--out", args.out]
+        if args.checkpoint_dir:
+            argv += ["--checkpoint-dir", args.checkpoint_dir]
         for r in args.runs or []:
             argv += ["--run", r]
         if args.no_mlflow:

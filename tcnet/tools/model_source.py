@@ -159,7 +159,7 @@ def resolved_checkpoint(spec: str | os.PathLike, *, uri: str | None = None,
             return
         raise FileNotFoundError(
             f"model {text!r}: no such file or folder; MODEL is a checkpoint (.pt), a run folder, "
-            "or an MLflow URI such as runs:/<run_id>/model or models:/tcnet@champion"
+            "or an MLflow URI such as models:/tcnet@champion (after tcnet promote) or runs:/<run_id>/pyfunc"
         )
 
     import mlflow

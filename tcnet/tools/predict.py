@@ -357,7 +357,7 @@ def main(args: argparse.Namespace) -> int:
         recursive=args.recursive, log=log,
     )
     for src, reason in result.skipped:
-        log(f"skipped: {reason}" if src in reason else f"skipped {src}: {reason}")
+        log(f"skipped: {reason}" if src in reason else f"skipped: {src}: {reason}")
     log(f"{len(result.written)} image(s) segmented into {args.out}, {len(result.skipped)} skipped")
     return result.exit_code
 

@@ -53,6 +53,7 @@ class PromoteResult:
     reused: bool  # True: an existing version was re-aliased, nothing new was logged
     candidates: int  # finished TCNet runs with the metric
     passed_over: list[str]  # better runs whose own checkpoint is gone (re-trained since), with why
+    trainings: int = 0  # MLflow training runs behind the candidates (a run trained again has several)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -149,11 +150,16 @@ def promote(
         raise ValueError(f"no MLflow experiment {exp_name!r} in {uri}; train and evaluate {experiment!r} first")
     candidates, key = find_candidates(client, exp.experiment_id, metric)
     if not candidates:
+        if metric not in SHORT_METRICS:  # a full key no run holds: most likely a typo of a short name
+            raise ValueError(f"--metric {metric!r}: no finished TCNet run of {exp_name!r} holds it; valid: "
+                             f"{' '.join(SHORT_METRICS)}, or a full MLflow metric key such as eval_mean_DI")
         raise ValueError(
             f"experiment {exp_name!r} ({uri}) has no finished TCNet run with metric "
             f"{' / '.join(metric_keys(metric))}; evaluate it first (tcnet evaluate --experiment {experiment})"
         )
-    ranked = sorted(candidates, key=lambda r: (-r.data.metrics[key], r.info.start_time or 0, r.info.run_id))
+    # Ties (a run trained again with the same result: CPU training is deterministic) go to the newest
+    # training, whose checkpoint is the one on disk.
+    ranked = sorted(candidates, key=lambda r: (-r.data.metrics[key], -(r.info.start_time or 0), r.info.run_id))
 
     with tempfile.TemporaryDirectory(prefix="tcnet-promote-") as tmp:
         passed_over: list[str] = []
@@ -164,10 +170,10 @@ def promote(
             passed_over.append(f"{best.data.tags[RUN_ID_TAG]} ({key} = {best.data.metrics[key]:.4f}, MLflow run "
                                f"{best.info.run_id}): {why}")
         else:
-            raise FileNotFoundError(
-                f"experiment {exp_name!r}: no candidate run has its own checkpoint (looked in {models_dir} and in the "
-                "runs' artifacts): " + "; ".join(passed_over)
-            )
+            where = f"{models_dir}" if Path(models_dir).is_dir() else f"{models_dir}, which does not exist (--models)"
+            shown = "; ".join(passed_over[:3]) + (f"; and {len(passed_over) - 3} more" if len(passed_over) > 3 else "")
+            raise FileNotFoundError(f"experiment {exp_name!r}: none of its {len(passed_over)} candidate runs has its "
+                                    f"own checkpoint (looked in {where} and in the runs' artifacts): {shown}")
         run_id, tcnet_run_id, value = best.info.run_id, best.data.tags[RUN_ID_TAG], float(best.data.metrics[key])
         sha = _sha256(ckpt)
         existing = []
@@ -192,7 +198,8 @@ def promote(
     return PromoteResult(
         name=name, version=version, alias=alias, model_uri=f"models:/{name}@{alias}",
         mlflow_run_id=run_id, tcnet_run_id=tcnet_run_id, metric=key, value=value,
-        checkpoint=str(ckpt), reused=reused, candidates=len(candidates), passed_over=passed_over,
+        checkpoint=str(ckpt), reused=reused, candidates=len({r.data.tags[RUN_ID_TAG] for r in candidates}),
+        trainings=len(candidates), passed_over=passed_over,
     )
 
 
@@ -211,7 +218,10 @@ def _own_checkpoint(client, run, models_dir, tmp: str) -> tuple[Path | None, str
     ckpt = checkpoint_for_run(run, models_dir, names=(name,)) or _checkpoint_artifact(client, run.info.run_id, tmp,
                                                                                       name=name)
     if ckpt is None:
-        return None, f"no {name} on disk (or its run.json names another MLflow run) and none logged as an artifact"
+        folder = Path(models_dir) / (run.data.tags.get("tcnet.experiment") or "") / run.data.tags.get(RUN_ID_TAG, "")
+        if (folder / name).is_file():  # checkpoint_for_run saw its run.json name another MLflow run
+            return None, f"trained again since: {folder / name} is a later training's, and none was logged as an artifact"
+        return None, f"no {name} on disk and none logged as an artifact"
     want = run.data.tags.get(CONFIG_HASH_TAG)
     try:
         have = load_checkpoint(ckpt).get("config_hash")
@@ -274,7 +284,8 @@ def main(args: argparse.Namespace) -> int:
     verb = "re-pointed" if result.reused else "registered"
     print(
         f"tcnet promote: {verb} {result.name} version {result.version} = run {result.tcnet_run_id} "
-        f"({result.metric} = {result.value:.4f}, best of {result.candidates}); alias {result.model_uri}",
+        f"({result.metric} = {result.value:.4f}, best of {result.candidates} run(s)"
+        f"{f', {result.trainings} trainings' if result.trainings > result.candidates else ''}); alias {result.model_uri}",
         file=sys.stderr,
     )
     return 0

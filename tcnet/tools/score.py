@@ -323,7 +323,10 @@ def format_table(result: dict) -> str:
 
 
 EPILOG = """\
-examples, on the official layouts (docs/metrics.md):
+examples, on the official layouts (docs/metrics.md); 'preds' is a folder of predicted masks, e.g.
+'tcnet predict --model M --input IMAGES --out preds' (one <image stem>.png per image). The demo data
+has no ISIC 2018 test ground truth: there, try the training set's
+data/isic2018/ISIC2018_Task1_Training_GroundTruth.
   ISIC 2018      tcnet score --pred preds --truth data/isic2018/ISIC2018_Task1_Test_GroundTruth
   DRIVE          tcnet score --pred preds --truth data/drive/DRIVE/test/1st_manual \\
                    --fov data/drive/DRIVE/test/mask --probs preds/probs

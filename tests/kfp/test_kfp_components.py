@@ -144,3 +144,5 @@ def test_a_retried_train_task_resumes_from_the_checkpoint_volume(tmp_path, monke
     attempt(3, pipeline_run="run-2")
     err = capsys.readouterr().err
     assert "resuming" not in err and (volume / "run-2" / "e" / run_id / "best.pt").is_file(), err
+    with pytest.raises(ValueError, match="needs pipeline_run_id"):  # no id: the volume root, shared by every run
+        attempt(4, pipeline_run="")

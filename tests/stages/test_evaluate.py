@@ -200,6 +200,9 @@ def test_errors_name_what_is_missing_or_stale(trained, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"raw data folder not found.*preprocess.raw_dir in params, or --raw"):
         evaluate.run(params, EXPERIMENT, root / "pre", root / "splits", tmp_path / "no-raw", root / "models",
                      tmp_path / "out", mlflow=False)
+    with pytest.raises(FileNotFoundError, match=r"models folder not found \(--models.*no-models"):
+        evaluate.run(params, EXPERIMENT, root / "pre", root / "splits", root / "raw", tmp_path / "no-models",
+                     tmp_path / "out", mlflow=False)
     raw = params_dict(root, "sqlite:///x.db")
     raw["train"]["lr"] = 0.5
     changed = next(s for s in expand_runs(from_dict(Params, raw).validate(), EXPERIMENT) if s.run_id == ISIC_RUN)

@@ -329,15 +329,20 @@ def test_checkpoint_dir_trains_and_resumes_there_and_copies_the_finished_run_to_
     capsys.readouterr()
 
     args = ["train", "--params", str(tmp_path / "params.yaml"), "--experiment", EXPERIMENT, "--preprocessed",
-            str(data / "pre"), "--splits", str(data / "splits"), "--out", str(out), "--checkpoint-dir", str(volume),
-            "--no-mlflow"]
+            str(data / "pre"), "--splits", str(data / "splits"), "--out", str(out), "--checkpoint-dir", str(volume)]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict(tmp_path, epochs=2)))
+    from mlflow import MlflowClient
+
     from tcnet.cli import main
 
-    assert main(args) == 0
+    assert main(args) == 0  # with MLflow (params: sqlite in tmp_path)
     err = capsys.readouterr().err
     assert "resuming after epoch 1" in err and f"copied {volume / EXPERIMENT / run_id}" in err, err
     published = out / EXPERIMENT / run_id
+    info = json.loads((published / "run.json").read_text())
+    tags = MlflowClient(info["tracking_uri"]).get_run(info["mlflow_run_id"]).data.tags
+    assert tags["tcnet.checkpoint"] == str((published / "best.pt").resolve())  # the copy, not the volume's
+    args.append("--no-mlflow")
     assert sorted(p.name for p in published.iterdir()) == sorted(train.OUTPUT_FILES)
     for name in train.OUTPUT_FILES:  # the very files of the checkpoint folder
         assert (published / name).read_bytes() == (volume / EXPERIMENT / run_id / name).read_bytes(), name

@@ -55,7 +55,7 @@ def add_run(store, run_id: str, model: str, di: float | None, status: str = "FIN
         client.log_metric(run.info.run_id, "eval_mean_JA", di - 0.1)
     client.set_terminated(run.info.run_id, status=status)
     folder = store["models"] / EXP / run_id
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)  # the same run id again: a later training reuses the folder
     torch.manual_seed(seed)
     net = tcnet.create_model("tcnet_tiny")
     torch.save({"model": net.state_dict(), "model_name": "tcnet_tiny", "model_kwargs": {}, "num_classes": 1,
@@ -114,6 +114,27 @@ def test_runs_whose_checkpoint_was_replaced_are_passed_over(store):
     result = promote_mod.promote(EXP, models_dir=store["models"])
     assert result.mlflow_run_id == ok and len(result.passed_over) == 2
     assert "b__tcnet__fold0" in result.passed_over[0] and "config other" in result.passed_over[1]
+    assert "trained again since" in result.passed_over[0]
+
+
+def test_a_run_trained_again_with_the_same_score_promotes_the_newest_training_quietly(store, capsys):
+    """CPU training is deterministic: a run trained again (a code change) scores the same. The tie goes
+    to the newest MLflow run, whose checkpoint is the one on disk: nothing to pass over."""
+    add_run(store, "e__tcnet__fold0", "tcnet_tiny", 0.80, seed=1)
+    newest = add_run(store, "e__tcnet__fold0", "tcnet_tiny", 0.80, seed=1)
+    assert cli(["promote", "--experiment", EXP, "--models", str(store["models"])]) == 0
+    err = capsys.readouterr().err
+    assert "passed over" not in err and "best of 1 run(s), 2 trainings" in err, err
+    assert store["client"].get_model_version_by_alias("tcnet", "champion").run_id == newest
+
+
+def test_a_metric_typo_and_a_missing_models_folder_are_named(store, capsys):
+    add_run(store, "f__tcnet__fold0", "tcnet_tiny", 0.80)
+    assert cli(["promote", "--experiment", EXP, "--metric", "dice"]) == 2
+    assert "--metric 'dice': no finished TCNet run of 'tcnet/isic_demo' holds it; valid: AC SE SP JA DI TJA AUC" \
+        in capsys.readouterr().err
+    assert cli(["promote", "--experiment", EXP, "--models", "/nonexistent/models"]) == 2
+    assert "looked in /nonexistent/models, which does not exist (--models)" in capsys.readouterr().err
 
 
 def test_nothing_to_promote_is_a_usage_error(store, capsys):
