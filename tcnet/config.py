@@ -217,10 +217,19 @@ class DataPair:
     def eval_dataset(self) -> str:
         return self.eval or self.train
 
-    def validate(self) -> None:
-        check_choice("dataset", self.train, DATASETS)
-        check_choice("dataset", self.eval_dataset, DATASETS)
-        check_choice("evaluation part", self.part, ("val", "test"))
+    def validate(self, where: str = "data") -> None:
+        try:
+            check_choice("dataset", self.train, DATASETS)
+            check_choice("dataset", self.eval_dataset, DATASETS)
+            check_choice("evaluation part", self.part, ("val", "test"))
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if self.train in TEST_ONLY_DATASETS:
+            raise ConfigError(f"{where}.train: {self.train} is a test-only dataset and cannot be trained on; train "
+                              f"on another dataset and set eval: {self.train}, part: test")
+        if self.part == "val" and self.eval_dataset in TEST_ONLY_DATASETS:  # before any run trains
+            raise ConfigError(f"{where}.part: {self.eval_dataset} is a test-only dataset, it has no folds to take "
+                              f"'val' from (part defaults to val); set part: test")
 
 
 @dataclass(frozen=True)
@@ -263,8 +272,8 @@ class ExperimentConfig:
             if not SAFE_NAME.fullmatch(name) or "__" in name:  # run ids are folder names: <data>__<run>__fold<k>
                 raise ConfigError(f"experiments.{exp_id}: {what} {name!r} must be letters, digits, '.', '_' or "
                                   "'-' (no '/', no '__'): it becomes a folder name")
-        for d in self.data:
-            d.validate()
+        for i, d in enumerate(self.data):
+            d.validate(f"experiments.{exp_id}.data[{i}]")
         names = [r.name for r in self.runs]
         if len(set(names)) != len(names):
             raise ConfigError(f"experiments.{exp_id}: run names must be unique, got {names}")

@@ -53,8 +53,16 @@ def test_test_only_dataset_cannot_be_trained_on(tmp_path):
         "experiments:\n  x:\n    title: t\n    reproduces: r\n    data: [{name: a, train: ph2}]\n"
         "    runs: [{name: r1}]\n"
     )
-    with pytest.raises(ConfigError, match="ph2 is a test-only dataset"):
+    with pytest.raises(ConfigError, match=r"experiments\.x\.data\[0\]\.train: ph2 is a test-only dataset and cannot"):
         expand_runs(load_params(f), "x")
+    # evaluated on PH2 with the default part (val): refused at load time, not after the training
+    f.write_text(f.read_text().replace("train: ph2}", "train: isic2017, eval: ph2}"))
+    with pytest.raises(ConfigError, match=r"experiments\.x\.data\[0\]\.part: ph2 is a test-only dataset, it has "
+                                          r"no folds .*set part: test"):
+        load_params(f)
+    f.write_text(f.read_text().replace("train: isic2017, eval: ph2}", "train: isic2016}"))
+    with pytest.raises(ConfigError, match=r"experiments\.x\.data\[0\]: unknown dataset 'isic2016' \(did you mean"):
+        load_params(f)
 
 
 def test_a_binary_or_folder_params_file_is_named(tmp_path):

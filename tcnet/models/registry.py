@@ -71,6 +71,7 @@ def check_runs_models(params, path=None, experiments=None) -> None:
     the train stage check before any training, not when the run comes up hours later."""
     from tcnet.config import ConfigError, expand_runs
 
+    built: set[tuple[str, str]] = set()
     for exp_id, exp in params.experiments.items():
         if experiments is not None and exp_id not in experiments:
             continue
@@ -86,6 +87,29 @@ def check_runs_models(params, path=None, experiments=None) -> None:
                 check_options(spec.model, spec.model_kwargs)
             except ValueError as e:
                 raise ConfigError(f"{prefix}{where}: {e}") from None
+            key = (spec.model, repr(sorted(spec.model_kwargs.items())))
+            if key not in built:  # the options' values too (a placement, an encoder name): build it, no memory
+                built.add(key)
+                problem = _build_problem(spec.model, spec.model_kwargs)
+                if problem:
+                    key_path = (f"experiments.{exp_id}.runs.{variant.name}.model_overrides" if variant.model_overrides
+                                else f"experiments.{exp_id}.model_overrides" if exp.model_overrides else f"{where}.model")
+                    raise ConfigError(f"{prefix}{key_path}: model {spec.model!r} cannot be built with "
+                                      f"{dict(spec.model_kwargs)}: {problem}")
+
+
+def _build_problem(name: str, overrides, limit: int = 300) -> str:
+    """Why ``create_model(name, **overrides)`` fails ("" if it builds), built on the meta device: the
+    modules and their checks run, no weight is allocated (milliseconds, a few MB)."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            create_model(name, **overrides)
+    except Exception as e:  # noqa: BLE001 - any builder's own complaint (ValueError, smp's KeyError, ...)
+        text = (str(e).strip().strip('"').splitlines() or [type(e).__name__])[0]
+        return text if len(text) <= limit else text[:limit] + " ..."
+    return ""
 
 
 def check_options(name: str, overrides) -> None:

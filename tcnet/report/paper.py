@@ -230,6 +230,9 @@ def notes(reported: dict, res, summary, ref: PaperRef, inference=None) -> list[s
     out = []
     values = summary[summary.kind == "value"]
     stated = values[values.paper.notna()]
+    if not exp.paper_key:  # user-added: the paper's setup claims (best λ, placement) are about its experiments
+        return [f"Not one of the paper's experiments (no paper_key in params.yaml): no paper values or claims "
+                "to compare with."]
     if len(stated):
         out.append(
             f"The paper prints {len(stated)} of these cells; ours - paper ranges from "
@@ -258,7 +261,10 @@ def notes(reported: dict, res, summary, ref: PaperRef, inference=None) -> list[s
             continue
         best = v.loc[v.ours.idxmax()]
         for key, claim, name in SETUP_CLAIMS:
-            if key in varying and claim in setup:
+            if key in varying and claim in setup and "model.name" in varying:
+                out.append(f"{d.name}: the paper's best {name} is not judged here: the variants differ in model "
+                           "as well, so a difference between its values is not the setting's alone.")
+            elif key in varying and claim in setup:
                 # Settings as groups of variants (a placement with and without deep supervision): the
                 # claim is about the setting, so its comparisons are between groups.
                 groups: dict[str, list[str]] = {}

@@ -92,7 +92,8 @@ def _split_isic2018(ids, by, cfg):
     test = sorted(by["test"]) if by["train"] else []
     k = cfg.cv_folds
     if len(pool) < k:
-        raise SplitError(f"isic2018: {k}-fold cross-validation needs at least {k} training images, found {len(pool)}")
+        raise SplitError(f"isic2018: {k}-fold cross-validation (split.cv_folds) needs at least {k} training images, "
+                         f"found {len(pool)}; lower split.cv_folds in params.yaml")
     arr = np.array(pool)
     folds = [
         {"train": sorted(arr[tr].tolist()), "val": sorted(arr[va].tolist())}

@@ -375,6 +375,30 @@ def test_the_papers_qualitative_claims_get_a_verdict(tmp_path):
     assert "also names placements not run here (skip, upsample); the verdict covers the placements above only" in att
 
 
+def test_a_user_added_experiment_is_not_judged_against_the_papers_claims(tmp_path):
+    """An experiment without paper_key (a user's own λ next to a U-Net) gets no paper claims: the paper's
+    best λ is about its own sweep. In a paper experiment whose variants also differ in model, the
+    setting's claim is not judged either (a model difference is not the setting's)."""
+    from tcnet.config import Params, from_dict, to_dict
+
+    raw = to_dict(load_params(ROOT / "params.yaml"))
+    mine = dict(raw["experiments"]["loss_sweep"], paper_key="", title="my sweep", reproduces="nothing in the paper")
+    mine["runs"] = [{"name": "lam0.2", "train": {"loss": {"ce_weight": 0.2}}}, {"name": "unet", "model": "unet"}]
+    mixed = dict(raw["experiments"]["loss_sweep"])
+    mixed["runs"] = [{"name": "lam0.2", "train": {"loss": {"ce_weight": 0.2}}}, {"name": "unet", "model": "unet"}]
+    raw["experiments"] = {"mine": mine, "loss_sweep": mixed}
+    params = from_dict(Params, raw).validate()
+    fabricate_eval(params, tmp_path / "eval", ["mine", "loss_sweep"], level={("mine", "unet"): 0.95,
+                                                                             ("loss_sweep", "unet"): 0.95})
+    compare.run(params, tmp_path / "eval", REPORTED, tmp_path / "out", ["mine", "loss_sweep"], log_mlflow=False)
+    table_mine = (tmp_path / "out" / "mine" / "table.md").read_text()
+    assert "Not one of the paper's experiments (no paper_key in params.yaml)" in table_mine
+    assert "the paper finds" not in table_mine and "agrees" not in table_mine
+    table_mixed = (tmp_path / "out" / "loss_sweep" / "table.md").read_text()
+    assert "the paper's best λ is not judged here: the variants differ in model as well" in table_mixed
+    assert "the paper finds the best λ" not in table_mixed
+
+
 def test_a_claim_is_not_resolved_by_a_difference_inside_the_noise_or_a_missing_run(tmp_path):
     params = load_params(ROOT / "params.yaml")
     # UNet3+ at TCNet's level (0.79): TCNet still ranks first, by less than the noise

@@ -150,6 +150,15 @@ def test_isic2018_without_an_official_training_split_puts_every_image_in_the_fol
     assert "no official split found" in s["source"] and "not used" not in s["source"]
 
 
+def test_more_folds_than_training_images_names_the_setting(tmp_path):
+    pre = _write_manifest(tmp_path / "pre", {"isic2018": _isic2018()})
+    n = sum(1 for _, part in _isic2018() if part == "train")
+    with pytest.raises(SplitError, match=rf"{n + 1}-fold cross-validation \(split.cv_folds\) needs at least "
+                                         rf"{n + 1} training images, found {n}; lower split.cv_folds"):
+        run(SplitConfig(cv_folds=n + 1), pre, tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
 def test_zero_val_fraction_gives_empty_val(tmp_path):
     pre = _write_manifest(tmp_path / "pre", {"drive": _drive()})
     run(SplitConfig(retina_val_fraction=0.0), pre, tmp_path / "s")
