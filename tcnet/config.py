@@ -602,12 +602,8 @@ def expand_runs(params: Params, exp_id: str) -> list[RunSpec]:
     except ConfigError as e:
         raise ConfigError(f"experiments.{exp_id}.train: {e}") from None
     runs = []
-    for pair in exp.data:
-        if pair.train in TEST_ONLY_DATASETS:
-            raise ConfigError(
-                f"experiments.{exp_id}: {pair.train} is a test-only dataset and cannot be trained on; "
-                f"train on another dataset and set eval: {pair.train}, part: test"
-            )
+    for i, pair in enumerate(exp.data):
+        pair.validate(f"experiments.{exp_id}.data[{i}]")  # (params never validated: from_dict alone)
         folds = exp.folds if exp.folds is not None else tuple(range(n_folds(pair.train, params.split)))
         for fold in folds:
             if not 0 <= fold < n_folds(pair.train, params.split):

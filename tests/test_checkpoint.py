@@ -178,8 +178,9 @@ def test_save_without_crc32_round_trips_and_leaves_the_global_option(tiny, tmp_p
 
 
 def test_a_damaged_checkpoint_is_refused_not_loaded_with_wrong_weights(tiny, tmp_path):
-    """torch.load never checks the zip's CRC-32s: four zeroed KiB inside the weights loaded silently
-    and predicted different masks. The records' CRCs catch it; a file saved without them still loads."""
+    """torch.load never checks the zip's CRC-32s: 64 zeroed bytes inside the weights load silently (a
+    best.pt with 4 KiB zeroed predicted different masks). The records' CRCs catch it; a file saved
+    without them still loads."""
     save_checkpoint(_state(tiny), tmp_path / "best.pt")
     with zipfile.ZipFile(tmp_path / "best.pt") as z:
         info = max(z.infolist(), key=lambda i: i.file_size)  # the largest tensor's record (stored, not deflated)

@@ -91,11 +91,11 @@ def check_runs_models(params, path=None, experiments=None) -> None:
             if key not in built:  # the options' values too (a placement, an encoder name): build it, no memory
                 built.add(key)
                 problem = _build_problem(spec.model, spec.model_kwargs)
-                if problem:
-                    key_path = (f"experiments.{exp_id}.runs.{variant.name}.model_overrides" if variant.model_overrides
-                                else f"experiments.{exp_id}.model_overrides" if exp.model_overrides else f"{where}.model")
-                    raise ConfigError(f"{prefix}{key_path}: model {spec.model!r} cannot be built with "
-                                      f"{dict(spec.model_kwargs)}: {problem}")
+                if problem:  # where the options came from: the experiment's, the run's, or both merged
+                    paths = ([f"experiments.{exp_id}.model_overrides"] if exp.model_overrides else []) + (
+                        [f"experiments.{exp_id}.runs.{variant.name}.model_overrides"] if variant.model_overrides else [])
+                    raise ConfigError(f"{prefix}{' + '.join(paths) or where + '.model'}: model {spec.model!r} cannot "
+                                      f"be built with {dict(spec.model_kwargs)}: {problem}")
 
 
 def _build_problem(name: str, overrides, limit: int = 300) -> str:

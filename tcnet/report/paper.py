@@ -117,9 +117,21 @@ def load_reported(path: str | Path) -> dict:
     return read_yaml_mapping(path, "the paper's reported numbers file")
 
 
+_NOT_EXPERIMENTS = ("source", "setup", "datasets", "claims")
+
+
+def paper_key(reported: dict, exp_id: str, exp: ExperimentConfig) -> str:
+    """Which of the paper's experiments ``exp_id`` reproduces: its ``paper_key``, else its id where
+    ``reported`` has a section or claims under it; "" for an experiment of the user's own."""
+    if exp.paper_key:
+        return exp.paper_key
+    named = set(reported) - set(_NOT_EXPERIMENTS) | set(reported.get("claims") or {})
+    return exp_id if exp_id in named else ""
+
+
 def paper_reference(reported: dict, exp_id: str, exp: ExperimentConfig) -> PaperRef:
     """The cells and differences ``reported`` states for experiment ``exp_id`` (empty if none)."""
-    key = exp.paper_key or exp_id
+    key = paper_key(reported, exp_id, exp)
     section = reported.get(key)
     ref = PaperRef(key=key if section else "")
     if not isinstance(section, dict):
@@ -213,6 +225,11 @@ def _not_evaluated(res, data: str, variants) -> list[str]:
     return out
 
 
+def _not_judged(data: str, what: str) -> str:
+    return (f"{data}: {what} is not judged here: the variants differ in model as well, so a difference "
+            "between the setting's values is not the setting's alone.")
+
+
 def _level_text(c) -> str:
     return (f"paired over {c.primary.n} folds' mean differences" if c.level == "folds"
             else f"paired over {c.primary.n} images") if c.primary is not None else "no paired scores"
@@ -230,8 +247,8 @@ def notes(reported: dict, res, summary, ref: PaperRef, inference=None) -> list[s
     out = []
     values = summary[summary.kind == "value"]
     stated = values[values.paper.notna()]
-    if not exp.paper_key:  # user-added: the paper's setup claims (best λ, placement) are about its experiments
-        return [f"Not one of the paper's experiments (no paper_key in params.yaml): no paper values or claims "
+    if not paper_key(reported, res.exp_id, exp):  # user-added: the paper's claims are about its experiments
+        return ["Not one of the paper's experiments (no paper_key in params.yaml): no paper values or claims "
                 "to compare with."]
     if len(stated):
         out.append(
@@ -255,15 +272,15 @@ def notes(reported: dict, res, summary, ref: PaperRef, inference=None) -> list[s
     varying = varying_settings(res)
     m = _headline(exp.metrics)
     names = [r.name for r in exp.runs]
+    mixed_models = "model.name" in varying  # then a setting's groups differ in model too: not its effect
     for d in exp.data:
         v = values[(values.data == d.name) & (values.metric == m)].dropna(subset=["ours"])
         if v.empty:
             continue
         best = v.loc[v.ours.idxmax()]
         for key, claim, name in SETUP_CLAIMS:
-            if key in varying and claim in setup and "model.name" in varying:
-                out.append(f"{d.name}: the paper's best {name} is not judged here: the variants differ in model "
-                           "as well, so a difference between its values is not the setting's alone.")
+            if key in varying and claim in setup and mixed_models:
+                out.append(_not_judged(d.name, f"the paper's best {name}"))
             elif key in varying and claim in setup:
                 # Settings as groups of variants (a placement with and without deep supervision): the
                 # claim is about the setting, so its comparisons are between groups.
@@ -290,7 +307,9 @@ def notes(reported: dict, res, summary, ref: PaperRef, inference=None) -> list[s
                     line += (f"; minus the runner-up {name} = {runner}{each}: {c.text(res.digits)} ({_level_text(c)}; "
                              f"{_verdict([c.direction], _not_evaluated(res, d.name, names), c)})")
                 out.append(line + ".")
-        if "model.deep_supervision" in varying and "deep_supervision_better_off" in setup:
+        if "model.deep_supervision" in varying and "deep_supervision_better_off" in setup and mixed_models:
+            out.append(_not_judged(d.name, "the paper's finding on deep supervision"))
+        elif "model.deep_supervision" in varying and "deep_supervision_better_off" in setup:
             ds = dict(zip(names, varying["model.deep_supervision"]))
             off = [n for n in names if ds[n] is False]
             on = [n for n in names if ds[n] is True]
@@ -316,7 +335,7 @@ def notes(reported: dict, res, summary, ref: PaperRef, inference=None) -> list[s
 def claim_notes(reported: dict, res, values, ref: PaperRef, varying: dict, m: str, inference) -> list[str]:
     """Our verdict on each of the paper's qualitative claims (reported.yaml ``claims``) for the experiment."""
     exp = res.exp
-    claims = (reported.get("claims") or {}).get(exp.paper_key or res.exp_id) or {}
+    claims = (reported.get("claims") or {}).get(paper_key(reported, res.exp_id, exp)) or {}
     names = [r.name for r in exp.runs]
     placement = dict(zip(names, varying.get("model.attention_placement", [])))
     out = []
@@ -324,7 +343,9 @@ def claim_notes(reported: dict, res, values, ref: PaperRef, varying: dict, m: st
         v = values[(values.data == d.name)].dropna(subset=["ours"])
         if v.empty:
             continue
-        if claims.get("every_placement_beats_none") and placement:
+        if claims.get("every_placement_beats_none") and placement and "model.name" in varying:
+            out.append(_not_judged(d.name, "the paper's finding that every attention placement beats none"))
+        elif claims.get("every_placement_beats_none") and placement:
             groups: dict[str, list[str]] = {}
             for n in names:
                 groups.setdefault(str(placement[n]), []).append(n)

@@ -132,7 +132,8 @@ def _load_as_process_0_did(last: Path, epoch: int, dist) -> dict:
         ckpt = load_checkpoint(last)
     except CheckpointError as e:
         raise RuntimeError(f"{where}: {e}; process 0 resumes after epoch {epoch} from it. Every process must "
-                           "read the same run folder (with several machines: --out on a shared file system)") from e
+                           f"read the same run folder, {last.parent} (with several machines: on a shared file "
+                           "system)") from e
     if int(ckpt["epoch"]) != epoch:
         raise RuntimeError(f"{where}: {last} holds epoch {ckpt['epoch']}, process 0 resumes after epoch {epoch}: "
                            "every process must read the same run folder (with several machines: --out on a "
@@ -295,6 +296,11 @@ def train_run(spec: RunSpec, preprocessed_dir, splits_dir, run_dir, mlflow_cfg: 
     if publish_to and dist.is_main and info.get("complete"):
         publish(run_dir, Path(publish_to))
         _say(f"{spec.run_id}: copied {run_dir} to {publish_to}")
+        if tracking_ctx is not None and info.get("mlflow_run_id"):  # also where a finished run was skipped
+            from tcnet.tracking import retry
+
+            retry(tracking_ctx.client.set_tag, info["mlflow_run_id"], "tcnet.checkpoint",
+                  str((Path(publish_to) / "best.pt").resolve()))
     return info
 
 
@@ -467,7 +473,7 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
             # optimizer, scheduler and RNG state (Adam's two moments are 2/3 of a checkpoint): a finished
             # run never resumes (more epochs is another config hash), and writing the full state only to
             # replace it at once cost a baseline ~1 s a run (300 MB, fsync). The resume state skips
-            # torch.save's CRC-32, which nothing reads (save_checkpoint).
+            # torch.save's CRC-32 (half the save's time); the final last.pt keeps it, and loads check it.
             save_checkpoint(_checkpoint(spec, identity, raw_model, image_size, epoch, history, best, optimizer, scheduler,
                                         with_state=not final), run_dir / "last.pt", crc32=final)
             with atomic_write(run_dir / "history.csv") as f:
@@ -616,6 +622,7 @@ def run(params: Params, experiment: str, preprocessed_dir, splits_dir, out_dir,
     work_dir = Path(checkpoint_dir) if checkpoint_dir else out_dir
     if work_dir.resolve() == out_dir.resolve():
         work_dir = out_dir  # nothing to copy
+    _SAID.clear()  # "said once" per call: a second call in the same process says it again
     results = []
     for i, spec in enumerate(specs, 1):
         if dist.is_main:  # a line before the first epoch's: off a terminal, epochs are minutes apart

@@ -82,20 +82,21 @@ def _recorded_mlflow_run_ids(run_json: Path) -> set[str]:
 
 
 def checkpoint_for_run(run, models_dir: str | Path = "outputs/models",
-                       names: tuple[str, ...] = CHECKPOINT_NAMES) -> Path | None:
+                       names: tuple[str, ...] = CHECKPOINT_NAMES, owned: bool = True) -> Path | None:
     """The local checkpoint of a tcnet MLflow run (an ``mlflow.entities.Run``), if it is on disk.
 
     Looked up, in order: the tag or param ``tcnet.checkpoint`` / ``checkpoint`` (a path), then
     ``<models_dir>/<experiment>/<tcnet.run_id>/<name>`` for ``names`` (``best.pt``, ``last.pt``),
     with the experiment from the tag ``tcnet.experiment`` or the MLflow experiment ``tcnet/<exp>``.
     A folder whose ``run.json`` records a different MLflow run (the run was trained again since,
-    by another pipeline run) is not this run's checkpoint and is not returned.
+    by another pipeline run) is not this run's checkpoint and is not returned (``owned=False``: it is,
+    to say why a run has no checkpoint of its own).
     """
     tags, params = dict(run.data.tags), dict(run.data.params)
 
     def own(folder: Path) -> bool:
         recorded = _recorded_mlflow_run_ids(folder / "run.json")
-        return not recorded or run.info.run_id in recorded
+        return not owned or not recorded or run.info.run_id in recorded
 
     for key in ("tcnet.checkpoint", "checkpoint", "tcnet.best_checkpoint", "best_checkpoint"):
         value = tags.get(key) or params.get(key)

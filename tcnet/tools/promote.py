@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -150,7 +151,8 @@ def promote(
         raise ValueError(f"no MLflow experiment {exp_name!r} in {uri}; train and evaluate {experiment!r} first")
     candidates, key = find_candidates(client, exp.experiment_id, metric)
     if not candidates:
-        if metric not in SHORT_METRICS:  # a full key no run holds: most likely a typo of a short name
+        ours = "|".join(SHORT_METRICS)
+        if not re.fullmatch(rf"({ours})|(eval_(mean|pooled)|best_val)_({ours})", metric):  # a typo, not "not yet"
             raise ValueError(f"--metric {metric!r}: no finished TCNet run of {exp_name!r} holds it; valid: "
                              f"{' '.join(SHORT_METRICS)}, or a full MLflow metric key such as eval_mean_DI")
         raise ValueError(
@@ -218,9 +220,9 @@ def _own_checkpoint(client, run, models_dir, tmp: str) -> tuple[Path | None, str
     ckpt = checkpoint_for_run(run, models_dir, names=(name,)) or _checkpoint_artifact(client, run.info.run_id, tmp,
                                                                                       name=name)
     if ckpt is None:
-        folder = Path(models_dir) / (run.data.tags.get("tcnet.experiment") or "") / run.data.tags.get(RUN_ID_TAG, "")
-        if (folder / name).is_file():  # checkpoint_for_run saw its run.json name another MLflow run
-            return None, f"trained again since: {folder / name} is a later training's, and none was logged as an artifact"
+        other = checkpoint_for_run(run, models_dir, names=(name,), owned=False)
+        if other is not None:  # there, but its run.json names another MLflow run
+            return None, f"trained again since: {other} is a later training's, and none was logged as an artifact"
         return None, f"no {name} on disk and none logged as an artifact"
     want = run.data.tags.get(CONFIG_HASH_TAG)
     try:

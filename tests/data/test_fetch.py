@@ -94,3 +94,24 @@ def test_fetch_datasets_copies_each_whole_raw_folder(world, tmp_path):
     fetch.fetch_datasets(fetch.open_repo(url, commit), "data", ["drive"], tmp_path)
     assert files_under(tmp_path / "drive") == files_under(raw / "drive")
     assert not (tmp_path / "isic2017").exists()
+
+
+def test_a_failed_read_of_the_synthetic_marker_is_an_error_not_real_data(world, tmp_path):
+    """fs.exists would say False for any error, and the look-alike would then be scored as real data."""
+    url, commit, raw, pre, splits, params = world
+
+    class Flaky:  # the real DVC filesystem, whose metadata read fails once for the marker
+        def __init__(self, fs):
+            self.fs = fs
+
+        def info(self, path):
+            if path.endswith("SYNTHETIC.txt"):
+                raise OSError("remote unreachable")
+            return self.fs.info(path)
+
+        def get_file(self, *a, **k):
+            return self.fs.get_file(*a, **k)
+
+    with pytest.raises(OSError, match="remote unreachable"):
+        fetch.fetch_eval_files(Flaky(fetch.open_repo(url, commit)), "data", the_spec(params, "skin"), pre, splits,
+                               tmp_path / "raw")

@@ -386,16 +386,18 @@ def test_a_user_added_experiment_is_not_judged_against_the_papers_claims(tmp_pat
     mine["runs"] = [{"name": "lam0.2", "train": {"loss": {"ce_weight": 0.2}}}, {"name": "unet", "model": "unet"}]
     mixed = dict(raw["experiments"]["loss_sweep"])
     mixed["runs"] = [{"name": "lam0.2", "train": {"loss": {"ce_weight": 0.2}}}, {"name": "unet", "model": "unet"}]
-    raw["experiments"] = {"mine": mine, "loss_sweep": mixed}
+    ph2 = dict(raw["experiments"]["ph2_transfer"], paper_key="")  # its id alone still names the paper's
+    raw["experiments"] = {"mine": mine, "loss_sweep": mixed, "ph2_transfer": ph2}
     params = from_dict(Params, raw).validate()
-    fabricate_eval(params, tmp_path / "eval", ["mine", "loss_sweep"], level={("mine", "unet"): 0.95,
-                                                                             ("loss_sweep", "unet"): 0.95})
-    compare.run(params, tmp_path / "eval", REPORTED, tmp_path / "out", ["mine", "loss_sweep"], log_mlflow=False)
+    exps = ["mine", "loss_sweep", "ph2_transfer"]
+    fabricate_eval(params, tmp_path / "eval", exps, level={("mine", "unet"): 0.95, ("loss_sweep", "unet"): 0.95})
+    compare.run(params, tmp_path / "eval", REPORTED, tmp_path / "out", exps, log_mlflow=False)
+    assert "the paper finds TCNet ahead of every other method" in (tmp_path / "out" / "ph2_transfer" / "table.md").read_text()
     table_mine = (tmp_path / "out" / "mine" / "table.md").read_text()
     assert "Not one of the paper's experiments (no paper_key in params.yaml)" in table_mine
     assert "the paper finds" not in table_mine and "agrees" not in table_mine
     table_mixed = (tmp_path / "out" / "loss_sweep" / "table.md").read_text()
-    assert "the paper's best λ is not judged here: the variants differ in model as well" in table_mixed
+    assert "isic2017: the paper's best λ is not judged here: the variants differ in model as well" in table_mixed
     assert "the paper finds the best λ" not in table_mixed
 
 

@@ -342,7 +342,6 @@ def test_checkpoint_dir_trains_and_resumes_there_and_copies_the_finished_run_to_
     info = json.loads((published / "run.json").read_text())
     tags = MlflowClient(info["tracking_uri"]).get_run(info["mlflow_run_id"]).data.tags
     assert tags["tcnet.checkpoint"] == str((published / "best.pt").resolve())  # the copy, not the volume's
-    args.append("--no-mlflow")
     assert sorted(p.name for p in published.iterdir()) == sorted(train.OUTPUT_FILES)
     for name in train.OUTPUT_FILES:  # the very files of the checkpoint folder
         assert (published / name).read_bytes() == (volume / EXPERIMENT / run_id / name).read_bytes(), name
@@ -351,12 +350,17 @@ def test_checkpoint_dir_trains_and_resumes_there_and_copies_the_finished_run_to_
     assert tensors_equal(load_checkpoint(published / "last.pt")["model"], load_checkpoint(ref / "last.pt")["model"])
 
     # A finished run in the checkpoint folder (the retry of a task that died while uploading its output):
-    # nothing is trained again, and OUT gets the run.
+    # nothing is trained again, OUT (here a new one, as a retried pod's artifact is) gets the run, and the
+    # MLflow tag follows it.
     shutil.rmtree(out)
-    assert main(args) == 0
+    out2 = tmp_path / "models2"
+    assert main([*args[:-3], str(out2), "--checkpoint-dir", str(volume)]) == 0
     err = capsys.readouterr().err
     assert "already trained" in err and "resuming" not in err and "copied" in err, err
-    assert (published / "best.pt").read_bytes() == (volume / EXPERIMENT / run_id / "best.pt").read_bytes()
+    again = out2 / EXPERIMENT / run_id
+    assert (again / "best.pt").read_bytes() == (volume / EXPERIMENT / run_id / "best.pt").read_bytes()
+    tags = MlflowClient(info["tracking_uri"]).get_run(info["mlflow_run_id"]).data.tags
+    assert tags["tcnet.checkpoint"] == str((again / "best.pt").resolve())
 
 
 def test_capped_loader_workers_are_said_once_with_the_cpus_they_need(data, tmp_path, monkeypatch, capsys):

@@ -133,6 +133,9 @@ def test_a_metric_typo_and_a_missing_models_folder_are_named(store, capsys):
     assert cli(["promote", "--experiment", EXP, "--metric", "dice"]) == 2
     assert "--metric 'dice': no finished TCNet run of 'tcnet/isic_demo' holds it; valid: AC SE SP JA DI TJA AUC" \
         in capsys.readouterr().err
+    assert cli(["promote", "--experiment", EXP, "--metric", "eval_pooled_AUC"]) == 2  # a real key, not logged yet
+    err = capsys.readouterr().err
+    assert "has no finished TCNet run with metric eval_pooled_AUC; evaluate it first" in err and "valid:" not in err
     assert cli(["promote", "--experiment", EXP, "--models", "/nonexistent/models"]) == 2
     assert "looked in /nonexistent/models, which does not exist (--models)" in capsys.readouterr().err
 
