@@ -50,8 +50,8 @@ from tcnet.provenance import without_credentials
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_NAME = "tcnet"
 IN_CLUSTER_MLFLOW = "http://mlflow.mlflow.svc.cluster.local:5000"
-# Secret keys -> environment variables for the DVC remote (S3 / MinIO; see docs/deploy.md).
 CHECKPOINT_MOUNT = "/tcnet-checkpoints"  # where --checkpoint-pvc is mounted in train pods
+# Secret keys -> environment variables for the DVC remote (S3 / MinIO; see docs/deploy.md).
 DVC_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
 
 

@@ -291,12 +291,11 @@ def train_run(spec: RunSpec, preprocessed_dir, splits_dir, run_dir, mlflow_cfg: 
     run_dir = Path(run_dir)
     with determinism(spec.train.deterministic, device), flush_denormal(device):
         info = _train(spec, Path(preprocessed_dir), Path(splits_dir), run_dir, mlflow_cfg or MlflowConfig(),
-                      tracking_ctx, dist, device, profile, params_digest, progress,
-                      Path(publish_to) if publish_to else run_dir)
+                      tracking_ctx, dist, device, profile, params_digest, progress)
     if publish_to and dist.is_main and info.get("complete"):
         publish(run_dir, Path(publish_to))
         _say(f"{spec.run_id}: copied {run_dir} to {publish_to}")
-        if tracking_ctx is not None and info.get("mlflow_run_id"):  # also where a finished run was skipped
+        if tracking_ctx is not None and info.get("mlflow_run_id"):  # _finish's tag named run_dir, or was skipped
             from tcnet.tracking import retry
 
             retry(tracking_ctx.client.set_tag, info["mlflow_run_id"], "tcnet.checkpoint",
@@ -305,8 +304,7 @@ def train_run(spec: RunSpec, preprocessed_dir, splits_dir, run_dir, mlflow_cfg: 
 
 
 def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Path, mlflow_cfg: MlflowConfig,
-           tracking_ctx, dist, device: torch.device, profile: str, params_digest: str, progress: bool,
-           published_dir: Path) -> dict:
+           tracking_ctx, dist, device: torch.device, profile: str, params_digest: str, progress: bool) -> dict:
     from tcnet.checkpoint import save_checkpoint, set_rng_state
     from tcnet.losses import build_loss
     from tcnet.tracking import NullRunLogger
@@ -492,7 +490,7 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
                 # A crash between that last.pt and its history.csv left the file an epoch short.
                 with atomic_write(run_dir / "history.csv") as f:
                     f.write(history_rows_csv(history))
-            _finish(logger, spec, run_dir, record, history, best, image_size, mlflow_cfg, published_dir)
+            _finish(logger, spec, run_dir, record, history, best, image_size, mlflow_cfg)
     dist.barrier()
     if not dist.is_main:  # rank 0 wrote the final record
         return _read_json(run_dir / "run.json") or record
@@ -516,9 +514,8 @@ def _log_start(logger, spec: RunSpec, record: dict, history: list[dict]) -> None
 
 
 def _finish(logger, spec: RunSpec, run_dir: Path, record: dict, history: list[dict], best: dict, image_size: int,
-            mlflow_cfg: MlflowConfig, published_dir: Path) -> None:
-    """history.csv, the final run.json, and the MLflow summary (best score, checkpoint path -- where the
-    run's files end up, ``published_dir`` -- and model)."""
+            mlflow_cfg: MlflowConfig) -> None:
+    """history.csv, the final run.json, and the MLflow summary (best score, checkpoint path, model)."""
     from tcnet.training.loop import history_rows_csv
 
     if not history:
@@ -528,8 +525,7 @@ def _finish(logger, spec: RunSpec, run_dir: Path, record: dict, history: list[di
             f.write(history_rows_csv(history))
     best_di = next((r.get("val_DI") for r in history if r["epoch"] == best["epoch"]), None)
     record.update(complete=True, best_epoch=best["epoch"], best_val_DI=_finite_or_none(best_di))
-    logger.set_tags({"tcnet.checkpoint": str((published_dir / "best.pt").resolve()),
-                     "tcnet.best_epoch": str(best["epoch"])})
+    logger.set_tags({"tcnet.checkpoint": str((run_dir / "best.pt").resolve()), "tcnet.best_epoch": str(best["epoch"])})
     logger.log_metrics({"best_val_DI": record["best_val_DI"], "best_epoch": best["epoch"]}, step=best["epoch"])
     logger.log_artifact(run_dir / "history.csv")
     if mlflow_cfg.log_models and logger.run_id:
