@@ -1,4 +1,4 @@
-"""Component ``split``: ``tcnet.stages.split.run`` on the preprocessed data."""
+"""Component ``split``: ``tcnet.stages.split.run`` on the preprocessed data's index (its manifest)."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
@@ -7,12 +7,12 @@ from components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def split(params_yaml: str, preprocessed: Input[Dataset], splits: Output[Dataset]):
+def split(params_yaml: str, index: Input[Dataset], splits: Output[Dataset]):
     """``<splits>/<dataset>.json``: the folds and the test list (docs/architecture.md, "split")."""
     import yaml
     from tcnet.config import Params, from_dict
     from tcnet.stages.split import run
 
     params = from_dict(Params, yaml.safe_load(params_yaml)).validate()
-    summary = run(params.split, preprocessed.path, splits.path)
+    summary = run(params.split, index.path, splits.path)
     splits.metadata["folds"] = {d: len(s["folds"]) for d, s in summary.items()}

@@ -45,7 +45,8 @@ def _add_build_options(p: argparse.ArgumentParser, *, local: bool = False) -> No
     g.add_argument("--data-memory", default=d.data_memory, help="memory request of the other tasks (default: %(default)s)")
     g.add_argument("--train-retries", type=int, default=0 if local else d.train_retries,
                    help="retries of a failed train task (default: %(default)s)")
-    g.add_argument("--parallelism", type=int, default=d.parallelism, help="concurrent runs, 0 = unlimited (default: %(default)s)")
+    g.add_argument("--parallelism", type=int, default=d.parallelism, help="concurrent runs, 0 = unlimited (default: %(default)s); with N > 0 the runs loops "
+                   "(one per pair of training and evaluated dataset) run one after another, N runs at a time")
     if not local:  # kfp.local ignores volume mounts
         g.add_argument("--checkpoint-pvc", default=d.checkpoint_pvc, metavar="NAME",
                        help="PersistentVolumeClaim mounted into every train task (ReadWriteMany where train pods "

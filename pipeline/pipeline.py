@@ -41,6 +41,7 @@ from components.compare import compare
 from components.data_params import data_params
 from components.evaluate import evaluate
 from components.fetch_data import fetch_data
+from components.gather import gather
 from components.preprocess import preprocess
 from components.split import split
 from components.train import train
@@ -89,6 +90,19 @@ def all_runs(params: Params) -> list:
 
 def _items(runs) -> list[dict[str, str]]:
     return [{"experiment": r.experiment, "run_id": r.run_id} for r in runs]
+
+
+def run_groups(runs) -> dict[tuple[str, str], list]:
+    """The runs by (training dataset, evaluated dataset), in params order: one runs loop each, whose
+    train tasks download that training dataset's arrays and evaluate tasks that evaluated dataset's index."""
+    groups: dict[tuple[str, str], list] = {}
+    for r in runs:
+        groups.setdefault((r.data.train, r.data.eval_dataset), []).append(r)
+    return groups
+
+
+def loop_name(train_set: str, eval_set: str) -> str:
+    return f"runs {train_set}" if train_set == eval_set else f"runs {train_set} to {eval_set}"
 
 
 def run_items(params_path: Path) -> list[dict[str, str]]:
@@ -148,7 +162,7 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
     check_batch_split(runs, opts.gpus, "gpus")
     params_text = one_line_yaml(Path(opts.params).read_text())
     reported_text = one_line_yaml(Path(opts.reported).read_text())
-    items = _items(runs)
+    groups = run_groups(runs)
     repo_url, rev = data_source(opts, params)
     profile = params.profile
 
@@ -173,8 +187,8 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
-        description=f"TCNet: preprocess, split, {len(items)} training runs (profile {profile}), evaluation, "
-        "paper comparison. Parameters default to params.yaml at compile time.",
+        description=f"TCNet: preprocess and split per dataset, {len(runs)} training runs in {len(groups)} loop(s) "
+        f"(profile {profile}), evaluation, paper comparison. Parameters default to params.yaml at compile time.",
     )
     def tcnet_pipeline(
         params_yaml: str = params_text,
@@ -184,42 +198,59 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
         data_rev: str = rev,
         dvc_remote: str = "",
     ) -> Metrics:
-        sections = common(data_params(params_yaml=params_yaml), True, "1", "1Gi").set_display_name("check params")
-        data_yaml = sections.output  # the preprocess and split sections: the data stages' cache keys
-        fetch = fetch_data(params_yaml=data_yaml, repo_url=data_repo_url, rev=data_rev, remote=dvc_remote)
-        common(fetch, True, opts.data_cpu, opts.data_memory).set_display_name("fetch data (DVC)")
-        if opts.dvc_secret:
-            kubernetes.use_secret_as_env(fetch, secret_name=opts.dvc_secret, secret_key_to_env=DVC_SECRET_KEYS)
-        pre = common(preprocess(params_yaml=data_yaml, raw=fetch.outputs["raw"]), True, opts.data_cpu, opts.data_memory)
-        spl = common(split(params_yaml=data_yaml, preprocessed=pre.outputs["preprocessed"]), True, "1", "2Gi")
+        def data_tasks(dataset: str):
+            """check params -> fetch -> preprocess -> split of one dataset, each cached on that dataset's
+            settings alone (data_params); a train task then downloads its own dataset's arrays only."""
+            sections = data_params(params_yaml=params_yaml, dataset=dataset)
+            common(sections, True, "1", "1Gi").set_display_name(f"check params ({dataset})")
+            fetch = fetch_data(params_yaml=sections.output, repo_url=data_repo_url, rev=data_rev, remote=dvc_remote)
+            common(fetch, True, opts.data_cpu, opts.data_memory).set_display_name(f"fetch {dataset} (DVC)")
+            if opts.dvc_secret:
+                kubernetes.use_secret_as_env(fetch, secret_name=opts.dvc_secret, secret_key_to_env=DVC_SECRET_KEYS)
+            pre = preprocess(params_yaml=sections.output, raw=fetch.outputs["raw"])
+            common(pre, True, opts.data_cpu, opts.data_memory).set_display_name(f"preprocess {dataset}")
+            spl = split(params_yaml=sections.output, index=pre.outputs["index"])
+            common(spl, True, "1", "2Gi").set_display_name(f"split {dataset}")
+            return pre, spl
 
-        with dsl.ParallelFor(items, name="runs", parallelism=opts.parallelism) as run:
-            tr = train(
-                params_yaml=params_yaml, experiment=run.experiment, run_id=run.run_id,
-                preprocessed=pre.outputs["preprocessed"], splits=spl.outputs["splits"],
-                gpus=opts.gpus, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                checkpoint_dir=CHECKPOINT_MOUNT if opts.checkpoint_pvc else "",
-            )
-            common(tr, False, opts.train_cpu, opts.train_memory, processes=opts.gpus)
-            if opts.checkpoint_pvc:
-                kubernetes.mount_pvc(tr, pvc_name=opts.checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
-            on_gpus(tr, opts.gpus)
-            tr.set_retry(num_retries=opts.train_retries, backoff_duration="60s", backoff_factor=2.0)
-            kubernetes.empty_dir_mount(tr, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
-            ev = evaluate(
-                params_yaml=params_yaml, experiment=run.experiment, run_id=run.run_id,
-                preprocessed=pre.outputs["preprocessed"], splits=spl.outputs["splits"], model=tr.outputs["model"],
-                repo_url=data_repo_url, rev=data_rev, remote=dvc_remote, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            )
-            common(ev, False, opts.data_cpu, opts.data_memory)
-            if opts.dvc_secret:  # it fetches the raw files it scores on from the DVC remote
-                kubernetes.use_secret_as_env(ev, secret_name=opts.dvc_secret, secret_key_to_env=DVC_SECRET_KEYS)
-            if opts.eval_gpus:
-                on_gpus(ev, opts.eval_gpus)
+        data = {dataset: data_tasks(dataset) for dataset in params.preprocess.datasets}
+        prior = None  # the gather of the loops so far
+        for n, ((train_set, eval_set), group) in enumerate(groups.items(), 1):
+            (pre, spl), (eval_pre, eval_spl) = data[train_set], data[eval_set]
+            with dsl.ParallelFor(_items(group), name=loop_name(train_set, eval_set), parallelism=opts.parallelism) as run:
+                tr = train(
+                    params_yaml=params_yaml, experiment=run.experiment, run_id=run.run_id,
+                    preprocessed=pre.outputs["preprocessed"], splits=spl.outputs["splits"],
+                    eval_splits=eval_spl.outputs["splits"], gpus=opts.gpus, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                    checkpoint_dir=CHECKPOINT_MOUNT if opts.checkpoint_pvc else "",
+                )
+                common(tr, False, opts.train_cpu, opts.train_memory, processes=opts.gpus).set_display_name("train")
+                if opts.parallelism and prior is not None:
+                    tr.after(prior)  # one loop after another: never more than `parallelism` runs at once
+                if opts.checkpoint_pvc:
+                    kubernetes.mount_pvc(tr, pvc_name=opts.checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
+                on_gpus(tr, opts.gpus)
+                tr.set_retry(num_retries=opts.train_retries, backoff_duration="60s", backoff_factor=2.0)
+                kubernetes.empty_dir_mount(tr, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
+                ev = evaluate(
+                    params_yaml=params_yaml, experiment=run.experiment, run_id=run.run_id,
+                    index=eval_pre.outputs["index"], splits=spl.outputs["splits"], eval_splits=eval_spl.outputs["splits"],
+                    model=tr.outputs["model"], repo_url=data_repo_url, rev=data_rev, remote=dvc_remote,
+                    pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                )
+                common(ev, False, opts.data_cpu, opts.data_memory).set_display_name("evaluate")
+                if opts.dvc_secret:  # it fetches the raw files it scores on from the DVC remote
+                    kubernetes.use_secret_as_env(ev, secret_name=opts.dvc_secret, secret_key_to_env=DVC_SECRET_KEYS)
+                if opts.eval_gpus:
+                    on_gpus(ev, opts.eval_gpus)
+            earlier = {"prior": prior.outputs["merged"]} if prior is not None else {}
+            if n < len(groups):  # dsl.Collected collects one loop: merge this one with the loops before it
+                prior = gather(evals=dsl.Collected(ev.outputs["eval_dir"]), **earlier)
+                common(prior, False, "1", "2Gi").set_display_name(f"gather evaluations ({n} of {len(groups) - 1})")
 
         cmp = compare(
             params_yaml=params_yaml, reported_yaml=reported_yaml,
-            evals=dsl.Collected(ev.outputs["eval_dir"]), pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            evals=dsl.Collected(ev.outputs["eval_dir"]), pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **earlier,
         )
         common(cmp, False, opts.data_cpu, opts.data_memory)
         return cmp.outputs["metrics"]

@@ -436,11 +436,26 @@ def flow_yaml(data, sort_keys: bool = False) -> str:
 DATA_SECTIONS = ("preprocess", "split")
 
 
-def data_stage_params(params: Params) -> dict:
+def data_stage_params(params: Params, dataset: str = "") -> dict:
     """The sections that the data stages read (preprocess, split; the pipeline's fetch_data), as plain
     data, defaults included: what the Kubeflow pipeline keys their cached tasks on, so that an edit to
-    ``train`` or ``experiments`` does not fetch and preprocess the data again."""
-    return {name: to_dict(getattr(params, name)) for name in DATA_SECTIONS}
+    ``train`` or ``experiments`` does not fetch and preprocess the data again.
+
+    With ``dataset`` (one of ``preprocess.datasets``): the sections for that dataset alone
+    (``preprocess.datasets: [dataset]``, only its own image-size override and split file), so that
+    the pipeline's per-dataset data tasks are cached apart: an edit to DRIVE's settings leaves the
+    ISIC tasks' cache entries as they were."""
+    out = {name: to_dict(getattr(params, name)) for name in DATA_SECTIONS}
+    if not dataset:
+        return out
+    if dataset not in params.preprocess.datasets:
+        raise ConfigError(f"dataset {dataset!r} is not preprocessed (preprocess.datasets: "
+                          f"{', '.join(params.preprocess.datasets)})")
+    pre, spl = out["preprocess"], out["split"]
+    pre["datasets"] = [dataset]
+    pre["image_size_overrides"] = {k: v for k, v in pre["image_size_overrides"].items() if k == dataset}
+    spl["split_files"] = {k: v for k, v in spl["split_files"].items() if k == dataset}
+    return out
 
 
 def deep_merge(base: dict, override: dict) -> dict:

@@ -25,7 +25,7 @@ def body_statements(func) -> list[str]:
     return [ln for ln in lines if ln.strip() and not ln.strip().startswith(("#", "import ", "from "))]
 
 
-@pytest.mark.parametrize("name", ("data_params", "fetch_data", *STAGE_COMPONENTS))
+@pytest.mark.parametrize("name", ("data_params", "fetch_data", "gather", *STAGE_COMPONENTS))
 def test_component_is_short_and_runs_on_the_project_image(name):
     comp = getattr(components, name)
     container = comp.component_spec.implementation.container
@@ -89,6 +89,40 @@ def test_data_params_hands_on_only_what_the_data_stages_read():
         components.data_params.python_func(yaml.safe_dump({**params, "trian": {}}))
 
 
+def test_data_params_for_one_dataset_keys_its_tasks_on_that_datasets_settings_alone():
+    """The pipeline fetches, preprocesses and splits each dataset in tasks of its own: an edit to
+    DRIVE's image size must leave the ISIC tasks' cache keys (their params_yaml) as they were."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    drive = yaml.safe_load(components.data_params.python_func(yaml.safe_dump(params), dataset="drive"))
+    assert drive["preprocess"]["datasets"] == ["drive"]
+    assert drive["preprocess"]["image_size_overrides"] == {"drive": params["preprocess"]["image_size_overrides"]["drive"]}
+    isic = components.data_params.python_func(yaml.safe_dump(params), dataset="isic2017")
+    assert yaml.safe_load(isic)["preprocess"]["image_size_overrides"] == {}
+    params["preprocess"]["image_size_overrides"]["drive"] += 32
+    assert components.data_params.python_func(yaml.safe_dump(params), dataset="isic2017") == isic
+    assert components.data_params.python_func(yaml.safe_dump(params), dataset="drive") != yaml.safe_dump(drive)
+    with pytest.raises(Exception, match="dataset 'isic2019' is not preprocessed"):
+        components.data_params.python_func(yaml.safe_dump(params), dataset="isic2019")
+
+
+def test_gather_merges_a_loop_with_the_loops_before_it(tmp_path):
+    from kfp.dsl import Dataset
+
+    def folder(name: str, run: str) -> Dataset:
+        d = Dataset(uri=str(tmp_path / name))
+        (Path(d.path) / "exp" / run).mkdir(parents=True)
+        (Path(d.path) / "exp" / run / "scores.json").write_text(run)
+        return d
+
+    first = Dataset(uri=str(tmp_path / "first"))
+    components.gather.python_func(evals=[folder("a", "r1"), folder("b", "r2")], merged=first)
+    assert first.metadata["runs"] == 2
+    second = Dataset(uri=str(tmp_path / "second"))
+    components.gather.python_func(evals=[folder("c", "r3")], merged=second, prior=first)
+    assert sorted(p.parent.name for p in Path(second.path).rglob("scores.json")) == ["r1", "r2", "r3"]
+    assert second.metadata["runs"] == 3
+
+
 def test_a_retried_train_task_resumes_from_the_checkpoint_volume(tmp_path, monkeypatch, capsys):
     """The train component as a retried pod runs it: the first attempt is stopped in epoch 2 (SIGTERM on
     preemption: status 130); the retry, with a new empty output artifact and the same pipeline run id,
@@ -118,7 +152,8 @@ def test_a_retried_train_task_resumes_from_the_checkpoint_volume(tmp_path, monke
         model = Model(uri=str(tmp_path / f"attempt{n}" / "model"))  # each attempt's pod: a new, empty artifact
         components.train.python_func(
             params_yaml=params, experiment="e", run_id=run_id, preprocessed=Dataset(uri=str(tmp_path / "pre")),
-            splits=Dataset(uri=str(tmp_path / "splits")), model=model, pipeline_run_id=pipeline_run,
+            splits=Dataset(uri=str(tmp_path / "splits")), eval_splits=Dataset(uri=str(tmp_path / "splits")),
+            model=model, pipeline_run_id=pipeline_run,
             checkpoint_dir=str(volume))
         return Path(model.path) / "e" / run_id
 

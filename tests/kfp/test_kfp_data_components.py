@@ -71,13 +71,13 @@ def outputs(data_repo, tmp_path_factory):
 
     @dsl.pipeline
     def data_stages(params_yaml: str, repo_url: str, rev: str) -> NamedTuple(
-            "Outputs", raw=Dataset, preprocessed=Dataset, splits=Dataset):
-        data_yaml = data_params(params_yaml=params_yaml).output  # the preprocess and split sections
+            "Outputs", raw=Dataset, preprocessed=Dataset, index=Dataset, splits=Dataset):
+        data_yaml = data_params(params_yaml=params_yaml, dataset="isic2017").output  # its preprocess and split
         f = fetch_data(params_yaml=data_yaml, repo_url=repo_url, rev=rev)
         p = preprocess(params_yaml=data_yaml, raw=f.outputs["raw"])
-        s = split(params_yaml=data_yaml, preprocessed=p.outputs["preprocessed"])
-        return NamedTuple("Outputs", raw=Dataset, preprocessed=Dataset, splits=Dataset)(
-            f.outputs["raw"], p.outputs["preprocessed"], s.outputs["splits"])
+        s = split(params_yaml=data_yaml, index=p.outputs["index"])
+        return NamedTuple("Outputs", raw=Dataset, preprocessed=Dataset, index=Dataset, splits=Dataset)(
+            f.outputs["raw"], p.outputs["preprocessed"], p.outputs["index"], s.outputs["splits"])
 
     url, commit, _ = data_repo
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path_factory.mktemp("kfp")))
@@ -92,7 +92,8 @@ def test_fetch_data_materialises_the_dvc_tracked_data_at_the_revision(outputs, d
     url, _, base = data_repo
     data_md5 = yaml.safe_load(sh(["git", "show", "HEAD:data.dvc"], base / "repo"))["outs"][0]["md5"]
     assert outputs["raw"].metadata["data_md5"] == data_md5  # the pod has no checkout to read it from later
-    assert outputs["preprocessed"].metadata["data_md5"] == data_md5  # passed on to train / evaluate
+    assert outputs["preprocessed"].metadata["data_md5"] == data_md5  # passed on to train
+    assert outputs["index"].metadata["data_md5"] == data_md5  # and to evaluate
 
 
 def test_preprocess_and_split_components_match_the_stages(outputs, tmp_path):
@@ -109,6 +110,12 @@ def test_preprocess_and_split_components_match_the_stages(outputs, tmp_path):
         np.testing.assert_array_equal(np.load(kfp_pre / "isic2017" / name), np.load(tmp_path / "pre" / "isic2017" / name))
     assert (kfp_pre / "manifest.csv").read_text() == (tmp_path / "pre" / "manifest.csv").read_text()
     assert outputs["preprocessed"].metadata["images"] == {"isic2017": 6}
+
+    # the index (what split and evaluate download): the manifest and statistics, no arrays
+    index = Path(outputs["index"].path)
+    assert sorted(p.name for p in index.iterdir()) == ["manifest.csv", "params.yaml", "stats.json"]
+    for name in ("manifest.csv", "stats.json"):
+        assert (index / name).read_bytes() == (kfp_pre / name).read_bytes()
 
     kfp_split = Path(outputs["splits"].path) / "isic2017.json"
     assert json.loads(kfp_split.read_text()) == json.loads((tmp_path / "splits" / "isic2017.json").read_text())

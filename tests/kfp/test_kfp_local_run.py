@@ -1,7 +1,9 @@
 """The whole Kubeflow pipeline under the KFP local runner gives the same numbers as ``dvc repro``.
 
 A temporary copy of the repository (real git, real DVC with the bundled local remote) and a tiny
-configuration: one experiment, two runs, one epoch on a few images. The pipeline fetches the data
+configuration: two experiments, three runs, one epoch on a few images. Two runs train and are
+evaluated on ISIC 2017, one trains on ISIC 2017 and is evaluated on PH2: two runs loops (one per
+pair of datasets), two data chains, a ``gather`` between the loops and compare. The pipeline fetches the data
 from that repository at its HEAD commit through DVC (as a pod does), runs every stage as a
 subprocess (``kfp.local.SubprocessRunner(use_venv=False)``); ``dvc pull`` + ``dvc repro`` runs the
 same stages through the ``tcnet`` CLI. Every run's scores and compare's headline metrics must agree.
@@ -24,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
 EXPERIMENT = "loss_sweep"
+TRANSFER = "ph2_transfer"  # trains on isic2017, evaluated on ph2: a second loop
 
 
 def sh(cmd, cwd, env=None) -> str:
@@ -34,16 +37,17 @@ def sh(cmd, cwd, env=None) -> str:
 
 
 def tiny(params: dict) -> dict:
-    """One experiment (two runs), one dataset, one epoch on 8 images: seconds per stage."""
+    """Two experiments (three runs), two datasets, one epoch on 8 images: seconds per stage."""
     p = yaml.safe_load(yaml.safe_dump(params))
-    p["preprocess"].update(datasets=["isic2017"], image_size=32, image_size_overrides={}, workers=1)
+    p["preprocess"].update(datasets=["isic2017", "ph2"], image_size=32, image_size_overrides={}, workers=1)
     p["train"].update(epochs=1, batch_size=4, max_train_images=8, device="cpu", num_workers=0)
     p["evaluate"].update(n_overlays=1)
     p["mlflow"].update(log_models=False, system_metrics=False)
     p["compare"]["bootstrap"] = 50
-    exp = p["experiments"][EXPERIMENT]
+    exp, transfer = p["experiments"][EXPERIMENT], p["experiments"][TRANSFER]
     exp["runs"] = exp["runs"][:2]
-    p["experiments"] = {EXPERIMENT: exp}
+    transfer["runs"] = [r for r in transfer["runs"] if r["name"] == "tcnet"]
+    p["experiments"] = {EXPERIMENT: exp, TRANSFER: transfer}
     return p
 
 
@@ -78,7 +82,8 @@ def repo(tmp_path_factory) -> Path:
 
 
 def scores(eval_root: Path) -> dict:
-    return {p.parent.name: json.loads(p.read_text()) for p in sorted(eval_root.rglob(f"{EXPERIMENT}/*/scores.json"))}
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(eval_root.rglob("*/*/scores.json"))
+            if p.parent.parent.name in (EXPERIMENT, TRANSFER)}
 
 
 def numbers(obj, prefix=""):
@@ -108,7 +113,8 @@ def test_local_kfp_run_matches_dvc_repro(repo, tmp_path):
 
     # Every run: same evaluation scores.
     kfp_scores, dvc_scores = scores(run_dir), scores(repo / "outputs" / "eval")
-    assert sorted(kfp_scores) == sorted(dvc_scores) and len(dvc_scores) == 2
+    assert sorted(kfp_scores) == sorted(dvc_scores) and len(dvc_scores) == 3
+    assert {s["dataset"] for s in dvc_scores.values()} == {"isic2017", "ph2"}
     for run_id, want in dvc_scores.items():
         got = kfp_scores[run_id]
         assert numbers(got["mean"]) == pytest.approx(numbers(want["mean"]), abs=1e-6), run_id
@@ -127,6 +133,11 @@ def test_local_kfp_run_matches_dvc_repro(repo, tmp_path):
     headline = executor["artifacts"]["metrics"]["artifacts"][0]["metadata"]
     assert headline and all(isinstance(v, float) for v in headline.values())
 
+    # two loops (isic2017; isic2017 -> ph2): the first one's evaluations reached compare through gather
+    (gathered,) = [p for p in run_dir.iterdir() if p.name.startswith("gather")]
+    assert sorted(p.name for p in (gathered / "merged").glob("*/*")) == sorted(
+        r for r, sc in dvc_scores.items() if sc["dataset"] == "isic2017")
+
     # MLflow: one parent run for this pipeline run (TCNET_PIPELINE_RUN_ID = the KFP run id), the two
     # trainings nested under it with their evaluation metrics, compare's numbers on the parent.
     from mlflow import MlflowClient
@@ -135,7 +146,8 @@ def test_local_kfp_run_matches_dvc_repro(repo, tmp_path):
     runs = client.search_runs([client.get_experiment_by_name(f"tcnet/{EXPERIMENT}").experiment_id])
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.data.tags["tcnet.run_id"] for r in children) == sorted(dvc_scores)
+    assert sorted(r.data.tags["tcnet.run_id"] for r in children) == sorted(r for r, sc in dvc_scores.items()
+                                                                          if sc["dataset"] == "isic2017")
     assert {r.data.tags["tcnet.pipeline_run"] for r in runs} == {parent.data.tags["tcnet.pipeline_run"]}
     assert all("eval_mean_AUC" in r.data.metrics for r in children)
     assert any(k.startswith("compare.") for k in parent.data.metrics)
