@@ -1,4 +1,5 @@
-"""The Kubeflow pipeline: fetch_data -> preprocess -> split -> [train -> evaluate] per run -> compare.
+"""The Kubeflow pipeline: per dataset fetch_data -> preprocess -> split; per run train -> evaluate, in one
+loop per pair of datasets; gather between the loops; compare.
 
 ``build_pipeline(options)`` returns the ``@dsl.pipeline`` function. Everything that shapes the graph
 is decided at compile time from ``params.yaml`` (the single source of truth):
@@ -10,11 +11,17 @@ is decided at compile time from ``params.yaml`` (the single source of truth):
   one-line YAML (flow style, same data; comments dropped): kfp 2.17's compiler copies string
   defaults verbatim into the package's header comment, so a multi-line default would make the
   compiled package invalid YAML. At submit time either form (block or flow YAML) is accepted;
+* the data tasks: one ``data_params`` -> ``fetch_data`` -> ``preprocess`` -> ``split`` chain per
+  dataset of ``preprocess.datasets``; a pod downloads its input artifacts whole, so each task gets
+  its own dataset's data only (split and evaluate: preprocess's ``index``, not its arrays);
 * the runs: ``tcnet.config.expand_runs`` over every experiment gives one ``{experiment, run_id}``
-  item per (data pair x variant x fold); one ``dsl.ParallelFor`` trains and evaluates them, and
-  ``dsl.Collected`` hands all the evaluations to compare. Changing ``experiments`` in
-  ``params_yaml`` at submit time does not add runs: recompile (each run's train stage rejects a
-  run id that its params no longer define).
+  item per (data pair x variant x fold); one ``dsl.ParallelFor`` per pair of datasets (trained on,
+  evaluated on) trains and evaluates its runs, with that pair's artifacts; ``dsl.Collected``
+  collects one loop, so a ``gather`` after each loop but the last merges the evaluations so far,
+  and compare takes the last loop's and the last gather's. Changing ``experiments`` (or
+  ``preprocess.datasets``) in ``params_yaml`` at submit time adds no runs, loops or data tasks:
+  recompile (each run's train stage rejects a run id that its params no longer define; a data
+  task for a dataset the params no longer preprocess fails in its ``check params``).
 
 Cluster settings (not pipeline parameters, they shape the pods): GPUs per train task
 (``set_accelerator_type`` + ``set_accelerator_limit``), CPU/memory requests, retries on train, a
@@ -99,10 +106,6 @@ def run_groups(runs) -> dict[tuple[str, str], list]:
     for r in runs:
         groups.setdefault((r.data.train, r.data.eval_dataset), []).append(r)
     return groups
-
-
-def loop_name(train_set: str, eval_set: str) -> str:
-    return f"runs {train_set}" if train_set == eval_set else f"runs {train_set} to {eval_set}"
 
 
 def run_items(params_path: Path) -> list[dict[str, str]]:
@@ -201,15 +204,16 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
         def data_tasks(dataset: str):
             """check params -> fetch -> preprocess -> split of one dataset, each cached on that dataset's
             settings alone (data_params); a train task then downloads its own dataset's arrays only."""
-            sections = data_params(params_yaml=params_yaml, dataset=dataset)
-            common(sections, True, "1", "1Gi").set_display_name(f"check params ({dataset})")
-            fetch = fetch_data(params_yaml=sections.output, repo_url=data_repo_url, rev=data_rev, remote=dvc_remote)
+            check = data_params(params_yaml=params_yaml, dataset=dataset)
+            common(check, True, "1", "1Gi").set_display_name(f"check params ({dataset})")
+            sections = check.outputs  # what each data task reads: its cache key
+            fetch = fetch_data(params_yaml=sections["fetch_data"], repo_url=data_repo_url, rev=data_rev, remote=dvc_remote)
             common(fetch, True, opts.data_cpu, opts.data_memory).set_display_name(f"fetch {dataset} (DVC)")
             if opts.dvc_secret:
                 kubernetes.use_secret_as_env(fetch, secret_name=opts.dvc_secret, secret_key_to_env=DVC_SECRET_KEYS)
-            pre = preprocess(params_yaml=sections.output, raw=fetch.outputs["raw"])
+            pre = preprocess(params_yaml=sections["preprocess"], raw=fetch.outputs["raw"])
             common(pre, True, opts.data_cpu, opts.data_memory).set_display_name(f"preprocess {dataset}")
-            spl = split(params_yaml=sections.output, index=pre.outputs["index"])
+            spl = split(params_yaml=sections["split"], index=pre.outputs["index"])
             common(spl, True, "1", "2Gi").set_display_name(f"split {dataset}")
             return pre, spl
 
@@ -217,7 +221,8 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
         prior = None  # the gather of the loops so far
         for n, ((train_set, eval_set), group) in enumerate(groups.items(), 1):
             (pre, spl), (eval_pre, eval_spl) = data[train_set], data[eval_set]
-            with dsl.ParallelFor(_items(group), name=loop_name(train_set, eval_set), parallelism=opts.parallelism) as run:
+            # No name=: a named ParallelFor breaks dsl.Collected on KFP backends (kubeflow/pipelines#13239).
+            with dsl.ParallelFor(_items(group), parallelism=opts.parallelism) as run:
                 tr = train(
                     params_yaml=params_yaml, experiment=run.experiment, run_id=run.run_id,
                     preprocessed=pre.outputs["preprocessed"], splits=spl.outputs["splits"],

@@ -458,6 +458,16 @@ def data_stage_params(params: Params, dataset: str = "") -> dict:
     return out
 
 
+def data_task_params(params: Params, dataset: str = "") -> dict[str, dict]:
+    """What each data task of the Kubeflow pipeline reads of :func:`data_stage_params` (its cache key):
+    ``fetch_data`` the data's folder and the datasets, ``preprocess`` its section, ``split`` its
+    section. An edit to ``split`` re-splits; it does not fetch or preprocess the data again."""
+    sections = data_stage_params(params, dataset)
+    pre = sections["preprocess"]
+    return {"fetch_data": {"preprocess": {"raw_dir": pre["raw_dir"], "datasets": pre["datasets"]}},
+            "preprocess": {"preprocess": pre}, "split": {"split": sections["split"]}}
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     out = dict(base)
     for k, v in override.items():

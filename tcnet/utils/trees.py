@@ -1,8 +1,8 @@
 """Folder trees handed between Kubeflow tasks: merged evaluation folders, a preprocess output's index.
 
 A Kubeflow task downloads every input artifact whole before it starts, so the pipeline hands each
-task only what it reads (docs/deploy.md, "What each pod downloads"): evaluate and split get a
-preprocess output's *index* (its manifest and class statistics, kilobytes), not its arrays
+task only what it reads (docs/deploy.md, "Data traffic"): evaluate and split get a preprocess
+output's *index* (its manifest, kilobytes; they read nothing else of it), not its arrays
 (gigabytes); compare gets the evaluation folders of every run, merged from several loops.
 """
 
@@ -12,8 +12,8 @@ import filecmp
 import shutil
 from pathlib import Path
 
-# What split and evaluate read of a preprocess output (tcnet.data.dataset.read_manifest, stats):
-# everything but the arrays.
+# A preprocess output but its arrays: split and evaluate read manifest.csv alone; the statistics and
+# settings come along (bytes) so that the index describes its dataset whole.
 INDEX_FILES = ("manifest.csv", "stats.json", "params.yaml")
 
 

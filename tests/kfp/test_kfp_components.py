@@ -74,35 +74,52 @@ def test_the_components_that_read_the_dvc_remote_share_one_implementation(name):
     assert "from tcnet.data.fetch import" in src and "DVCFileSystem" not in src
 
 
-def test_data_params_hands_on_only_what_the_data_stages_read():
-    """The data stages' cache keys: a train or experiments edit leaves them as they were."""
+def test_data_params_hands_each_data_task_only_what_it_reads():
+    """The data stages' cache keys: a train or experiments edit leaves them as they were, a split edit
+    leaves fetch_data's and preprocess's as they were."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    sliced = components.data_params.python_func(yaml.safe_dump(params))
-    assert "\n" not in sliced.strip()  # one line, like the package's defaults
-    assert set(yaml.safe_load(sliced)) == {"preprocess", "split"}
-    assert yaml.safe_load(sliced)["preprocess"]["image_size"] == params["preprocess"]["image_size"]
+
+    def keys(p: dict, dataset: str = "") -> dict:
+        out = components.data_params.python_func(yaml.safe_dump(p), dataset=dataset)._asdict()
+        assert list(out) == ["fetch_data", "preprocess", "split"]
+        assert all("\n" not in v.strip() for v in out.values())  # one line, like the package's defaults
+        return out
+
+    base = keys(params)
+    assert yaml.safe_load(base["fetch_data"]) == {"preprocess": {"raw_dir": params["preprocess"]["raw_dir"],
+                                                                 "datasets": params["preprocess"]["datasets"]}}
+    assert set(yaml.safe_load(base["preprocess"])) == {"preprocess"} and set(yaml.safe_load(base["split"])) == {"split"}
+    assert yaml.safe_load(base["preprocess"])["preprocess"]["image_size"] == params["preprocess"]["image_size"]
     edited = {**params, "train": {**params["train"], "lr": 0.5}, "experiments": dict(list(params["experiments"].items())[:1])}
-    assert components.data_params.python_func(yaml.safe_dump(edited)) == sliced
-    edited = {**params, "split": {**params["split"], "seed": 7}}
-    assert components.data_params.python_func(yaml.safe_dump(edited)) != sliced
+    assert keys(edited) == base
+    seed = keys({**params, "split": {**params["split"], "seed": 7}})
+    assert (seed["fetch_data"], seed["preprocess"]) == (base["fetch_data"], base["preprocess"]) and seed["split"] != base["split"]
+    size = keys({**params, "preprocess": {**params["preprocess"], "image_size": 96}})
+    assert size["fetch_data"] == base["fetch_data"] and size["preprocess"] != base["preprocess"]
     with pytest.raises(Exception, match="unknown config key 'trian'"):  # the whole params checked in the first pod
-        components.data_params.python_func(yaml.safe_dump({**params, "trian": {}}))
+        keys({**params, "trian": {}})
 
 
 def test_data_params_for_one_dataset_keys_its_tasks_on_that_datasets_settings_alone():
     """The pipeline fetches, preprocesses and splits each dataset in tasks of its own: an edit to
     DRIVE's image size must leave the ISIC tasks' cache keys (their params_yaml) as they were."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    drive = yaml.safe_load(components.data_params.python_func(yaml.safe_dump(params), dataset="drive"))
-    assert drive["preprocess"]["datasets"] == ["drive"]
-    assert drive["preprocess"]["image_size_overrides"] == {"drive": params["preprocess"]["image_size_overrides"]["drive"]}
-    isic = components.data_params.python_func(yaml.safe_dump(params), dataset="isic2017")
-    assert yaml.safe_load(isic)["preprocess"]["image_size_overrides"] == {}
+
+    def keys(dataset: str) -> dict:
+        return components.data_params.python_func(yaml.safe_dump(params), dataset=dataset)._asdict()
+
+    drive = keys("drive")
+    assert yaml.safe_load(drive["fetch_data"])["preprocess"]["datasets"] == ["drive"]
+    pre = yaml.safe_load(drive["preprocess"])["preprocess"]
+    assert pre["datasets"] == ["drive"]
+    assert pre["image_size_overrides"] == {"drive": params["preprocess"]["image_size_overrides"]["drive"]}
+    isic = keys("isic2017")
+    assert yaml.safe_load(isic["preprocess"])["preprocess"]["image_size_overrides"] == {}
     params["preprocess"]["image_size_overrides"]["drive"] += 32
-    assert components.data_params.python_func(yaml.safe_dump(params), dataset="isic2017") == isic
-    assert components.data_params.python_func(yaml.safe_dump(params), dataset="drive") != yaml.safe_dump(drive)
+    assert keys("isic2017") == isic
+    assert keys("drive")["preprocess"] != drive["preprocess"] and keys("drive")["fetch_data"] == drive["fetch_data"]
     with pytest.raises(Exception, match="dataset 'isic2019' is not preprocessed"):
-        components.data_params.python_func(yaml.safe_dump(params), dataset="isic2019")
+        keys("isic2019")
 
 
 def test_gather_merges_a_loop_with_the_loops_before_it(tmp_path):

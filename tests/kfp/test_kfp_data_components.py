@@ -72,10 +72,10 @@ def outputs(data_repo, tmp_path_factory):
     @dsl.pipeline
     def data_stages(params_yaml: str, repo_url: str, rev: str) -> NamedTuple(
             "Outputs", raw=Dataset, preprocessed=Dataset, index=Dataset, splits=Dataset):
-        data_yaml = data_params(params_yaml=params_yaml, dataset="isic2017").output  # its preprocess and split
-        f = fetch_data(params_yaml=data_yaml, repo_url=repo_url, rev=rev)
-        p = preprocess(params_yaml=data_yaml, raw=f.outputs["raw"])
-        s = split(params_yaml=data_yaml, index=p.outputs["index"])
+        keys = data_params(params_yaml=params_yaml, dataset="isic2017").outputs  # what each data task reads
+        f = fetch_data(params_yaml=keys["fetch_data"], repo_url=repo_url, rev=rev)
+        p = preprocess(params_yaml=keys["preprocess"], raw=f.outputs["raw"])
+        s = split(params_yaml=keys["split"], index=p.outputs["index"])
         return NamedTuple("Outputs", raw=Dataset, preprocessed=Dataset, index=Dataset, splits=Dataset)(
             f.outputs["raw"], p.outputs["preprocessed"], p.outputs["index"], s.outputs["splits"])
 

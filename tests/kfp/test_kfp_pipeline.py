@@ -25,11 +25,23 @@ def root_tasks(spec) -> dict:
     return spec["root"]["dag"]["tasks"]
 
 
+def pair(loop: dict, params_path: Path = ROOT / "params.yaml") -> str:
+    """A runs loop's pair of datasets from its items: "isic2017", "isic2017 to ph2"."""
+    params = load_params(params_path)
+    runs = {(e, r.run_id): r for e in params.experiments for r in expand_runs(params, e)}
+    items = yaml.safe_load(loop["parameterIterator"]["items"]["raw"])
+    pairs = {(runs[i["experiment"], i["run_id"]].data.train, runs[i["experiment"], i["run_id"]].data.eval_dataset)
+             for i in items}
+    assert len(pairs) == 1, pairs
+    (train_set, eval_set), = pairs
+    return train_set if train_set == eval_set else f"{train_set} to {eval_set}"
+
+
 def loops(spec) -> dict[str, tuple[str, dict]]:
-    """Each runs loop by its display name ("runs isic2017", "runs isic2017 to ph2"): (task name, task),
-    in the pipeline's order (for-loop-2, for-loop-4, ..., for-loop-10)."""
+    """Each runs loop by its pair of datasets ("isic2017", "isic2017 to ph2"): (task name, task), in
+    the pipeline's order (for-loop-2, for-loop-4, ..., for-loop-10)."""
     found = [(n, t) for n, t in root_tasks(spec).items() if "parameterIterator" in t]
-    return {t["taskInfo"]["name"]: (n, t) for n, t in sorted(found, key=lambda nt: int(nt[0].rsplit("-", 1)[1]))}
+    return {pair(t): (n, t) for n, t in sorted(found, key=lambda nt: int(nt[0].rsplit("-", 1)[1]))}
 
 
 def body(spec, loop: dict) -> dict:
@@ -65,13 +77,9 @@ def test_one_runs_loop_per_pair_of_datasets_covers_every_run_once(compiled):
     params = load_params(ROOT / "params.yaml")
     runs = {(e, r.run_id): r for e in params.experiments for r in expand_runs(params, e)}
     seen = []
-    for display, (_, loop) in loops(spec).items():
+    for _, loop in loops(spec).values():  # loops() asserts one pair of datasets per loop
+        assert "name" not in loop["taskInfo"] or loop["taskInfo"]["name"].startswith("for-loop")  # kubeflow/pipelines#13239
         items = yaml.safe_load(loop["parameterIterator"]["items"]["raw"])
-        pairs = {(runs[i["experiment"], i["run_id"]].data.train, runs[i["experiment"], i["run_id"]].data.eval_dataset)
-                 for i in items}
-        assert len(pairs) == 1, (display, pairs)
-        (train_set, eval_set), = pairs
-        assert display == (f"runs {train_set}" if train_set == eval_set else f"runs {train_set} to {eval_set}")
         seen += [(i["experiment"], i["run_id"]) for i in items]
         tasks = body(spec, loop)
         assert set(tasks) == {"train", "evaluate"}
@@ -84,8 +92,8 @@ def test_each_pod_downloads_its_own_datasets_data_only(compiled):
     """train: its training dataset's arrays; evaluate: the evaluated dataset's index (the manifest, not
     the arrays); both the split of either dataset; split: the index alone."""
     _, spec, _ = compiled
-    for display, (_, loop) in loops(spec).items():
-        train_set, _, eval_set = display.removeprefix("runs ").partition(" to ")
+    for datasets, (_, loop) in loops(spec).items():
+        train_set, _, eval_set = datasets.partition(" to ")
         eval_set = eval_set or train_set
         tasks = body(spec, loop)
         assert set(tasks["train"]["inputs"]["artifacts"]) == {"preprocessed", "splits", "eval_splits"}
@@ -209,6 +217,7 @@ def test_parameters_default_to_params_yaml_and_the_data_revision(compiled):
             if kind in ("fetch-data", "preprocess", "split"):
                 producer_task = src["taskOutputParameter"]["producerTask"]
                 assert of("data-params", [producer_task]), name
+                assert src["taskOutputParameter"]["outputParameterKey"] == kind.replace("-", "_"), name  # its own slice
                 dataset = tasks[producer_task]["inputs"]["parameters"]["dataset"]["runtimeValue"]["constant"]
                 assert tasks[name]["taskInfo"]["name"].startswith(("fetch " + dataset, f"{kind} {dataset}")), name
             else:
