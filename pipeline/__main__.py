@@ -66,14 +66,15 @@ def options(args: argparse.Namespace) -> PipelineOptions:
 
 
 def cmd_compile(args) -> int:
-    from pipeline.pipeline import data_source
+    from pipeline.pipeline import data_source, layout
 
+    from tcnet.config import load_params
     from tcnet.provenance import without_credentials
 
     url, rev = data_source(options(args))
     opts = replace(options(args), data_repo_url=url, data_rev=rev)  # git asked once: build_pipeline takes these
     out = compile_pipeline(opts, args.out)
-    print(f"compiled {out}")
+    print(f"compiled {out}: {layout(load_params(opts.params))}")
     if url != without_credentials(url):
         print("note: the data repository URL's user/token part is not written into the package; pass the full "
               "URL as the run's data_repo_url argument when you start a run", file=sys.stderr)
@@ -114,7 +115,9 @@ def submit(host: str, opts: PipelineOptions, *, experiment_name: str, run_name: 
 
 
 def cmd_submit(args) -> int:
-    from pipeline.pipeline import data_source
+    from pipeline.pipeline import data_source, layout
+
+    from tcnet.config import load_params
 
     opts = options(args)
     repo, rev = data_source(opts)
@@ -127,7 +130,7 @@ def cmd_submit(args) -> int:
     result = submit(args.host, opts, experiment_name=args.experiment_name, run_name=args.run_name, arguments=data,
                     namespace=args.namespace, enable_caching=False if args.no_cache else None)
     print(f"submitted run {result.run_id} to {args.host} (experiment {args.experiment_name!r}; "
-          f"data {data['data_repo_url']}@{data['data_rev'] or 'HEAD'})")
+          f"data {data['data_repo_url']}@{data['data_rev'] or 'HEAD'}): {layout(load_params(opts.params))}")
     return 0
 
 

@@ -108,6 +108,15 @@ def run_groups(runs) -> dict[tuple[str, str], list]:
     return groups
 
 
+def layout(params: Params) -> str:
+    """The package's shape in words: the data chains and the runs loops (compile and submit print it)."""
+    groups = run_groups(all_runs(params))
+    loops = ", ".join(f"{t if t == e else f'{t} -> {e}'}: {len(g)}" for (t, e), g in groups.items())
+    return (f"{len(params.preprocess.datasets)} dataset(s) fetched, preprocessed and split "
+            f"({', '.join(params.preprocess.datasets)}); {sum(map(len, groups.values()))} runs in "
+            f"{len(groups)} loop(s) by training -> evaluated dataset ({loops})")
+
+
 def run_items(params_path: Path) -> list[dict[str, str]]:
     """One ``{"experiment", "run_id"}`` per run of every experiment, in params order."""
     return _items(all_runs(load_params(params_path)))

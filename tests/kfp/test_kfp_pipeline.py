@@ -88,6 +88,19 @@ def test_one_runs_loop_per_pair_of_datasets_covers_every_run_once(compiled):
     assert len(loops(spec)) == 5  # isic2017, isic2017 -> ph2, isic2018, drive, chase_db1
 
 
+def test_compile_says_what_the_package_holds(tmp_path, capsys):
+    from pipeline.__main__ import main
+
+    assert main(["compile", "--out", str(tmp_path / "p.yaml"), "--data-repo-url", "https://git.example.com/t.git",
+                 "--data-rev", "v1"]) == 0
+    spec, _ = yaml.safe_load_all((tmp_path / "p.yaml").read_text())
+    counts = ", ".join(f"{pair.replace(' to ', ' -> ')}: {len(yaml.safe_load(loop['parameterIterator']['items']['raw']))}"
+                       for pair, (_, loop) in loops(spec).items())
+    out = capsys.readouterr().out
+    assert f"40 runs in 5 loop(s) by training -> evaluated dataset ({counts})" in out, out
+    assert "5 dataset(s) fetched, preprocessed and split (isic2017, isic2018, ph2, drive, chase_db1)" in out
+
+
 def test_each_pod_downloads_its_own_datasets_data_only(compiled):
     """train: its training dataset's arrays; evaluate: the evaluated dataset's index (the manifest, not
     the arrays); both the split of either dataset; split: the index alone."""
