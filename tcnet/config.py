@@ -433,39 +433,26 @@ def flow_yaml(data, sort_keys: bool = False) -> str:
     return line
 
 
-DATA_SECTIONS = ("preprocess", "split")
-
-
-def data_stage_params(params: Params, dataset: str = "") -> dict:
-    """The sections that the data stages read (preprocess, split; the pipeline's fetch_data), as plain
-    data, defaults included: what the Kubeflow pipeline keys their cached tasks on, so that an edit to
-    ``train`` or ``experiments`` does not fetch and preprocess the data again.
-
-    With ``dataset`` (one of ``preprocess.datasets``): the sections for that dataset alone
-    (``preprocess.datasets: [dataset]``, only its own image-size override and split file), so that
-    the pipeline's per-dataset data tasks are cached apart: an edit to DRIVE's settings leaves the
-    ISIC tasks' cache entries as they were."""
-    out = {name: to_dict(getattr(params, name)) for name in DATA_SECTIONS}
-    if not dataset:
-        return out
-    if dataset not in params.preprocess.datasets:
-        raise ConfigError(f"dataset {dataset!r} is not preprocessed (preprocess.datasets: "
-                          f"{', '.join(params.preprocess.datasets)})")
-    pre, spl = out["preprocess"], out["split"]
-    pre["datasets"] = [dataset]
-    pre["image_size_overrides"] = {k: v for k, v in pre["image_size_overrides"].items() if k == dataset}
-    spl["split_files"] = {k: v for k, v in spl["split_files"].items() if k == dataset}
-    return out
-
-
 def data_task_params(params: Params, dataset: str = "") -> dict[str, dict]:
-    """What each data task of the Kubeflow pipeline reads of :func:`data_stage_params` (its cache key):
-    ``fetch_data`` the data's folder and the datasets, ``preprocess`` its section, ``split`` its
-    section. An edit to ``split`` re-splits; it does not fetch or preprocess the data again."""
-    sections = data_stage_params(params, dataset)
-    pre = sections["preprocess"]
+    """What each data task of the Kubeflow pipeline reads, as plain data, defaults included: its cache
+    key, so that an edit to ``train`` or ``experiments`` does not fetch and preprocess the data again.
+    ``fetch_data`` gets the data's folder and the datasets, ``preprocess`` its section, ``split`` its
+    section: an edit to ``split`` re-splits, it does not fetch or preprocess the data again.
+
+    With ``dataset`` (one of ``preprocess.datasets``): for that dataset alone (``datasets:
+    [dataset]``, only its own image-size override and split file), so that the pipeline's
+    per-dataset data tasks are cached apart: an edit to DRIVE's settings leaves the ISIC tasks'
+    cache entries as they were."""
+    pre, spl = to_dict(params.preprocess), to_dict(params.split)
+    if dataset:
+        if dataset not in params.preprocess.datasets:
+            raise ConfigError(f"dataset {dataset!r} is not preprocessed (preprocess.datasets: "
+                              f"{', '.join(params.preprocess.datasets)})")
+        pre["datasets"] = [dataset]
+        pre["image_size_overrides"] = {k: v for k, v in pre["image_size_overrides"].items() if k == dataset}
+        spl["split_files"] = {k: v for k, v in spl["split_files"].items() if k == dataset}
     return {"fetch_data": {"preprocess": {"raw_dir": pre["raw_dir"], "datasets": pre["datasets"]}},
-            "preprocess": {"preprocess": pre}, "split": {"split": sections["split"]}}
+            "preprocess": {"preprocess": pre}, "split": {"split": spl}}
 
 
 def deep_merge(base: dict, override: dict) -> dict:

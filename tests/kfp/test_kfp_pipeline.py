@@ -1,5 +1,6 @@
 """The compiled pipeline package: stages, the run loop, GPU requests, parameters, secrets, env."""
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -25,10 +26,16 @@ def root_tasks(spec) -> dict:
     return spec["root"]["dag"]["tasks"]
 
 
-def pair(loop: dict, params_path: Path = ROOT / "params.yaml") -> str:
+@functools.lru_cache
+def project_runs() -> dict:
+    """Every run of params.yaml by (experiment, run_id)."""
+    params = load_params(ROOT / "params.yaml")
+    return {(e, r.run_id): r for e in params.experiments for r in expand_runs(params, e)}
+
+
+def pair(loop: dict) -> str:
     """A runs loop's pair of datasets from its items: "isic2017", "isic2017 to ph2"."""
-    params = load_params(params_path)
-    runs = {(e, r.run_id): r for e in params.experiments for r in expand_runs(params, e)}
+    runs = project_runs()
     items = yaml.safe_load(loop["parameterIterator"]["items"]["raw"])
     pairs = {(runs[i["experiment"], i["run_id"]].data.train, runs[i["experiment"], i["run_id"]].data.eval_dataset)
              for i in items}
@@ -74,8 +81,7 @@ def test_every_stage_component_is_in_the_package(compiled):
 
 def test_one_runs_loop_per_pair_of_datasets_covers_every_run_once(compiled):
     _, spec, _ = compiled
-    params = load_params(ROOT / "params.yaml")
-    runs = {(e, r.run_id): r for e in params.experiments for r in expand_runs(params, e)}
+    runs = project_runs()
     seen = []
     for _, loop in loops(spec).values():  # loops() asserts one pair of datasets per loop
         assert "name" not in loop["taskInfo"] or loop["taskInfo"]["name"].startswith("for-loop")  # kubeflow/pipelines#13239
