@@ -38,7 +38,8 @@ COPY pyproject.toml README.md ./
 COPY tcnet ./tcnet
 RUN --mount=type=cache,target=/root/.cache/pip \
     PIP_CACHE_DIR=/root/.cache/pip pip install --no-deps -c requirements.lock . \
-    && pip check
+    && pip check \
+    && rm -rf build tcnet.egg-info
 COPY params.yaml ./
 COPY paper ./paper
 
