@@ -170,6 +170,11 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
     # Each train task's GPUs share every run's batch (tcnet train --nproc): refuse a split that fails
     # at compile time, not in a pod on a GPU node.
     params = load_params(opts.params)
+    if params.split.split_files:  # a path of this checkout, which no pod has: fail here, not in the split task
+        raise ValueError(
+            f"split.split_files ({', '.join(f'{d}: {f}' for d, f in params.split.split_files.items())}): the Kubeflow "
+            "pipeline does not take user split files yet (its pods cannot read this checkout's files); remove them "
+            "to use the generated splits, or run the pipeline with dvc repro")
     runs = all_runs(params)
     check_batch_split(runs, opts.gpus, "gpus")
     params_text = one_line_yaml(Path(opts.params).read_text())

@@ -62,6 +62,8 @@ class PreprocessConfig:
     image_size_overrides: dict[str, int] = field(default_factory=dict)  # per dataset, e.g. {drive: 128}
     skip_invalid: bool = False  # True: skip and report bad pairs instead of stopping
     workers: int = 0  # process-pool size; 0 = the CPUs this process may use (tcnet.utils.cpus)
+    # stats.json's class weights (inverse pixel frequency, background 1) are clipped to this range
+    class_weight_clip: tuple[float, float] = (1.0, 50.0)
 
     def size_for(self, dataset: str) -> int:
         return int(self.image_size_overrides.get(dataset, self.image_size))
@@ -76,6 +78,9 @@ class PreprocessConfig:
                 raise ConfigError(f"preprocess image size for {d} must be a positive multiple of 32, got {s}")
         if self.workers < 0:
             raise ConfigError(f"preprocess.workers must be >= 0 (0 = all cores), got {self.workers}")
+        lo, hi = self.class_weight_clip
+        if not (0 < lo <= hi and math.isfinite(hi)):
+            raise ConfigError(f"preprocess.class_weight_clip must be [low, high] with 0 < low <= high, got {list(self.class_weight_clip)}")
 
     def repo_data_path(self) -> str:
         """``raw_dir`` as a path inside the repository, where ``<raw_dir>.dvc`` tracks it: what the
@@ -127,6 +132,11 @@ class TrainConfig:
     min_lr: float = 1e-6  # cosine annealing floor
     loss: LossConfig = field(default_factory=LossConfig)
     augment: bool = True
+    # the augmentation (transforms.build_augment): shift of up to this fraction of the side each way,
+    # isotropic scale in this range, each of the four transforms with probability augment_p
+    augment_shift: float = 0.0625
+    augment_scale: tuple[float, float] = (0.9, 1.1)
+    augment_p: float = 0.5
     seed: int = 42
     deterministic: bool = True  # torch.use_deterministic_algorithms; bit-identical CPU resume
     num_workers: int = 0
@@ -153,6 +163,13 @@ class TrainConfig:
         if self.min_lr > self.lr:  # cosine annealing would then raise the rate, not lower it
             raise ConfigError(f"train.min_lr ({self.min_lr:g}) must not exceed train.lr ({self.lr:g}): the cosine "
                               "schedule anneals from lr down to min_lr")
+        if not 0 <= self.augment_shift < 0.5:
+            raise ConfigError(f"train.augment_shift must be a fraction of the side in [0, 0.5), got {self.augment_shift}")
+        lo, hi = self.augment_scale
+        if not 0 < lo <= hi or not math.isfinite(hi):
+            raise ConfigError(f"train.augment_scale must be [low, high] with 0 < low <= high, got {list(self.augment_scale)}")
+        if not 0 <= self.augment_p <= 1:
+            raise ConfigError(f"train.augment_p must be a probability in [0, 1], got {self.augment_p}")
         if self.max_train_images is not None and self.max_train_images < 1:
             raise ConfigError(f"train.max_train_images must be >= 1 or null (all), got {self.max_train_images}")
         if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
@@ -354,8 +371,10 @@ def _convert(tp, value, where: str):
     if origin is tuple:
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (elem,) = typing.get_args(tp)[:1]
-        return tuple(_convert(elem, v, f"{where}[{i}]") for i, v in enumerate(value))
+        args = typing.get_args(tp)
+        if Ellipsis not in args and len(value) != len(args):  # tuple[float, float]: exactly two
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {list(value)!r}")
+        return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")

@@ -25,6 +25,12 @@ PACKAGES = {
     "mlflow": "mlflow",
     "numpy": "numpy",
     "segmentation-models-pytorch": "smp",
+    "torchvision": "torchvision",
+    "albumentations": "albumentations",  # the training augmentation
+    "opencv-python-headless": "opencv",  # resizing (preprocess, evaluate)
+    "pillow": "pillow",  # decoding
+    "scipy": "scipy",  # compare's statistics
+    "scikit-learn": "sklearn",  # the cross-validation folds
 }
 
 
@@ -53,16 +59,18 @@ def git_state(root: Optional[str] = None) -> tuple[str, bool]:
     """``(commit sha, dirty)`` of the checkout at ``root`` (default: the one the tcnet code comes from);
     ``$TCNET_GIT_COMMIT`` or ``("unknown", False)`` outside git.
 
-    Dirty = a tracked file differs from the commit (untracked files are not counted), except
-    ``dvc.lock``: ``dvc repro`` rewrites it after each stage, so counting it would call the later
-    stages of one clean run dirty (and split its MLflow parent run in two).
+    Dirty = a tracked file differs from the commit, except ``dvc.lock`` (``dvc repro`` rewrites it
+    after each stage, so counting it would call the later stages of one clean run dirty and split
+    its MLflow parent run in two), or an untracked, not ignored file lies in the ``tcnet`` package
+    (a new module the commit does not hold; untracked files elsewhere, notes or notebooks, do not count).
     """
     root_path = Path(root) if root else code_root()
     sha = _git(root_path, "rev-parse", "HEAD")
     if not sha:
         return os.environ.get(GIT_COMMIT_ENV, "").strip() or UNKNOWN, False
     status = _git(root_path, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock")
-    return sha, bool(status)
+    new_code = _git(root_path, "ls-files", "--others", "--exclude-standard", "--", "tcnet")
+    return sha, bool(status) or bool(new_code)
 
 
 def dvc_data_hash(root: Optional[Path] = None, dvc_file: str = "data.dvc") -> str:

@@ -185,3 +185,25 @@ def test_aggregation_defaults_to_the_datasets_convention(tmp_path):
     path.write_text(base + "    data: [{name: d, train: drive}]\n    aggregation: poled\n")
     with pytest.raises(ConfigError, match="valid: mean, pooled$"):
         load_params(path)
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("train", "augment_shift", 0.5, r"train.augment_shift must be a fraction of the side in \[0, 0.5\)"),
+    ("train", "augment_scale", [1.2, 0.9], r"train.augment_scale must be \[low, high\] with 0 < low <= high"),
+    ("train", "augment_p", 1.5, r"train.augment_p must be a probability in \[0, 1\]"),
+    ("preprocess", "class_weight_clip", [0, 50], r"preprocess.class_weight_clip must be \[low, high\] with 0 < low"),
+])
+def test_augmentation_and_class_weight_settings_are_checked(tmp_path, section, key, value, message):
+    import yaml
+
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump({section: {key: value}}))
+    with pytest.raises(ConfigError, match=message):
+        load_params(p)
+
+
+def test_a_pair_setting_takes_exactly_two_values(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("train: {augment_scale: [0.9, 1.0, 1.1]}\n")
+    with pytest.raises(ConfigError, match=r"train.augment_scale: expected a list of 2 values, got \[0.9, 1.0, 1.1\]"):
+        load_params(p)

@@ -199,6 +199,17 @@ def test_dvc_lock_rewritten_by_dvc_repro_does_not_make_the_checkout_dirty(tmp_pa
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
     git_state.cache_clear()
     assert git_state(str(tmp_path))[1] is False
+    (tmp_path / "notes.txt").write_text("untracked, outside the package: not the code\n")
+    (tmp_path / "tcnet").mkdir()
+    (tmp_path / ".gitignore").write_text("__pycache__/\n")
+    (tmp_path / "tcnet" / "__pycache__").mkdir()
+    (tmp_path / "tcnet" / "__pycache__" / "x.pyc").write_bytes(b"ignored")
+    git_state.cache_clear()
+    assert git_state(str(tmp_path))[1] is False
+    (tmp_path / "tcnet" / "zz_new.py").write_text("X = 1\n")  # a module the commit does not hold
+    git_state.cache_clear()
+    assert git_state(str(tmp_path))[1] is True
+    (tmp_path / "tcnet" / "zz_new.py").unlink()
     (tmp_path / "params.yaml").write_text("a: 2\n")  # a real change still counts
     git_state.cache_clear()
     assert git_state(str(tmp_path))[1] is True

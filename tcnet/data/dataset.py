@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -112,14 +112,17 @@ class SegmentationDataset(Dataset):
 
     Items: ``image`` float32 3xSxS (``transforms.normalize``), ``mask`` float32 1xSxS in {0, 1},
     ``fov`` float32 1xSxS in {0, 1}, ``id`` str. With ``augment`` the image, mask and FOV get the same
-    geometric transform (``transforms.build_augment``), seeded per item by :func:`item_seed`.
+    geometric transform (``transforms.build_augment``, with ``augment_options``: its ``shift``,
+    ``scale``, ``p``), seeded per item by :func:`item_seed`.
     """
 
-    def __init__(self, preprocessed_dir, dataset: str, ids: Sequence[str], augment: bool, seed: int = 0):
+    def __init__(self, preprocessed_dir, dataset: str, ids: Sequence[str], augment: bool, seed: int = 0,
+                 augment_options: Optional[dict] = None):
         self.root = Path(preprocessed_dir)
         self.dataset = dataset
         self.ids = [str(i) for i in ids]
         self.augment = bool(augment)
+        self.augment_options = dict(augment_options or {})
         self.seed = int(seed)
         manifest = read_manifest(self.root)
         rows = manifest[manifest["dataset"] == dataset]
@@ -159,7 +162,7 @@ class SegmentationDataset(Dataset):
         if self._aug is None:
             from tcnet.data.transforms import build_augment
 
-            self._aug = build_augment(True)
+            self._aug = build_augment(True, **self.augment_options)
         return self._aug
 
     @property

@@ -32,7 +32,8 @@ cv2.setNumThreads(CV2_THREADS)
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
-# Augmentation parameters (the paper: flips, diagonal flip, small shift and scale, no rotation).
+# Augmentation defaults (the paper: flips, diagonal flip, small shift and scale, no rotation; the
+# amounts are this project's choice); params.yaml's train.augment_shift / _scale / _p set them.
 SHIFT_LIMIT = 0.0625  # fraction of the side, each direction
 SCALE_RANGE = (0.9, 1.1)
 AUG_P = 0.5  # probability of each augmentation
@@ -174,11 +175,13 @@ def __getattr__(name: str):  # module attribute SeededCompose, created lazily
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def build_augment(enabled: bool = True, seed: Optional[int] = None):
+def build_augment(enabled: bool = True, seed: Optional[int] = None, *, shift: float = SHIFT_LIMIT,
+                  scale: tuple[float, float] = SCALE_RANGE, p: float = AUG_P):
     """The training augmentation as an ``albumentations.Compose`` (targets: image, mask, fov).
 
-    HorizontalFlip, VerticalFlip, Transpose (diagonal flip) and Affine (shift <= 6.25 % of the side,
-    isotropic scale 0.9-1.1, no rotation), each with p = 0.5; the image is interpolated bilinearly,
+    HorizontalFlip, VerticalFlip, Transpose (diagonal flip) and Affine (shift <= ``shift`` of the
+    side, default 6.25 %; isotropic scale in ``scale``, default 0.9-1.1; no rotation), each with
+    probability ``p`` (default 0.5); the image is interpolated bilinearly,
     the mask and FOV nearest; pixels shifted in are 0 (image black, mask and FOV background). The
     same geometric transform is applied to all three: ``aug(image=img, mask=m, fov=f)``.
 
@@ -196,13 +199,13 @@ def build_augment(enabled: bool = True, seed: Optional[int] = None):
     transforms = []
     if enabled:
         transforms = [
-            A.HorizontalFlip(p=AUG_P),
-            A.VerticalFlip(p=AUG_P),
-            A.Transpose(p=AUG_P),
+            A.HorizontalFlip(p=p),
+            A.VerticalFlip(p=p),
+            A.Transpose(p=p),
             A.Affine(
-                scale=SCALE_RANGE,
+                scale=tuple(scale),
                 keep_ratio=True,  # isotropic: one factor for x and y
-                translate_percent=(-SHIFT_LIMIT, SHIFT_LIMIT),
+                translate_percent=(-shift, shift),
                 rotate=0.0,
                 shear=0.0,
                 interpolation=cv2.INTER_LINEAR,
@@ -210,7 +213,7 @@ def build_augment(enabled: bool = True, seed: Optional[int] = None):
                 border_mode=cv2.BORDER_CONSTANT,
                 fill=0,
                 fill_mask=0,
-                p=AUG_P,
+                p=p,
             ),
         ]
     return _seeded_compose_class()(transforms, additional_targets={"fov": "mask"}, seed=seed)

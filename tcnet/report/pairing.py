@@ -18,7 +18,7 @@ import pandas as pd
 
 from tcnet.metrics import METRICS, scores_from_counts
 from tcnet.report.results import PARTS_KEYS, ExperimentResults
-from tcnet.report.stats import (FoldResult, PairedResult, bootstrap_ci_of, direction, fold_test, paired_test,
+from tcnet.report.stats import (MIN_NONZERO, FoldResult, PairedResult, bootstrap_ci_of, direction, fold_test, paired_test,
                                 rng_for)
 
 
@@ -87,10 +87,25 @@ class Comparison:
         return p is not None and math.isfinite(p.ci_low) and math.isfinite(p.ci_high)
 
     @property
-    def direction(self) -> int:
-        """+1: ``a`` ahead (the CI above 0), -1: behind, 0: not resolved (or nothing to compare)."""
+    def too_few(self) -> str:
+        """Why an image-level comparison has too few images to rest a verdict on, else ``""``: fewer
+        than ``MIN_NONZERO`` non-zero differences (pooled scores: images), where the signed-rank test
+        cannot reach p < 0.05 at all and a bootstrap interval is little more than the data's range."""
         p = self.primary
-        return 0 if p is None else direction(p.ci_low, p.ci_high)
+        if self.cross_validated or p is None:
+            return ""
+        if p.n_nonzero is None or math.isnan(p.n_nonzero):  # pooled scores: no test, the images count
+            n, what = p.n, "images"
+        else:
+            n, what = int(p.n_nonzero), f"of {p.n} images with a non-zero difference"
+        return f"only {n} {what} (at least {MIN_NONZERO} needed)" if n < MIN_NONZERO else ""
+
+    @property
+    def direction(self) -> int:
+        """+1: ``a`` ahead (the CI above 0), -1: behind, 0: not resolved (or nothing to compare, or too
+        few images: :attr:`too_few`)."""
+        p = self.primary
+        return 0 if p is None or self.too_few else direction(p.ci_low, p.ci_high)
 
     @property
     def level(self) -> str:

@@ -201,14 +201,18 @@ _VERDICT_WORDS = re.compile(r"[(;] ?(agrees|disagrees|not resolved)\b")
 def _verdict(directions: list[int], missing: list[str], *comparisons) -> str:
     """``agrees`` when every comparison the claim needs went its way with the CI clear of 0,
     ``disagrees`` when one went against it with the CI clear of 0, else ``not resolved`` -- also
-    when a run the claim needs was not evaluated (a ranking without it would claim too much) or a
-    comparison has no paired scores (``comparisons`` without an interval)."""
+    when a run the claim needs was not evaluated (a ranking without it would claim too much), a
+    comparison has no paired scores (``comparisons`` without an interval), or too few images to
+    judge (:attr:`~tcnet.report.pairing.Comparison.too_few`: the directions are 0 then)."""
     if any(d < 0 for d in directions):
         return "disagrees"
     if missing:
         return f"not resolved: {', '.join(missing)} not evaluated"
     if any(not c.has_interval for c in comparisons):
         return "not resolved: no paired per-image scores (or no spread) to test"
+    few = next((c.too_few for c in comparisons if c.too_few), "")
+    if few:
+        return f"not resolved: {few}"
     if directions and all(d > 0 for d in directions):
         return "agrees"
     return "not resolved: a CI holds 0"
@@ -407,13 +411,16 @@ def claim_notes(reported: dict, res, values, ref: PaperRef, varying: dict, m: st
                 dirs += [c.direction for c in cs.values()]
                 every += list(cs.values())
                 nodata = [label[o] for o, c in cs.items() if not c.has_interval]
-                unresolved = [label[o] for o, c in cs.items() if c.direction == 0 and c.has_interval]
+                unresolved = [label[o] for o, c in cs.items() if c.direction == 0 and c.has_interval and not c.too_few]
+                few = [label[o] for o, c in cs.items() if c.has_interval and c.too_few]
                 behind = [label[o] for o, c in cs.items() if c.direction < 0]
                 part = f"{ref.name(metric)} rank {rank} of {len(col)}{f' (tied with {ties})' if ties else ''}"
                 if behind:
                     part += f", clearly behind {', '.join(behind)}"
                 if unresolved:
                     part += f", CI holds 0 against {', '.join(unresolved)}"
+                if few:
+                    part += f", too few images to judge against {', '.join(few)}"
                 if nodata:
                     part += f", no paired per-image scores against {', '.join(nodata)}"
                 parts.append(part)

@@ -327,6 +327,34 @@ def main_table(res: ExperimentResults, summary: pd.DataFrame, ref: PaperRef, dat
     return table
 
 
+def other_aggregation_table(res: ExperimentResults, ref: PaperRef) -> DisplayTable | None:
+    """The headline's counterpart, for reference (the design asks for both, each named): the pooled
+    scores beside an experiment that averages images, the per-image means beside a pooled one. No
+    paper column and no statistics: the paper's numbers and the verdicts are about the headline.
+    ``None`` without evaluated runs."""
+    exp = res.exp
+    other = "pooled" if exp.aggregation == "mean" else "mean"
+    metrics = [m for m in exp.metrics if not (other == "pooled" and m == "TJA")]  # TJA is a per-image rule
+    if not res.runs or not metrics:
+        return None
+    multi_data = len(exp.data) > 1
+    header = (["Data"] if multi_data else []) + ["Variant"] + [ref.name(m) for m in metrics]
+    table = DisplayTable(
+        f"The other aggregation, for reference: {AGGREGATION_TEXT[other]}. Values in "
+        f"{'percent' if res.unit == 'percent' else 'fractions'}; mean ± sd over folds where there are several. "
+        f"The results table above, the paper's numbers and the verdicts use the headline ({exp.aggregation}).",
+        header)
+    for d in exp.data:
+        for v in exp.runs:
+            runs = res.variant_runs(d.name, v.name)
+            row = ([d.name] if multi_data else []) + [v.label or v.name]
+            for m in metrics:
+                mean, sd = mean_sd(r.value(m, other) * res.scale for r in runs)
+                row.append(fmt(mean, sd) if runs else DASH)
+            table.rows.append(row)
+    return table
+
+
 def delta_table(res: ExperimentResults, summary: pd.DataFrame, data_label: str,
                 stats: pd.DataFrame | None = None) -> DisplayTable | None:
     """The paper's stated differences beside ours (None when it states none), with our CI of the

@@ -88,6 +88,9 @@ def _compare_one(params: Params, exp_id: str, res: ExperimentResults, reported: 
     st = tables.stats_table(res, stats, cfg.data_label)
     if st is not None:
         section.tables.append(("Paired statistics", st))
+    other = tables.other_aggregation_table(res, ref)
+    if other is not None:
+        section.tables.append((f"The other aggregation ({'pooled' if res.exp.aggregation == 'mean' else 'mean'})", other))
     with atomic_dir(exp_dir) as tmp:
         summary.to_csv(tmp / "table.csv", index=False)
         stats.to_csv(tmp / "stats.csv", index=False)

@@ -150,7 +150,7 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Sequence]) -> 
 
 def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, splits_dir, raw_dir, model_dir, out_dir,
                  *, tracker=None, aggregation: Optional[str] = None, device: Optional[str] = None,
-                 progress: bool = True, log_checkpoint: bool = False, pooled_parts: bool = False) -> dict:
+                 progress: bool = True, log_checkpoint: bool = False) -> dict:
     """Evaluate one run: ``model_dir`` is the run's training folder (``best.pt``, ``last.pt``), ``out_dir`` its
     evaluation folder (replaced whole). Returns what ``scores.json`` holds."""
     import torch
@@ -200,7 +200,7 @@ def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, spli
     hist = ProbabilityHistogram()
     # Pooled scores (retina): each image's confusion counts and a coarse histogram of its probabilities,
     # so that compare can bootstrap the pooled scores over images (pooled_parts.npz).
-    parts: dict[str, list] = {"pos": [], "neg": []} if agg == "pooled" or pooled_parts else {}
+    parts: dict[str, list] = {"pos": [], "neg": []} if agg == "pooled" else {}
     n_overlays = max(0, int(eval_cfg.n_overlays))
 
     with atomic_dir(out_dir) as tmp:
@@ -393,8 +393,9 @@ def run(params: Params, experiment: str, preprocessed_dir, splits_dir, raw_dir, 
             spec, params.evaluate, preprocessed_dir, splits_dir, raw_dir,
             Path(models_dir) / experiment / spec.run_id, Path(out_dir) / experiment / spec.run_id,
             tracker=tracker, progress=progress, log_checkpoint=params.mlflow.log_models,
-            # compare bootstraps pooled scores where the experiment declares them (the retina sets' default)
-            pooled_parts=params.experiment(experiment).aggregation == "pooled",
+            # the experiment's choice (its datasets' convention unless it sets one): the headline,
+            # the MLflow tag and the parts compare bootstraps pooled scores from all follow it
+            aggregation=params.experiment(experiment).aggregation,
         )
     summary = write_summary(params, experiment, out_dir)
     return {"experiment": experiment, "runs": results, "summary": summary}

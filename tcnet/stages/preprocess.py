@@ -54,7 +54,6 @@ ARRAY_NAMES = ("images", "masks", "fov")
 # soft/probability maps and JPEG-compressed masks. Masks stored as 0/1 (max <= 1) are binary.
 MID_LOW, MID_HIGH = 25, 230
 MAX_MID_FRACTION = 0.01
-WEIGHT_CLIP = (1.0, 50.0)
 
 
 class PreprocessError(ValueError):
@@ -453,14 +452,14 @@ def _process_dataset(dataset: str, cfg: PreprocessConfig, raw_dir: Path, out: Pa
     return rows, skipped, counts
 
 
-def _dataset_stats(rows, counts: dict, size: int) -> dict:
+def _dataset_stats(rows, counts: dict, size: int, clip: tuple[float, float]) -> dict:
     """fg fraction over every kept pair; class weights from the official training pairs (all pairs
     if the dataset has no official split), both over resized FOV pixels."""
-    from tcnet.losses import class_weights_from_counts
+    from tcnet.losses.class_weights import class_weights_from_counts
 
     has_train = any(r["official_split"] == "train" for r in rows)
     bg, fg = (int(c) for c in counts["all"])
-    weights = class_weights_from_counts(counts["train"] if has_train else counts["all"], WEIGHT_CLIP)
+    weights = class_weights_from_counts(counts["train"] if has_train else counts["all"], clip)
     return {
         "n": len(rows),
         "size": size,
@@ -534,7 +533,7 @@ def run(cfg: PreprocessConfig, raw_dir: Path, out_dir: Path) -> dict:
                 d.mkdir()
                 rows, skipped, counts = _process_dataset(dataset, cfg, raw_dir, d, pool, workers)
                 manifest.extend(rows)
-                stats[dataset] = _dataset_stats(rows, counts, cfg.size_for(dataset))
+                stats[dataset] = _dataset_stats(rows, counts, cfg.size_for(dataset), cfg.class_weight_clip)
                 secs = time.perf_counter() - t0
                 summary["datasets"][dataset] = {
                     "n": len(rows), "skipped": len(skipped), "seconds": round(secs, 3),

@@ -169,7 +169,9 @@ def _loaders(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, dist, sync
     val_ids = ids_for(split, "val", spec.fold)
     if not train_ids:
         raise ValueError(f"run {spec.run_id}: fold {spec.fold} of {splits_dir}/{spec.data.train}.json has no training ids")
-    train_ds = SegmentationDataset(preprocessed_dir, spec.data.train, train_ids, augment=cfg.augment, seed=cfg.seed)
+    train_ds = SegmentationDataset(preprocessed_dir, spec.data.train, train_ids, augment=cfg.augment, seed=cfg.seed,
+                                   augment_options={"shift": cfg.augment_shift, "scale": cfg.augment_scale,
+                                                    "p": cfg.augment_p})
     val_ds = SegmentationDataset(preprocessed_dir, spec.data.train, val_ids, augment=False, seed=cfg.seed)
     # Data order depends on (seed, epoch) only: DistributedSampler permutes with seed + epoch (also
     # with one process), and the dataset augments item i of epoch e with a seed of (seed, e, i).

@@ -167,6 +167,24 @@ def test_augment_shift_scale_bounds():
         assert om.sum() == (om[rows.min():rows.max() + 1, cols.min():cols.max() + 1]).sum() == hgt * wid
 
 
+def test_augment_amounts_come_from_the_arguments():
+    """train.augment_shift / _scale / _p reach the transforms: p = 0 is the identity; a fixed
+    scale of 1.5 with no shift grows a centred square 1.5x wherever p = 1 applies it."""
+    s = 128
+    mask = np.zeros((s, s), np.uint8)
+    mask[44:84, 44:84] = 1
+    img = np.random.default_rng(0).integers(0, 255, (s, s, 3), dtype=np.uint8)
+    never = build_augment(True, seed=3, shift=0.2, scale=(0.5, 2.0), p=0.0)
+    for _ in range(5):
+        out = never(image=img, mask=mask, fov=mask)
+        np.testing.assert_array_equal(out["image"], img)
+    always = build_augment(True, seed=3, shift=0.0, scale=(1.5, 1.5), p=1.0)
+    om = always(image=img, mask=mask, fov=mask)["mask"]
+    rows, cols = np.nonzero(om)
+    assert np.ptp(rows) + 1 == pytest.approx(60, abs=2) and np.ptp(cols) + 1 == pytest.approx(60, abs=2)
+    assert abs(rows.mean() - 63.5) <= 1 and abs(cols.mean() - 63.5) <= 1
+
+
 def test_opencv_runs_single_threaded_for_fork_safety():
     """An OpenCV thread pool alive at fork time can deadlock forked workers (preprocess pool,
     DataLoader workers); importing the transforms turns it off unless TCNET_CV2_THREADS says so."""

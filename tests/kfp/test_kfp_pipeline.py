@@ -333,6 +333,17 @@ def test_train_checkpoints_on_a_volume_only_when_asked(compiled, tmp_path):
     assert sorted(name for name, e in k8s.items() if "pvcMount" in e) == sorted(of("exec-train", k8s)) != []
 
 
+def test_user_split_files_are_refused_at_compile_time(tmp_path):
+    from pipeline.pipeline import PipelineOptions, build_pipeline
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["split"]["split_files"] = {"drive": "splits/drive.json"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ValueError, match=r"split.split_files \(drive: splits/drive.json\): the Kubeflow pipeline does not"):
+        build_pipeline(PipelineOptions(params=tmp_path / "params.yaml", data_repo_url="https://git.example.com/t.git",
+                                       data_rev="v1"))
+
+
 def test_the_local_runner_refuses_a_checkpoint_volume(tmp_path):
     from pipeline.pipeline import PipelineOptions, local_run
 

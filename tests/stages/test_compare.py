@@ -97,7 +97,8 @@ def test_isic2018_cv_cells_mean_sd_over_folds_and_paper_delta(done):
     assert d.paper == 7.64 and d.label == "TCNet - UNet++"
     assert math.isclose(d.ours, ours) and math.isclose(d["diff"], ours - 7.64)
     md = (out / "isic2018_cv" / "table.md").read_text()
-    (row,) = [line for line in md.splitlines() if line.startswith("| TCNet |")]
+    results = md.split("## Results", 1)[1].split("\n## ", 1)[0]  # the other aggregation's table has a TCNet row too
+    (row,) = [line for line in results.splitlines() if line.startswith("| TCNet |")]
     assert f"| {c.ours:.3f} ± {c.ours_sd:.3f} | 90.334 | {c['diff']:+.3f} |" in row
     assert "mean ± sd over folds" in md and "mean of per-image scores" in md
 
@@ -455,3 +456,62 @@ def test_pooled_scores_get_a_paired_bootstrap_and_table_3s_claim_a_verdict(tmp_p
     md = (tmp_path / "out" / "ablation" / "table.md").read_text()
     assert "drive: the paper finds LKM+ETM+MFM ahead of LKM on Acc, Sp, AUC; ours, LKM+ETM+MFM minus LKM: Acc " in md
     assert re.search(r"chase_db1: the paper finds .* \((agrees|disagrees|not resolved)", md)
+
+
+def test_a_claim_is_not_resolved_on_too_few_images(tmp_path, monkeypatch):
+    """TCNet far ahead on five images (fewer than MIN_NONZERO): every bootstrap interval clears 0, so
+    without the rule the claim would "agree"; with it the verdict is "not resolved" and says why."""
+    from tcnet.report import pairing
+    from tcnet.report.pairing import Inference, compare_groups
+    from tcnet.report.results import load_experiment
+    from tcnet.report.stats import MIN_NONZERO
+
+    params = load_params(ROOT / "params.yaml")
+    level = {("ph2_transfer", v): 0.5 for v in ("fcn", "unet", "unet3p")} | {("ph2_transfer", "tcnet"): 0.95}
+    fabricate_eval(params, tmp_path / "eval", ["ph2_transfer"], n_images=5, level=level)
+
+    def verdict(out: str) -> str:
+        compare.run(params, tmp_path / "eval", REPORTED, tmp_path / out, ["ph2_transfer"], log_mlflow=False)
+        text = (tmp_path / out / "ph2_transfer" / "table.md").read_text()
+        return next(line for line in text.splitlines() if "the paper finds TCNet ahead of every other method" in line)
+
+    with monkeypatch.context() as m:
+        m.setattr(pairing, "MIN_NONZERO", 0)  # the rule off: the intervals alone
+        assert verdict("off").endswith("(agrees).")
+    line = verdict("on")
+    assert line.endswith(f"(not resolved: only 5 of 5 images with a non-zero difference (at least {MIN_NONZERO} needed)).")
+    assert "too few images to judge against FCN, UNet, UNet3+" in line
+    res = load_experiment(params, "ph2_transfer", tmp_path / "eval")
+    c = compare_groups(res, "ph2", ["tcnet"], ["fcn"], "DI", Inference(200, 0.95, 0))
+    assert c.has_interval and c.images.ci_low > 0 and c.direction == 0  # the interval clears 0; 5 images do not judge
+    fabricate_eval(params, tmp_path / "eval6", ["ph2_transfer"], n_images=MIN_NONZERO, level=level)
+    c6 = compare_groups(load_experiment(params, "ph2_transfer", tmp_path / "eval6"), "ph2", ["tcnet"], ["fcn"], "DI",
+                        Inference(200, 0.95, 0))
+    assert not c6.too_few and c6.direction == 1
+
+
+def test_pooled_comparisons_on_too_few_images_are_not_resolved(tmp_path):
+    from tcnet.report.pairing import Inference, compare_groups
+    from tcnet.report.results import load_experiment
+
+    params = load_params(ROOT / "params.yaml")
+    fabricate_eval(params, tmp_path / "eval", ["ablation"], n_images=4)
+    c = compare_groups(load_experiment(params, "ablation", tmp_path / "eval"), "drive", ["lkm_etm_mfm"], ["lkm"], "AUC",
+                       Inference(200, 0.95, 0))
+    assert c.too_few == "only 4 images (at least 6 needed)" and c.direction == 0
+
+
+def test_the_other_aggregation_is_shown_for_reference(tmp_path):
+    """The design asks for both aggregations, named: beside the per-image means (ph2_transfer) the
+    pooled scores, beside the pooled Table 3 the means, each cell the runs' own scores.json value."""
+    params = load_params(ROOT / "params.yaml")
+    written = fabricate_eval(params, tmp_path / "eval", ["ph2_transfer", "ablation"])
+    compare.run(params, tmp_path / "eval", REPORTED, tmp_path / "out", ["ph2_transfer", "ablation"], log_mlflow=False)
+    ph2 = (tmp_path / "out" / "ph2_transfer" / "table.md").read_text()
+    part = ph2.split("## The other aggregation (pooled)", 1)[1].split("##", 1)[0]
+    assert "pooled: one score from the confusion counts summed" in part and "use the headline (mean)" in part
+    row = next(line for line in part.splitlines() if line.startswith("| TCNet |"))
+    di = written[("ph2_transfer", "ph2__tcnet__fold0")]["pooled"]["DI"] * 100  # percent, as the headline
+    assert f"{di:.3f}" in row
+    abl = (tmp_path / "out" / "ablation" / "table.md").read_text()
+    assert "## The other aggregation (mean)" in abl and "mean of per-image scores" in abl

@@ -27,7 +27,7 @@ def params_dict(root: Path, uri: str) -> dict:
         "mlflow": {"tracking_uri": uri, "log_models": False, "system_metrics": False},
         "experiments": {EXPERIMENT: {
             "title": "tiny", "reproduces": "test", "model": "tcnet_tiny", "runs": [{"name": "tiny"}],
-            "aggregation": "mean",  # skin and retina together: the experiment must choose (evaluate pools DRIVE anyway)
+            "aggregation": "mean",  # skin and retina together: the experiment must choose
             "data": [{"name": "isic2017", "train": "isic2017", "part": "val"},
                      {"name": "drive", "train": "isic2017", "eval": "drive", "part": "test"}],
         }},
@@ -57,10 +57,10 @@ def trained(tmp_path_factory):
     return root, params, uri, {r["run_id"]: r for r in result["runs"]}
 
 
-def args(root: Path, *extra: str) -> list[str]:
-    return ["evaluate", "--params", str(root / "params.yaml"), "--experiment", EXPERIMENT,
+def args(root: Path, *extra: str, params: str = "params.yaml", out: str = "eval") -> list[str]:
+    return ["evaluate", "--params", str(root / params), "--experiment", EXPERIMENT,
             "--preprocessed", str(root / "pre"), "--splits", str(root / "splits"), "--raw", str(root / "raw"),
-            "--models", str(root / "models"), "--out", str(root / "eval"), *extra]
+            "--models", str(root / "models"), "--out", str(root / out), *extra]
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -119,10 +119,13 @@ def test_retina_scores_are_pooled_inside_the_fov(trained):
     """DRIVE test images (the FOV gif ships): AC inside the FOV only, pooled headline with AUC."""
     from tcnet.data.adapters import discover, load_fov, load_mask
 
-    root = trained[0]
-    out = root / "eval" / EXPERIMENT / DRIVE_RUN
+    root, _, uri, _ = trained
+    pooled = params_dict(root, uri)
+    pooled["experiments"][EXPERIMENT]["aggregation"] = "pooled"  # the experiment's choice, not the dataset's
+    (root / "params_pooled.yaml").write_text(json.dumps(pooled))
+    out = root / "eval_pooled" / EXPERIMENT / DRIVE_RUN
     if not out.is_dir():
-        assert cli(args(root, "--no-mlflow", "--run", DRIVE_RUN)) == 0
+        assert cli(args(root, "--no-mlflow", "--run", DRIVE_RUN, params="params_pooled.yaml", out="eval_pooled")) == 0
     scores = json.loads((out / "scores.json").read_text())
     assert scores["aggregation"] == "pooled" and scores["dataset"] == "drive" and scores["part"] == "test"
     assert scores["n"] == 3 and 0.0 <= scores["pooled"]["AUC"] <= 1.0
@@ -143,10 +146,15 @@ def test_retina_scores_are_pooled_inside_the_fov(trained):
         assert z["pos"].shape == (3, PARTS_BINS) and int(z["pos"].sum() + z["neg"].sum()) == int(z["counts"].sum())
     assert float(pooled_score("AC", *total)) == pytest.approx(scores["pooled"]["AC"])
     assert float(pooled_score("AUC", *total)) == pytest.approx(scores["pooled"]["AUC"], abs=2e-3)
-    isic = root / "eval" / EXPERIMENT / ISIC_RUN
-    if not isic.is_dir():
-        assert cli(args(root, "--no-mlflow", "--run", ISIC_RUN)) == 0
-    assert (isic / "per_image.csv").is_file() and not (isic / "pooled_parts.npz").exists()  # mean-of-images scoring has no use for them
+    isic = root / "eval_pooled" / EXPERIMENT / ISIC_RUN  # a skin set under an experiment that pools
+    assert cli(args(root, "--no-mlflow", "--run", ISIC_RUN, params="params_pooled.yaml", out="eval_pooled")) == 0
+    assert json.loads((isic / "scores.json").read_text())["aggregation"] == "pooled" and (isic / "pooled_parts.npz").is_file()
+    for run in (ISIC_RUN, DRIVE_RUN):  # the experiment that averages images: DRIVE too, and no parts
+        out = root / "eval" / EXPERIMENT / run
+        if not out.is_dir():
+            assert cli(args(root, "--no-mlflow", "--run", run)) == 0
+        assert json.loads((out / "scores.json").read_text())["aggregation"] == "mean"
+        assert (out / "per_image.csv").is_file() and not (out / "pooled_parts.npz").exists()  # mean-of-images scoring has no use for them
 
 
 def test_eval_metrics_and_tables_land_in_the_training_mlflow_run(trained, monkeypatch):

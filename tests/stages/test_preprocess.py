@@ -4,6 +4,7 @@ import csv
 import hashlib
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -301,7 +302,6 @@ def test_all_five_synthetic_datasets_then_split_and_dataset(tmp_path):
     from tcnet.data.io import read_image
     from tcnet.data.transforms import resize_image
     from tcnet.losses import class_weights_from_masks
-    from tcnet.stages.preprocess import WEIGHT_CLIP
 
     for d in DATASETS:
         _, masks, fovs = load_arrays(tmp_path / "pre" / d)
@@ -311,7 +311,7 @@ def test_all_five_synthetic_datasets_then_split_and_dataset(tmp_path):
         train = (rows["official_split"] == "train").to_numpy()
         train = train if train.any() else np.ones_like(train)
         assert stats[d]["class_weights"] == pytest.approx(
-            class_weights_from_masks(masks[train], fovs[train], clip=WEIGHT_CLIP), abs=1e-5)
+            class_weights_from_masks(masks[train], fovs[train], clip=PreprocessConfig().class_weight_clip), abs=1e-5)
         assert stats[d]["fg_fraction"] == pytest.approx((masks & fovs).sum() / fovs.sum(), abs=1e-5)
         last = rows.iloc[-1]
         want = resize_image(read_image(raw / last["image_path"]), stats[d]["size"])
@@ -371,3 +371,11 @@ def test_a_fov_mask_is_checked_as_a_mask_is(tmp_path):
         run(PreprocessConfig(datasets=("drive",), image_size=32, workers=1), raw, tmp_path / "pre")
     assert str(fov) in str(e.value) and "FOV mask is not binary" in str(e.value), str(e.value)
     assert not (tmp_path / "pre").exists()
+
+
+def test_the_class_weight_clip_comes_from_the_config(raw, tmp_path):
+    wide = json.loads((run(CFG, raw, tmp_path / "a") and tmp_path / "a" / "stats.json").read_text())
+    tight = json.loads((run(replace(CFG, class_weight_clip=(1.0, 1.5)), raw, tmp_path / "b") and
+                        tmp_path / "b" / "stats.json").read_text())
+    assert wide["isic2017"]["class_weights"][1] > 1.5  # the look-alike's lesions are a minority
+    assert tight["isic2017"]["class_weights"] == [1.0, 1.5]

@@ -278,3 +278,21 @@ def test_chase_split_is_by_child_so_a_missing_image_moves_no_other(tmp_path):
     pre = _write_manifest(tmp_path / "pre3", {"chase_db1": renamed})
     run(CFG, pre, tmp_path / "s3")
     assert load_split(tmp_path / "s3", "chase_db1")["test"] == [f"chase_{k:02d}" for k in range(10, 14)]
+
+
+def test_under_dvc_a_user_split_file_must_be_a_dependency_of_the_stage(tmp_path, monkeypatch):
+    from tcnet.stages.split import SplitError, check_dvc_tracks
+
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  split:\n    cmd: tcnet split\n    deps:\n      - splits\n      - ${preprocess.raw_dir}\n")
+    monkeypatch.chdir(tmp_path)  # DVC runs a stage's command in the project root
+    env = {"DVC_ROOT": str(tmp_path), "DVC_STAGE": "split"}
+    check_dvc_tracks({"drive": "splits/drive.json"}, env)  # under a dependency folder: fine
+    check_dvc_tracks({"drive": str(tmp_path / "splits" / "sub" / "drive.json")}, env)
+    with pytest.raises(SplitError, match=r"split.split_files.drive: elsewhere/drive.json is not a dependency of the 'split' stage"):
+        check_dvc_tracks({"drive": "elsewhere/drive.json"}, env)
+    with pytest.raises(SplitError, match="not a dependency"):
+        check_dvc_tracks({"drive": "splits_old/drive.json"}, env)  # a sibling with the same prefix is not under it
+    check_dvc_tracks({"drive": "elsewhere/drive.json"}, {})  # not under dvc repro: any path
+    check_dvc_tracks({}, env)
