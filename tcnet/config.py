@@ -372,9 +372,11 @@ def _convert(tp, value, where: str):
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         args = typing.get_args(tp)
-        if Ellipsis not in args and len(value) != len(args):  # tuple[float, float]: exactly two
+        if Ellipsis in args:  # tuple[str, ...]: any length, one type
+            return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):  # tuple[float, float]: exactly two, each its own type
             raise ConfigError(f"{where}: expected a list of {len(args)} values, got {list(value)!r}")
-        return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")

@@ -61,15 +61,16 @@ def git_state(root: Optional[str] = None) -> tuple[str, bool]:
 
     Dirty = a tracked file differs from the commit, except ``dvc.lock`` (``dvc repro`` rewrites it
     after each stage, so counting it would call the later stages of one clean run dirty and split
-    its MLflow parent run in two), or an untracked, not ignored file lies in the ``tcnet`` package
-    (a new module the commit does not hold; untracked files elsewhere, notes or notebooks, do not count).
+    its MLflow parent run in two), or an untracked, not ignored Python file lies in the ``tcnet``
+    package (a new module the commit does not hold; notes, editor backups and untracked files
+    elsewhere do not count).
     """
     root_path = Path(root) if root else code_root()
     sha = _git(root_path, "rev-parse", "HEAD")
     if not sha:
         return os.environ.get(GIT_COMMIT_ENV, "").strip() or UNKNOWN, False
     status = _git(root_path, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock")
-    new_code = _git(root_path, "ls-files", "--others", "--exclude-standard", "--", "tcnet")
+    new_code = _git(root_path, "ls-files", "--others", "--exclude-standard", "--", "tcnet/*.py")
     return sha, bool(status) or bool(new_code)
 
 

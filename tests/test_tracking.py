@@ -204,12 +204,15 @@ def test_dvc_lock_rewritten_by_dvc_repro_does_not_make_the_checkout_dirty(tmp_pa
     (tmp_path / ".gitignore").write_text("__pycache__/\n")
     (tmp_path / "tcnet" / "__pycache__").mkdir()
     (tmp_path / "tcnet" / "__pycache__" / "x.pyc").write_bytes(b"ignored")
+    (tmp_path / "tcnet" / "models").mkdir()
+    (tmp_path / "tcnet" / "models" / "notes.txt").write_text("not code\n")
     git_state.cache_clear()
     assert git_state(str(tmp_path))[1] is False
-    (tmp_path / "tcnet" / "zz_new.py").write_text("X = 1\n")  # a module the commit does not hold
-    git_state.cache_clear()
-    assert git_state(str(tmp_path))[1] is True
-    (tmp_path / "tcnet" / "zz_new.py").unlink()
+    for new in ("zz_new.py", "models/zz_new.py"):  # a module the commit does not hold, at any depth
+        (tmp_path / "tcnet" / new).write_text("X = 1\n")
+        git_state.cache_clear()
+        assert git_state(str(tmp_path))[1] is True
+        (tmp_path / "tcnet" / new).unlink()
     (tmp_path / "params.yaml").write_text("a: 2\n")  # a real change still counts
     git_state.cache_clear()
     assert git_state(str(tmp_path))[1] is True

@@ -16,7 +16,7 @@ the headline; DRIVE/CHASE_DB1: pooled over FOV pixels, AUC first.
 Writes ``<out>/<experiment>/<run_id>/`` atomically: ``per_image.csv``, ``scores.json``, ``roc.csv``
 (``fpr, tpr, threshold``, pooled), ``history.csv``, ``masks/<id>.png`` (0/255, original size),
 ``overlays/<id>.png`` (first ``evaluate.n_overlays`` images: truth contour green, prediction red),
-for pooled scoring (the retina sets, or an experiment declaring ``aggregation: pooled``)
+where the experiment's aggregation is pooled (its own choice, or the retina sets' convention)
 ``pooled_parts.npz`` (``ids``, per-image ``counts`` tp/fp/fn/tn, and ``pos``/``neg`` histograms of the FOV probabilities in ``PARTS_BINS`` bins: what compare's paired
 bootstrap of the pooled scores resamples);
 and ``<out>/<experiment>/summary.json`` (every run's mean and pooled scores; the pipeline's DVC metric is

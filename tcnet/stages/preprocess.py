@@ -479,7 +479,7 @@ def _import_once() -> None:
     import tcnet.data.adapters  # noqa: F401
     import tcnet.data.io  # noqa: F401
     import tcnet.data.transforms  # noqa: F401
-    import tcnet.losses  # noqa: F401
+    import tcnet.losses.class_weights  # noqa: F401
 
 
 _WORKER_MODULES = ["cv2", "PIL.Image", "PIL.PngImagePlugin", "PIL.JpegImagePlugin", "scipy.ndimage",

@@ -317,25 +317,31 @@ def add_arguments(parser) -> None:
 
 
 def check_dvc_tracks(split_files: dict[str, str], environ=None) -> None:
-    """Under ``dvc repro`` (DVC sets ``DVC_ROOT`` and ``DVC_STAGE``), refuse a user split file that is
-    not among the running stage's deps in ``dvc.yaml``: DVC would not re-split when it changes, and
-    the next ``dvc repro`` would keep serving the old folds."""
+    """Under ``dvc repro`` / ``dvc exp run`` (DVC sets ``DVC_STAGE``), refuse a user split file that is
+    not among the running stage's deps in its ``dvc.yaml``: DVC would not re-split when it changes,
+    and the next ``dvc repro`` would keep serving the old folds. Paths are taken from the working
+    folder, where DVC runs the stage (the project, or a temporary copy of it for ``--temp`` and
+    queued experiments, whose ``DVC_ROOT`` names the original)."""
     import os
 
     import yaml
 
     environ = os.environ if environ is None else environ
-    root, stage = environ.get("DVC_ROOT"), environ.get("DVC_STAGE")
-    if not root or not stage or not split_files:
+    stage = environ.get("DVC_STAGE")
+    if not stage or not split_files:
         return
-    dvcfile, _, name = stage.rpartition(":")  # "split", or "sub/dvc.yaml:split" for another dvc.yaml
-    spec = yaml.safe_load((Path(root) / (dvcfile or "dvc.yaml")).read_text())["stages"].get(name.split("@")[0], {})
-    deps = [Path(root, d).resolve() for d in spec.get("do", spec).get("deps", []) if "${" not in d]
+    dvcfile, _, name = stage.rpartition(":")  # "split", or "sub/dvc.yaml:split" (run in sub/)
+    here = Path.cwd()
+    path = here / (Path(dvcfile).name if dvcfile else "dvc.yaml")
+    if not path.is_file():  # a stage run from elsewhere (wdir): not ours to judge
+        return
+    spec = (yaml.safe_load(path.read_text()) or {}).get("stages", {}).get(name.split("@")[0], {})
+    deps = [(here / d).resolve() for d in spec.get("do", spec).get("deps", []) if "${" not in d]
     for dataset, f in split_files.items():
-        path = Path(f).resolve()  # relative to the working directory: the project root under DVC
-        if not any(path == d or d in path.parents for d in deps):
+        file = (here / f).resolve()
+        if not any(file == d or d in file.parents for d in deps):
             raise SplitError(
-                f"split.split_files.{dataset}: {f} is not a dependency of the {stage!r} stage in dvc.yaml, so "
+                f"split.split_files.{dataset}: {f} is not a dependency of the {stage!r} stage in {path.name}, so "
                 "`dvc repro` would not split again when the file changes: put it under splits/ (a dependency "
                 "of the stage) or add it to the stage's deps")
 

@@ -287,7 +287,8 @@ def test_under_dvc_a_user_split_file_must_be_a_dependency_of_the_stage(tmp_path,
     (tmp_path / "dvc.yaml").write_text(
         "stages:\n  split:\n    cmd: tcnet split\n    deps:\n      - splits\n      - ${preprocess.raw_dir}\n")
     monkeypatch.chdir(tmp_path)  # DVC runs a stage's command in the project root
-    env = {"DVC_ROOT": str(tmp_path), "DVC_STAGE": "split"}
+    # DVC_ROOT names the original project even where the stage runs in a temporary copy (dvc exp run --temp)
+    env = {"DVC_ROOT": "/somewhere/else", "DVC_STAGE": "split"}
     check_dvc_tracks({"drive": "splits/drive.json"}, env)  # under a dependency folder: fine
     check_dvc_tracks({"drive": str(tmp_path / "splits" / "sub" / "drive.json")}, env)
     with pytest.raises(SplitError, match=r"split.split_files.drive: elsewhere/drive.json is not a dependency of the 'split' stage"):
@@ -296,3 +297,5 @@ def test_under_dvc_a_user_split_file_must_be_a_dependency_of_the_stage(tmp_path,
         check_dvc_tracks({"drive": "splits_old/drive.json"}, env)  # a sibling with the same prefix is not under it
     check_dvc_tracks({"drive": "elsewhere/drive.json"}, {})  # not under dvc repro: any path
     check_dvc_tracks({}, env)
+    monkeypatch.chdir(tmp_path / "splits")  # a stage run elsewhere (its wdir): no dvc.yaml here, no judgement
+    check_dvc_tracks({"drive": "elsewhere/drive.json"}, env)
