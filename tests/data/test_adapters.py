@@ -167,6 +167,35 @@ def test_drive_test_without_labels_is_refused_with_a_way_out(synth_copy):
     assert [s.official_split for s in discover("drive", root)] == ["train", "train"]
 
 
+def test_drive_unzipped_one_folder_per_archive(synth_copy):
+    """Windows' "Extract All" / 7-Zip's "Extract to training\\" put each zip in its own folder:
+    training/training/... and test/test/... are one DRIVE, not two copies."""
+    root = synth_copy("drive")
+    want = [(s.id, s.official_split) for s in discover("drive", root)]
+    for part in ("training", "test"):
+        shutil.move(str(root / "DRIVE" / part), str(root / f"{part}-zip"))
+        (root / part).mkdir()
+        shutil.move(str(root / f"{part}-zip"), str(root / part / part))
+    (root / "DRIVE").rmdir()
+    assert [(s.id, s.official_split) for s in discover("drive", root)] == want
+    shutil.copytree(root / "test" / "test", root / "copy" / "test")  # a real second copy still is one
+    with pytest.raises(LayoutError, match=r"DRIVE test/ found in more than one place"):
+        discover("drive", root)
+
+
+def test_drive_test_labels_without_images_are_never_dropped_silently(synth_copy):
+    root = synth_copy("drive")
+    for f in (root / "DRIVE" / "test" / "images").iterdir():  # a partial unzip: labels and FOVs, no images
+        f.unlink()
+    with pytest.raises(LayoutError, match=r"test/images/ holds no NN_test.tif images, but .*test holds labels"):
+        discover("drive", root)
+    shutil.rmtree(root / "DRIVE" / "test" / "images")
+    with pytest.raises(LayoutError, match=r"holds no NN_test.tif images"):
+        discover("drive", root)
+    shutil.rmtree(root / "DRIVE" / "test")  # the way out the message names
+    assert {s.official_split for s in discover("drive", root)} == {"train"}
+
+
 def test_drive_missing_fov_or_label(synth_copy):
     root = synth_copy("drive")
     fov = root / "DRIVE" / "training" / "mask" / "22_training_mask.gif"
@@ -308,3 +337,16 @@ def test_a_label_without_its_image_is_refused_naming_it(synth_copy, dataset, ima
     with pytest.raises(MissingImageError) as e:
         discover(dataset, root)
     assert str(root / label) in str(e.value) and image.rsplit("/", 1)[-1] in str(e.value), str(e.value)
+
+
+def test_real_files_unpacked_over_the_look_alike_get_a_hint(synth_copy):
+    """The look-alike alone fits its layout; an error where SYNTHETIC.txt sits says what to do."""
+    root = synth_copy("drive")
+    assert (root / "SYNTHETIC.txt").is_file()
+    shutil.copy(root / "DRIVE" / "test" / "images" / "01_test.tif", root / "DRIVE" / "test" / "images" / "09_test.tif")
+    with pytest.raises(MissingMaskError, match=r"09_test.*also holds SYNTHETIC.txt.*rm -rf"):
+        discover("drive", root)
+    (root / "SYNTHETIC.txt").unlink()
+    with pytest.raises(MissingMaskError) as e:
+        discover("drive", root)
+    assert "SYNTHETIC" not in str(e.value)

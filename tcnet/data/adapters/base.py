@@ -64,7 +64,16 @@ class Adapter:
             raise self.error(root, f"folder {root} does not exist")
         if not root.is_dir():
             raise self.error(root, f"{root} is not a folder")
-        samples = sorted(self.find(root), key=lambda s: s.id)
+        try:
+            samples = sorted(self.find(root), key=lambda s: s.id)
+        except LayoutError as e:
+            from tcnet.data.synth.writers import is_synthetic
+
+            if not is_synthetic(root):  # the look-alike alone always fits its layout
+                raise
+            raise type(e)(f"{e} -- {root} also holds SYNTHETIC.txt, the bundled look-alike: real files unpacked over "
+                          f"it mix with it; remove the folder first (rm -rf {root}) and unpack the real archives into "
+                          "an empty one (docs/datasets.md)") from None
         ids = [s.id for s in samples]
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})

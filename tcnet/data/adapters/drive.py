@@ -1,6 +1,8 @@
 """DRIVE retinal vessels: TIFF images, GIF vessel labels (observer 1) and GIF FOV masks.
 
-Recognised under the root (the root may be ``DRIVE/`` or up to two folders above it)::
+Recognised under the root (the root may be ``DRIVE/`` or up to two folders above it; ``training/``
+and ``test/`` are looked for each on its own, so one folder per unzipped archive, e.g.
+``training/training/images/``, as Windows' "Extract All" makes it, is found too)::
 
     DRIVE/training/images/21_training.tif    1st_manual/21_manual1.gif    mask/21_training_mask.gif
     DRIVE/test/images/01_test.tif            1st_manual/01_manual1.gif    mask/01_test_mask.gif
@@ -26,7 +28,7 @@ PARTS = {  # part folder -> (split, image pattern, FOV mask name pattern)
     "test": ("test", re.compile(r"(\d{2})_test\.tiff?", re.I), "{n}_test_mask.gif"),
 }
 MANUAL = "{n}_manual1.gif"
-SEARCH_DEPTH = 2
+SEARCH_DEPTH = 3  # root / [up to two folders] / DRIVE / training
 
 TEST_WITHOUT_LABELS = (
     "{test} has images but no 1st_manual/ folder: the DRIVE test.zip from drive.grand-challenge.org "
@@ -38,8 +40,10 @@ TEST_WITHOUT_LABELS = (
 )
 
 
-def _is_drive_root(d: Path) -> bool:
-    return any((p := child(d, part)) is not None and child(p, "images") is not None for part in PARTS)
+def _part_accepts(part: str):
+    """A folder named ``part`` holding any of the part's folders (labels alone count too: a test/
+    whose images/ did not unzip must be seen, not skipped)."""
+    return lambda d: d.name.lower() == part and any(child(d, f) is not None for f in ("images", "1st_manual", "mask"))
 
 
 @register_adapter
@@ -61,25 +65,31 @@ data/drive/
 """
 
     def find(self, root: Path) -> list[Sample]:
-        roots = shallowest_dirs(root, _is_drive_root, SEARCH_DEPTH)
-        if not roots:
+        found = {part: shallowest_dirs(root, _part_accepts(part), SEARCH_DEPTH) for part in PARTS}
+        if not any(found.values()):
             raise self.error(root, "no DRIVE folder with training/images/ (or test/images/) found")
-        if len(roots) > 1:
-            raise self.error(root, f"DRIVE found in more than one place ({', '.join(map(str, roots))}); keep one copy")
-        drive = roots[0]
-        training = child(drive, "training")
-        if training is None or child(training, "images") is None:
-            raise self.error(root, f"{drive} has no training/images/ folder (the 20 training images are required)")
+        for part, dirs in found.items():
+            if len(dirs) > 1:
+                raise self.error(root, f"DRIVE {part}/ found in more than one place ({', '.join(map(str, dirs))}); "
+                                       "keep one copy")
+        if not found["training"] or child(found["training"][0], "images") is None:
+            where = found["training"][0] if found["training"] else root
+            raise self.error(root, f"{where}: no training/images/ folder (the 20 training images are required)")
         samples = []
         for part, (split, image_re, fov_pattern) in PARTS.items():
-            part_dir = child(drive, part)
-            if part_dir is None:
+            if not found[part]:
                 continue
+            part_dir = found[part][0]
             images_dir = child(part_dir, "images")
             images = matching(list_files(images_dir), image_re) if images_dir else []
             if not images:
                 if part == "training":
                     raise self.error(root, f"{part_dir}/images/ holds no NN_training.tif images")
+                labels = [f for d in ("1st_manual", "mask") if (sub := child(part_dir, d)) for f in list_files(sub)]
+                if labels:  # a partial unzip: never drop the test set without a word
+                    raise self.error(root, f"{part_dir}/images/ holds no NN_test.tif images, but {part_dir} holds "
+                                           f"labels or FOV masks (e.g. {labels[0].name}): restore test/images/ (a "
+                                           f"partial unzip?), or delete {part_dir} to use the training images only")
                 continue
             manual_dir = child(part_dir, "1st_manual")
             if manual_dir is None:
