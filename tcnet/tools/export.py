@@ -259,7 +259,7 @@ def export(
                 _export_onnx(module, size, tmp, metadata, opset)
             except (RuntimeError, torch.onnx.errors.OnnxExporterError) as e:  # e.g. an opset too old or too new
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise ValueError(f"ONNX export at --opset {opset} failed: {first} (default {DEFAULT_OPSET}); "
+                raise ValueError(f"ONNX export failed: {first} (at --opset {opset}; default {DEFAULT_OPSET}); "
                                  f"nothing written to {out}") from None
             got = _run_onnx(tmp, inputs)
         else:

@@ -8,8 +8,9 @@ MODEL is any of:
 - an MLflow model URI: ``runs:/<mlflow_run_id>/<name>``, ``models:/<name>/<version>``,
   ``models:/<name>@<alias>`` (e.g. ``models:/tcnet@champion``) or ``models:/<model_id>``.
 
-A URI is downloaded from the tracking server (``MLFLOW_TRACKING_URI``, else the project default,
-``sqlite:///mlflow.db``) into a temporary folder; the checkpoint inside is found from the model's
+A URI is downloaded from the tracking server (``MLFLOW_TRACKING_URI``, else the project's
+``params.yaml`` ``mlflow.tracking_uri``, else ``sqlite:///mlflow.db``: :func:`tracking_uri`) into a
+temporary folder; the checkpoint inside is found from the model's
 ``MLmodel`` file (the pyfunc's ``checkpoint`` artifact), else as the one ``*.pt`` file it holds.
 A ``runs:/<id>`` URI whose artifacts hold no checkpoint (e.g. a torch-flavour model) falls back to
 the run's own checkpoint on local disk (see :func:`checkpoint_for_run`).
@@ -35,10 +36,26 @@ def is_mlflow_uri(spec: str) -> bool:
 
 def tracking_uri(explicit: str | None = None) -> str:
     """The MLflow tracking URI: ``explicit``, else :func:`tcnet.tracking.resolve_tracking_uri`
-    (``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` at the project root)."""
+    (``MLFLOW_TRACKING_URI``, else the project's ``params.yaml`` ``mlflow.tracking_uri``, else
+    ``sqlite:///mlflow.db`` at the project root): the store ``tcnet promote`` registers in."""
     from tcnet.tracking import resolve_tracking_uri
 
-    return explicit or resolve_tracking_uri()
+    return explicit or resolve_tracking_uri(_params_tracking_uri())
+
+
+def _params_tracking_uri() -> str | None:
+    """``mlflow.tracking_uri`` of the project's params.yaml, if it has one; a params file that does
+    not parse is left to the commands that need it (predict and export do not)."""
+    import yaml
+
+    from tcnet.provenance import project_root
+
+    try:
+        params = yaml.safe_load((project_root() / "params.yaml").read_text()) or {}
+        uri = (params.get("mlflow") or {}).get("tracking_uri")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return None
+    return str(uri) if uri else None
 
 
 def resolve_device(name: str = "auto"):

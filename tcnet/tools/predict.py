@@ -313,11 +313,21 @@ def _write_outputs(src, stem: Path, img, prob, out: Path, threshold, probs, over
     clash = foreign_mask_error(mpath)  # checked again: the file may have appeared while the model ran
     if clash is not None:
         raise clash
-    write_png(mpath, mask, text=STAMP)
+    files = []  # the mask last: an input reported as skipped leaves none of its files behind
     if probs:
-        write_png(out / PROBS_DIR / stem.parent / f"{stem.name}_prob.png", prob_to_png(prob, probs_bits), text=STAMP)
+        files.append((out / PROBS_DIR / stem.parent / f"{stem.name}_prob.png", prob_to_png(prob, probs_bits)))
     if overlays:
-        write_png(out / OVERLAYS_DIR / stem.parent / f"{stem.name}_overlay.png", overlay(img, mask), text=STAMP)
+        files.append((out / OVERLAYS_DIR / stem.parent / f"{stem.name}_overlay.png", overlay(img, mask)))
+    files.append((mpath, mask))
+    done = []
+    try:
+        for path, data in files:
+            write_png(path, data, text=STAMP)
+            done.append(path)
+    except OSError:
+        for path in done:
+            path.unlink(missing_ok=True)
+        raise
     h, w = mask.shape
     return {
         "input": str(src), "mask": str(mpath), "width": w, "height": h,

@@ -4,7 +4,7 @@
    ``tcnet.run_id``) that finished, trained a TCNet (model name starting with ``tcnet``) and hold
    the metric (``--metric DI`` -> the evaluate stage's ``eval_mean_DI``, or ``eval_pooled_DI``
    where the experiment's headline aggregation is pooled; a full metric key is taken as given). Every metric tcnet reports is higher-is-better; the best run wins (ties: the
-   earlier run).
+   newest training, whose checkpoint is the one on disk).
 2. Take the checkpoint that run's metric describes: the file the evaluate stage scored (tag
    ``tcnet.eval_checkpoint``: ``best.pt``, or ``last.pt`` where the scored val images had chosen
    best.pt's epoch; ``best.pt`` without the tag): the path recorded on the run (tag

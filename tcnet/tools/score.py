@@ -156,10 +156,12 @@ def _grey8(img, path: Path, what: str) -> np.ndarray:
     )
 
 
-def load_prediction(path, threshold: int = 128) -> np.ndarray:
-    """A predicted mask as bool H x W: 8-bit single-channel, foreground where value ``> threshold``."""
+def load_prediction(path, threshold: int = 128) -> tuple[np.ndarray, int]:
+    """A predicted mask as bool H x W: 8-bit single-channel, foreground where value ``> threshold``;
+    and the file's largest value (a non-empty mask with no foreground: a 0/1 label map?)."""
     path = Path(path)
-    return _grey8(_open(path), path, "prediction") > threshold
+    grey = _grey8(_open(path), path, "prediction")
+    return grey > threshold, int(grey.max()) if grey.size else 0
 
 
 def load_truth(path) -> np.ndarray:
@@ -257,11 +259,14 @@ def score_folders(
                                                   exclude=None)
 
     acc = MetricAccumulator(with_auc=probs is not None)
+    faint = []  # (file, max value): not empty, yet no pixel above the threshold
     for image_id in sorted(truths):
         truth_path = truths[image_id][0]
         pred_path = _one(preds, image_id, truth_path, pred_dir, "prediction")
         truth = load_truth(truth_path)
-        pred = load_prediction(pred_path, threshold)
+        pred, top = load_prediction(pred_path, threshold)
+        if 0 < top <= threshold:
+            faint.append((str(pred_path), top))
         _check_size(pred, pred_path, truth, truth_path, "prediction")
         valid = None
         if fovs is not None:
@@ -278,7 +283,7 @@ def score_folders(
             prob = load_probs(prob_path)
             _check_size(prob, prob_path, truth, truth_path, "probability map")
         acc.update(image_id, prob, truth, valid=valid, pred=pred)
-    return {"per_image": acc.per_image(), "mean": acc.mean(), "pooled": acc.pooled()}
+    return {"per_image": acc.per_image(), "mean": acc.mean(), "pooled": acc.pooled(), "faint": faint}
 
 
 def _json_safe(x):
@@ -298,7 +303,7 @@ def write_scores(result: dict, out) -> Path:
 
     out = Path(out)
     with atomic_write(out, "w", encoding="utf-8") as f:
-        json.dump(_json_safe(result), f, indent=2, allow_nan=False)
+        json.dump(_json_safe({k: result[k] for k in ("per_image", "mean", "pooled")}), f, indent=2, allow_nan=False)
         f.write("\n")
     return out
 
@@ -324,7 +329,7 @@ def format_table(result: dict) -> str:
 
 EPILOG = """\
 examples, on the official layouts (docs/metrics.md); 'preds' is a folder of predicted masks, e.g.
-'tcnet predict --model M --input IMAGES --out preds' (one <image stem>.png per image). The demo data
+'tcnet predict --model M --input IMAGES --out preds' (one mask per image, named as the dataset names its ground truth, e.g. ISIC_0000001_segmentation.png). The demo data
 has no ISIC 2018 test ground truth: there, try the training set's
 data/isic2018/ISIC2018_Task1_Training_GroundTruth.
   ISIC 2018      tcnet score --pred preds --truth data/isic2018/ISIC2018_Task1_Test_GroundTruth
@@ -381,6 +386,14 @@ def main(args) -> int:
     result = score_folders(args.pred, args.truth, fov_dir=args.fov, threshold=args.threshold, probs_dir=args.probs,
                            truth_glob=args.truth_glob, pred_glob=args.pred_glob, recursive=args.recursive,
                            fov_images_dir=args.fov_from_images)
+    if result["faint"]:
+        (path, top), more = result["faint"][0], len(result["faint"]) - 1
+        print(f"tcnet score: warning: {path} (and {more} more) has values but none above --threshold "
+              f"{args.threshold} (largest {top}): scored as all background. A 0/1 label map (nnU-Net writes "
+              "them)? Score it with --threshold 0" if more else
+              f"tcnet score: warning: {path} has values but none above --threshold {args.threshold} (largest "
+              f"{top}): scored as all background. A 0/1 label map (nnU-Net writes them)? Score it with --threshold 0",
+              file=sys.stderr)
     n = len(result["per_image"])
     print(f"scored {n} image{'s' if n != 1 else ''}: mean = per-image average (ISIC), pooled = summed counts (retina)")
     print(format_table(result))

@@ -82,8 +82,8 @@ def decode_image(data: str | bytes, where: str = "image") -> np.ndarray:
         try:
             if "-" in text or "_" in text:  # the URL-safe alphabet
                 raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-            else:
-                raw = base64.b64decode(text, validate=True)
+            else:  # padding restored where a client dropped it (JWT-style encoders do)
+                raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
         except ValueError:
             raise InvalidInputError(f"{where}: not valid base64 text") from None
     elif isinstance(data, (bytes, bytearray)):

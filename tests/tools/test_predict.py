@@ -281,3 +281,36 @@ def test_probability_maps_give_score_the_auc_of_the_float_probabilities(checkpoi
     for row, p in zip(sorted(got, key=lambda r: r["id"]), probs):
         truth = np.asarray(Image.open(truth_dir / f"{row['id']}.png")) > 0
         assert row["AUC"] == pytest.approx(roc_auc_score(truth.ravel(), p.ravel()), abs=2e-4)
+
+
+def test_an_input_whose_outputs_cannot_all_be_written_leaves_none_behind(checkpoint, tmp_path, capsys):
+    """`probs` is a file where the probs/ folder should go: every input is skipped, and no mask
+    (or overlay) of a skipped input stays on disk to be scored as if it had been segmented."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(2):
+        Image.fromarray(rgb(40, 50, k)).save(src / f"img{k}.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "probs").write_text("in the way")
+    rc = cli(["predict", "--model", str(checkpoint), "--input", str(src), "--out", str(out), "--probs", "--overlay"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "0 image(s) segmented" in err and "2 skipped" in err, err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == ["probs"]
+
+
+def test_a_registry_uri_uses_the_store_params_yaml_names(tmp_path, monkeypatch):
+    """promote registers in params.yaml's mlflow.tracking_uri; predict and export look there too
+    (before, they fell back to ./mlflow.db and did not find the champion)."""
+    from tcnet.tools.model_source import tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("mlflow: {tracking_uri: 'sqlite:///store/elsewhere.db'}\n")
+    assert tracking_uri() == f"sqlite:///{tmp_path / 'store' / 'elsewhere.db'}"
+    assert tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5001")
+    assert tracking_uri() == "http://127.0.0.1:5001"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    (tmp_path / "params.yaml").write_text("mlflow: [not, a, mapping\n")  # unparsable: the default store
+    assert tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -309,3 +309,18 @@ def test_ph2_folder_per_image_with_recursive(tmp_path, capsys):
     rc, _, err = _run(capsys, "--pred", pred, "--truth", tmp_path / "p", "--recursive", "--truth-glob", "*_lesion.bmp",
                       "--probs", pred / "probs")  # the maps pair with the masks; the overlays stay out of it
     assert rc == 0, err
+
+
+def test_a_0_1_label_map_is_scored_as_empty_with_a_warning_and_right_with_threshold_0(tmp_path, capsys):
+    """nnU-Net and others write 0/1 label PNGs: under the ISIC rule (> 128) they hold no foreground.
+    tcnet score says so once and names the fix; --threshold 0 scores them as meant."""
+    truth = np.zeros((6, 6), np.uint8)
+    truth[1:4, 1:4] = 1
+    for image_id in ("ISIC_0000001", "ISIC_0000002"):
+        _save(tmp_path / "truth" / f"{image_id}_segmentation.png", truth * 255)
+        _save(tmp_path / "pred" / f"{image_id}.png", truth)  # 0/1, not 0/255
+    rc, stdout, err = _run(capsys, "--pred", tmp_path / "pred", "--truth", tmp_path / "truth")
+    assert rc == 0 and "warning" in err and "ISIC_0000001.png (and 1 more)" in err and "--threshold 0" in err, err
+    rc, stdout, err = _run(capsys, "--pred", tmp_path / "pred", "--truth", tmp_path / "truth", "--threshold", "0")
+    assert rc == 0 and "warning" not in err
+    assert "1.0000" in stdout  # DI = 1 on both

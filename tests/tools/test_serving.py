@@ -195,9 +195,18 @@ def test_decode_image_accepts_base64_data_urls_and_names_bad_rows():
 def test_wrapped_and_url_safe_base64_are_accepted():
     from tcnet.tools.serving import decode_image
 
+    from PIL.PngImagePlugin import PngInfo
+
     arr = rgb(37, 29, 3)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    raw = buf.getvalue()
-    for text in (base64.encodebytes(raw).decode(), base64.urlsafe_b64encode(raw).decode().rstrip("=")):
+    for pad in ("", "x", "xx"):  # a text chunk sized so that the standard encoding has padding to drop
+        info = PngInfo()
+        info.add_text("c", pad)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG", pnginfo=info)
+        raw = buf.getvalue()
+        if len(raw) % 3:
+            break
+    assert len(raw) % 3
+    for text in (base64.encodebytes(raw).decode(), base64.urlsafe_b64encode(raw).decode().rstrip("="),
+                 base64.b64encode(raw).decode().rstrip("=")):  # standard alphabet, padding dropped
         np.testing.assert_array_equal(decode_image(text, "row 0"), arr)

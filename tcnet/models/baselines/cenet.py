@@ -47,7 +47,9 @@ class RMPBlock(nn.Module):
         self.conv = nn.Conv2d(channels, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
+        # Python ints, not traced sizes: min(k, h) of a traced size made the pool kernel a tensor, which
+        # the ONNX exporter refuses (maps under 6 px, e.g. at 64²); the exports are at a fixed size anyway
+        h, w = int(x.shape[-2]), int(x.shape[-1])
         maps = []
         for k in self.kernels:
             kh, kw = min(k, h), min(k, w)
