@@ -54,6 +54,13 @@ def check_choice(what: str, value, choices) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def check_range(name: str, pair: tuple[float, float]) -> None:
+    """Refuse a ``[low, high]`` setting unless ``0 < low <= high`` (finite)."""
+    lo, hi = pair
+    if not (0 < lo <= hi and math.isfinite(hi)):
+        raise ConfigError(f"{name} must be [low, high] with 0 < low <= high, got {list(pair)}")
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     raw_dir: str = "data"  # root holding one folder per dataset (data/isic2017, data/drive, ...)
@@ -78,9 +85,7 @@ class PreprocessConfig:
                 raise ConfigError(f"preprocess image size for {d} must be a positive multiple of 32, got {s}")
         if self.workers < 0:
             raise ConfigError(f"preprocess.workers must be >= 0 (0 = all cores), got {self.workers}")
-        lo, hi = self.class_weight_clip
-        if not (0 < lo <= hi and math.isfinite(hi)):
-            raise ConfigError(f"preprocess.class_weight_clip must be [low, high] with 0 < low <= high, got {list(self.class_weight_clip)}")
+        check_range("preprocess.class_weight_clip", self.class_weight_clip)
 
     def repo_data_path(self) -> str:
         """``raw_dir`` as a path inside the repository, where ``<raw_dir>.dvc`` tracks it: what the
@@ -165,9 +170,7 @@ class TrainConfig:
                               "schedule anneals from lr down to min_lr")
         if not 0 <= self.augment_shift < 0.5:
             raise ConfigError(f"train.augment_shift must be a fraction of the side in [0, 0.5), got {self.augment_shift}")
-        lo, hi = self.augment_scale
-        if not 0 < lo <= hi or not math.isfinite(hi):
-            raise ConfigError(f"train.augment_scale must be [low, high] with 0 < low <= high, got {list(self.augment_scale)}")
+        check_range("train.augment_scale", self.augment_scale)
         if not 0 <= self.augment_p <= 1:
             raise ConfigError(f"train.augment_p must be a probability in [0, 1], got {self.augment_p}")
         if self.max_train_images is not None and self.max_train_images < 1:

@@ -327,13 +327,16 @@ def main_table(res: ExperimentResults, summary: pd.DataFrame, ref: PaperRef, dat
     return table
 
 
+OTHER_AGGREGATION = {"mean": "pooled", "pooled": "mean"}
+
+
 def other_aggregation_table(res: ExperimentResults, ref: PaperRef) -> DisplayTable | None:
     """The headline's counterpart, for reference (the design asks for both, each named): the pooled
     scores beside an experiment that averages images, the per-image means beside a pooled one. No
     paper column and no statistics: the paper's numbers and the verdicts are about the headline.
     ``None`` without evaluated runs."""
     exp = res.exp
-    other = "pooled" if exp.aggregation == "mean" else "mean"
+    other = OTHER_AGGREGATION[exp.aggregation]
     metrics = [m for m in exp.metrics if not (other == "pooled" and m == "TJA")]  # TJA is a per-image rule
     if not res.runs or not metrics:
         return None

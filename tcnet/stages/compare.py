@@ -90,7 +90,7 @@ def _compare_one(params: Params, exp_id: str, res: ExperimentResults, reported: 
         section.tables.append(("Paired statistics", st))
     other = tables.other_aggregation_table(res, ref)
     if other is not None:
-        section.tables.append((f"The other aggregation ({'pooled' if res.exp.aggregation == 'mean' else 'mean'})", other))
+        section.tables.append((f"The other aggregation ({tables.OTHER_AGGREGATION[res.exp.aggregation]})", other))
     with atomic_dir(exp_dir) as tmp:
         summary.to_csv(tmp / "table.csv", index=False)
         stats.to_csv(tmp / "stats.csv", index=False)

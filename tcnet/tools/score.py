@@ -388,10 +388,8 @@ def main(args) -> int:
                            fov_images_dir=args.fov_from_images)
     if result["faint"]:
         (path, top), more = result["faint"][0], len(result["faint"]) - 1
-        print(f"tcnet score: warning: {path} (and {more} more) has values but none above --threshold "
-              f"{args.threshold} (largest {top}): scored as all background. A 0/1 label map (nnU-Net writes "
-              "them)? Score it with --threshold 0" if more else
-              f"tcnet score: warning: {path} has values but none above --threshold {args.threshold} (largest "
+        also = f" (and {more} more)" if more else ""
+        print(f"tcnet score: warning: {path}{also} has values but none above --threshold {args.threshold} (largest "
               f"{top}): scored as all background. A 0/1 label map (nnU-Net writes them)? Score it with --threshold 0",
               file=sys.stderr)
     n = len(result["per_image"])
