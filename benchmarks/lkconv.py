@@ -81,6 +81,9 @@ def add_arguments(p) -> None:
     p.add_argument("--size", type=int, default=448, help="TCNet input size the stage shapes come from (448)")
     p.add_argument("--batch", type=int, default=2, help="batch of the stage shapes (2)")
     p.add_argument("--device", default=None, help="cpu (default) and, when present, cuda; or one of them")
+    p.add_argument("--bf16", action="store_true",
+                   help="bf16 inputs under bf16 autocast, as a bf16 train step feeds the LKM's large kernels "
+                        "(weights stay float32; the ETM's are fed float32 by LayerNorm, the tables without --bf16)")
 
 
 def _dwconv_flops(B: int, C: int, H: int, W: int, k: int) -> int:
@@ -88,13 +91,14 @@ def _dwconv_flops(B: int, C: int, H: int, W: int, k: int) -> int:
 
 
 def bench_shape(B: int, C: int, H: int, W: int, k: int, layout: str, regime: str, device: str,
-                repeats: int, budget_s: float | None, warmup: int = 1) -> dict:
+                repeats: int, budget_s: float | None, warmup: int = 1, bf16: bool = False) -> dict:
     from tcnet.models.lk_conv import LK_IMPLS, LargeKernelDWConv, dwconv_direct, dwconv_fft, dwconv_mixed
 
     torch.manual_seed(0)
     mod = LargeKernelDWConv(C, k, lk_impl="auto").to(device)
-    x = torch.randn(B, C, H, W, device=device)
-    g = torch.randn(B, C, H, W, device=device)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    x = torch.randn(B, C, H, W, device=device, dtype=dtype)
+    g = torch.randn(B, C, H, W, device=device, dtype=dtype)
     if layout == "channels_last":
         mod = mod.to(memory_format=torch.channels_last)  # what model.to(memory_format=...) does
         x = x.contiguous(memory_format=torch.channels_last)
@@ -110,19 +114,24 @@ def bench_shape(B: int, C: int, H: int, W: int, k: int, layout: str, regime: str
     def make(f):
         if train:
             def fn():
-                f(x).backward(g)
+                with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+                    y = f(x)
+                y.backward(g)
                 x.grad = w.grad = b.grad = None
         else:
             def fn():
-                with torch.inference_mode():
+                with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                                                            enabled=bf16):
                     f(x)
         return fn
 
-    if train:
-        picked = mod.resolved_impl(x)
-    else:
-        with torch.inference_mode():
+    # auto's pick for this call, under the timed calls' autocast (on CUDA: measured here, lk_tune.py)
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+        if train:
             picked = mod.resolved_impl(x)
+        else:
+            with torch.inference_mode():
+                picked = mod.resolved_impl(x)
     times = common.time_interleaved({n: make(f) for n, f in impls.items()}, repeats, warmup=warmup,
                                     sync=common.cuda_sync_for(device), budget_s=budget_s)
     ms = {n: common.median(t) * 1000 for n, t in times.items()}
@@ -131,7 +140,7 @@ def bench_shape(B: int, C: int, H: int, W: int, k: int, layout: str, regime: str
     flops = _dwconv_flops(B, C, H, W, k) * (3 if train else 1)  # fwd + grad input + grad weight
     return {
         "shape": f"{B}x{C}x{H}x{W}", "k": k, "layout": "CL" if layout == "channels_last" else "NCHW",
-        "regime": regime, "device": device,
+        "regime": regime, "device": device, "dtype": "bf16" if bf16 else "fp32",
         "direct_ms": ms["direct"], "fft_ms": ms["fft"], "mixed_ms": ms.get("mixed"), "auto_ms": ms["auto"],
         "best_ms": best,
         "speedup": ms["direct"] / ms["fft"],
@@ -189,9 +198,11 @@ def run(args, mode: common.Mode) -> dict:
             for s in shapes:
                 for layout in layouts:
                     common.progress(f"{device} {regime} {s['shape']} k={s['k']} {layout}")
-                    r = bench_shape(*s["shape"], s["k"], layout, regime, device, repeats, budget, mode.warmup())
+                    r = bench_shape(*s["shape"], s["k"], layout, regime, device, repeats, budget, mode.warmup(),
+                                    args.bf16)
                     rows.append({**r, "used_by": s["used_by"]})
-            what = "forward+backward" if regime == "train" else "forward, inference_mode"
+            what = ("forward+backward" if regime == "train" else "forward, inference_mode") + (
+                ", bf16 autocast" if args.bf16 else "")
             common.print_table(
                 f"## {device}: {what}, median of {repeats} (ms); direct/fft = fft's speed-up", SHAPE_COLS, rows)
             tables[f"{device}_{regime}"] = rows
@@ -206,7 +217,8 @@ def run(args, mode: common.Mode) -> dict:
             for layout in layouts if mode.full else ("contiguous",):
                 for k in sweep_ks:
                     common.progress(f"{device} sweep {regime} k={k} {layout}")
-                    sweep.append(bench_shape(*sweep_shape, k, layout, regime, device, repeats, budget, mode.warmup()))
+                    sweep.append(bench_shape(*sweep_shape, k, layout, regime, device, repeats, budget,
+                                             mode.warmup(), args.bf16))
         common.print_table(
             f"## {device}: crossover sweep over k at {'x'.join(map(str, sweep_shape))}, median of {repeats} (ms)",
             SWEEP_COLS, sweep)
@@ -238,7 +250,7 @@ def run(args, mode: common.Mode) -> dict:
                "train NCHW mixed for 5<=k<15, fft from 15; train channels_last fft from k=9, mixed on maps up to "
                f"{MIXED_MAX_PIXELS} pixels; inference fft for k>=15 (NCHW), k>=29 on maps >= 48² (channels_last)")
     return {
-        "settings": {"size": args.size, "batch": args.batch, "repeats": repeats, "devices": devices,
+        "settings": {"size": args.size, "batch": args.batch, "repeats": repeats, "devices": devices, "bf16": args.bf16,
                      "sweep_shape": list(sweep_shape), "sweep_ks": list(sweep_ks)},
         "tables": tables,
         "summary": {

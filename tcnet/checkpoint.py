@@ -69,13 +69,14 @@ def save_checkpoint(state: dict, path, crc32: bool = True) -> Path:
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
-    """Read a checkpoint with ``torch.load(..., weights_only=True)`` (never unpickles objects)."""
+    """Read a checkpoint with ``torch.load(..., weights_only=True)`` (never unpickles objects).
+
+    :class:`CheckpointError` for a file that is not a usable checkpoint; errors of the machine (a
+    read error, no memory) are raised as they are: the file may be fine."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path}: no such file")
-    import zipfile
-
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is not ours
+    if not _is_zip(path):  # torch.save writes a zip archive; anything else is not ours
         raise CheckpointError(f"checkpoint {path}: not a PyTorch checkpoint (torch.save writes a zip archive; "
                               "this file is not one: truncated, or another kind of file)")
     damaged = _crc_mismatch(path)
@@ -85,6 +86,8 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torn file, or pickled objects weights_only refuses
+        if _not_the_files_fault(e):  # the machine's (a read error, no memory): the file may be fine
+            raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"checkpoint {path}: cannot be read with weights_only=True ({first})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
@@ -106,11 +109,33 @@ def _crc_mismatch(path: Path) -> Optional[str]:
                     with z.open(info) as f:  # zipfile checks the CRC-32 when the record is read to its end
                         while f.read(1 << 24):
                             pass
-    except Exception as e:  # noqa: BLE001 - BadZipFile (a CRC), zlib.error, EOFError, OSError, anything else
-        if isinstance(e, MemoryError):
+    except Exception as e:  # noqa: BLE001 - BadZipFile (a CRC), zlib.error, EOFError, anything else
+        if _not_the_files_fault(e):
             raise
         return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return None
+
+
+def _is_zip(path: Path) -> bool:
+    """Whether ``path`` is a zip archive; a read error is raised (``zipfile.is_zipfile`` says False to
+    one, and a file the disk could not read that moment is not a file to give up on)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path):
+            return True
+    except zipfile.BadZipFile:
+        return False
+
+
+def _not_the_files_fault(e: BaseException) -> bool:
+    """Errors of the machine, not of the checkpoint: a read error (OSError: EIO, a network volume
+    going away), no memory (MemoryError, the allocator's RuntimeError). A caller that treats a bad
+    checkpoint as "start the run again" must not do so for these: it would throw away a good one."""
+    if isinstance(e, (OSError, MemoryError)):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
 
 
 def model_kwargs_of(ckpt: dict) -> dict:

@@ -34,6 +34,9 @@ EXPERIMENT_TAG = "tcnet.experiment"
 CONFIG_HASH_TAG = "tcnet.config_hash"
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
+# A training run started again from epoch 0 (its last.pt unusable or deleted) gets a new MLflow run;
+# the old one keeps its metrics, loses the run id tag that finds it, and is marked so.
+SUPERSEDED_TAG = "tcnet.superseded"
 
 RETRY_ATTEMPTS = 12
 RETRY_BASE_DELAY = 0.1  # seconds; doubles per attempt (with jitter) up to RETRY_MAX_DELAY
@@ -430,6 +433,15 @@ class ExperimentTracker:
             logger.set_tags(tags)
         return logger
 
+    def supersede(self, mlflow_run_id: str, run_id: str) -> None:
+        """Retire ``mlflow_run_id`` (the run ``run_id`` trained into before starting again from epoch
+        0): :meth:`run_logger` no longer finds it, ``tcnet promote`` passes it over, and one left
+        RUNNING by a killed process ends KILLED. Its metrics stay for the record."""
+        retry(self.client.set_tag, mlflow_run_id, SUPERSEDED_TAG, "true")
+        retry(self.client.set_tag, mlflow_run_id, RUN_ID_TAG, f"{run_id} (superseded)")
+        if retry(self.client.get_run, mlflow_run_id).info.status == "RUNNING":
+            retry(self.client.set_terminated, mlflow_run_id, "KILLED")
+
 
 def pipeline_tags(params, device) -> dict[str, str]:
     """Provenance tags shared by the parent run and every nested run of a pipeline run: git commit
@@ -463,7 +475,7 @@ def tracking_enabled(flag: Optional[bool] = None) -> bool:
 
 
 __all__ = [
-    "DEFAULT_TRACKING_URI", "PIPELINE_TAG", "RUN_ID_TAG", "EXPERIMENT_TAG", "CONFIG_HASH_TAG",
+    "DEFAULT_TRACKING_URI", "PIPELINE_TAG", "RUN_ID_TAG", "EXPERIMENT_TAG", "CONFIG_HASH_TAG", "SUPERSEDED_TAG",
     "resolve_tracking_uri", "experiment_name", "pipeline_run_id", "flatten", "retry", "is_retryable",
     "store_lock", "init_store", "get_or_create_experiment", "find_or_create_run", "RunLogger",
     "NullRunLogger", "ExperimentTracker", "open_tracker", "pipeline_tags", "run_logger_for", "tracking_enabled", "log_model",

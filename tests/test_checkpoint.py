@@ -206,3 +206,26 @@ def test_weights_of_another_model_are_one_short_line(tiny, tmp_path):
         load_model(path)
     msg = str(e.value)
     assert "unexpected (first: " in msg and "not those of model 'tcnet_tiny'" in msg and len(msg) < 400, msg
+
+
+def test_errors_of_the_machine_are_not_called_a_bad_checkpoint(tiny, tmp_path, monkeypatch):
+    """A read error or no memory says nothing about the file: raised as they are, never as
+    CheckpointError (the train stage starts a run again from epoch 0 on CheckpointError)."""
+    save_checkpoint(_state(tiny), tmp_path / "last.pt")
+
+    def no_memory(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(torch, "load", no_memory)
+    with pytest.raises(RuntimeError, match="can't allocate memory"):
+        load_checkpoint(tmp_path / "last.pt")
+    monkeypatch.undo()
+
+    def read_error(*a, **k):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(zipfile, "ZipFile", read_error)
+    with pytest.raises(OSError, match="Input/output error"):
+        load_checkpoint(tmp_path / "last.pt")
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1  # the file was fine all along

@@ -14,8 +14,9 @@ convolution through the FFT is exact up to float rounding and 15-30× faster for
   (``_MixedDepthwise``): where oneDNN's depthwise forward is fast (channels_last maps at any
   kernel size, NCHW below k = 15) only its weight gradient is slow, and on small maps or kernels
   the FFT's fixed costs lose to the direct forward.
-- ``"auto"``: :func:`choose_impl` per call, from the device, the shape, the layout and whether
-  gradients are needed.
+- ``"auto"``: on CUDA, the fastest of the three measured once per shape (:mod:`tcnet.models.lk_tune`);
+  elsewhere (and where CUDA cannot measure) :func:`choose_impl` per call, from the device, the
+  shape, the layout and whether gradients are needed.
 
 The fft and mixed paths first crop the kernel to the part that can reach the map: with "same" zero padding
 an output pixel only sees input pixels within ``H-1`` rows and ``W-1`` columns, so on a 2×2 map
@@ -33,6 +34,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tcnet.models.lk_tune import can_tune, measured_impl
 
 LK_IMPLS = ("auto", "direct", "fft", "mixed")
 MIXED_MAX_PIXELS = 20 * 20  # channels_last training maps up to this size take "mixed" (measured crossover ~24²)
@@ -53,8 +56,14 @@ def choose_impl(device: torch.device | str, C: int, H: int, W: int, k: int, requ
     The rule, from measurements on the project's 2-core CPU with torch 2.14.1 (``python -m
     benchmarks lkconv``; the tables are in ``docs/performance.md``):
 
-    - not CPU (CUDA, MPS, ...): ``direct`` -- cuDNN's depthwise kernels (not yet measured against
-      fft on a GPU);
+    - CUDA: ``auto`` measures each shape once instead (:mod:`tcnet.models.lk_tune`); this rule is
+      its fallback where it cannot measure (deterministic mode, tracing, compiling): ``fft`` for
+      channels_last maps of at least 56×56 with k >= 25, else ``direct``. On an H200 (bf16
+      autocast, fwd+bwd, k = 31) cuDNN's channels_last depthwise kernels took up to 6× the FFT's
+      time at batch 2 (2×64×112²: 21 ms vs 3.4) and up to 25× at the paper's batch 15, while its
+      NCHW ones beat the FFT's ~2 ms fixed cost on most shapes at batch 2. The rule is set for
+      batch 15: at batch 2, direct was 7-14 % faster at two of its fft shapes (16×112², 32×56²);
+    - other devices (MPS, ...): ``direct``;
     - CPU, gradients needed (training), channels_last: ``fft`` from k = 9 on; fft wins by 15-40×
       at k = 31 (fwd+bwd, 2×64×112²: direct ~1 s, fft ~27 ms): oneDNN's depthwise backward is
       slow at every large size. Except on maps of at most 20×20 pixels, where ``mixed`` wins
@@ -74,6 +83,8 @@ def choose_impl(device: torch.device | str, C: int, H: int, W: int, k: int, requ
     """
     del C
     dev = torch.device(device) if isinstance(device, str) else device
+    if dev.type == "cuda":
+        return "fft" if channels_last and k >= 25 and H * W >= 56 * 56 else "direct"
     if dev.type != "cpu":
         return "direct"
     if requires_grad:
@@ -336,6 +347,9 @@ def dwconv_mixed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return _MixedDepthwise.apply(x, w, None if bias is None else bias.to(x.dtype), pads)
 
 
+IMPL_FUNCTIONS = {"direct": dwconv_direct, "fft": dwconv_fft, "mixed": dwconv_mixed}
+
+
 class LargeKernelDWConv(nn.Module):
     """Depthwise ``k``×``k`` convolution with "same" zero padding; ``k`` may exceed the map.
 
@@ -362,12 +376,15 @@ class LargeKernelDWConv(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def resolved_impl(self, x: torch.Tensor) -> str:
-        """The implementation a call on ``x`` uses (``lk_impl``, or :func:`choose_impl` for auto)."""
+        """The implementation a call on ``x`` uses: ``lk_impl``, or for auto the measured choice on
+        CUDA (:func:`tcnet.models.lk_tune.measured_impl`), else :func:`choose_impl`."""
         if self.lk_impl != "auto":
             return self.lk_impl
         H, W = x.shape[-2:]
         grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        if can_tune(x):  # CUDA: measured once per shape (lk_tune.py), no rule held across shapes and batches
+            return measured_impl(x, self.weight, self.bias, cl, IMPL_FUNCTIONS)
         return choose_impl(x.device, self.channels, H, W, self.kernel_size, requires_grad=grad, channels_last=cl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -344,6 +344,11 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
             for name in OUTPUT_FILES:  # leftovers of another configuration or of a run killed in epoch 1
                 (run_dir / name).unlink(missing_ok=True)
         decision["epoch"] = None if ckpt is None else int(ckpt["epoch"])
+    if dist.is_main and ckpt is not None and info.get("world_size") not in (None, dist.world_size):
+        _say(f"{spec.run_id}: resuming with {dist.world_size} process(es); the epochs so far trained with "
+             f"{info['world_size']}. The step's batch is the same, but BatchNorm statistics on CPU (per process) and "
+             "an epoch's padding (where the count does not divide the images) follow the new count, so the run "
+             f"will not match one trained throughout with either (docs/training.md)")
     decision = dist.broadcast(decision)
     if decision["skip"]:
         return info if dist.is_main else (_read_json(run_dir / "run.json") or {})
@@ -413,9 +418,17 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
     if dist.is_main and tracking_ctx is not None:
         # The code and inputs hashes are matched too: a run trained again after a code or data change
         # gets a new MLflow run beside the old one instead of appending to its history.
-        logger = tracking_ctx.run_logger(spec.run_id, config_hash, _run_tags(spec, provenance, profile, params_digest),
-                                         known_mlflow_run_id=info.get("mlflow_run_id", ""),
-                                         match_tags={f"tcnet.{k}": identity[k] for k in ("code_hash", "inputs_hash")})
+        run_tags = _run_tags(spec, provenance, profile, params_digest)
+        match = {f"tcnet.{k}": identity[k] for k in ("code_hash", "inputs_hash")}
+        logger = tracking_ctx.run_logger(spec.run_id, config_hash, run_tags, match_tags=match,
+                                         known_mlflow_run_id=info.get("mlflow_run_id", ""))
+        if start_epoch == 0 and logger.metric_steps("train_loss"):
+            # Started again from epoch 0 (last.pt unusable or deleted) where MLflow holds epochs of an
+            # earlier try: a new MLflow run, or the two tries' series would interleave in one.
+            tracking_ctx.supersede(logger.run_id, spec.run_id)
+            _say(f"{spec.run_id}: MLflow run {logger.run_id} holds an earlier try's epochs; marked superseded, "
+                 "logging to a new run")
+            logger = tracking_ctx.run_logger(spec.run_id, config_hash, run_tags, match_tags=match)
     record = {
         "run": {**to_dict(spec), "run_id": spec.run_id}, "run_id": spec.run_id, "experiment": spec.experiment,
         **identity, "mlflow_run_id": logger.run_id, "tracking_uri": logger.uri,
@@ -448,6 +461,7 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
                                   progress=progress and dist.is_main,
                                   desc=f"{spec.run_id} {epoch}/{cfg.epochs}")
             loss_sum, images = dist.all_sum([res.loss * res.images, res.images])
+            _check_weights_finite(raw_model, who, epoch, run_dir / "last.pt")  # the same weights on every process
             val = validate(raw_model, val_loader, loss_fn, device, bf16=cfg.bf16, cpu_bf16=cfg.cpu_bf16,
                            channels_last=channels_last) \
                 if dist.is_main else {}
@@ -466,16 +480,25 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
                                            snapshot=not write_best)
             else:
                 write_best = pending_best is not None  # worse: best.pt catches up before last.pt moves on
-            if write_best:
+            # An earlier epoch's best.pt goes before last.pt moves past it; this epoch's after last.pt
+            # holds it. Either way a crash in between leaves best.pt at an epoch last.pt has recorded:
+            # a resume then catches it up (pending_best) or re-runs the epoch. This epoch's best.pt
+            # written first, then a crash, then the re-run epoch scoring lower (GPU runs are not
+            # bit-identical) left best.pt holding weights of an epoch no history has.
+            catch_up = write_best and pending_best["epoch"] < epoch
+            if catch_up:
                 save_checkpoint(pending_best, run_dir / "best.pt")
-                pending_best, best_saved_at = None, time.perf_counter()
-            # After best.pt: a crash in between re-runs the epoch. The final epoch's last.pt drops the
-            # optimizer, scheduler and RNG state (Adam's two moments are 2/3 of a checkpoint): a finished
-            # run never resumes (more epochs is another config hash), and writing the full state only to
-            # replace it at once cost a baseline ~1 s a run (300 MB, fsync). The resume state skips
-            # torch.save's CRC-32 (half the save's time); the final last.pt keeps it, and loads check it.
+            # The final epoch's last.pt drops the optimizer, scheduler and RNG state (Adam's two
+            # moments are 2/3 of a checkpoint): a finished run never resumes (more epochs is another
+            # config hash), and writing the full state only to replace it at once cost a baseline ~1 s
+            # a run (300 MB, fsync). The resume state skips torch.save's CRC-32 (half the save's time);
+            # the final last.pt keeps it, and loads check it.
             save_checkpoint(_checkpoint(spec, identity, raw_model, image_size, epoch, history, best, optimizer, scheduler,
                                         with_state=not final), run_dir / "last.pt", crc32=final)
+            if write_best and not catch_up:
+                save_checkpoint(pending_best, run_dir / "best.pt")
+            if write_best:
+                pending_best, best_saved_at = None, time.perf_counter()
             with atomic_write(run_dir / "history.csv") as f:
                 f.write(history_rows_csv(history))
             logger.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
@@ -489,6 +512,9 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
                 if not trained:  # its full state (written before the tenth session) is not needed any more
                     save_checkpoint(_checkpoint(spec, identity, raw_model, image_size, start_epoch, history, best,
                                                 with_state=False), run_dir / "last.pt")
+                if best["epoch"] == start_epoch:  # a crash between the final last.pt and its best.pt
+                    save_checkpoint(_checkpoint(spec, identity, raw_model, image_size, start_epoch, history, best,
+                                                with_state=False), run_dir / "best.pt")
                 # A crash between that last.pt and its history.csv left the file an epoch short.
                 with atomic_write(run_dir / "history.csv") as f:
                     f.write(history_rows_csv(history))
@@ -497,6 +523,19 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
     if not dist.is_main:  # rank 0 wrote the final record
         return _read_json(run_dir / "run.json") or record
     return record
+
+
+def _check_weights_finite(model, who: str, epoch: int, last: Path) -> None:
+    """Raise :class:`NonFiniteLossError` when an optimiser step of ``epoch`` left NaN/inf in the
+    weights or BatchNorm statistics: every loss was finite, so the loop did not stop, and saving them
+    would make every resume fail at its first batch with an error that blames the data."""
+    floats = [t for t in model.state_dict().values() if t.is_floating_point()]
+    if bool(torch.stack([torch.isfinite(t).all() for t in floats]).all()):
+        return
+    raise NonFiniteLossError(
+        f"run {who}: the weights became NaN or infinite during epoch {epoch} although every batch's loss was "
+        f"finite (an optimiser step overflowed); nothing of epoch {epoch} was saved ({last} holds the epoch "
+        "before, if any); lower train.lr or turn off bf16")
 
 
 def _finite_or_none(x) -> Optional[float]:

@@ -28,7 +28,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tcnet.tracking import CONFIG_HASH_TAG, EVAL_CHECKPOINT_TAG, RUN_ID_TAG, experiment_name, retry
+from tcnet.tracking import CONFIG_HASH_TAG, EVAL_CHECKPOINT_TAG, RUN_ID_TAG, SUPERSEDED_TAG, experiment_name, retry
 
 PYFUNC_NAME = "pyfunc"  # the logged pyfunc model's name inside the run
 CHECKPOINT_SHA_TAG = "tcnet.checkpoint_sha256"
@@ -94,6 +94,7 @@ def find_candidates(client, experiment_id: str, metric: str) -> tuple[list, str]
     train_runs = [
         r for r in runs
         if r.data.tags.get(RUN_ID_TAG) and r.info.status == "FINISHED" and model_name_of(r).startswith("tcnet")
+        and not r.data.tags.get(SUPERSEDED_TAG)  # trained again from epoch 0: its checkpoint is the new run's
     ]
     aggregations = [r.data.tags[AGGREGATION_TAG] for r in train_runs if r.data.tags.get(AGGREGATION_TAG)]
     aggregation = max(set(aggregations), key=aggregations.count) if aggregations else "mean"

@@ -82,6 +82,12 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, dev
             loss = loss_fn(out, mask, fov)
         value = float(loss.detach())
         if not math.isfinite(value):
+            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # the step before overflowed
+                raise NonFiniteLossError(
+                    f"run {run_id}: the training loss is {value} at epoch {epoch}, batch {batch_idx}, because the "
+                    "weights already were NaN or infinite (the previous optimiser step overflowed; not this "
+                    "batch's data); lower train.lr or turn off bf16"
+                )
             raise NonFiniteLossError(
                 f"run {run_id}: the training loss is {value} at epoch {epoch}, batch {batch_idx} "
                 f"(batch ids: {', '.join(map(str, batch['id'][:8]))}); lower train.lr, check the data "

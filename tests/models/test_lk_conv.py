@@ -21,27 +21,40 @@ SHAPES = [
 ]
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, CUDA])]
+
+
+@pytest.fixture
+def exact_cuda():
+    """cuDNN's float32 convolutions run in TF32 by default on Ampere and later (10-bit mantissa):
+    the direct reference would then be the inexact one. Off for the comparison."""
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        yield
+
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.detach(), b.detach()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["NCHW", "channels_last"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_fft_and_mixed_equal_direct_values_and_grads(shape, layout):
+def test_fft_and_mixed_equal_direct_values_and_grads(shape, layout, device, exact_cuda):
     B, C, H, W, k = shape
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(B, C, H, W, generator=g)
+    x = torch.randn(B, C, H, W, generator=g).to(device)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
-    w = torch.randn(C, 1, k, k, generator=g, requires_grad=True)
-    b = torch.randn(C, generator=g, requires_grad=True)
+    w = torch.randn(C, 1, k, k, generator=g).to(device).requires_grad_()
+    b = torch.randn(C, generator=g).to(device).requires_grad_()
     # Reference: PyTorch's own "same" padding.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # even k: "may require a zero-padded copy"
         ref = F.conv2d(x, w, b, padding="same", groups=C)
-    up = torch.randn(ref.shape, generator=g)
+    up = torch.randn(ref.shape, generator=g).to(device)
     ref_grads = torch.autograd.grad(ref, (x, w, b), up)
     for fn in (dwconv_direct, dwconv_fft, dwconv_mixed):
         y = fn(x, w, b)
@@ -108,6 +121,28 @@ def test_cpu_bf16_autocast_trains_with_every_impl(impl, layout):
     assert conv.weight.grad.dtype == torch.float32 and torch.isfinite(conv.weight.grad).all()
 
 
+@pytest.mark.cuda
+@CUDA
+@pytest.mark.parametrize("layout", ["NCHW", "channels_last"])
+@pytest.mark.parametrize("impl", ["direct", "fft", "mixed", "auto"])
+def test_cuda_bf16_autocast_trains_with_every_impl(impl, layout):
+    """The GPU train step's precision (bf16 autocast, float32 weights) at a TCNet stage shape: every
+    path runs forward and backward and stays near float32."""
+    torch.manual_seed(0)
+    conv = LargeKernelDWConv(64, 31, lk_impl=impl).cuda()
+    x = torch.randn(2, 64, 56, 56, device="cuda")
+    if layout == "channels_last":
+        conv = conv.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        ref = dwconv_direct(x, conv.weight, conv.bias).detach()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = conv(x.bfloat16().requires_grad_())
+    y.float().square().sum().backward()
+    assert _rel(y.float(), ref) < 3e-2
+    assert conv.weight.grad.dtype == torch.float32 and torch.isfinite(conv.weight.grad).all()
+
+
 def test_module_parameters_match_nn_conv2d():
     conv = LargeKernelDWConv(6, 31)
     ref = torch.nn.Conv2d(6, 6, 31, groups=6)
@@ -126,6 +161,11 @@ def test_choose_impl_rule():
     assert choose_impl(cpu, 64, 56, 56, 3, requires_grad=True) == "direct"
     assert choose_impl(cpu, 64, 56, 56, 7, requires_grad=True, channels_last=True) == "direct"
     assert choose_impl(cuda, 64, 112, 112, 31) == "direct"
+    # CUDA's fallback (where auto cannot measure): fft for channels_last maps >= 56² at k >= 25
+    assert choose_impl(cuda, 64, 112, 112, 31, channels_last=True) == "fft"
+    assert choose_impl(cuda, 64, 56, 56, 25, channels_last=True) == "fft"
+    assert choose_impl(cuda, 64, 28, 28, 31, channels_last=True) == "direct"
+    assert choose_impl(cuda, 64, 112, 112, 21, channels_last=True) == "direct"
     assert choose_impl("meta", 64, 112, 112, 31) == "direct"
     # channels_last inference: oneDNN's CL depthwise forward wins on small maps, fft only on big ones
     assert choose_impl(cpu, 64, 112, 112, 31, requires_grad=False, channels_last=True) == "fft"

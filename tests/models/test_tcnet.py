@@ -177,3 +177,19 @@ def test_direct_trace_is_valid_at_other_sizes():
         with torch.jit.optimized_execution(False):
             x = torch.randn(2, 8, 20, 24)
             torch.testing.assert_close(traced(x), block(x))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+def test_every_lk_impl_computes_the_same_model(device):
+    """The whole network, not one convolution: direct, fft, mixed and auto give the same logits
+    (float32; cuDNN's TF32 off, else the direct reference is the inexact one)."""
+    torch.manual_seed(0)
+    model = create_model("tcnet_tiny", lk_impl="direct").to(device).eval()
+    x = torch.randn(2, 3, 64, 64, device=device)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False), torch.no_grad():
+        ref = model(x)
+        for impl in ("fft", "mixed", "auto"):
+            set_lk_impl(model, impl)
+            y = model(x)
+            assert float((y - ref).abs().max() / ref.abs().max()) < 1e-4, impl

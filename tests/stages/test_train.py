@@ -725,3 +725,116 @@ def test_a_killed_checkpoint_write_leaves_no_temporary_file_behind(data, tmp_pat
     longer = make_params(tmp_path, epochs=2)
     train.run(longer, EXPERIMENT, data / "pre", data / "splits", tmp_path / "m", mlflow=False, progress=False)
     assert "changed: train.epochs 1 -> 2" in capsys.readouterr().err
+
+
+def _three_epochs_killed_in_the_third(data, tmp_path, monkeypatch, mlflow: bool):
+    """A 3-epoch run killed in epoch 3 (last.pt holds epoch 2); the monkeypatches are undone after."""
+    params = make_params(tmp_path, epochs=3)
+    out = tmp_path / "models"
+    _dies_in_epoch(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(params, EXPERIMENT, data / "pre", data / "splits", out, mlflow=mlflow)
+    monkeypatch.undo()
+    return params, out, out / EXPERIMENT / the_spec(params).run_id
+
+
+def test_a_read_error_on_resume_keeps_the_run_and_fails(data, tmp_path, monkeypatch):
+    """last.pt that could not be read this once (EIO, no memory) is not "unusable": the run fails and
+    keeps its files, and the next attempt resumes (it used to start again from epoch 0, deleting them)."""
+    params, out, run_dir = _three_epochs_killed_in_the_third(data, tmp_path, monkeypatch, mlflow=False)
+    real_load = torch.load
+
+    def no_memory(*a, **k):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(torch, "load", no_memory)
+    with pytest.raises(RuntimeError, match="can't allocate memory"):
+        train.run(params, EXPERIMENT, data / "pre", data / "splits", out, mlflow=False)
+    monkeypatch.setattr(torch, "load", real_load)
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 2  # still there
+    epochs = []
+    import tcnet.training.loop as loop
+
+    real_epoch = loop.train_one_epoch
+    monkeypatch.setattr(loop, "train_one_epoch", lambda *a, **k: epochs.append(k["epoch"]) or real_epoch(*a, **k))
+    train.run(params, EXPERIMENT, data / "pre", data / "splits", out, mlflow=False)
+    assert epochs == [3]
+
+
+def test_a_new_best_is_written_after_its_last_pt(data, tmp_path, monkeypatch, capsys):
+    """Killed between the two files of a new best (epoch 3 here): best.pt must never hold an epoch
+    that last.pt has not recorded. Written before it (as it was), the resumed run re-ran epoch 3, which
+    on a GPU may score lower: best.pt kept the lost epoch's weights under epoch 1's record."""
+    import tcnet.checkpoint as checkpoint
+
+    monkeypatch.setattr(train, "BEST_PT_MAX_AGE_S", 0.0)  # every new best is written at once
+    _scripted_val_di(monkeypatch, [0.5, 0.3, 0.6])
+    real_save, calls = checkpoint.save_checkpoint, []
+
+    def dies_on_epoch_3s_second_file(state, path, crc32=True):
+        calls.append(state["epoch"])
+        if calls.count(3) == 2:
+            raise KeyboardInterrupt("killed between the two files")
+        return real_save(state, path, crc32=crc32)
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", dies_on_epoch_3s_second_file)
+    params = make_params(tmp_path, epochs=4)
+    out = tmp_path / "models"
+    run_dir = out / EXPERIMENT / the_spec(params).run_id
+    with pytest.raises(KeyboardInterrupt):
+        train.run(params, EXPERIMENT, data / "pre", data / "splits", out, mlflow=False)
+    monkeypatch.undo()
+    monkeypatch.setattr(train, "BEST_PT_MAX_AGE_S", 0.0)
+    _scripted_val_di(monkeypatch, [0.2, 0.4])  # the epochs after the kill score lower
+    info = train.run(params, EXPERIMENT, data / "pre", data / "splits", out, mlflow=False)["runs"][0]
+    best = load_checkpoint(run_dir / "best.pt")
+    assert best["epoch"] == info["best_epoch"] == 3
+    history = read_history(run_dir / "history.csv")
+    assert float(history[2]["val_DI"]) == pytest.approx(0.6) and best["best_score"] == pytest.approx(0.6)
+
+
+def test_weights_that_become_non_finite_stop_the_run_before_they_are_saved(data, tmp_path, monkeypatch):
+    import tcnet.training.loop as loop
+
+    real_epoch = loop.train_one_epoch
+
+    def overflows_in_epoch_2(model, *a, **k):
+        res = real_epoch(model, *a, **k)
+        if k["epoch"] == 2:  # an optimiser step that overflowed, the loss itself finite
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("inf"))
+        return res
+
+    monkeypatch.setattr(loop, "train_one_epoch", overflows_in_epoch_2)
+    params = make_params(tmp_path, epochs=3)
+    out = tmp_path / "models"
+    with pytest.raises(train.NonFiniteLossError, match=r"weights became NaN or infinite during epoch 2") as e:
+        train.run(params, EXPERIMENT, data / "pre", data / "splits", out, mlflow=False)
+    assert "isic2017__tiny__fold0" in str(e.value) and "lower train.lr" in str(e.value)
+    last = load_checkpoint(out / EXPERIMENT / the_spec(params).run_id / "last.pt")
+    assert last["epoch"] == 1 and all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
+
+
+def test_starting_again_from_epoch_0_logs_to_a_new_mlflow_run(data, tmp_path, monkeypatch, capsys):
+    """last.pt unusable (or the run folder deleted) while MLflow holds the earlier try's epochs: the
+    earlier MLflow run is marked superseded and the new try gets its own, each with one series."""
+    from mlflow import MlflowClient
+
+    from tcnet.tracking import RUN_ID_TAG, SUPERSEDED_TAG
+
+    uri = f"sqlite:///{tmp_path / 'tracking.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    params, out, run_dir = _three_epochs_killed_in_the_third(data, tmp_path, monkeypatch, mlflow=True)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    first = json.loads((run_dir / "run.json").read_text())["mlflow_run_id"]
+    (run_dir / "last.pt").write_bytes(b"torn")  # unusable: the run starts again from epoch 0
+    info = train.run(params, EXPERIMENT, data / "pre", data / "splits", out, mlflow=True)["runs"][0]
+    assert "marked superseded" in capsys.readouterr().err
+    client = MlflowClient(uri)
+    assert info["mlflow_run_id"] != first
+    steps = [m.step for m in client.get_metric_history(info["mlflow_run_id"], "train_loss")]
+    assert sorted(steps) == [1, 2, 3]
+    assert sorted(m.step for m in client.get_metric_history(first, "train_loss")) == [1, 2]
+    old = client.get_run(first)
+    assert old.data.tags[SUPERSEDED_TAG] == "true" and old.data.tags[RUN_ID_TAG].endswith("(superseded)")
+    assert old.info.status == "KILLED"

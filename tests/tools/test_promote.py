@@ -198,3 +198,15 @@ def test_the_file_the_metric_describes_is_registered(store):
     promote_mod.promote(EXP, models_dir=store["models"], tracking_uri=store["uri"])
     with resolved_checkpoint("models:/tcnet@champion", uri=store["uri"]) as ckpt:
         assert sha256(ckpt) == sha256(folder / "last.pt") != sha256(folder / "best.pt")
+
+
+def test_a_superseded_run_is_not_a_candidate(store):
+    """A training started again from epoch 0 marks its earlier MLflow run superseded (tcnet train):
+    that run's metrics describe weights that no longer exist."""
+    from tcnet.tracking import SUPERSEDED_TAG
+
+    old = add_run(store, "e__tcnet__fold0", "tcnet_tiny", 0.95, seed=1)
+    store["client"].set_tag(old, SUPERSEDED_TAG, "true")
+    ok = add_run(store, "f__tcnet__fold0", "tcnet_tiny", 0.60, seed=2)
+    result = promote_mod.promote(EXP, models_dir=store["models"])
+    assert result.mlflow_run_id == ok and result.candidates == 1 and not result.passed_over
