@@ -71,7 +71,7 @@ def files_hash(paths: Iterable[Path], root: Path) -> str:
 
 def inputs_hash(preprocessed_dir, splits_dir, dataset: str) -> str:
     """sha256 (16 hex) of what a run on ``dataset`` reads: ``<preprocessed>/<dataset>/*``, the dataset's
-    rows of ``manifest.csv``, its class weights in ``stats.json`` and ``<splits>/<dataset>.json``."""
+    rows of ``manifest.csv``, its class weights and their clip in ``stats.json`` and ``<splits>/<dataset>.json``."""
     from tcnet.data.dataset import read_manifest
 
     pre, splits = Path(preprocessed_dir), Path(splits_dir)
@@ -87,7 +87,8 @@ def inputs_hash(preprocessed_dir, splits_dir, dataset: str) -> str:
     h.update(files_hash(arrays, pre).encode() + b"\0")
     h.update((files_hash([split_file], splits) if split_file.is_file() else "").encode() + b"\0")
     h.update(rows.encode() + b"\0")
-    h.update(json.dumps(stats.get("class_weights"), sort_keys=True).encode())
+    # the clip too: a run's class weights come from its own images' counts (manifest rows) and the clip
+    h.update(json.dumps([stats.get("class_weights"), stats.get("class_weight_clip")]).encode())
     return _short(h)
 
 

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 MANIFEST_COLUMNS = (
     "id", "dataset", "index", "official_split", "image_path", "mask_path", "fov_path",
-    "orig_width", "orig_height", "fg_fraction", "checksum",
+    "orig_width", "orig_height", "fg_fraction", "fov_pixels", "fg_pixels", "checksum",
 )
 _STR_COLUMNS = ("id", "dataset", "official_split", "image_path", "mask_path", "fov_path", "checksum")
 PARTS = ("train", "val", "test")
@@ -54,6 +54,23 @@ def load_arrays(dataset_dir) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return images, masks, fov
 
 
+def _check_arrays(folder: Path, image_shape: tuple, partial_fov: int) -> None:
+    """masks.npy (and fov.npy) of ``folder`` match images.npy's N x S x S; fov.npy is there when
+    ``partial_fov`` images (manifest.csv's ``fov_pixels``) have a field of view smaller than the
+    image: without it every pixel would silently count as in view (a partial pull, say)."""
+    want = tuple(image_shape[:3])
+    for name in ("masks", "fov"):
+        path = folder / f"{name}.npy"
+        if name == "fov" and not path.is_file():
+            if partial_fov:
+                raise ValueError(f"{path}: missing, but {partial_fov} image(s) of manifest.csv have a field of view "
+                                 "smaller than the image; pull the preprocessed data again or re-run preprocess")
+            continue
+        shape = tuple(load_npy(path).shape)
+        if shape != want:
+            raise ValueError(f"{path}: shape {shape}, but images.npy holds {want} (N x S x S); re-run preprocess")
+
+
 def read_manifest(preprocessed_dir) -> "pandas.DataFrame":  # noqa: F821
     """``manifest.csv`` of a preprocess output folder; string columns keep "" (never NaN)."""
     import pandas as pd
@@ -64,7 +81,7 @@ def read_manifest(preprocessed_dir) -> "pandas.DataFrame":  # noqa: F821
     df = pd.read_csv(
         path,
         dtype={c: str for c in _STR_COLUMNS} | {"index": "int64", "orig_width": "int64", "orig_height": "int64",
-                                               "fg_fraction": "float64"},
+                                               "fg_fraction": "float64", "fov_pixels": "int64", "fg_pixels": "int64"},
         keep_default_na=False,
     )
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
@@ -138,9 +155,12 @@ class SegmentationDataset(Dataset):
                 " -- were the splits made from another preprocess run?"
             )
         self.indices = np.array([index_of[i] for i in self.ids], dtype=np.int64)
-        n = len(load_npy(self.root / dataset / "images.npy"))
+        folder = self.root / dataset
+        images = load_npy(folder / "images.npy")
+        n = len(images)
         if len(rows) != n or (len(self.indices) and self.indices.max() >= n):
-            raise ValueError(f"{self.root / dataset}: arrays hold {n} images but the manifest lists {len(rows)}")
+            raise ValueError(f"{folder}: arrays hold {n} images but the manifest lists {len(rows)}")
+        _check_arrays(folder, images.shape, int((rows["fov_pixels"] < images.shape[1] * images.shape[2]).sum()))
         # Shared memory: set_epoch in the main process reaches (persistent) DataLoader workers.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._arrays = None

@@ -105,6 +105,10 @@ def _to_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
     if lo < 0 or hi > 65535:
         raise InvalidInputError(f"{path}: pixel values {lo:g}..{hi:g} ({arr.dtype}) are outside 0..65535; "
                                 "convert it to 8- or 16-bit")
+    if arr.dtype.kind == "f" and hi > 1.0 and not np.array_equal(arr, np.round(arr)):
+        # 0..1 data with a stray value above 1 would be read as 0..255 data (all but black): refuse
+        raise InvalidInputError(f"{path}: floating-point pixel values {lo:g}..{hi:g} are neither within 0..1 nor "
+                                "whole numbers; convert it to 8- or 16-bit")
     scale = 255.0 if arr.dtype.kind == "f" and hi <= 1.0 else 1.0 if hi <= 255 else 1 / 257.0
     return np.clip(np.round(arr.astype(np.float64) * scale), 0, 255).astype(np.uint8)
 

@@ -2,8 +2,10 @@
 
 Convention: 1 multiply-add = 2 FLOPs (FlopCounterMode's; papers that say "FLOPs" often mean
 multiply-adds, i.e. half these numbers). The large depthwise kernels are counted as the *direct*
-convolution (``lk_impl="direct"`` while counting), kernel cropped to the map as ``dwconv_direct``
-computes it; the FFT path's own cost is not what is reported. Counted ops: convolutions, matmuls and
+convolution (``lk_impl="direct"`` while counting) with the whole k×k kernel, as ``dwconv_direct``
+computes it (it never crops: on the 14×14 maps of a 448² input only the central 27×27 taps reach
+the map, so those convolutions count 32 % more than the taps that matter, ~0.7 % of tcnet_tiny's
+FLOPs); the FFT path's own cost is not what is reported. Counted ops: convolutions, matmuls and
 attention (SDPA); element-wise ops, norms and interpolation are not counted.
 
 :func:`model_complexity` builds the model on the ``meta`` device, so counting at 448² costs no

@@ -11,7 +11,7 @@ the parent collects the manifest rows and pixel counts::
                                  view can be smaller than the image (DRIVE, CHASE_DB1): without it
                                  every pixel is in view (:func:`tcnet.data.dataset.load_arrays`)
     <out>/manifest.csv           one row per kept pair (columns: MANIFEST_COLUMNS)
-    <out>/stats.json             {dataset: {n, size, fg_fraction, class_weights: [w_bg, w_fg]}}
+    <out>/stats.json             {dataset: {n, size, fg_fraction, class_weights: [w_bg, w_fg], class_weight_clip}}
     <out>/skipped.csv            pairs left out under ``skip_invalid: true`` (header only otherwise)
     <out>/params.yaml            the resolved ``preprocess`` config
 
@@ -44,7 +44,7 @@ from tcnet.utils.cpus import available_cpus
 
 MANIFEST_COLUMNS = (
     "id", "dataset", "index", "official_split", "image_path", "mask_path", "fov_path",
-    "orig_width", "orig_height", "fg_fraction", "checksum",
+    "orig_width", "orig_height", "fg_fraction", "fov_pixels", "fg_pixels", "checksum",
 )
 SKIPPED_COLUMNS = ("dataset", "id", "path", "problem")
 ARRAY_NAMES = ("images", "masks", "fov")
@@ -103,13 +103,20 @@ def _rel(path, raw_dir: str) -> str:
 
 
 def file_checksum(*paths) -> str:
-    """sha256 of the files' bytes in order: the manifest's ``checksum`` of a pair (image, mask)."""
+    """sha256 of the files' bytes in order."""
     h = hashlib.sha256()
     for p in paths:
         with open(p, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def sample_checksum(sample) -> str:
+    """The manifest's ``checksum`` of a sample: its image, mask and FOV file (where it has one; a FOV
+    derived from the image is covered by the image). evaluate checks it before scoring: a FOV file
+    edited after preprocess would otherwise be scored inside while training saw the old one."""
+    return file_checksum(*(p for p in (sample.image, sample.mask, sample.fov) if p))
 
 
 def mask_binary_problem(gray: np.ndarray) -> Optional[str]:
@@ -338,7 +345,11 @@ def _process_or_raise(task: _Task) -> _Result:
         "orig_width": w,
         "orig_height": h,
         "fg_fraction": round(fg_fraction, 6),
-        "checksum": file_checksum(s.image, s.mask),
+        # at the stored size, FOV pixels only: the train stage sums a run's own training images' counts
+        # into its class weights (never its validation or test images')
+        "fov_pixels": n_fov,
+        "fg_pixels": n_fg,
+        "checksum": sample_checksum(s),
     }
     slots = _slots(task.arrays_dir)
     if "fov" not in slots.files and not full_fov:  # the parent said whole-image FOV, the adapter disagrees
@@ -465,6 +476,7 @@ def _dataset_stats(rows, counts: dict, size: int, clip: tuple[float, float]) -> 
         "size": size,
         "fg_fraction": round(fg / max(bg + fg, 1), 6),
         "class_weights": [round(float(w), 6) for w in weights],
+        "class_weight_clip": [float(c) for c in clip],
     }
 
 

@@ -72,11 +72,22 @@ def _write_json(path: Path, data: dict) -> None:
         f.write("\n")
 
 
-def _class_weights(preprocessed_dir: Path, dataset: str) -> Optional[list[float]]:
-    """``stats.json``'s class weights of ``dataset`` (None when the file or entry is absent)."""
-    stats = _read_json(preprocessed_dir / "stats.json") or {}
-    weights = (stats.get(dataset) or {}).get("class_weights")
-    return [float(w) for w in weights] if weights else None
+def _class_weights(preprocessed_dir: Path, dataset: str, train_ids: Sequence[str]) -> Optional[list[float]]:
+    """The weighted cross-entropy's class weights from this run's own training images: their FOV
+    pixel counts at the stored size (``manifest.csv``'s ``fov_pixels`` / ``fg_pixels``), clipped as
+    preprocess clipped its dataset-level ones (``stats.json``'s ``class_weight_clip``). Never from
+    the images the run validates on or is scored on (a cross-validation fold's held-out part, a
+    retina hold-out, a user split's test images). None when ``stats.json`` has no entry."""
+    from tcnet.data.dataset import read_manifest
+    from tcnet.losses.class_weights import class_weights_from_counts
+
+    entry = (_read_json(preprocessed_dir / "stats.json") or {}).get(dataset)
+    if not entry:
+        return None
+    manifest = read_manifest(preprocessed_dir)
+    rows = manifest[(manifest["dataset"] == dataset) & manifest["id"].isin(set(train_ids))]
+    fg = int(rows["fg_pixels"].sum())
+    return class_weights_from_counts([int(rows["fov_pixels"].sum()) - fg, fg], tuple(entry["class_weight_clip"]))
 
 
 # What a run's files must have been written with to be resumed or kept: run.json / checkpoint key -> what it is.
@@ -370,7 +381,8 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
     train_ds, sampler, train_loader, loader_gen, val_loader = _loaders(spec, preprocessed_dir, splits_dir, dist, sync_bn)
     image_size = train_ds.image_size
     model, optimizer, scheduler = _model_and_optim(spec, device)
-    class_weights = None if cfg.loss.class_weights is not None else _class_weights(preprocessed_dir, spec.data.train)
+    class_weights = (None if cfg.loss.class_weights is not None
+                     else _class_weights(preprocessed_dir, spec.data.train, train_ds.ids))
     loss_args = (cfg.loss, class_weights, int(spec.model_kwargs.get("num_classes", 1)),
                  bool(spec.model_kwargs.get("deep_supervision", False)))
     loss_fn = build_loss(*loss_args)  # validation: rank 0 alone, its own images

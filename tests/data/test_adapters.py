@@ -350,3 +350,22 @@ def test_real_files_unpacked_over_the_look_alike_get_a_hint(synth_copy):
     with pytest.raises(MissingMaskError) as e:
         discover("drive", root)
     assert "SYNTHETIC" not in str(e.value)
+
+
+def test_tiff_masks_pillow_cannot_open_are_binarised_by_the_same_rule(tmp_path):
+    """Float64 masks, grey and RGB: read by tifffile (Pillow refuses them) and
+    binarised as Pillow-readable masks are (0/1 -> > 0, else >= half the range); preprocess's
+    read_mask_file too (it used to fall back to a reader without a tifffile path, and fail)."""
+    import tifffile
+
+    from tcnet.data.adapters.base import read_mask_file
+
+    want = np.zeros((12, 16), bool)
+    want[3:9, 4:11] = True
+    cases = {"float01.tif": (want.astype(np.float64), {}),
+             "float255.tif": (want.astype(np.float64) * 255, {}),
+             "rgb_float.tif": (np.stack([want] * 3, axis=-1).astype(np.float64), {"photometric": "rgb"})}
+    for name, (data, kw) in cases.items():
+        tifffile.imwrite(tmp_path / name, data, **kw)
+        np.testing.assert_array_equal(binarize_mask_file(tmp_path / name), want, err_msg=name)
+        np.testing.assert_array_equal(read_mask_file(tmp_path / name)[1], want, err_msg=name)

@@ -150,6 +150,12 @@ def test_wide_and_big_endian_samples_are_scaled_not_clipped_to_white(tmp_path):
     tifffile.imwrite(tmp_path / "neg.tif", grey.astype(np.int16) - 5)
     with pytest.raises(InvalidInputError, match=r"neg\.tif: pixel values -5\.\.250 .* outside 0\.\.65535"):
         read_image(tmp_path / "neg.tif")
+    # 0..1 floats with one stray value above 1 would be read as 0..255 data (all but black): refused
+    stray = grey.astype(np.float32) / 255
+    stray[0, 0] = 1.01
+    tifffile.imwrite(tmp_path / "stray.tif", stray)
+    with pytest.raises(InvalidInputError, match=r"stray\.tif: floating-point pixel values 0\.\.1\.01 are neither"):
+        read_gray(tmp_path / "stray.tif")
 
 
 def test_write_png_text_fields_are_kept_and_deterministic(tmp_path):

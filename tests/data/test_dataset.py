@@ -42,7 +42,8 @@ def _make_preprocessed(root, n=N, size=S):
         for k, i in enumerate(ids):
             w.writerow({"id": i, "dataset": "toy", "index": k, "official_split": "", "image_path": f"toy/{i}.jpg",
                         "mask_path": f"toy/{i}.png", "fov_path": "", "orig_width": 100, "orig_height": 90,
-                        "fg_fraction": 0.25, "checksum": "ab" * 32})
+                        "fg_fraction": 0.25, "fov_pixels": int(fovs[k].sum()), "fg_pixels": int(masks[k].sum()),
+                        "checksum": "ab" * 32})
     return root, ids, images, masks, fovs
 
 
@@ -162,6 +163,9 @@ def test_a_dataset_without_fov_npy_reads_as_a_whole_image_fov(tmp_path):
     or not, are exactly those of the same arrays with an all-ones fov.npy."""
     root, ids, images, masks, _ = _make_preprocessed(tmp_path / "with")
     np.save(root / "toy" / "fov.npy", np.ones_like(masks))
+    manifest = read_manifest(root)
+    manifest["fov_pixels"] = S * S  # as preprocess records a whole-image FOV
+    manifest.to_csv(root / "manifest.csv", index=False)
     bare = tmp_path / "without"
     shutil.copytree(root, bare)
     (bare / "toy" / "fov.npy").unlink()
@@ -174,6 +178,19 @@ def test_a_dataset_without_fov_npy_reads_as_a_whole_image_fov(tmp_path):
         for i in range(len(ids)):
             x, y = a[i], b[i]
             assert all(torch.equal(x[k], y[k]) for k in ("image", "mask", "fov"))
+
+
+def test_a_missing_fov_npy_of_a_partial_field_of_view_is_named(tmp_path):
+    """fov.npy gone where manifest.csv says the FOV is smaller than the image (DRIVE, CHASE_DB1; a
+    partial pull): an error, not every pixel counted as in view. Arrays of other shapes: an error."""
+    root, ids, *_ = _make_preprocessed(tmp_path)
+    n = len(ids)
+    (root / "toy" / "fov.npy").unlink()
+    with pytest.raises(ValueError, match=rf"fov\.npy: missing, but {n} image\(s\) of manifest.csv have a field of view"):
+        SegmentationDataset(root, "toy", ids, augment=False)
+    np.save(root / "toy" / "fov.npy", np.ones((n, S, S + 1), np.uint8))
+    with pytest.raises(ValueError, match=rf"fov\.npy: shape \({n}, {S}, {S + 1}\), but images.npy holds \({n}, {S}, {S}\)"):
+        SegmentationDataset(root, "toy", ids, augment=False)
 
 
 def test_a_damaged_array_is_named(tmp_path):

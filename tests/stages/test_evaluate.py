@@ -205,6 +205,18 @@ def test_errors_name_what_is_missing_or_stale(trained, tmp_path):
     with pytest.raises(ValueError, match=r"not the bytes preprocess read .*re-run 'tcnet preprocess'"):
         evaluate.evaluate_run(spec, params.evaluate, root / "pre", root / "splits", raw,
                               root / "models" / EXPERIMENT / ISIC_RUN, tmp_path / "out")
+    # a DRIVE FOV file edited since preprocess (training saw the old field of view): named, not scored
+    drive_spec = next(s for s in expand_runs(params, EXPERIMENT) if s.data.eval == "drive")
+    raw = tmp_path / "raw_fov"
+    shutil.copytree(root / "raw", raw)
+    fov_file = sorted((raw / "drive").rglob("test/mask/*"))[0]
+    with Image.open(fov_file) as im:
+        pixels = np.asarray(im.convert("L")).copy()
+    pixels[:3, :3] = 255 - pixels[:3, :3]
+    Image.fromarray(pixels).save(fov_file)
+    with pytest.raises(ValueError, match=rf"{fov_file.name}: not the bytes preprocess read"):
+        evaluate.evaluate_run(drive_spec, params.evaluate, root / "pre", root / "splits", raw,
+                              root / "models" / EXPERIMENT / drive_spec.run_id, tmp_path / "out")
     with pytest.raises(FileNotFoundError, match=r"raw data folder not found.*preprocess.raw_dir in params, or --raw"):
         evaluate.run(params, EXPERIMENT, root / "pre", root / "splits", tmp_path / "no-raw", root / "models",
                      tmp_path / "out", mlflow=False)

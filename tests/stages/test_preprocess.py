@@ -89,7 +89,12 @@ def test_outputs_and_manifest(raw, tmp_path):
     np.testing.assert_array_equal(masks[2], resize_mask(raw_mask, 32).astype(np.uint8))
 
     stats = json.loads((out / "stats.json").read_text())
-    assert set(stats) == {"isic2017"} and set(stats["isic2017"]) == {"n", "size", "fg_fraction", "class_weights"}
+    assert set(stats) == {"isic2017"}
+    assert set(stats["isic2017"]) == {"n", "size", "fg_fraction", "class_weights", "class_weight_clip"}
+    assert stats["isic2017"]["class_weight_clip"] == [1.0, 50.0]
+    # per-image pixel counts at the stored size (the train stage's class weights come from them)
+    assert (m["fov_pixels"] == 32 * 32).all()
+    assert list(m["fg_pixels"]) == [int(masks[i].sum()) for i in range(6)]
     s = stats["isic2017"]
     assert s["n"] == 6 and s["size"] == 32
     assert s["fg_fraction"] == pytest.approx(masks.mean(), abs=1e-6)

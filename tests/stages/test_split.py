@@ -22,7 +22,7 @@ def _write_manifest(root, datasets: dict[str, list[tuple[str, str]]]):
                 w.writerow({
                     "id": i, "dataset": name, "index": k, "official_split": part, "image_path": f"{name}/{i}.jpg",
                     "mask_path": f"{name}/{i}.png", "fov_path": "", "orig_width": 10, "orig_height": 10,
-                    "fg_fraction": 0.1, "checksum": "0" * 64,
+                    "fg_fraction": 0.1, "fov_pixels": 100, "fg_pixels": 10, "checksum": "0" * 64,
                 })
     return root
 

@@ -838,3 +838,24 @@ def test_starting_again_from_epoch_0_logs_to_a_new_mlflow_run(data, tmp_path, mo
     old = client.get_run(first)
     assert old.data.tags[SUPERSEDED_TAG] == "true" and old.data.tags[RUN_ID_TAG].endswith("(superseded)")
     assert old.info.status == "KILLED"
+
+
+def test_class_weights_come_from_the_runs_own_training_images(data, tmp_path, monkeypatch):
+    """Not stats.json's dataset-level weights (every official training image, a cross-validation
+    fold's held-out ones among them): the pixel counts of the ids this run trains on, clipped as
+    preprocess clips."""
+    import tcnet.losses
+    from tcnet.data.dataset import ids_for, load_split, read_manifest
+    from tcnet.losses.class_weights import class_weights_from_counts
+
+    seen, real = [], tcnet.losses.build_loss
+    monkeypatch.setattr(tcnet.losses, "build_loss", lambda *a, **k: seen.append(a[1]) or real(*a, **k))
+    params = make_params(tmp_path, epochs=1, max_train_images=2)
+    train.run(params, EXPERIMENT, data / "pre", data / "splits", tmp_path / "models", mlflow=False)
+    ids = ids_for(load_split(data / "splits", "isic2017"), "train", 0)[:2]
+    m = read_manifest(data / "pre").set_index("id").loc[ids]
+    fg = int(m["fg_pixels"].sum())
+    want = class_weights_from_counts([int(m["fov_pixels"].sum()) - fg, fg], (1.0, 50.0))
+    assert seen and all(w == pytest.approx(want) for w in seen)
+    stats = json.loads((data / "pre" / "stats.json").read_text())["isic2017"]["class_weights"]
+    assert want != pytest.approx(stats, rel=1e-3)  # this fold's two images are not the dataset's four

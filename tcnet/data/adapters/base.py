@@ -186,11 +186,29 @@ def _binarize_gray(g: np.ndarray) -> np.ndarray:
 
 
 def binarize_mask_file(path) -> np.ndarray:
-    """Read and binarise a mask file (see :func:`binarize_mask_image`); errors name the file."""
-    from tcnet.data.io import open_image
+    """Read and binarise a mask file (see :func:`binarize_mask_image`); errors name the file. A TIFF
+    Pillow cannot open (float, planar, ...) goes through tifffile and :func:`binarize_mask_array`."""
+    from tcnet.data.io import InvalidInputError, TIFF_SUFFIXES, _read_tifffile, open_image
 
-    with open_image(path) as img:
+    try:
+        img = open_image(path)
+    except InvalidInputError:
+        if Path(path).suffix.lower() not in TIFF_SUFFIXES:
+            raise
+        return binarize_mask_array(_read_tifffile(Path(path)))
+    with img:
         return binarize_mask_image(img)
+
+
+def binarize_mask_array(arr: np.ndarray) -> np.ndarray:
+    """:func:`binarize_mask_image`'s rule for decoded samples (a TIFF only tifffile reads): colour
+    by its luminance; 0/1 data -> ``> 0``; else ``>=`` half the range (65535 for 16-bit or values
+    above 255, else 255)."""
+    g = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114]) if arr.ndim == 3 else arr
+    if g.size and float(g.max()) <= 1:
+        return g > 0
+    hi = 65535 if (arr.dtype.kind == "u" and arr.dtype.itemsize == 2) or float(g.max()) > 255 else 255
+    return g >= (hi + 1) / 2
 
 
 def read_mask_file(path) -> tuple[np.ndarray, np.ndarray]:
