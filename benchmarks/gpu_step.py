@@ -1,8 +1,8 @@
 """The paper-profile train step on a CUDA GPU: tcnet_base, 448², batch 15, bf16 autocast, channels_last.
 
 Adam (fused), ``CombinedLoss`` (λ = 0.5) computed in float32 on float32 logits (as the train stage
-does). One row per ``--lk-impl`` (``auto``: cuDNN's depthwise kernels on CUDA; ``fft``, ``mixed``
-to compare) and a reference row, smp's U-Net/ResNet-34 at the same size, batch and precision
+does). One row per ``--lk-impl`` (``auto``: on CUDA the fastest of direct, fft and mixed, measured
+once per shape, tcnet/models/lk_tune.py; ``direct``: cuDNN's depthwise kernels) and a reference row, smp's U-Net/ResNet-34 at the same size, batch and precision
 (``--reference none`` to skip): the issue's target 2 on the GPU. Each configuration runs on its
 own (so that its peak memory is its own): warm-up steps (cuDNN autotuning off by default;
 ``--benchmark-cudnn``), then the median of the timed steps, CUDA-synchronised. ``--compile``

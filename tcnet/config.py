@@ -69,7 +69,7 @@ class PreprocessConfig:
     image_size_overrides: dict[str, int] = field(default_factory=dict)  # per dataset, e.g. {drive: 128}
     skip_invalid: bool = False  # True: skip and report bad pairs instead of stopping
     workers: int = 0  # process-pool size; 0 = the CPUs this process may use (tcnet.utils.cpus)
-    # stats.json's class weights (inverse pixel frequency, background 1) are clipped to this range
+    # class weights (inverse pixel frequency, background 1; each run's and stats.json's) are clipped to this range
     class_weight_clip: tuple[float, float] = (1.0, 50.0)
 
     def size_for(self, dataset: str) -> int:

@@ -114,6 +114,13 @@ def _to_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _read_tifffile(path: Path) -> np.ndarray:
+    """A TIFF Pillow cannot open, through tifffile, as uint8 (:func:`_to_uint8`)."""
+    return _to_uint8(tifffile_samples(path), path)
+
+
+def tifffile_samples(path: Path) -> np.ndarray:
+    """A TIFF's samples as tifffile decodes them, unscaled (H x W or H x W x C): for mask rules that
+    look at the stored values (0/1 data in 16 bits would be 0 after scaling to 8)."""
     import tifffile
 
     try:
@@ -125,7 +132,7 @@ def _read_tifffile(path: Path) -> np.ndarray:
         arr = arr[0]
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
         arr = np.moveaxis(arr, 0, -1)
-    return _to_uint8(arr, path)
+    return arr
 
 
 def _pil_to_rgb(img, path: Path) -> np.ndarray:
@@ -212,6 +219,8 @@ def gray_of(img, path) -> np.ndarray:
 
 
 def _gray_array(arr: np.ndarray, path: Path) -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[2] < 3:  # grey + alpha: the grey
+        arr = arr[..., 0]
     if arr.ndim == 3:
         rgb = arr[..., :3].astype(np.float64)
         arr = np.round(rgb @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)

@@ -153,7 +153,8 @@ def build_loss(
     """The training loss from ``train.loss`` (a :class:`tcnet.config.LossConfig`).
 
     Class weights: ``loss_cfg.class_weights`` when set by hand, else ``class_weights_from_stats``
-    (``stats.json``'s ``class_weights`` from the preprocess stage), else unweighted. With
+    (the train stage passes the run's own: from the pixel counts of the images it trains on,
+    ``manifest.csv``), else unweighted. With
     ``deep_supervision`` the loss is wrapped in :class:`DeepSupervisionLoss`; it still accepts a
     single tensor, so the same loss object scores eval-mode outputs. ``sum_across``: see
     :class:`CombinedLoss` (a training under DDP; never for a validation that one process runs alone).

@@ -2,7 +2,7 @@
 
 Why measure instead of a rule: on an H200 (``python -m benchmarks lkconv --device cuda``,
 docs/performance.md §7) no shape rule held. cuDNN's NCHW depthwise kernels beat the FFT at most
-TCNet shapes at batch 2, its channels_last ones are 2-6× slower than the FFT on 56² and larger
+TCNet shapes at batch 2, its channels_last ones took up to 6× the FFT's time on 56² and larger
 maps, the FFT's fixed cost (~2 ms a call at batch 2) is paid back only on large maps or batches,
 and ``mixed`` wins some shapes in between. A rule measured on one GPU and batch would be a guess on
 another. So, as ``torch.backends.cudnn.benchmark`` does for cuDNN's own algorithms, the first call

@@ -1,7 +1,7 @@
 """``tcnet promote``: register an experiment's best TCNet run in the MLflow model registry.
 
 1. Find the MLflow experiment ``tcnet/<experiment>`` and its training runs (the nested runs tagged
-   ``tcnet.run_id``) that finished, trained a TCNet (model name starting with ``tcnet``) and hold
+   ``tcnet.run_id``, not ``tcnet.superseded``) that finished, trained a TCNet (model name starting with ``tcnet``) and hold
    the metric (``--metric DI`` -> the evaluate stage's ``eval_mean_DI``, or ``eval_pooled_DI``
    where the experiment's headline aggregation is pooled; a full metric key is taken as given). Every metric tcnet reports is higher-is-better; the best run wins (ties: the
    newest training, whose checkpoint is the one on disk).

@@ -353,7 +353,8 @@ def test_real_files_unpacked_over_the_look_alike_get_a_hint(synth_copy):
 
 
 def test_tiff_masks_pillow_cannot_open_are_binarised_by_the_same_rule(tmp_path):
-    """Float64 masks, grey and RGB: read by tifffile (Pillow refuses them) and
+    """Float64 masks (grey, RGB), 0/1 in int64 and in 16-bit grey + alpha: read by tifffile (Pillow
+    refuses them), the stored values unscaled, and
     binarised as Pillow-readable masks are (0/1 -> > 0, else >= half the range); preprocess's
     read_mask_file too (it used to fall back to a reader without a tifffile path, and fail)."""
     import tifffile
@@ -364,7 +365,10 @@ def test_tiff_masks_pillow_cannot_open_are_binarised_by_the_same_rule(tmp_path):
     want[3:9, 4:11] = True
     cases = {"float01.tif": (want.astype(np.float64), {}),
              "float255.tif": (want.astype(np.float64) * 255, {}),
-             "rgb_float.tif": (np.stack([want] * 3, axis=-1).astype(np.float64), {"photometric": "rgb"})}
+             "rgb_float.tif": (np.stack([want] * 3, axis=-1).astype(np.float64), {"photometric": "rgb"}),
+             "int64_01.tif": (want.astype(np.int64), {}),  # 0/1 in a wide type: > 0, not scaled to 0 first
+             "grey_alpha_uint16_01.tif": (np.stack([want, want], -1).astype(np.uint16),
+                                          {"photometric": "minisblack", "extrasamples": [2]})}
     for name, (data, kw) in cases.items():
         tifffile.imwrite(tmp_path / name, data, **kw)
         np.testing.assert_array_equal(binarize_mask_file(tmp_path / name), want, err_msg=name)

@@ -188,22 +188,24 @@ def _binarize_gray(g: np.ndarray) -> np.ndarray:
 def binarize_mask_file(path) -> np.ndarray:
     """Read and binarise a mask file (see :func:`binarize_mask_image`); errors name the file. A TIFF
     Pillow cannot open (float, planar, ...) goes through tifffile and :func:`binarize_mask_array`."""
-    from tcnet.data.io import InvalidInputError, TIFF_SUFFIXES, _read_tifffile, open_image
+    from tcnet.data.io import InvalidInputError, TIFF_SUFFIXES, open_image, tifffile_samples
 
     try:
         img = open_image(path)
     except InvalidInputError:
         if Path(path).suffix.lower() not in TIFF_SUFFIXES:
             raise
-        return binarize_mask_array(_read_tifffile(Path(path)))
+        return binarize_mask_array(tifffile_samples(Path(path)))
     with img:
         return binarize_mask_image(img)
 
 
 def binarize_mask_array(arr: np.ndarray) -> np.ndarray:
-    """:func:`binarize_mask_image`'s rule for decoded samples (a TIFF only tifffile reads): colour
-    by its luminance; 0/1 data -> ``> 0``; else ``>=`` half the range (65535 for 16-bit or values
-    above 255, else 255)."""
+    """:func:`binarize_mask_image`'s rule for samples as stored (a TIFF only tifffile reads, unscaled):
+    colour by its luminance, grey + alpha by its grey; 0/1 data -> ``> 0``; else ``>=`` half the
+    range (65535 for 16-bit or values above 255, else 255)."""
+    if arr.ndim == 3 and arr.shape[2] < 3:  # grey + alpha: the grey
+        arr = arr[..., 0]
     g = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114]) if arr.ndim == 3 else arr
     if g.size and float(g.max()) <= 1:
         return g > 0
