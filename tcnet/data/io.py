@@ -35,11 +35,18 @@ def open_image(path):
     """``path`` opened and fully decoded by Pillow (a ``PIL.Image``, mode as stored).
 
     Raises :class:`InvalidInputError` naming the file when it is missing, empty, not an image,
-    corrupt or truncated. For callers that need the stored mode (palette masks, 1-bit masks).
+    corrupt or truncated, or a TIFF Pillow decodes wrongly (16-bit colour, separate planes: the
+    mask readers then read it with tifffile). For callers that need the stored mode (palette masks,
+    1-bit masks).
     """
     path = Path(path)
     _check_file(path)
-    return _open_pil(path)
+    img = _open_pil(path)
+    if _tiff_needs_tifffile(img):  # its pixels as Pillow gives them are wrong: no caller may use them
+        img.close()
+        raise InvalidInputError(f"{path}: a TIFF with more than 8 bits per colour sample or separate colour planes, "
+                                "which Pillow decodes wrongly (read it with tifffile)")
+    return img
 
 
 def _open_pil(path: Path):
@@ -197,12 +204,12 @@ def read_gray(path) -> np.ndarray:
     _check_file(path)
     try:
         with _open_pil(path) as img:
-            return gray_of(img, path)
+            if not _tiff_needs_tifffile(img):  # else Pillow's pixels are wrong: tifffile's below
+                return gray_of(img, path)
     except InvalidInputError:
         if path.suffix.lower() not in TIFF_SUFFIXES:
             raise
-        arr = _read_tifffile(path)
-    return _gray_array(arr, path)
+    return _gray_array(_read_tifffile(path), path)
 
 
 def gray_of(img, path) -> np.ndarray:

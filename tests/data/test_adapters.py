@@ -368,7 +368,10 @@ def test_tiff_masks_pillow_cannot_open_are_binarised_by_the_same_rule(tmp_path):
              "rgb_float.tif": (np.stack([want] * 3, axis=-1).astype(np.float64), {"photometric": "rgb"}),
              "int64_01.tif": (want.astype(np.int64), {}),  # 0/1 in a wide type: > 0, not scaled to 0 first
              "grey_alpha_uint16_01.tif": (np.stack([want, want], -1).astype(np.uint16),
-                                          {"photometric": "minisblack", "extrasamples": [2]})}
+                                          {"photometric": "minisblack", "extrasamples": [2]}),
+             # Pillow opens this one but scrambles its pixels (16-bit planar RGB): tifffile's too
+             "planar_rgb16.tif": (np.stack([want] * 3).astype(np.uint16) * 65535, {"planarconfig": "separate",
+                                                                                   "photometric": "rgb"})}
     for name, (data, kw) in cases.items():
         tifffile.imwrite(tmp_path / name, data, **kw)
         np.testing.assert_array_equal(binarize_mask_file(tmp_path / name), want, err_msg=name)

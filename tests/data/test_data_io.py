@@ -150,6 +150,10 @@ def test_wide_and_big_endian_samples_are_scaled_not_clipped_to_white(tmp_path):
     tifffile.imwrite(tmp_path / "neg.tif", grey.astype(np.int16) - 5)
     with pytest.raises(InvalidInputError, match=r"neg\.tif: pixel values -5\.\.250 .* outside 0\.\.65535"):
         read_image(tmp_path / "neg.tif")
+    # planar 16-bit RGB, which Pillow opens but scrambles: read_gray as read_image, through tifffile
+    rgb = np.stack([grey.astype(np.uint16) * 257] * 3)
+    tifffile.imwrite(tmp_path / "planar.tif", rgb, photometric="rgb", planarconfig="separate")
+    np.testing.assert_array_equal(read_gray(tmp_path / "planar.tif"), grey.astype(np.uint8))
     # 0..1 floats with one stray value above 1 would be read as 0..255 data (all but black): refused
     stray = grey.astype(np.float32) / 255
     stray[0, 0] = 1.01
