@@ -517,6 +517,8 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
             _say(f"{spec.run_id} epoch {epoch}/{cfg.epochs}: train_loss {row['train_loss']:.4f}, "
                  f"val_loss {row['val_loss']:.4f}, val_DI {row['val_DI']:.4f}, lr {lr:.2e}, "
                  f"{row['seconds']:.1f} s, {row['images_per_s']:.1f} img/s")
+            if epoch == start_epoch + 1:
+                _say_lk_choices(spec.run_id, record)
 
         if dist.is_main:
             record["train_seconds"] = time.perf_counter() - t_run
@@ -535,6 +537,21 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
     if not dist.is_main:  # rank 0 wrote the final record
         return _read_json(run_dir / "run.json") or record
     return record
+
+
+def _say_lk_choices(run_id: str, record: dict) -> None:
+    """What ``lk_impl: auto`` measured so far in this process (CUDA only: tcnet/models/lk_tune.py),
+    once a run's first epoch has run its shapes: one line, and ``run.json``'s ``lk_auto_choices``."""
+    from collections import Counter
+
+    from tcnet.models.lk_tune import cached_choices
+
+    counts = Counter(cached_choices().values())
+    if not counts:
+        return
+    record["lk_auto_choices"] = dict(sorted(counts.items()))
+    _say(f"{run_id}: lk_impl auto measured {sum(counts.values())} large-kernel call shape(s) in this process: "
+         + ", ".join(f"{impl} {n}" for impl, n in sorted(counts.items())))
 
 
 def _check_weights_finite(model, who: str, epoch: int, last: Path) -> None:

@@ -859,3 +859,34 @@ def test_class_weights_come_from_the_runs_own_training_images(data, tmp_path, mo
     assert seen and all(w == pytest.approx(want) for w in seen)
     stats = json.loads((data / "pre" / "stats.json").read_text())["isic2017"]["class_weights"]
     assert want != pytest.approx(stats, rel=1e-3)  # this fold's two images are not the dataset's four
+
+
+def test_what_auto_measured_is_said_and_recorded(data, tmp_path, monkeypatch, capsys):
+    """On CUDA lk_impl auto times its candidates per shape (lk_tune.py); the run says what it chose
+    after its first epoch and run.json keeps the counts. Measuring forced on here (the CPU never
+    measures), so the CPU runs the same code."""
+    import tcnet.models.lk_conv as lk_conv
+    from tcnet.models import lk_tune
+
+    lk_tune.clear_cache()
+    monkeypatch.setattr(lk_conv, "can_tune", lambda x: True)
+    try:
+        info = train.run(make_params(tmp_path, epochs=1), EXPERIMENT, data / "pre", data / "splits",
+                         tmp_path / "models", mlflow=False)["runs"][0]
+    finally:
+        lk_tune.clear_cache()
+    err = capsys.readouterr().err
+    assert "lk_impl auto measured" in err, err
+    counts = info["lk_auto_choices"]
+    assert counts and set(counts) <= {"direct", "fft", "mixed"} and sum(counts.values()) >= 2  # train and eval keys
+    assert json.loads((tmp_path / "models" / EXPERIMENT / the_spec(make_params(tmp_path)).run_id / "run.json")
+                      .read_text())["lk_auto_choices"] == counts
+
+
+def test_a_cpu_run_measures_nothing_and_says_nothing_of_it(data, tmp_path, capsys):
+    from tcnet.models import lk_tune
+
+    lk_tune.clear_cache()
+    info = train.run(make_params(tmp_path, epochs=1), EXPERIMENT, data / "pre", data / "splits", tmp_path / "models",
+                     mlflow=False)["runs"][0]
+    assert "lk_auto_choices" not in info and "lk_impl auto measured" not in capsys.readouterr().err
