@@ -225,15 +225,21 @@ def gray_of(img, path) -> np.ndarray:
     return _gray_array(arr, Path(path))
 
 
-def _gray_array(arr: np.ndarray, path: Path) -> np.ndarray:
-    if arr.ndim == 3 and arr.shape[2] < 3:  # grey + alpha: the grey
-        arr = arr[..., 0]
+def single_channel(arr: np.ndarray) -> np.ndarray:
+    """One channel of decoded samples: grey as it is, grey + alpha its grey, colour its ITU-R 601
+    luminance (float64, unrounded); other shapes unchanged (the caller says what is wrong)."""
+    if arr.ndim == 3 and arr.shape[2] < 3:
+        return arr[..., 0]
     if arr.ndim == 3:
-        rgb = arr[..., :3].astype(np.float64)
-        arr = np.round(rgb @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
+        return arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    return arr
+
+
+def _gray_array(arr: np.ndarray, path: Path) -> np.ndarray:
+    arr = single_channel(arr)
     if arr.ndim != 2:
         raise InvalidInputError(f"{path}: expected a single-channel image, got an array of shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=np.uint8)
+    return np.ascontiguousarray(np.round(arr), dtype=np.uint8)
 
 
 def write_png(path, arr, text: Optional[dict] = None) -> Path:

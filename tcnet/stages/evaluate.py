@@ -161,7 +161,7 @@ def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, spli
     from tcnet.data.dataset import read_manifest
     from tcnet.data.io import read_image, write_png
     from tcnet.data.synth.writers import is_synthetic
-    from tcnet.stages.preprocess import sample_checksum
+    from tcnet.stages.preprocess import sample_checksum, sample_files
     from tcnet.data.transforms import prepare_image, resize_prob
     from tcnet.metrics import MetricAccumulator, ProbabilityHistogram
     from tcnet.training.runtime import resolve_device
@@ -218,7 +218,7 @@ def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, spli
                 sample = Sample(image_id, dataset, raw_dir / r.image_path, raw_dir / r.mask_path,
                                 raw_dir / r.fov_path if r.fov_path else None, r.official_split)
                 if getattr(r, "checksum", "") and sample_checksum(sample) != r.checksum:
-                    files = " or ".join(str(p) for p in (sample.image, sample.mask, sample.fov) if p)
+                    files = " or ".join(map(str, sample_files(sample)))
                     raise ValueError(f"{files}: not the bytes preprocess read (manifest checksum differs): the raw "
                                      "data changed since; re-run 'tcnet preprocess'")
                 rgb = read_image(sample.image)

@@ -112,11 +112,17 @@ def file_checksum(*paths) -> str:
     return h.hexdigest()
 
 
+def sample_files(sample) -> list:
+    """The raw files of a sample: image, mask and FOV file where it has one (a FOV derived from the
+    image is covered by the image)."""
+    return [p for p in (sample.image, sample.mask, sample.fov) if p]
+
+
 def sample_checksum(sample) -> str:
-    """The manifest's ``checksum`` of a sample: its image, mask and FOV file (where it has one; a FOV
-    derived from the image is covered by the image). evaluate checks it before scoring: a FOV file
-    edited after preprocess would otherwise be scored inside while training saw the old one."""
-    return file_checksum(*(p for p in (sample.image, sample.mask, sample.fov) if p))
+    """The manifest's ``checksum`` of a sample: sha256 of :func:`sample_files`. evaluate checks it
+    before scoring: a FOV file edited after preprocess would otherwise be scored inside while
+    training saw the old one."""
+    return file_checksum(*sample_files(sample))
 
 
 def mask_binary_problem(gray: np.ndarray) -> Optional[str]:

@@ -170,11 +170,7 @@ def binarize_mask_image(img) -> np.ndarray:
     if img.mode in ("RGBA", "LA", "PA"):
         img = img.convert("RGBA")
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        g = np.asarray(img)
-        if g.size and float(g.max()) <= 1:
-            return g > 0
-        hi = 65535 if img.mode.startswith("I;16") or float(g.max()) > 255 else 255
-        return g >= (hi + 1) / 2
+        return binarize_mask_array(np.asarray(img))
     g = np.asarray(img) if img.mode == "L" else np.asarray(img.convert("L"))
     return _binarize_gray(g)
 
@@ -201,12 +197,12 @@ def binarize_mask_file(path) -> np.ndarray:
 
 
 def binarize_mask_array(arr: np.ndarray) -> np.ndarray:
-    """:func:`binarize_mask_image`'s rule for samples as stored (a TIFF only tifffile reads, unscaled):
-    colour by its luminance, grey + alpha by its grey; 0/1 data -> ``> 0``; else ``>=`` half the
-    range (65535 for 16-bit or values above 255, else 255)."""
-    if arr.ndim == 3 and arr.shape[2] < 3:  # grey + alpha: the grey
-        arr = arr[..., 0]
-    g = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114]) if arr.ndim == 3 else arr
+    """The masks' rule for samples as stored (16-bit and float PIL modes, a TIFF only tifffile reads,
+    unscaled): one channel (:func:`tcnet.data.io.single_channel`); 0/1 data -> ``> 0``; else ``>=``
+    half the range (65535 for 16-bit or values above 255, else 255)."""
+    from tcnet.data.io import single_channel
+
+    g = single_channel(arr)
     if g.size and float(g.max()) <= 1:
         return g > 0
     hi = 65535 if (arr.dtype.kind == "u" and arr.dtype.itemsize == 2) or float(g.max()) > 255 else 255
