@@ -11,7 +11,7 @@ Targets (one module each; ``python -m benchmarks <target> --help`` for its optio
     dvc_noop    `dvc repro` with nothing changed, and `dvc status`
     inference   predict images/s of every registered model, batch 1 and 8
     memory      peak RSS of a train step per TCNet variant and U-Net (fresh process each)
-    gpu_step    the paper profile on CUDA (tcnet_base, 448², batch 15, bf16, channels_last): per lk_impl, vs U-Net
+    gpu_step    the paper profile on CUDA (tcnet_base, 448², batch 15, bf16, channels_last): per lk_impl, vs U-Net; --cuda-graph, --profile
     all         every target above in turn
 
 Modes: default ``full`` (the figures in docs/performance.md), ``--quick`` (about a minute each),

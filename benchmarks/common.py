@@ -348,6 +348,16 @@ def print_table(title: str, columns: Sequence[Col], rows: Iterable[dict]) -> str
     return text
 
 
+def first_kind(name: str, kinds: Sequence[tuple[str, Sequence[str]]]) -> str:
+    """The first kind whose substrings occur in ``name`` (case-insensitive), else ``"other"``: the
+    profile tables' classification of op and kernel names."""
+    low = name.lower()
+    for kind, needles in kinds:
+        if any(n in low for n in needles):
+            return kind
+    return "other"
+
+
 def say(msg: str) -> None:
     print(msg, flush=True)
 

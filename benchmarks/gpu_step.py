@@ -1,12 +1,18 @@
 """The paper-profile train step on a CUDA GPU: tcnet_base, 448², batch 15, bf16 autocast, channels_last.
 
-Adam (fused), ``CombinedLoss`` (λ = 0.5) computed in float32 on float32 logits (as the train stage
-does). One row per ``--lk-impl`` (``auto``: on CUDA the fastest of direct, fft and mixed, measured
+Adam (fused), ``CombinedLoss`` (λ = 0.5, class weights, the FOV as valid mask) computed in float32
+on float32 logits (as the train stage does). One row per ``--lk-impl`` (``auto``: on CUDA the fastest of direct, fft and mixed, measured
 once per shape, tcnet/models/lk_tune.py; ``direct``: cuDNN's depthwise kernels) and a reference row, smp's U-Net/ResNet-34 at the same size, batch and precision
 (``--reference none`` to skip): the issue's target 2 on the GPU. Each configuration runs on its
 own (so that its peak memory is its own): warm-up steps (cuDNN autotuning off by default;
 ``--benchmark-cudnn``), then the median of the timed steps, CUDA-synchronised. ``--compile``
-adds ``torch.compile`` (its compile time is reported, not timed in the steps).
+adds ``torch.compile`` (its compile time is reported, not timed in the steps). ``--cuda-graph``
+runs the train stage's captured step (``train.cuda_graph``, tcnet/training/cuda_graph.py): the
+whole step -- forward, loss, backward, fused Adam -- in one CUDA graph after eager warm-up steps
+(which measure ``auto``'s choices; the capture reuses them); its replays are timed. ``--profile`` adds, per
+configuration, a few profiled steps (``torch.profiler``): the GPU's busy time against the step's,
+kernels per step, and the kernel time by kind (FFT, GEMM, convolution, attention, elementwise,
+...) and by kernel: where the step's time goes on the GPU.
 
 Reported: step time, images/s, model FLOP/s (forward FLOPs of the architecture with the direct
 convolution, ``tcnet.models.flops``, × batch × 3), the ratio to the reference's model FLOP/s,
@@ -19,6 +25,7 @@ Without CUDA it measures nothing, says so, writes a JSON whose summary says so, 
 
 from __future__ import annotations
 
+import functools
 import gc
 import time
 
@@ -69,6 +76,10 @@ def add_arguments(p) -> None:
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="float32 instead of bf16 autocast")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--compile", action="store_true", help="torch.compile each model (compile time reported apart)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="capture the whole step in a CUDA graph after eager warm-up and time its replays")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile a few steps per configuration: GPU busy time, kernel time by kind and by kernel")
     p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, if not in the table")
     p.add_argument("--benchmark-cudnn", action="store_true",
                    help="torch.backends.cudnn.benchmark = True, as the paper profile trains (deterministic: false)")
@@ -79,7 +90,7 @@ def add_arguments(p) -> None:
 COLS = [Col("config", "configuration"), Col("step_ms", "step ms (median)", ".1f"),
         Col("images_per_s", "images/s", ".1f"), Col("tflops", "model TFLOP/s", ".2f"),
         Col("vs_reference", "÷ reference", ".2f"), Col("mfu_pct", "MFU %", ".2f"),
-        Col("compile_s", "compile s", ".0f"),
+        Col("compile_s", "compile / capture s", ".1f"),
         Col("max_alloc_gib", "max allocated GiB", ".2f"), Col("max_reserved_gib", "max reserved GiB", ".2f")]
 
 
@@ -92,12 +103,91 @@ def _skipped() -> dict:
             "notes": [NO_GPU]}
 
 
+# Kernel names -> kind, first match wins (cuFFT, cuBLAS/CUTLASS, cuDNN, PyTorch's own kernels).
+KERNEL_KINDS = (
+    ("fft", ("fft",)),
+    ("attention", ("flash", "fmha", "attention", "attn")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("convolution", ("conv", "dgrad", "wgrad", "fprop", "implicit_gemm", "depthwise", "winograd")),
+    ("gemm", ("gemm", "nvjet", "cutlass", "cublas", "xmma", "matmul")),
+    ("normalisation", ("norm",)),
+    ("reduction", ("reduce", "softmax", "sum_", "mean")),
+    ("copy / layout", ("copy", "transpose", "permute", "cat", "memcpy", "memset", "pad", "fill")),
+    ("elementwise", ("elementwise", "vectorized", "unrolled")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    return common.first_kind(name, KERNEL_KINDS)
+
+
+def _kernel_events(prof, device: torch.device) -> list[tuple[str, float, float]]:
+    """``(name, start_us, duration_us)`` of each GPU kernel (on CPU: each op's self time, a
+    stand-in for kernels so that ``--device cpu`` checks the same code)."""
+    out = []
+    for e in prof.events():
+        if device.type == "cuda":
+            # kernels only: not the CPU's ops, nor the ranges a CPU annotation draws on the GPU's
+            # timeline (`Optimizer.step#Adam.step`), which overlap the kernels they contain
+            if e.device_type != torch.autograd.DeviceType.CUDA or getattr(e, "is_user_annotation", False):
+                continue
+            out.append((e.name, float(e.time_range.start), float(e.time_range.elapsed_us())))
+        else:
+            out.append((e.name, float(e.time_range.start), float(e.self_cpu_time_total)))
+    return out
+
+
+def _busy_us(kernels: list[tuple[str, float, float]]) -> float:
+    """Time with at least one kernel running (the union of their intervals)."""
+    busy, end = 0.0, float("-inf")
+    for _, start, dur in sorted(kernels, key=lambda k: k[1]):
+        stop = start + dur
+        if stop > end:
+            busy += stop - max(start, end)
+            end = stop
+    return busy
+
+
+def profile_steps(step, sync, device: torch.device, steps: int = 3) -> dict:
+    """Run ``steps`` steps under torch.profiler: wall time, GPU busy time, kernel time by kind and
+    the top kernels, all per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        wall = (time.perf_counter() - t0) / steps
+    kernels = _kernel_events(prof, device)
+    total = sum(d for _, _, d in kernels) / steps
+    by_kind: dict[str, list[float]] = {}
+    by_name: dict[str, list[float]] = {}
+    for name, _, dur in kernels:
+        for table, key in ((by_kind, kernel_kind(name)), (by_name, name)):
+            cell = table.setdefault(key, [0, 0.0])
+            cell[0] += 1
+            cell[1] += dur
+
+    def rows(table, label):
+        return [{label: k, "calls": n / steps, "ms": us / steps / 1000, "share_pct": 100 * us / steps / total}
+                for k, (n, us) in sorted(table.items(), key=lambda kv: -kv[1][1])]
+
+    return {"profiled_steps": steps, "wall_ms": wall * 1000, "kernel_ms": total / 1000,
+            "busy_ms": _busy_us(kernels) / steps / 1000 if device.type == "cuda" else None, "kernels_per_step": len(kernels) / steps,
+            "by_kind": rows(by_kind, "kind"), "top_kernels": rows(by_name, "kernel")[:15]}
+
+
 def measure(name: str, lk_impl: str | None, args, size: int, batch: int, steps: int, warmup: int,
             device: torch.device) -> dict:
-    """One configuration's train step: median time and peak memory."""
+    """One configuration's train step: median time and peak memory (and its profile)."""
     import tcnet
     from tcnet.losses.combined import CombinedLoss
     from tcnet.models.flops import model_complexity
+    from tcnet.training.cuda_graph import WARMUP_STEPS, GraphedTrainStep
+    from tcnet.training.loop import forward_loss
 
     torch.manual_seed(0)
     overrides = {"lk_impl": lk_impl} if lk_impl else {}
@@ -107,27 +197,50 @@ def measure(name: str, lk_impl: str | None, args, size: int, batch: int, steps: 
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     mask = (torch.rand(batch, 1, size, size, device=device) > 0.7).float()
-    loss_fn = CombinedLoss(ce_weight=0.5)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as the train stage builds it
-    forward = torch.compile(model) if args.compile else model
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            out = forward(x)
-        loss_fn(out.float(), mask).backward()
-        opt.step()
-
+    fov = torch.ones_like(mask)
+    # the train stage's loss: class weights (theirs come from the run's images; these are typical of
+    # ISIC) on the device, the FOV as its valid mask
+    loss_fn = CombinedLoss(ce_weight=0.5, class_weights=[0.7, 1.8]).to(device)
+    # as the train stage builds it (capturable when its step is captured: train.cuda_graph)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True, capturable=bool(args.cuda_graph))
     sync = common.cuda_sync_for(device)
-    compile_s = None
-    if args.compile:  # the first call compiles: time it apart from the steps
+
+    def make_step(forward):
+        loss = functools.partial(forward_loss, forward, loss_fn, device=device, bf16=args.bf16)
+
+        def step():  # the train loop's eager step (tcnet/training/loop.py)
+            opt.zero_grad(set_to_none=True)
+            loss(x, mask, fov).backward()
+            opt.step()
+        return step
+
+    step = make_step(model)
+    setup_s = None
+    if args.compile:
+        # One eager step first: auto measures its choices there, and the compiled graph reuses them
+        # (lk_tune.cached_impl) instead of the fixed rule. Then the first compiled call compiles.
+        step()
+        sync()
+        step = make_step(torch.compile(model))
         t0 = time.perf_counter()
         step()
         sync()
-        compile_s = time.perf_counter() - t0
+        setup_s = time.perf_counter() - t0
+    if args.cuda_graph:  # the train stage's own captured step (train.cuda_graph)
+        graphed = GraphedTrainStep(model, opt, functools.partial(forward_loss, model, loss_fn, device=device,
+                                                                 bf16=args.bf16), batch_size=batch)
+        t0 = time.perf_counter()
+        for _ in range(WARMUP_STEPS + 1):  # eager warm-up steps, then the capture and its first replay
+            graphed(x, mask, fov)
+        sync()
+        setup_s = time.perf_counter() - t0
+
+        def step():
+            graphed(x, mask, fov)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     st = common.stats(common.time_interleaved({"step": step}, steps, warmup=warmup, sync=sync)["step"])
+    prof = profile_steps(step, sync, device) if args.profile else None
     flops = model_complexity(name, size)["flops"] * batch * 3
     cuda = device.type == "cuda"
     row = {
@@ -135,16 +248,15 @@ def measure(name: str, lk_impl: str | None, args, size: int, batch: int, steps: 
         "config": f"{name} {size}² b{batch} {'bf16' if args.bf16 else 'fp32'} "
                   f"{'channels_last' if args.channels_last else 'NCHW'}"
                   + (f" lk_impl={lk_impl}" if lk_impl else "")
-                  # auto does not measure inside a compiled graph (tcnet/models/lk_tune.py): its fixed rule runs
-                  + (" (its fixed rule)" if args.compile and lk_impl == "auto" else "")
-                  + (" compiled" if args.compile else ""),
+                  + (" compiled" if args.compile else "")
+                  + (" CUDA graph" if args.cuda_graph else ""),
         "step_ms": st["median_s"] * 1000, "images_per_s": batch / st["median_s"],
-        "tflops": flops / st["median_s"] / 1e12, "compile_s": compile_s,
+        "tflops": flops / st["median_s"] / 1e12, "compile_s": setup_s,
         "max_alloc_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
         "max_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30 if cuda else None,
-        "times_s": st, "model_gflop_per_step": flops / 1e9,
+        "times_s": st, "model_gflop_per_step": flops / 1e9, "profile": prof, "device": device.type,
     }
-    del model, opt, forward, x, mask
+    del model, opt, x, mask, fov, step
     if args.compile:  # the next row compiles its own graphs, from a clean cache
         torch._dynamo.reset()
     gc.collect()
@@ -153,10 +265,35 @@ def measure(name: str, lk_impl: str | None, args, size: int, batch: int, steps: 
     return row
 
 
+KIND_COLS = [Col("kind", "kind of kernel"), Col("calls", "kernels / step", ".0f"), Col("ms", "ms / step", ".2f"),
+             Col("share_pct", "% of kernel time", ".1f")]
+TOP_COLS = [Col("kernel", "kernel"), Col("calls", "calls / step", ".0f"), Col("ms", "ms / step", ".2f"),
+            Col("share_pct", "% of kernel time", ".1f")]
+
+
+def print_profile(row: dict) -> None:
+    p = row["profile"]
+    if row["device"] == "cuda":
+        what = (f"GPU busy {p['busy_ms']:.1f} ms ({100 * p['busy_ms'] / p['wall_ms']:.0f} %), "
+                f"{p['kernels_per_step']:.0f} kernels, {p['kernel_ms']:.1f} ms of kernel time")
+    else:
+        what = f"{p['kernels_per_step']:.0f} ops, {p['kernel_ms']:.1f} ms of self CPU time (CPU: ops, not kernels)"
+    common.say(f"\n### profile of {row['config']}: {p['profiled_steps']} steps under torch.profiler; per step "
+               f"{p['wall_ms']:.1f} ms wall (profiler on), {what}")
+    common.print_table(f"#### {row['config']}: kernel time by kind, per step", KIND_COLS, p["by_kind"])
+    short = [dict(r, kernel=r["kernel"][:90]) for r in p["top_kernels"]]
+    common.print_table(f"#### {row['config']}: top {len(short)} kernels by time, per step", TOP_COLS, short)
+
+
 def run(args, mode: common.Mode) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         return _skipped()
+    if args.cuda_graph and device.type != "cuda":
+        raise SystemExit(f"gpu_step: --cuda-graph needs a CUDA device, not {device.type!r}")
+    if args.cuda_graph and args.compile:
+        raise SystemExit("gpu_step: --cuda-graph and --compile are separate rows: pass one of them "
+                         "(torch.compile's own CUDA graphs are its mode='reduce-overhead')")
     size = args.size or mode.pick(32, 448, 448)
     batch = args.batch or mode.pick(2, 15, 15)
     steps = args.steps or args.repeats or mode.pick(2, 5, 20)
@@ -179,6 +316,9 @@ def run(args, mode: common.Mode) -> dict:
         r["vs_reference"] = r["tflops"] / ref["tflops"] if ref else None
     common.print_table(f"## {name}: train step, median of {steps} (model FLOPs: direct-conv forward × batch × 3; "
                        f"bf16 peak {peak or '?'} TFLOP/s)", COLS, rows)
+    for r in rows:
+        if r["profile"]:
+            print_profile(r)
     if peak is None and device.type == "cuda":
         common.say(f"unknown bf16 peak for {name!r}: pass --peak-tflops to get the MFU")
     head = rows[0]
@@ -191,7 +331,8 @@ def run(args, mode: common.Mode) -> dict:
     return {
         "settings": {"model": args.model, "reference": args.reference, "size": size, "batch": batch,
                      "bf16": args.bf16, "channels_last": args.channels_last, "lk_impl": args.lk_impl,
-                     "steps": steps, "compile": args.compile, "cudnn_benchmark": bool(args.benchmark_cudnn),
+                     "steps": steps, "compile": args.compile, "cuda_graph": args.cuda_graph,
+                     "profile": args.profile, "cudnn_benchmark": bool(args.benchmark_cudnn),
                      "device": str(device)},
         "tables": {"gpu_step": rows},
         "summary": {"metric": "model-FLOP utilisation (%) against the bf16 peak, first configuration",

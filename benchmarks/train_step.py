@@ -307,11 +307,7 @@ KINDS = [
 
 
 def _kind(op: str) -> str:
-    name = op.lower()
-    for kind, keys in KINDS:
-        if any(k in name for k in keys):
-            return kind
-    return "other"
+    return common.first_kind(op, KINDS)
 
 
 def profile_step(step) -> tuple[list[dict], list[dict], list[dict], list[dict]]:

@@ -153,6 +153,10 @@ class TrainConfig:
     cpu_bf16: bool = False
     channels_last: bool = True  # memory format (CUDA only)
     compile: bool = False  # torch.compile (off: minutes of compile on CPU)
+    # CUDA, one process, not compiled: the whole train step captured in a CUDA graph and replayed
+    # (tcnet/training/cuda_graph.py; an H200's paper-profile step 2.3x faster). Inert on CPU. Opt-in
+    # until the train stage's captured path has passed its CUDA tests on a GPU (docs/training.md).
+    cuda_graph: bool = False
     max_train_images: Optional[int] = None  # cap on training images (smoke runs); None = all
 
     def validate(self) -> None:
@@ -576,8 +580,9 @@ def n_folds(dataset: str, split: SplitConfig) -> int:
 
 
 # train.* keys that cannot change a run's results (DataLoader workers: each item is augmented with a
-# seed of its own, tests/training): changing them must not throw a finished run away.
-HASH_EXCLUDED_TRAIN = ("num_workers",)
+# seed of its own, tests/training; a CUDA graph replays the kernels the eager step launches, and is
+# inert on CPU): changing them must not throw a finished run away.
+HASH_EXCLUDED_TRAIN = ("num_workers", "cuda_graph")
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 

@@ -141,7 +141,7 @@ def test_a_key_given_twice_or_an_empty_file_is_an_error(tmp_path):
         load_params(tmp_path / "noexp.yaml").experiment("e")
 
 
-def test_num_workers_does_not_change_a_runs_identity():
+def test_num_workers_and_cuda_graph_do_not_change_a_runs_identity():
     from dataclasses import replace
 
     from tcnet.config import expand_runs
@@ -149,6 +149,8 @@ def test_num_workers_does_not_change_a_runs_identity():
     params = load_params("params.yaml")
     spec = expand_runs(params, "ablation")[0]
     assert replace(spec, train=replace(spec.train, num_workers=4)).config_hash() == spec.config_hash()
+    assert replace(spec, train=replace(spec.train, cuda_graph=not spec.train.cuda_graph)).config_hash() \
+        == spec.config_hash()
     assert replace(spec, train=replace(spec.train, epochs=99)).config_hash() != spec.config_hash()
 
 

@@ -49,12 +49,18 @@ def _binary_target(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return (t > 0.5).to(logits.dtype) if t.is_floating_point() else (t > 0).to(logits.dtype)
 
 
+def _capturing(t: torch.Tensor) -> bool:
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def _class_target(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """Class indices ``B x H x W`` (long), checked against the number of channels."""
     t = _as_bhw(target, "target", logits)
     t = t.round().long() if t.is_floating_point() else t.long()
     c = logits.shape[1]
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= c):
+    # The range check reads the target on the host: not possible inside a CUDA-graph capture
+    # (train.cuda_graph), whose eager warm-up steps checked the same kind of batches first.
+    if t.numel() and not _capturing(t) and (int(t.min()) < 0 or int(t.max()) >= c):
         raise ValueError(f"target holds class indices outside [0, {c - 1}] for logits with {c} channels")
     return t
 

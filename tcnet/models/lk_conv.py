@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tcnet.models.lk_tune import can_tune, measured_impl
+from tcnet.models.lk_tune import cached_impl, can_tune, measured_impl
 
 LK_IMPLS = ("auto", "direct", "fft", "mixed")
 MIXED_MAX_PIXELS = 20 * 20  # channels_last training maps up to this size take "mixed" (measured crossover ~24²)
@@ -377,7 +377,8 @@ class LargeKernelDWConv(nn.Module):
 
     def resolved_impl(self, x: torch.Tensor) -> str:
         """The implementation a call on ``x`` uses: ``lk_impl``, or for auto the measured choice on
-        CUDA (:func:`tcnet.models.lk_tune.measured_impl`), else :func:`choose_impl`."""
+        CUDA (:func:`tcnet.models.lk_tune.measured_impl`; while compiling or capturing a graph, the
+        choice measured for the same key in an earlier eager call), else :func:`choose_impl`."""
         if self.lk_impl != "auto":
             return self.lk_impl
         H, W = x.shape[-2:]
@@ -385,6 +386,10 @@ class LargeKernelDWConv(nn.Module):
         cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         if can_tune(x):  # CUDA: measured once per shape (lk_tune.py), no rule held across shapes and batches
             return measured_impl(x, self.weight, self.bias, cl, IMPL_FUNCTIONS)
+        if not torch.are_deterministic_algorithms_enabled():  # compiling or capturing after eager warm-up
+            measured = cached_impl(x, self.weight, self.bias, cl)
+            if measured is not None:
+                return measured
         return choose_impl(x.device, self.channels, H, W, self.kernel_size, requires_grad=grad, channels_last=cl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,8 @@ Not measured (the static rule of :func:`tcnet.models.lk_conv.choose_impl` instea
 (a slow direct candidate costs seconds there; the CPU rule is measured, see its docstring),
 deterministic mode (``torch.use_deterministic_algorithms``: a timing-dependent choice would make two
 runs differ in rounding), and tracing, compiling or CUDA-graph capture (no timing inside a graph).
+A key measured before, in eager calls, keeps its measured choice there too (:func:`cached_impl`):
+warm up eagerly, then compile or capture, and the graph runs what was measured.
 """
 
 from __future__ import annotations
@@ -49,6 +51,21 @@ def can_tune(x: torch.Tensor) -> bool:
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
         return False
     return not torch.cuda.is_current_stream_capturing()
+
+
+def cached_impl(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                channels_last: bool) -> Optional[str]:
+    """The choice measured earlier for this call's key, or ``None``. Read where measuring is not
+    possible (compiling, tracing, CUDA-graph capture), so that a graph made after eager warm-up
+    steps runs the measured choices, not the fixed rule."""
+    if not _CACHE or x.device.type != "cuda":
+        return None
+    return _CACHE.get(tune_key(x, weight, bias, _grads(x, weight, bias), channels_last))
+
+
+def _grads(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> tuple[bool, bool, bool]:
+    on = torch.is_grad_enabled()
+    return (on and x.requires_grad, on and weight.requires_grad, on and bias is not None and bias.requires_grad)
 
 
 def tune_key(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], grads: tuple[bool, bool, bool],
@@ -89,8 +106,7 @@ def measured_impl(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     """The fastest of ``impls`` (``name -> fn(x, weight, bias)``) for this call's key, measured on the
     first call with that key and cached. The copies it times need the gradients the call needs
     (forward + backward when any does; ``mixed``, whose gain is the weight gradient, only then)."""
-    on = torch.is_grad_enabled()
-    grads = (on and x.requires_grad, on and weight.requires_grad, on and bias is not None and bias.requires_grad)
+    grads = _grads(x, weight, bias)
     key = tune_key(x, weight, bias, grads, channels_last)
     if key in _CACHE:
         return _CACHE[key]

@@ -18,6 +18,7 @@ a retried task finds again (docs/deploy.md).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -218,7 +219,9 @@ def _loaders(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, dist, sync
     return train_ds, sampler, train_loader, generator, val_loader
 
 
-def _model_and_optim(spec: RunSpec, device: torch.device):
+def _model_and_optim(spec: RunSpec, device: torch.device, capturable: bool = False):
+    """Model, Adam and the cosine schedule; ``capturable``: Adam's step may be captured in a CUDA
+    graph (train.cuda_graph)."""
     import tcnet
 
     cfg = spec.train
@@ -228,7 +231,7 @@ def _model_and_optim(spec: RunSpec, device: torch.device):
     # fused: one kernel over every parameter instead of ~10 ops per tensor (tcnet_base has 509):
     # the optimizer step 6-9x faster on CPU (`python -m benchmarks cpu_settings`); same update rule.
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                 fused=device.type in ("cpu", "cuda"))
+                                 fused=device.type in ("cpu", "cuda"), capturable=capturable)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.min_lr)
     return model, optimizer, scheduler
 
@@ -321,7 +324,8 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
     from tcnet.checkpoint import save_checkpoint, set_rng_state
     from tcnet.losses import build_loss
     from tcnet.tracking import NullRunLogger
-    from tcnet.training.loop import cpu_has_native_bf16, history_rows_csv, train_one_epoch, validate
+    from tcnet.training.cuda_graph import GraphedTrainStep, cuda_graph_off_reason
+    from tcnet.training.loop import cpu_has_native_bf16, forward_loss, history_rows_csv, train_one_epoch, validate
     from tcnet.provenance import collect
     from tcnet.training.runtime import epoch_seed, seed_everything
 
@@ -380,14 +384,17 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
     who = f"{spec.run_id} (process {dist.rank} of {dist.world_size})" if dist.enabled else spec.run_id
     train_ds, sampler, train_loader, loader_gen, val_loader = _loaders(spec, preprocessed_dir, splits_dir, dist, sync_bn)
     image_size = train_ds.image_size
-    model, optimizer, scheduler = _model_and_optim(spec, device)
+    graph_off = cuda_graph_off_reason(cfg.cuda_graph, device, dist.world_size, cfg.compile)
+    model, optimizer, scheduler = _model_and_optim(spec, device, capturable=graph_off is None)
     class_weights = (None if cfg.loss.class_weights is not None
                      else _class_weights(preprocessed_dir, spec.data.train, train_ds.ids))
     loss_args = (cfg.loss, class_weights, int(spec.model_kwargs.get("num_classes", 1)),
                  bool(spec.model_kwargs.get("deep_supervision", False)))
-    loss_fn = build_loss(*loss_args)  # validation: rank 0 alone, its own images
+    # On the run's device: the class weights' buffer, which a CPU copy would send to the GPU at every
+    # loss call (a host sync a step; a copy no CUDA-graph capture allows).
+    loss_fn = build_loss(*loss_args).to(device)  # validation: rank 0 alone, its own images
     # Training under DDP: the loss's sums over the whole step's batch (every process's share of it).
-    train_loss_fn = build_loss(*loss_args, sum_across=dist.sum_across()) if dist.enabled else loss_fn
+    train_loss_fn = build_loss(*loss_args, sum_across=dist.sum_across()).to(device) if dist.enabled else loss_fn
 
     # -- resume ---------------------------------------------------------------------------------
     history: list[dict] = []
@@ -401,6 +408,8 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
         model.load_state_dict(ckpt["model"])
         if not trained:
             optimizer.load_state_dict(ckpt["optimizer"])
+            for group in optimizer.param_groups:  # the checkpoint's flag is its run's, not this one's
+                group["capturable"] = graph_off is None
             scheduler.load_state_dict(ckpt["scheduler"])
             set_rng_state(ckpt["rng"])
         history = [dict(r) for r in ckpt["history"]]
@@ -423,6 +432,11 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
     if cfg.compile:
         model = torch.compile(model)
     channels_last = device.type == "cuda" and cfg.channels_last
+    graphed = None
+    if graph_off is None:
+        step_loss = functools.partial(forward_loss, model, train_loss_fn, device=device, bf16=cfg.bf16,
+                                      cpu_bf16=cfg.cpu_bf16)
+        graphed = GraphedTrainStep(model, optimizer, step_loss, batch_size=train_loader.batch_size)
 
     # -- tracking -------------------------------------------------------------------------------
     provenance = collect(device)  # the MLflow tags and run.json: commit, data hash, versions, device
@@ -471,7 +485,7 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
             res = train_one_epoch(model, train_loader, train_loss_fn, optimizer, device, epoch=epoch, run_id=who,
                                   bf16=cfg.bf16, cpu_bf16=cfg.cpu_bf16, channels_last=channels_last,
                                   progress=progress and dist.is_main,
-                                  desc=f"{spec.run_id} {epoch}/{cfg.epochs}")
+                                  desc=f"{spec.run_id} {epoch}/{cfg.epochs}", graphed=graphed)
             loss_sum, images = dist.all_sum([res.loss * res.images, res.images])
             _check_weights_finite(raw_model, who, epoch, run_dir / "last.pt")  # the same weights on every process
             val = validate(raw_model, val_loader, loss_fn, device, bf16=cfg.bf16, cpu_bf16=cfg.cpu_bf16,
@@ -522,6 +536,8 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
 
         if dist.is_main:
             record["train_seconds"] = time.perf_counter() - t_run
+            if start_epoch < cfg.epochs:
+                _say_cuda_graph(spec.run_id, record, graphed, graph_off, device)
             if start_epoch >= cfg.epochs:  # resumed after the final epoch's last.pt: nothing trained here
                 if not trained:  # its full state (written before the tenth session) is not needed any more
                     save_checkpoint(_checkpoint(spec, identity, raw_model, image_size, start_epoch, history, best,
@@ -552,6 +568,21 @@ def _say_lk_choices(run_id: str, record: dict) -> None:
     record["lk_auto_choices"] = dict(sorted(counts.items()))
     _say(f"{run_id}: lk_impl auto measured {sum(counts.values())} large-kernel call shape(s) in this process: "
          + ", ".join(f"{impl} {n}" for impl, n in sorted(counts.items())))
+
+
+def _say_cuda_graph(run_id: str, record: dict, graphed, off_reason: Optional[str], device: torch.device) -> None:
+    """After a run's epochs on CUDA: whether its steps replayed a CUDA graph (train.cuda_graph), and
+    ``run.json``'s ``cuda_graph`` (captures, replays and eager steps of this process; or why not)."""
+    if device.type != "cuda":
+        return
+    if graphed is None:
+        record["cuda_graph"] = {"off": off_reason}
+        _say(f"{run_id}: train steps run eagerly ({off_reason})")
+        return
+    record["cuda_graph"] = graphed.summary()
+    _say(f"{run_id}: train steps from a CUDA graph (train.cuda_graph): {graphed.replays} replayed, "
+         f"{graphed.eager_steps} eager (the first {graphed.warmup} full batches warm up; short batches), "
+         f"captured {graphed.captures} time(s) (again for each new learning rate)")
 
 
 def _check_weights_finite(model, who: str, epoch: int, last: Path) -> None:

@@ -19,11 +19,12 @@ class NonFiniteLossError(ValueError):
     """The training loss became NaN or infinite; the message names the run, epoch and batch."""
 
 
-def autocast(device: torch.device, bf16: bool, cpu_bf16: bool = False):
+def autocast(device: torch.device, bf16: bool, cpu_bf16: bool = False, cache: bool = True):
     """bfloat16 autocast on CUDA when ``bf16``, on CPU when ``cpu_bf16`` (``train.cpu_bf16``, opt-in:
-    CPU runs stay in float32 unless asked, so a demo's metrics do not depend on the CPU's bf16 support)."""
+    CPU runs stay in float32 unless asked, so a demo's metrics do not depend on the CPU's bf16 support).
+    ``cache=False``: no cache of weight casts, as a CUDA-graph capture needs."""
     if device.type == "cuda" and bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
     if device.type == "cpu" and cpu_bf16:
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -62,24 +63,40 @@ class EpochResult:
     seconds: float
 
 
+def forward_loss(model: nn.Module, loss_fn: nn.Module, image: torch.Tensor, mask: torch.Tensor, fov: torch.Tensor,
+                 *, device: torch.device, bf16: bool = True, cpu_bf16: bool = False,
+                 graph_safe: bool = False) -> torch.Tensor:
+    """The training loss of one batch: the model under autocast, its output(s) in float32, the loss
+    over the FOV. ``graph_safe``: autocast without its weight-cast cache (CUDA-graph capture)."""
+    with autocast(device, bf16, cpu_bf16, cache=not graph_safe):
+        out = model(image)
+        if isinstance(out, (list, tuple)):
+            out = [o.float() for o in out]
+        else:
+            out = out.float()
+        return loss_fn(out, mask, fov)
+
+
 def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, device: torch.device, *,
                     epoch: int, run_id: str, bf16: bool = True, cpu_bf16: bool = False,
-                    channels_last: bool = False, progress: bool = True, desc: str = "") -> EpochResult:
-    """One pass over ``loader``; raises :class:`NonFiniteLossError` on a NaN/inf loss."""
+                    channels_last: bool = False, progress: bool = True, desc: str = "",
+                    graphed=None) -> EpochResult:
+    """One pass over ``loader``; raises :class:`NonFiniteLossError` on a NaN/inf loss.
+
+    ``graphed``: a :class:`tcnet.training.cuda_graph.GraphedTrainStep` over the same model, loss and
+    optimiser, which does each whole step (CUDA; a non-finite loss's update is skipped there, so the
+    weights are those before the batch, as here without it)."""
     model.train()
     total, n = 0.0, 0
     start = time.perf_counter()
     bar = _progress(loader, desc or f"{run_id} epoch {epoch}", progress)
     for batch_idx, batch in enumerate(bar):
         image, mask, fov = to_device(batch, device, channels_last)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, bf16, cpu_bf16):
-            out = model(image)
-            if isinstance(out, (list, tuple)):
-                out = [o.float() for o in out]
-            else:
-                out = out.float()
-            loss = loss_fn(out, mask, fov)
+        if graphed is not None:
+            loss = graphed(image, mask, fov)
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            loss = forward_loss(model, loss_fn, image, mask, fov, device=device, bf16=bf16, cpu_bf16=cpu_bf16)
         value = float(loss.detach())
         if not math.isfinite(value):
             if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # the step before overflowed
@@ -93,8 +110,9 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, dev
                 f"(batch ids: {', '.join(map(str, batch['id'][:8]))}); lower train.lr, check the data "
                 "(empty or corrupt masks) or turn off bf16"
             )
-        loss.backward()
-        optimizer.step()
+        if graphed is None:
+            loss.backward()
+            optimizer.step()
         bs = image.shape[0]
         total += value * bs
         n += bs
@@ -144,4 +162,4 @@ def history_rows_csv(history: list[dict]) -> str:
 
 
 __all__ = ["HISTORY_COLUMNS", "NonFiniteLossError", "EpochResult", "train_one_epoch", "validate",
-           "history_rows_csv", "autocast", "cpu_has_native_bf16"]
+           "history_rows_csv", "autocast", "cpu_has_native_bf16", "forward_loss"]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tcnet.models import LargeKernelDWConv
-from tcnet.models import lk_tune
+from tcnet.models import lk_conv, lk_tune
 from tcnet.models.lk_conv import IMPL_FUNCTIONS, dwconv_direct, dwconv_fft, dwconv_mixed
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -140,6 +140,46 @@ def test_nothing_is_measured_on_cpu_in_deterministic_mode_or_while_tracing(monke
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
     monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
     assert not lk_tune.can_tune(fake)
+
+
+def test_a_measured_choice_is_looked_up_by_its_key_where_nothing_may_be_measured():
+    x, w, b = _inputs()
+    # a stand-in for a CUDA tensor: the key reads device, shape, dtype and requires_grad
+    fake = types.SimpleNamespace(device=torch.device("cuda", 0), shape=x.shape, dtype=x.dtype, requires_grad=True)
+    assert lk_tune.cached_impl(fake, w, b, False) is None  # nothing measured yet
+    lk_tune._CACHE[lk_tune.tune_key(fake, w, b, (True, True, True), False)] = "mixed"
+    assert lk_tune.cached_impl(fake, w, b, False) == "mixed"
+    assert lk_tune.cached_impl(fake, w, b, True) is None  # another layout: another key
+    with torch.no_grad():
+        assert lk_tune.cached_impl(fake, w, b, False) is None  # inference: another key
+    assert lk_tune.cached_impl(x, w, b, False) is None  # CPU: never measured, never looked up
+
+
+@pytest.mark.cuda
+@CUDA
+def test_cuda_capture_after_eager_warm_up_runs_the_measured_choice(monkeypatch):
+    torch.manual_seed(0)
+    conv = LargeKernelDWConv(32, 31, lk_impl="auto").cuda().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 32, 56, 56, device="cuda").contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        eager = conv(x)
+    assert len(lk_tune.cached_choices()) == 1
+    # The fixed rule says fft for this shape (channels_last, 56², k = 31): a cached "direct" shows
+    # that the capture read the cache.
+    assert lk_conv.choose_impl(x.device, 32, 56, 56, 31, requires_grad=False, channels_last=True) == "fft"
+    monkeypatch.setattr(lk_tune, "_CACHE", {k: "direct" for k in lk_tune.cached_choices()})
+    graph = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s), torch.no_grad():
+        conv(x)  # warm-up on the side stream, as CUDA-graph capture wants
+    torch.cuda.current_stream().wait_stream(s)
+    with torch.no_grad(), torch.cuda.graph(graph):
+        assert conv.resolved_impl(x) == "direct"  # the cache, not the fixed rule
+        static = conv(x)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert float((static - eager).abs().max() / eager.abs().max()) < 1e-3
 
 
 @pytest.mark.cuda

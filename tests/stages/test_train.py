@@ -426,14 +426,19 @@ def test_non_finite_loss_stops_with_run_epoch_and_batch(data, tmp_path, monkeypa
         loss = real(*args, **kwargs)
         calls = {"n": 0}
 
-        def forward(out, target, valid=None):
-            value = loss(out, target, valid)
-            if not torch.is_grad_enabled():  # validation
-                return value
-            calls["n"] += 1
-            return value * float("nan") if calls["n"] == 5 else value  # epoch 2 (3 batches/epoch), batch 1
+        class Poisoned(torch.nn.Module):  # a module, as the stage moves its losses to the run's device
+            def __init__(self):
+                super().__init__()
+                self.loss = loss
 
-        return forward
+            def forward(self, out, target, valid=None):
+                value = self.loss(out, target, valid)
+                if not torch.is_grad_enabled():  # validation
+                    return value
+                calls["n"] += 1
+                return value * float("nan") if calls["n"] == 5 else value  # epoch 2 (3 batches/epoch), batch 1
+
+        return Poisoned()
 
     monkeypatch.setattr(tcnet.losses, "build_loss", poisoned)
     params = make_params(tmp_path, epochs=2)
@@ -890,3 +895,35 @@ def test_a_cpu_run_measures_nothing_and_says_nothing_of_it(data, tmp_path, capsy
     info = train.run(make_params(tmp_path, epochs=1), EXPERIMENT, data / "pre", data / "splits", tmp_path / "models",
                      mlflow=False)["runs"][0]
     assert "lk_auto_choices" not in info and "lk_impl auto measured" not in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_steps_replay_a_graph_and_an_interrupted_run_resumes(data, tmp_path, monkeypatch, capsys):
+    """train.cuda_graph on CUDA: 6 images, batch 2, 4 epochs. The first run stops in epoch 3: its
+    epoch 1 warms up (3 eager steps), epoch 2 captures and replays. The resume (Adam's capturable
+    state from last.pt) finishes epochs 3-4: warm-up, then a capture for epoch 4's learning rate."""
+    from tcnet.training import loop
+
+    params = make_params(tmp_path, epochs=4, device="cuda", deterministic=False, cuda_graph=True)
+    run_dir = tmp_path / "models" / EXPERIMENT / "isic2017__tiny__fold0"
+    real = loop.train_one_epoch
+
+    def stop_in_epoch_3(*a, **kw):
+        if kw["epoch"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(loop, "train_one_epoch", stop_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(params, EXPERIMENT, data / "pre", data / "splits", tmp_path / "models", mlflow=False)
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 2
+    monkeypatch.setattr(loop, "train_one_epoch", real)
+    capsys.readouterr()
+    train.run(params, EXPERIMENT, data / "pre", data / "splits", tmp_path / "models", mlflow=False)
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["complete"] and [r["epoch"] for r in read_history(run_dir / "history.csv")] == ["1", "2", "3", "4"]
+    assert info["cuda_graph"] == {"captures": 1, "replays": 3, "eager_steps": 3}
+    assert "train steps from a CUDA graph (train.cuda_graph): 3 replayed, 3 eager" in capsys.readouterr().err
+    losses = [float(r["train_loss"]) for r in read_history(run_dir / "history.csv")]
+    assert all(v == v for v in losses)
