@@ -7,12 +7,13 @@ from components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def split(params_yaml: str, index: Input[Dataset], splits: Output[Dataset]):
-    """``<splits>/<dataset>.json``: the folds and the test list (docs/architecture.md, "split")."""
+def split(params_yaml: str, index: Input[Dataset], splits: Output[Dataset], embedded: str = ""):
+    """``<splits>/<dataset>.json``: the folds and the test list (docs/architecture.md, "split");
+    ``embedded``: the dataset's user split file, read into the pipeline when it was compiled."""
     import yaml
     from tcnet.config import Params, from_dict
     from tcnet.stages.split import run
 
     params = from_dict(Params, yaml.safe_load(params_yaml)).validate()
-    summary = run(params.split, index.path, splits.path)
+    summary = run(params.split, index.path, splits.path, embedded=embedded)
     splits.metadata["folds"] = {d: len(s["folds"]) for d, s in summary.items()}

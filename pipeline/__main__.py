@@ -74,7 +74,11 @@ def cmd_compile(args) -> int:
     url, rev = data_source(options(args))
     opts = replace(options(args), data_repo_url=url, data_rev=rev)  # git asked once: build_pipeline takes these
     out = compile_pipeline(opts, args.out)
-    print(f"compiled {out}: {layout(load_params(opts.params))}")
+    params = load_params(opts.params)
+    print(f"compiled {out}: {layout(params)}")
+    if params.split.split_files:  # their text is in the package: an edit needs a new compile
+        print("user split files read into the package: " + ", ".join(
+            f"{d} ({f})" for d, f in params.split.split_files.items()) + "; compile again after editing one")
     if url != without_credentials(url):
         print("note: the data repository URL's user/token part is not written into the package; pass the full "
               "URL as the run's data_repo_url argument when you start a run", file=sys.stderr)

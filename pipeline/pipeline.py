@@ -54,6 +54,7 @@ from components.split import split
 from components.train import train
 from tcnet.config import Params, check_batch_split, expand_runs, flow_yaml, load_params
 from tcnet.provenance import without_credentials
+from tcnet.stages.split import check_packed_total, pack_split_file
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_NAME = "tcnet"
@@ -170,14 +171,13 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
     # Each train task's GPUs share every run's batch (tcnet train --nproc): refuse a split that fails
     # at compile time, not in a pod on a GPU node.
     params = load_params(opts.params)
-    if params.split.split_files:  # a path of this checkout, which no pod has: fail here, not in the split task
-        raise ValueError(
-            f"split.split_files ({', '.join(f'{d}: {f}' for d, f in params.split.split_files.items())}): the Kubeflow "
-            "pipeline does not take user split files yet (its pods cannot read this checkout's files); remove them "
-            "to use the generated splits, or run the pipeline with dvc repro")
     runs = all_runs(params)
     check_batch_split(runs, opts.gpus, "gpus")
     params_text = one_line_yaml(Path(opts.params).read_text())
+    # User split files are paths of this checkout, which no pod has: each dataset's split task
+    # carries its own file, read now (tcnet.stages.split.pack_split_file; its cache key then holds it).
+    embedded = {d: pack_split_file(d, f) for d, f in params.split.split_files.items()}
+    check_packed_total(embedded)
     reported_text = one_line_yaml(Path(opts.reported).read_text())
     groups = run_groups(runs)
     repo_url, rev = data_source(opts, params)
@@ -227,7 +227,7 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
                 kubernetes.use_secret_as_env(fetch, secret_name=opts.dvc_secret, secret_key_to_env=DVC_SECRET_KEYS)
             pre = preprocess(params_yaml=sections["preprocess"], raw=fetch.outputs["raw"])
             common(pre, True, opts.data_cpu, opts.data_memory).set_display_name(f"preprocess {dataset}")
-            spl = split(params_yaml=sections["split"], index=pre.outputs["index"])
+            spl = split(params_yaml=sections["split"], index=pre.outputs["index"], embedded=embedded.get(dataset, ""))
             common(spl, True, "1", "2Gi").set_display_name(f"split {dataset}")
             return pre, spl
 

@@ -221,16 +221,88 @@ def check_split(split, dataset: str, known_ids: set[str], cfg: SplitConfig, wher
         )
 
 
-def _read_user_split(path: Path, dataset: str, known_ids: set[str], cfg: SplitConfig) -> bytes:
+# A Kubeflow task's inputs travel as one command-line argument, at most 128 KiB on Linux, and so does
+# the pipeline's root DAG (KFP's driver; ~26 KB for params.yaml's 40 runs), which holds every split
+# task's constant inputs: the carried split files, compressed, share this much of it (an ISIC 2018
+# 5-fold split, 310 KB of JSON, packs to 48 KB).
+MAX_PACKED_CHARS = 80_000
+
+
+def pack_split_file(dataset: str, path: str) -> str:
+    """A user split file for a Kubeflow pipeline, whose pods have no checkout: its path and bytes
+    (gzip, base64; byte for byte, CRLF and BOM included), read when the pipeline is compiled, as
+    one line of JSON ``{"dataset", "path", "gzip_base64"}``. Refuses a missing file, a file that is
+    not JSON and one too large for a task input, naming it."""
+    import base64
+    import gzip
+
     try:
-        data = path.read_bytes()
+        data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise SplitError(f"split.split_files.{dataset}: {path} not found") from None
+        raise SplitError(f"split.split_files.{dataset}: {path} not found (relative to {Path.cwd()}, where "
+                         "`tcnet split` reads it too)") from None
+    try:
+        json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SplitError(f"{path}: not valid JSON: {e}") from None
+    packed = json.dumps({"dataset": dataset, "path": path,
+                         "gzip_base64": base64.b64encode(gzip.compress(data, mtime=0)).decode("ascii")})
+    if len(packed) > MAX_PACKED_CHARS:
+        raise SplitError(f"split.split_files.{dataset}: {path} is {len(data) / 1024:.0f} KiB, "
+                         f"{len(packed) / 1024:.0f} KiB compressed: over the {MAX_PACKED_CHARS / 1024:.0f} KiB a "
+                         "Kubeflow task input can carry; leave out what the stage does not read (it reads "
+                         "folds[].train/val and test) or split with `dvc repro`")
+    return packed
+
+
+def check_packed_total(packed: dict[str, str]) -> None:
+    """Refuse split files that together are more than a pipeline can carry (MAX_PACKED_CHARS)."""
+    total = sum(len(p) for p in packed.values())
+    if total > MAX_PACKED_CHARS:
+        sizes = ", ".join(f"{d} {len(p) / 1024:.0f} KiB" for d, p in packed.items())
+        raise SplitError(f"split.split_files: {total / 1024:.0f} KiB compressed in all ({sizes}): over the "
+                         f"{MAX_PACKED_CHARS / 1024:.0f} KiB a Kubeflow pipeline can carry (its inputs travel as "
+                         "command-line arguments); split the largest with `dvc repro`, or trim what the stage does "
+                         "not read")
+
+
+def _unpack(packed: str) -> dict:
+    """``{dataset: (path, bytes)}`` from the split task's ``embedded`` input ('' = none)."""
+    import base64
+    import gzip
+
+    out = {}
+    for line in filter(None, (packed or "").splitlines()):
+        entry = json.loads(line)
+        out[entry["dataset"]] = (entry["path"], gzip.decompress(base64.b64decode(entry["gzip_base64"])))
+    return out
+
+
+def _read_user_split(path: Path, dataset: str, known_ids: set[str], cfg: SplitConfig,
+                     embedded: Optional[dict] = None) -> bytes:
+    """The user split file's bytes, validated; in a Kubeflow task (``embedded`` not None) the file
+    the pipeline carries since it was compiled (pack_split_file), which must be the one named."""
+    where = str(path)
+    if embedded is not None:
+        if dataset not in embedded:
+            raise SplitError(f"split.split_files.{dataset}: {path} is not in this Kubeflow pipeline (its pods have no "
+                             "checkout; split files are read into the package when it is compiled): compile the "
+                             "pipeline again with these params (python -m pipeline compile)")
+        carried, data = embedded[dataset]
+        if carried != str(path):
+            raise SplitError(f"split.split_files.{dataset}: {path}, but the pipeline was compiled with {carried}: "
+                             "compile it again with these params (python -m pipeline compile)")
+        where = f"{path} (read into the pipeline when it was compiled)"
+    else:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise SplitError(f"split.split_files.{dataset}: {path} not found") from None
     try:
         split = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SplitError(f"{path}: not valid JSON: {e}") from None
-    check_split(split, dataset, known_ids, cfg, where=str(path))
+        raise SplitError(f"{where}: not valid JSON: {e}") from None
+    check_split(split, dataset, known_ids, cfg, where=where)
     return data
 
 
@@ -246,12 +318,22 @@ def _manifest_rows(preprocessed_dir: Path) -> list[dict]:
     return df[["id", "dataset", "official_split"]].to_dict("records")
 
 
-def run(cfg: SplitConfig, preprocessed_dir: Path, out_dir: Path, datasets: Optional[Sequence[str]] = None) -> dict:
+def run(cfg: SplitConfig, preprocessed_dir: Path, out_dir: Path, datasets: Optional[Sequence[str]] = None,
+        embedded: Optional[str] = None) -> dict:
     """Write ``<out_dir>/<dataset>.json`` for ``datasets`` (default: every dataset preprocessed).
+
+    ``embedded``: in a Kubeflow task, the user split files the pipeline carries (one
+    :func:`pack_split_file` line each; '' = none): ``split.split_files`` are taken from there, not
+    read from disk.
 
     Returns ``{dataset: {"source", "folds": [(n_train, n_val), ...], "test": n_test, "user_file"}}``.
     """
     cfg.validate()
+    carried = None if embedded is None else _unpack(embedded)
+    for d, (path, _) in (carried or {}).items():
+        if d not in cfg.split_files:
+            raise SplitError(f"this Kubeflow pipeline was compiled with a split file for {d} ({path}), which the "
+                             "run's params do not name (split.split_files): compile it again with these params")
     preprocessed_dir, out_dir = Path(preprocessed_dir), Path(out_dir)
     rows = _manifest_rows(preprocessed_dir)
     present = sorted({r["dataset"] for r in rows}, key=DATASETS.index)
@@ -268,7 +350,7 @@ def run(cfg: SplitConfig, preprocessed_dir: Path, out_dir: Path, datasets: Optio
         d_rows = [r for r in rows if r["dataset"] == d]
         user = cfg.split_files.get(d)
         if user:
-            data = _read_user_split(Path(user), d, {r["id"] for r in d_rows}, cfg)
+            data = _read_user_split(Path(user), d, {r["id"] for r in d_rows}, cfg, carried)
             split = json.loads(data)
         else:
             split = make_split(d, d_rows, cfg)

@@ -119,3 +119,39 @@ def test_preprocess_and_split_components_match_the_stages(outputs, tmp_path):
 
     kfp_split = Path(outputs["splits"].path) / "isic2017.json"
     assert json.loads(kfp_split.read_text()) == json.loads((tmp_path / "splits" / "isic2017.json").read_text())
+
+
+def test_a_user_split_file_compiled_into_the_pipeline_is_what_the_split_task_writes(outputs, data_repo, tmp_path,
+                                                                                   monkeypatch):
+    """A user split file reaches a pod as the bytes the compiled pipeline carries (the pod has no
+    checkout): the split task validates them against the preprocessed manifest and writes them
+    byte for byte, as `tcnet split` writes the file."""
+    import csv
+
+    from kfp import dsl
+    from kfp.dsl import Dataset
+
+    from components import data_params, fetch_data, preprocess, split
+    from pipeline.pipeline import one_line_yaml
+    from tcnet.stages.split import pack_split_file
+
+    with open(Path(outputs["index"].path) / "manifest.csv", newline="") as f:
+        ids = sorted(r["id"] for r in csv.DictReader(f))
+    raw = json.dumps({"dataset": "isic2017", "source": "mine", "folds": [{"train": ids[:3], "val": ids[3:5]}],
+                      "test": ids[5:]}, indent=1) + "\n"  # pretty-printed: its line breaks must survive
+    monkeypatch.chdir(tmp_path)
+    Path("isic2017.json").write_text(raw)
+    packed = pack_split_file("isic2017", "isic2017.json")  # what compiling does
+    Path("isic2017.json").unlink()
+    params = {**PARAMS, "split": {**PARAMS["split"], "split_files": {"isic2017": "isic2017.json"}}}
+
+    @dsl.pipeline
+    def data_stages(params_yaml: str, repo_url: str, rev: str) -> Dataset:
+        keys = data_params(params_yaml=params_yaml, dataset="isic2017").outputs
+        f = fetch_data(params_yaml=keys["fetch_data"], repo_url=repo_url, rev=rev)
+        p = preprocess(params_yaml=keys["preprocess"], raw=f.outputs["raw"])
+        return split(params_yaml=keys["split"], index=p.outputs["index"], embedded=packed).outputs["splits"]
+
+    url, commit, _ = data_repo
+    splits = data_stages(params_yaml=one_line_yaml(yaml.safe_dump(params)), repo_url=url, rev=commit).output
+    assert (Path(splits.path) / "isic2017.json").read_text() == raw

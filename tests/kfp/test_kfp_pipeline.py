@@ -333,15 +333,60 @@ def test_train_checkpoints_on_a_volume_only_when_asked(compiled, tmp_path):
     assert sorted(name for name, e in k8s.items() if "pvcMount" in e) == sorted(of("exec-train", k8s)) != []
 
 
-def test_user_split_files_are_refused_at_compile_time(tmp_path):
+def _compile_with(tmp_path, params: dict) -> dict:
+    from kfp import compiler
+
     from pipeline.pipeline import PipelineOptions, build_pipeline
 
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["split"]["split_files"] = {"drive": "splits/drive.json"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(ValueError, match=r"split.split_files \(drive: splits/drive.json\): the Kubeflow pipeline does not"):
-        build_pipeline(PipelineOptions(params=tmp_path / "params.yaml", data_repo_url="https://git.example.com/t.git",
-                                       data_rev="v1"))
+    fn = build_pipeline(PipelineOptions(params=tmp_path / "params.yaml", data_repo_url="https://git.example.com/t.git",
+                                        data_rev="v1"))
+    compiler.Compiler().compile(fn, str(tmp_path / "p.yaml"))
+    return next(yaml.safe_load_all((tmp_path / "p.yaml").read_text()))  # the pipeline spec (then the platform spec)
+
+
+def test_each_split_task_carries_its_own_datasets_user_split_file(tmp_path, monkeypatch, capsys):
+    """A user split file is a path of the checkout, which no pod has: compiling reads it into the
+    split task of its dataset (a constant input, so the task's cache key holds it); no other task
+    and no pipeline parameter carries it."""
+    import base64
+    import gzip
+    import json
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["split"]["split_files"] = {"drive": "mine/drive.json"}
+    monkeypatch.chdir(tmp_path)  # split files are read relative to where `tcnet split` runs
+    (tmp_path / "mine").mkdir()
+    raw = b'{"folds": [{"train": ["21_training"], "val": ["22_training"]}], "test": ["01_test"]}\r\n'
+    (tmp_path / "mine" / "drive.json").write_bytes(raw)
+    spec = _compile_with(tmp_path, params)
+    carried = {}
+    for name, task in root_tasks(spec).items():
+        value = task.get("inputs", {}).get("parameters", {}).get("embedded")
+        if value is not None:
+            assert of("split", [name]), name
+            carried[task["taskInfo"]["name"]] = value["runtimeValue"]["constant"]
+    assert sorted(carried) == sorted(f"split {d}" for d in params["preprocess"]["datasets"])
+    entry = json.loads(carried.pop("split drive"))
+    assert entry["path"] == "mine/drive.json" and gzip.decompress(base64.b64decode(entry["gzip_base64"])) == raw
+    assert set(carried.values()) == {""}
+    assert "21_training" not in yaml.safe_dump(spec["root"]["inputDefinitions"])
+    from pipeline.__main__ import main  # the command says so
+    assert main(["compile", "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "q.yaml"),
+                 "--data-repo-url", "https://git.example.com/t.git", "--data-rev", "v1"]) == 0
+    assert "user split files read into the package: drive (mine/drive.json)" in capsys.readouterr().out
+
+
+def test_a_user_split_file_that_is_missing_or_not_json_fails_the_compile_naming_it(tmp_path, monkeypatch):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["split"]["split_files"] = {"drive": "mine/drive.json"}
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"split.split_files.drive: mine/drive.json not found \(relative to "):
+        _compile_with(tmp_path, params)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "drive.json").write_text("{folds: [")
+    with pytest.raises(ValueError, match=r"mine/drive.json: not valid JSON"):
+        _compile_with(tmp_path, params)
 
 
 def test_the_local_runner_refuses_a_checkpoint_volume(tmp_path):

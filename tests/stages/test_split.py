@@ -219,6 +219,59 @@ def test_user_split_not_json_or_missing(pre, tmp_path):
         run(SplitConfig(split_files={"ph2": str(tmp_path / "nope.json")}), pre, tmp_path / "s")
 
 
+def test_a_user_split_carried_by_a_kubeflow_pipeline_is_used_byte_for_byte(pre, tmp_path, monkeypatch):
+    """Kubeflow: the pods have no checkout, so the compiled pipeline carries each split file
+    (pack_split_file, read at compile time); the split task validates and writes those bytes (CRLF,
+    BOM and all) as `tcnet split` writes the file, and refuses a pipeline compiled from other params."""
+    from tcnet.stages.split import pack_split_file
+
+    ids = sorted(i for i, _ in _chase())
+    doc = {"dataset": "chase_db1", "folds": [{"train": ids[20:26], "val": ids[26:]}], "test": ids[:20]}
+    raw = b"\xef\xbb\xbf" + json.dumps(doc, indent=1).replace("\n", "\r\n").encode()
+    monkeypatch.chdir(tmp_path)  # paths are relative to where the pipeline is compiled, as for `tcnet split`
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "chase.json").write_bytes(raw)
+    packed = pack_split_file("chase_db1", "splits/chase.json")
+    assert "\n" not in packed and len(packed) < len(raw)
+    (tmp_path / "splits" / "chase.json").unlink()  # the pod has no checkout
+    cfg = SplitConfig(split_files={"chase_db1": "splits/chase.json"})
+    run(cfg, pre, tmp_path / "s", embedded=packed)
+    assert (tmp_path / "s" / "chase_db1.json").read_bytes() == raw
+    with pytest.raises(SplitError, match=r"splits/chase.json is not in this Kubeflow pipeline .*compile the pipeline again"):
+        run(cfg, pre, tmp_path / "s2", embedded="")
+    with pytest.raises(SplitError, match=r"splits/other.json, but the pipeline was compiled with splits/chase.json"):
+        run(SplitConfig(split_files={"chase_db1": "splits/other.json"}), pre, tmp_path / "s3", embedded=packed)
+    with pytest.raises(SplitError, match=r"compiled with a split file for chase_db1 \(splits/chase.json\), which the run"):
+        run(SplitConfig(), pre, tmp_path / "s4", embedded=packed)
+    doc["folds"][0]["val"].append("Image_99L")
+    (tmp_path / "splits" / "chase.json").write_text(json.dumps(doc))
+    bad = pack_split_file("chase_db1", "splits/chase.json")
+    with pytest.raises(SplitError, match=r"splits/chase.json \(read into the pipeline when it was compiled\): 1 id"):
+        run(cfg, pre, tmp_path / "s5", embedded=bad)
+    assert not any((tmp_path / f"s{i}").exists() for i in range(2, 6))
+
+
+def test_a_split_file_a_pipeline_cannot_carry_is_refused_when_it_is_compiled(tmp_path, monkeypatch):
+    import random
+
+    from tcnet.stages.split import check_packed_total, pack_split_file
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SplitError, match=r"split.split_files.drive: nope.json not found \(relative to "):
+        pack_split_file("drive", "nope.json")
+    (tmp_path / "bad.json").write_text("{folds: [")
+    with pytest.raises(SplitError, match=r"bad.json: not valid JSON"):
+        pack_split_file("drive", "bad.json")
+    rng = random.Random(0)  # ids that do not compress: over what a task input can carry
+    big = {"folds": [{"train": [f"{rng.getrandbits(128):032x}" for _ in range(4000)], "val": []}], "test": []}
+    (tmp_path / "big.json").write_text(json.dumps(big))
+    with pytest.raises(SplitError, match=r"big.json is \d+ KiB, \d+ KiB compressed: over the 78 KiB a Kubeflow task"):
+        pack_split_file("drive", "big.json")
+    check_packed_total({"drive": "x" * 50_000, "chase_db1": "y" * 30_000})  # 80,000: just fits
+    with pytest.raises(SplitError, match=r"split.split_files: 78 KiB compressed in all \(drive 49 KiB, chase_db1 29 KiB\)"):
+        check_packed_total({"drive": "x" * 50_000, "chase_db1": "y" * 30_001})
+
+
 def test_missing_manifest_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="tcnet preprocess"):
         run(CFG, tmp_path / "nothing", tmp_path / "s")
