@@ -59,7 +59,7 @@ def _class_target(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     t = t.round().long() if t.is_floating_point() else t.long()
     c = logits.shape[1]
     # The range check reads the target on the host: not possible inside a CUDA-graph capture
-    # (train.cuda_graph), whose eager warm-up steps checked the same kind of batches first.
+    # (train.cuda_graph), so only the eager steps (warm-up, short batches) check; replays do not.
     if t.numel() and not _capturing(t) and (int(t.min()) < 0 or int(t.max()) >= c):
         raise ValueError(f"target holds class indices outside [0, {c - 1}] for logits with {c} channels")
     return t

@@ -14,7 +14,8 @@ How (PyTorch's "whole-network capture"):
   static tensors before each replay and the loss is read from its static output;
 - the learning rate is a number baked into the captured optimizer step: when the scheduler changes
   it (once an epoch), the step is captured again (a fraction of a second);
-- a batch of another shape (an epoch's short last batch) trains eagerly, as without the graph;
+- a batch of another size (an epoch's short last batch) trains eagerly, as without the graph; a
+  full-size batch of another shape, dtype or layout is captured again;
 - a non-finite loss skips the captured update (Adam's ``found_inf``, the protocol ``GradScaler``
   uses): the eager loop raises before its update, and the weights stay as they were here too.
 

@@ -370,6 +370,7 @@ def test_each_split_task_carries_its_own_datasets_user_split_file(tmp_path, monk
     entry = json.loads(carried.pop("split drive"))
     assert entry["path"] == "mine/drive.json" and gzip.decompress(base64.b64decode(entry["gzip_base64"])) == raw
     assert set(carried.values()) == {""}
+    assert all("embedded" not in t.get("inputs", {}).get("parameters", {}) for t in loop_tasks(spec))  # train, evaluate
     assert "21_training" not in yaml.safe_dump(spec["root"]["inputDefinitions"])
     from pipeline.__main__ import main  # the command says so
     assert main(["compile", "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "q.yaml"),

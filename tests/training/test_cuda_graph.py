@@ -8,6 +8,7 @@ and a non-finite loss leaves the weights as they were.
 from __future__ import annotations
 
 import functools
+import types
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,10 @@ def test_it_refuses_a_cpu_model_and_an_optimiser_that_cannot_be_captured():
     model = torch.nn.Conv2d(3, 1, 3)
     opt = torch.optim.Adam(model.parameters())
     with pytest.raises(ValueError, match="CUDA device"):
+        GraphedTrainStep(model, opt, lambda *a, **k: None, batch_size=2)
+    # an optimiser not built capturable, its parameters on a GPU (a stand-in: the check reads the device)
+    opt.param_groups[0]["params"] = [types.SimpleNamespace(device=torch.device("cuda", 0))]
+    with pytest.raises(ValueError, match="capturable=True"):
         GraphedTrainStep(model, opt, lambda *a, **k: None, batch_size=2)
 
 
