@@ -22,6 +22,11 @@ class InvalidInputError(ValueError):
     """An input file that cannot be used; the message names the file and what is wrong with it."""
 
 
+class ImageTooLargeError(InvalidInputError):
+    """An image over the decompression-bomb limit (twice Pillow's ``Image.MAX_IMAGE_PIXELS``, where
+    Pillow refuses): refused by every reader, tifffile's fallback included."""
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise InvalidInputError(f"{path}: file not found")
@@ -87,7 +92,7 @@ def _decode_error(path: Path, e: Exception) -> InvalidInputError:
     from PIL import Image
 
     if isinstance(e, Image.DecompressionBombError):  # an error, not a crash: name the file and the limit
-        return InvalidInputError(f"{path}: image too large to decode safely ({e})")
+        return ImageTooLargeError(f"{path}: image too large to decode safely ({e})")
     text = str(e)
     if "truncat" in text.lower() or isinstance(e, EOFError):
         return InvalidInputError(f"{path}: image file is truncated or corrupt ({text or 'unexpected end of file'})")
@@ -130,6 +135,7 @@ def tifffile_samples(path: Path) -> np.ndarray:
     look at the stored values (0/1 data in 16 bits would be 0 after scaling to 8)."""
     import tifffile
 
+    _check_tiff_size(path)
     try:
         arr = np.asarray(tifffile.imread(path))
     except Exception as e:  # tifffile raises many types for bad files
@@ -140,6 +146,29 @@ def tifffile_samples(path: Path) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
         arr = np.moveaxis(arr, 0, -1)
     return arr
+
+
+def _check_tiff_size(path: Path) -> None:
+    """Refuse a TIFF too large to decode safely before tifffile decodes it, as Pillow refuses one
+    (a 400 KB compressed TIFF can hold 20000 x 20000 pixels): over twice ``MAX_IMAGE_PIXELS`` in a
+    page, or over eight times it in samples (pages x pixels x channels)."""
+    import tifffile
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if not limit:  # the user switched Pillow's check off: so is this one
+        return
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            height, width = int(page.imagelength), int(page.imagewidth)
+            samples = int(np.prod(tif.series[0].shape)) if tif.series else height * width
+    except Exception as e:  # tifffile raises many types for bad files
+        raise InvalidInputError(f"{path}: corrupt or unsupported TIFF ({e})") from None
+    if height * width > 2 * limit or samples > 8 * limit:
+        raise ImageTooLargeError(
+            f"{path}: image too large to decode safely ({width} x {height} pixels, {samples} samples; the limit is "
+            f"{2 * limit} pixels, twice PIL.Image.MAX_IMAGE_PIXELS)")
 
 
 def _pil_to_rgb(img, path: Path) -> np.ndarray:
@@ -176,6 +205,8 @@ def read_image(path, *, exif_orientation: bool = False) -> np.ndarray:
 
                     img = ImageOps.exif_transpose(img)
                 arr = _pil_to_rgb(img, path)
+    except ImageTooLargeError:
+        raise
     except InvalidInputError:
         if path.suffix.lower() not in TIFF_SUFFIXES:
             raise
@@ -206,6 +237,8 @@ def read_gray(path) -> np.ndarray:
         with _open_pil(path) as img:
             if not _tiff_needs_tifffile(img):  # else Pillow's pixels are wrong: tifffile's below
                 return gray_of(img, path)
+    except ImageTooLargeError:
+        raise
     except InvalidInputError:
         if path.suffix.lower() not in TIFF_SUFFIXES:
             raise

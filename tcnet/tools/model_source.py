@@ -230,9 +230,17 @@ def load(spec: str | os.PathLike, device: str = "auto", *, uri: str | None = Non
     """
     from tcnet.checkpoint import load_model
 
+    from tcnet.checkpoint import CheckpointError
+
     dev = resolve_device(device)
     with resolved_checkpoint(spec, uri=uri, models_dir=models_dir) as ckpt:
-        model, meta = load_model(ckpt, dev)
+        try:
+            model, meta = load_model(ckpt, dev)
+        except CheckpointError as e:
+            if str(spec) == str(ckpt) or not str(spec).startswith(("models:/", "runs:/")):
+                raise
+            # a registry or run artifact is fetched to a temporary folder, gone when the error is read
+            raise CheckpointError(f"model {str(spec)!r}: {str(e).replace(str(ckpt), Path(ckpt).name)}") from None
     model.eval()
     meta = dict(meta)
     meta["source"] = str(spec)

@@ -137,6 +137,27 @@ def test_planar_16_bit_rgb_tiff_and_oversized_images(tmp_path, monkeypatch):
         read_image(tmp_path / "big.png")
 
 
+def test_an_oversized_tiff_is_refused_by_every_reader_tifffile_included(tmp_path, monkeypatch):
+    """Pillow refuses a decompression bomb; the readers' tifffile fallback must not decode it
+    instead (a 400 KB zlib TIFF held 20000 x 20000 pixels: 22 s and 6.8 GB in `tcnet predict`)."""
+    import tifffile
+
+    from tcnet.data.io import ImageTooLargeError, tifffile_samples
+
+    tifffile.imwrite(tmp_path / "grey.tif", np.zeros((30, 40), np.uint8), compression="zlib")  # Pillow's bomb
+    tifffile.imwrite(tmp_path / "rgb16.tif", np.zeros((30, 40, 3), np.uint16))  # only tifffile reads it right
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((50, 10, 10), np.uint8))  # 50 pages of 100 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 1200 pixels a page: over twice the limit
+    for name in ("grey.tif", "rgb16.tif"):
+        for reader in (read_image, read_gray, tifffile_samples):
+            with pytest.raises(ImageTooLargeError, match=rf"{name}: image too large to decode safely"):
+                reader(tmp_path / name)
+    with pytest.raises(ImageTooLargeError, match=r"stack.tif: .* 5000 samples"):  # pages x pixels over 8x the limit
+        tifffile_samples(tmp_path / "stack.tif")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
+    assert read_image(tmp_path / "rgb16.tif").shape == (30, 40, 3) and read_gray(tmp_path / "grey.tif").shape == (30, 40)
+
+
 def test_wide_and_big_endian_samples_are_scaled_not_clipped_to_white(tmp_path):
     """A big-endian 16-bit TIFF, 16-bit data in int32 or float32: the same grey as the 8-bit image."""
     import tifffile

@@ -150,6 +150,9 @@ def test_nothing_to_promote_is_a_usage_error(store, capsys):
     assert "unknown experiment 'isic2018_vc' (did you mean 'isic2018_cv'?)" in capsys.readouterr().err
     assert cli(["promote", "--experiment", EXP, "--tracking-uri", "foo://bar"]) == 2
     assert "MLflow store foo://bar: " in capsys.readouterr().err  # one line, no traceback
+    missing = Path(store["uri"].removeprefix("sqlite:///")).with_name("nonexistent.db")
+    assert cli(["promote", "--experiment", EXP, "--tracking-uri", f"sqlite:///{missing}"]) == 2
+    assert f"no MLflow store at {missing}" in capsys.readouterr().err and not missing.exists()  # none created
     add_run(store, "x__unet__fold0", "unet", 0.9)
     assert cli(["promote", "--experiment", EXP, "--tracking-uri", store["uri"]]) == 2
     assert "no finished TCNet run" in capsys.readouterr().err
