@@ -76,9 +76,11 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path}: no such file")
-    if not _is_zip(path):  # torch.save writes a zip archive; anything else is not ours
-        raise CheckpointError(f"checkpoint {path}: not a PyTorch checkpoint (torch.save writes a zip archive; "
-                              "this file is not one: truncated, or another kind of file)")
+    if not _is_zip(path):  # torch.save writes a zip archive; torch's legacy format (before 1.6) too is read
+        return _load_legacy(path, map_location)
+    if _is_torchscript(path):
+        raise CheckpointError(f"checkpoint {path}: a TorchScript export (tcnet export), not a checkpoint: pass the "
+                              ".pt checkpoint it was exported from (best.pt / last.pt)")
     damaged = _crc_mismatch(path)
     if damaged:  # torch.load never checks the CRCs: damaged weights would load and predict wrongly
         raise CheckpointError(f"checkpoint {path}: corrupt ({damaged}): the file changed after it was written; "
@@ -114,6 +116,31 @@ def _crc_mismatch(path: Path) -> Optional[str]:
             raise
         return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return None
+
+
+def _load_legacy(path: Path, map_location) -> dict:
+    """A checkpoint in torch's legacy (non-zip) format, ``torch.save(...,
+    _use_new_zipfile_serialization=False)``: read with ``weights_only=True`` like any other (it has
+    no CRCs to check); any other file is refused as not a checkpoint."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - not a torch file at all, or a torn one
+        if _not_the_files_fault(e):
+            raise
+        raise CheckpointError(f"checkpoint {path}: not a PyTorch checkpoint (torch.save writes a zip archive, or "
+                              "before torch 1.6 its legacy format; this file is neither: truncated, or another kind "
+                              "of file)") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointError(f"checkpoint {path}: not a tcnet checkpoint (expected a dict with a 'model' state dict)")
+    return ckpt
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive (torch.jit.save: its code and constants beside the data)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        return any(n.split("/", 1)[-1] in ("constants.pkl",) or "/code/" in n for n in z.namelist())
 
 
 def _is_zip(path: Path) -> bool:

@@ -64,7 +64,7 @@ def test_an_unwritable_place_is_named_not_its_temp_sibling(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     for ctx in (atomic_dir(blocker / "sub"), atomic_write(blocker / "sub" / "a.txt")):
-        with pytest.raises(OSError, match="cannot write here") as e:
+        with pytest.raises(NotADirectoryError, match=f"cannot write here: {blocker} is a file, not a folder") as e:
             with ctx:
                 raise AssertionError("never reached")
         assert ".tmp" not in e.value.filename and e.value.filename.startswith(str(blocker / "sub"))

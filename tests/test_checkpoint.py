@@ -162,6 +162,19 @@ def test_unreadable_checkpoints_are_named(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+def test_a_legacy_format_checkpoint_loads_and_a_torchscript_export_is_named(tmp_path):
+    torch.save({"model": {"w": torch.ones(2)}, "epoch": 3}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    ckpt = load_checkpoint(tmp_path / "old.pt")  # torch's format before 1.6: weights_only reads it too
+    assert ckpt["epoch"] == 3 and torch.equal(ckpt["model"]["w"], torch.ones(2))
+    torch.save([1, 2], tmp_path / "list.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match="list.pt: not a tcnet checkpoint"):
+        load_checkpoint(tmp_path / "list.pt")
+    with pytest.warns(FutureWarning):  # torch.jit is deprecated, and still what `tcnet export` writes
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), tmp_path / "m.ts")
+    with pytest.raises(CheckpointError, match=r"m.ts: a TorchScript export \(tcnet export\), not a checkpoint"):
+        load_checkpoint(tmp_path / "m.ts")
+
+
 def test_save_without_crc32_round_trips_and_leaves_the_global_option(tiny, tmp_path):
     state = _state(tiny)
     save_checkpoint(state, tmp_path / "a.pt", crc32=False)

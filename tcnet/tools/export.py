@@ -241,13 +241,15 @@ def export(
     out = Path(out)
     if out.is_dir():  # checked before the export's minutes, not after them
         raise IsADirectoryError(errno.EISDIR, "is a folder; --out names the file to write", str(out))
+    if size is not None and (size < 32 or size % 32):  # before the model loads; 0 is not "the default"
+        raise ValueError(f"--size must be a positive multiple of 32, got {size}")
     net, meta, _ = load(model, "cpu")
     if fmt == "onnx" and opset < SDPA_MIN_OPSET and uses_sdpa(net):
         raise ValueError(f"--opset {opset}: {model} has attention (scaled_dot_product_attention), which ONNX "
                          f"exports from opset {SDPA_MIN_OPSET} (default {DEFAULT_OPSET})")
-    size = int(size or image_size_of(meta))
+    size = int(size if size is not None else image_size_of(meta))
     if size < 32 or size % 32:
-        raise ValueError(f"--size must be a positive multiple of 32, got {size}")
+        raise ValueError(f"the checkpoint's image_size {size} is not a positive multiple of 32: pass --size")
     inputs = verification_inputs(size)
     reference = _reference(net, inputs)
     module = exportable_copy(net, size)

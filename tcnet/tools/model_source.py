@@ -58,11 +58,12 @@ def _params_tracking_uri() -> str | None:
     return str(uri) if uri else None
 
 
-def resolve_device(name: str = "auto"):
-    """The ``--device`` of predict / serve: :func:`tcnet.training.runtime.resolve_device`'s rule."""
+def resolve_device(name: str = "auto", option: str = "--device"):
+    """The device of predict / serve: :func:`tcnet.training.runtime.resolve_device`'s rule; ``option``
+    names the setting in its errors (``--device``, ``TCNET_DEVICE``)."""
     from tcnet.training.runtime import resolve_device as resolve
 
-    return resolve(name, option="--device")
+    return resolve(name, option=option)
 
 
 def checkpoint_in_dir(folder: Path) -> Path | None:
@@ -115,10 +116,18 @@ def checkpoint_for_run(run, models_dir: str | Path = "outputs/models",
         recorded = _recorded_mlflow_run_ids(folder / "run.json")
         return not owned or not recorded or run.info.run_id in recorded
 
-    for key in ("tcnet.checkpoint", "checkpoint", "tcnet.best_checkpoint", "best_checkpoint"):
-        value = tags.get(key) or params.get(key)
-        if value and Path(value).is_file() and Path(value).name in names and own(Path(value).parent):
-            return Path(value)
+    tagged = [Path(v) for v in (tags.get(k) or params.get(k) for k in
+                                ("tcnet.checkpoint", "checkpoint", "tcnet.best_checkpoint", "best_checkpoint")) if v]
+    for path in tagged:
+        if path.is_file() and path.name in names and own(path.parent):
+            return path
+    # The wanted file beside a tagged one (a tag naming best.pt where last.pt is scored): the tag's
+    # folder is an absolute path, found from any working directory, unlike models_dir's default.
+    for path in tagged:
+        if path.is_file() and own(path.parent):
+            for fname in names:
+                if (path.parent / fname).is_file():
+                    return path.parent / fname
     run_id = tags.get("tcnet.run_id")
     if not run_id:
         return None

@@ -257,6 +257,7 @@ def run(
     if not plan:  # every input skipped: no model to load, nothing to write
         return result
     net, meta, dev = load(model, device)
+    size = image_size_of(meta)  # a checkpoint without a usable image_size fails before --out is made
     out.mkdir(parents=True, exist_ok=True)  # an unwritable place fails here, naming it, not per image
     if dev.type == "cpu":
         from tcnet.utils.heap import retain_freed_memory_for_inference
@@ -264,7 +265,6 @@ def run(
         # As the evaluate stage: batches of large images no longer fault their activations in anew
         # on every forward (tcnet/utils/heap.py). Process-wide, for life.
         retain_freed_memory_for_inference()
-    size = image_size_of(meta)
     skipped = f" ({len(result.skipped)} skipped)" if result.skipped else ""
     log(f"model {meta.get('model_name', '?')} ({model}) at {size}x{size} on {dev}; {len(plan)} image(s){skipped}")
 

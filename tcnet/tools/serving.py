@@ -18,8 +18,9 @@ the same table; ``params`` is optional.) Response, one record per image, in orde
                       "height": 1022, "foreground_fraction": 0.21}]}
 
 Serve with ``mlflow models serve -m models:/tcnet@champion --env-manager local --host 127.0.0.1
---port 5001`` (``docs/usage.md``). The device is ``TCNET_DEVICE`` (default ``auto``: CUDA when
-available) or the model config's ``device``.
+--port 5001`` (``docs/usage.md``). The device is ``TCNET_DEVICE``, else the model config's
+``device`` (logged as ``auto``: CUDA when available; ``mlflow.pyfunc.load_model(uri,
+model_config={"device": "cpu", "batch_size": 4})`` overrides it, and the batch).
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ def decode_image(data: str | bytes, where: str = "image") -> np.ndarray:
             raise InvalidInputError(str(e).replace(str(path), where)) from None
 
 
+DEFAULT_MODEL_CONFIG = {"device": "auto", "batch_size": 8}
+
+
 class TCNetSegmenter(mlflow.pyfunc.PythonModel):
     """Binary segmentation of base64-encoded images with a TCNet checkpoint (see module docstring)."""
 
@@ -111,12 +115,14 @@ class TCNetSegmenter(mlflow.pyfunc.PythonModel):
         from tcnet.tools.model_source import resolve_device
         from tcnet.tools.predict import image_size_of
 
-        config = getattr(context, "model_config", None) or {}
-        self.device = resolve_device(os.environ.get("TCNET_DEVICE") or config.get("device", "auto"))
+        config = {**DEFAULT_MODEL_CONFIG, **(getattr(context, "model_config", None) or {})}
+        env = os.environ.get("TCNET_DEVICE")
+        self.device = resolve_device(env or config["device"],
+                                     option="TCNET_DEVICE" if env else "the model config's device")
         self.model, self.meta = load_model(context.artifacts[CHECKPOINT_ARTIFACT], self.device)
         self.model.eval()
         self.image_size = image_size_of(self.meta)
-        self.batch_size = int(config.get("batch_size", 8))
+        self.batch_size = int(config["batch_size"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
@@ -248,6 +254,8 @@ def log_pyfunc_model(
             registered_model_name=registered_model_name,
             metadata={"tcnet": {k: v for k, v in meta.items() if v is not None}},
             tags=model_tags,
+            # the defaults a loader may override: mlflow.pyfunc.load_model(uri, model_config={...})
+            model_config=dict(DEFAULT_MODEL_CONFIG),
         )
 
 

@@ -18,7 +18,11 @@ def current_umask() -> int:
 
 def _unwritable(path: Path, e: OSError) -> OSError:
     """``e`` (from making ``path``'s folder or its temp sibling) re-said about ``path`` itself: the
-    temp name means nothing to the user."""
+    temp name means nothing to the user. A file where a folder of the path should be is named
+    (mkdir says only "File exists" or "Not a directory")."""
+    for parent in path.parents:
+        if parent.is_file():
+            return NotADirectoryError(errno.ENOTDIR, f"cannot write here: {parent} is a file, not a folder", str(path))
     return type(e)(e.errno, f"cannot write here: {e.strerror or e}", str(path))
 
 

@@ -117,9 +117,17 @@ def test_bad_options_are_usage_errors_before_the_export(checkpoint, tmp_path, ca
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
 
 
-def test_bad_size_is_a_usage_error(checkpoint, tmp_path, capsys):
-    assert cli(["export", "--model", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--size", "50"]) == 2
-    assert "multiple of 32" in capsys.readouterr().err
+def test_bad_size_is_a_usage_error(checkpoint, tmp_path, capsys, monkeypatch):
+    for size in ("50", "0"):  # 0 is not "the checkpoint's size"
+        assert cli(["export", "--model", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "m.onnx"),
+                    "--size", size]) == 2
+        assert f"--size must be a positive multiple of 32, got {size}" in capsys.readouterr().err
+    # refused before the model is loaded (that takes seconds for a big checkpoint)
+    import tcnet.tools.model_source as model_source
+
+    monkeypatch.setattr(model_source, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert cli(["export", "--model", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "m.onnx"),
+                "--size", "100"]) == 2
 
 
 def test_a_failing_onnx_export_is_one_line_not_an_ir_dump(checkpoint, tmp_path, capfd, monkeypatch):

@@ -26,3 +26,26 @@ def test_a_bad_registry_checkpoint_is_named_by_its_uri_not_the_deleted_temporary
     assert str(fetched.parent) not in str(e.value)
     with pytest.raises(CheckpointError, match=str(fetched).replace(".", r"\.")):  # a file of the user's: its path
         model_source.load(str(fetched), device="cpu")
+
+
+def test_a_runs_scored_checkpoint_is_found_beside_its_tagged_one_from_any_directory(tmp_path, monkeypatch):
+    """Promote scores last.pt where the run's tcnet.checkpoint tag names best.pt (an absolute path):
+    the file beside the tag is the run's, wherever the command runs (models_dir's default,
+    outputs/models, is relative to the working directory)."""
+    import json
+    import types
+
+    folder = tmp_path / "outputs" / "models" / "exp" / "run0"
+    folder.mkdir(parents=True)
+    for name in ("best.pt", "last.pt"):
+        (folder / name).write_bytes(b"x")
+    (folder / "run.json").write_text(json.dumps({"mlflow_run_id": "abc"}))
+    run = types.SimpleNamespace(data=types.SimpleNamespace(tags={"tcnet.checkpoint": str(folder / "best.pt"),
+                                                                 "tcnet.run_id": "run0", "tcnet.experiment": "exp"},
+                                                           params={}),
+                                info=types.SimpleNamespace(run_id="abc", experiment_id="0"))
+    monkeypatch.chdir(tmp_path / "outputs")  # not the project root
+    assert model_source.checkpoint_for_run(run, names=("last.pt",)) == folder / "last.pt"
+    assert model_source.checkpoint_for_run(run) == folder / "best.pt"  # the tagged file itself first
+    (folder / "run.json").write_text(json.dumps({"mlflow_run_id": "other"}))  # trained again since: not this run's
+    assert model_source.checkpoint_for_run(run, names=("last.pt",)) is None

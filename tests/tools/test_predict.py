@@ -314,3 +314,12 @@ def test_a_registry_uri_uses_the_store_params_yaml_names(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     (tmp_path / "params.yaml").write_text("mlflow: [not, a, mapping\n")  # unparsable: the default store
     assert tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_a_checkpoint_without_an_image_size_fails_before_the_output_folder_is_made(tmp_path):
+    path = write_checkpoint(tmp_path / "old.pt", size=None)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(rgb(20, 30)).save(tmp_path / "in" / "a.png")
+    with pytest.raises(ValueError, match="records no image_size"):
+        predict.run(str(path), tmp_path / "in", tmp_path / "out", device="cpu", progress=False)
+    assert not (tmp_path / "out").exists()

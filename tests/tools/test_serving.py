@@ -99,6 +99,20 @@ def test_pyfunc_predicts_masks_at_the_input_size(store):
     assert (check_mask(everything, 53, 37) == 255).all()
 
 
+def test_the_model_config_sets_device_and_batch_and_a_missing_device_is_named(store, monkeypatch):
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(URI, model_config={"device": "cpu", "batch_size": 1})
+    inner = model.unwrap_python_model()
+    assert inner.device.type == "cpu" and inner.batch_size == 1
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"the model config's device is 'cuda' but CUDA is not available"):
+            mlflow.pyfunc.load_model(URI, model_config={"device": "cuda"})
+        monkeypatch.setenv("TCNET_DEVICE", "cuda")
+        with pytest.raises(ValueError, match=r"TCNET_DEVICE is 'cuda' but CUDA is not available"):
+            mlflow.pyfunc.load_model(URI)
+
+
 def test_bad_images_are_rejected_naming_the_row(store):
     import mlflow
     from mlflow.exceptions import MlflowException
