@@ -139,8 +139,14 @@ class TCNetSegmenter(mlflow.pyfunc.PythonModel):
             raise MlflowException.invalid_parameter_value(
                 f"expected a column {INPUT_COLUMN!r} of base64-encoded images, got columns {list(model_input.columns)}"
             )
+        # A dict of lists ({"image": [b64, b64]}) reaches here as ONE row holding the list (MLflow's
+        # schema enforcement): each element is an image, as if each were a row of its own.
+        values = []
+        for value in model_input[INPUT_COLUMN].tolist():
+            values.extend(value.tolist() if isinstance(value, np.ndarray) else
+                          value if isinstance(value, (list, tuple)) else [value])
         images = []
-        for i, value in enumerate(model_input[INPUT_COLUMN].tolist()):
+        for i, value in enumerate(values):
             try:
                 images.append(decode_image(value, where=f"row {i}"))
             except InvalidInputError as e:

@@ -99,6 +99,16 @@ def test_pyfunc_predicts_masks_at_the_input_size(store):
     assert (check_mask(everything, 53, 37) == 255).all()
 
 
+def test_a_dict_of_lists_is_one_image_per_element(store):
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(URI)
+    out = model.predict({"image": [b64_image(rgb(37, 53, 1)), b64_image(rgb(20, 30, 2))]})
+    assert len(out) == 2
+    check_mask(out.iloc[0].to_dict(), 53, 37)
+    check_mask(out.iloc[1].to_dict(), 30, 20)
+
+
 def test_the_model_config_sets_device_and_batch_and_a_missing_device_is_named(store, monkeypatch):
     import mlflow
 
