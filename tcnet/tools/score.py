@@ -21,9 +21,11 @@ An undefined AUC (one-class truth) is written as ``null``. See ``docs/metrics.md
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -46,7 +48,7 @@ NOT_MASK_NAME = re.compile(r"(_prob|_probs|_probability|_overlay)$", re.IGNORECA
 # colour-region labels IMD002_R1_Label4 too), ISIC's superpixel decoys, and predict's own outputs.
 NOT_IMAGE_NAME = re.compile(
     "(" + "|".join([*ANNOTATION_SUFFIXES, "_superpixels", "_prob", "_overlay", r"_R\d+_Label\d+"]) + ")$", re.IGNORECASE)
-_ISIC_ID = re.compile(r"ISIC_(\d{7})", re.IGNORECASE)
+_ISIC_ID = re.compile(r"ISIC_(\d{7})(?!\d)", re.IGNORECASE)  # 8 digits is a typo, not this id
 GREY_PALETTE_TOLERANCE = 8  # max R/G/B spread of a palette colour that still counts as grey
 TABLE_KEYS = (*METRICS, "TJA", "AUC")
 
@@ -165,10 +167,11 @@ def load_prediction(path, threshold: int = 128) -> tuple[np.ndarray, int]:
 
 
 def load_truth(path) -> np.ndarray:
-    """A truth (or FOV) mask as bool H x W, by the datasets' robust binarisation rule."""
-    from tcnet.data.adapters.base import binarize_mask_image
+    """A truth (or FOV) mask as bool H x W, by the datasets' robust binarisation rule, read as the
+    pipeline reads masks (TIFFs only tifffile decodes right included)."""
+    from tcnet.data.adapters.base import binarize_mask_file
 
-    return binarize_mask_image(_open(Path(path)))
+    return binarize_mask_file(Path(path))
 
 
 def load_probs(path) -> np.ndarray:
@@ -382,7 +385,23 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", metavar="JSON", help="write the scores here (per_image, mean, pooled)")
 
 
+def _check_out(out: Path) -> None:
+    """Refuse an ``--out`` that cannot be written before the scoring, not after it: a folder, or a
+    place under a file or an unwritable folder."""
+    if out.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder; --out names the JSON file to write", str(out))
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"cannot write here: {parent} is a file, not a folder", str(out))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"cannot write here: {parent} is not writable", str(out))
+
+
 def main(args) -> int:
+    if args.out:
+        _check_out(Path(args.out))
     result = score_folders(args.pred, args.truth, fov_dir=args.fov, threshold=args.threshold, probs_dir=args.probs,
                            truth_glob=args.truth_glob, pred_glob=args.pred_glob, recursive=args.recursive,
                            fov_images_dir=args.fov_from_images)

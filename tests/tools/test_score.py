@@ -40,6 +40,7 @@ def _run(capsys, *args):
         ("ISIC_0000000_segmentation.png", "ISIC_0000000"),
         ("ISIC_0012345.png", "ISIC_0012345"),
         ("ISIC_0012345_pred.png", "ISIC_0012345"),
+        ("ISIC_00123459.png", "ISIC_00123459"),  # 8 digits: a typo, not ISIC_0012345's prediction
         ("01_manual1.gif", "01"),
         ("01_manual2.gif", "01"),
         ("01_test.tif", "01"),
@@ -232,6 +233,27 @@ def test_unreadable_prediction_and_truth(folders, capsys):
     _save(folders / "pred" / "ISIC_0000001.png", np.zeros((6, 8)))
     (folders / "truth" / "ISIC_0000002_segmentation.png").write_bytes(b"")
     _fails(capsys, folders, "ISIC_0000002_segmentation.png")
+
+
+def test_a_float_tiff_truth_is_read_as_the_pipeline_reads_masks(folders, capsys):
+    import tifffile
+
+    truth = np.asarray(Image.open(folders / "truth" / "ISIC_0000001_segmentation.png")) > 0
+    (folders / "truth" / "ISIC_0000001_segmentation.png").unlink()
+    tifffile.imwrite(folders / "truth" / "ISIC_0000001_segmentation.tif", truth.astype(np.float64))  # Pillow cannot
+    rc, out, err = _run(capsys, "--pred", folders / "pred", "--truth", folders / "truth")
+    assert rc == 0, err
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_scoring(folders, capsys, monkeypatch):
+    import tcnet.tools.score as score_mod
+
+    monkeypatch.setattr(score_mod, "score_folders", lambda *a, **k: pytest.fail("scored before checking --out"))
+    (folders / "taken").write_text("x")
+    for out, says in ((folders / "pred", "is a folder; --out names the JSON file to write"),
+                      (folders / "taken" / "s.json", f"{folders / 'taken'} is a file, not a folder")):
+        rc, stdout, err = _run(capsys, "--pred", folders / "pred", "--truth", folders / "truth", "--out", out)
+        assert rc == 2 and says in err and "scored" not in stdout  # no table: nothing was scored
 
 
 def test_duplicate_predictions_and_missing_folder(folders, capsys):
