@@ -140,7 +140,7 @@ def _is_torchscript(path: Path) -> bool:
     import zipfile
 
     with zipfile.ZipFile(path) as z:
-        return any(n.split("/", 1)[-1] in ("constants.pkl",) or "/code/" in n for n in z.namelist())
+        return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
 
 
 def _is_zip(path: Path) -> bool:

@@ -66,6 +66,17 @@ def resolve_device(name: str = "auto", option: str = "--device"):
     return resolve(name, option=option)
 
 
+def require_store(uri: str, prefix: str = "") -> None:
+    """Refuse an ``sqlite:///`` tracking URI whose database file does not exist: MLflow would create
+    an empty store there, then find nothing in it (predict, export, serving, promote)."""
+    from tcnet.tracking import sqlite_path
+
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise FileNotFoundError(f"{prefix}no MLflow store at {db} (tracking URI {uri}); run from the project root, "
+                                "or set MLFLOW_TRACKING_URI (promote: --tracking-uri) to the store that holds it")
+
+
 def checkpoint_in_dir(folder: Path) -> Path | None:
     """The checkpoint a folder stands for: a pyfunc model's artifact, ``best.pt``/``last.pt``, or its one ``*.pt``."""
     folder = Path(folder)
@@ -193,14 +204,9 @@ def resolved_checkpoint(spec: str | os.PathLike, *, uri: str | None = None,
     from mlflow.exceptions import MlflowException
 
     turi = tracking_uri(uri)
-    from tcnet.tracking import MODEL_NAME, sqlite_path
+    from tcnet.tracking import MODEL_NAME
 
-    db = sqlite_path(turi)
-    if db is not None and not db.is_file():  # MLflow would create an empty store here, then not find the model
-        raise FileNotFoundError(
-            f"model {text!r}: no MLflow store at {db} (tracking URI {turi}); run from the project root, or set "
-            "MLFLOW_TRACKING_URI to the store that holds the model"
-        )
+    require_store(turi, f"model {text!r}: ")
     mlflow.set_tracking_uri(turi)
     with tempfile.TemporaryDirectory(prefix="tcnet-model-") as tmp:
         try:
@@ -237,16 +243,14 @@ def load(spec: str | os.PathLike, device: str = "auto", *, uri: str | None = Non
     ``meta`` is :func:`tcnet.checkpoint.load_model`'s (``model_name``, ``model_kwargs``,
     ``num_classes``, ``image_size``, ``run``), plus ``source`` (``spec`` as given).
     """
-    from tcnet.checkpoint import load_model
-
-    from tcnet.checkpoint import CheckpointError
+    from tcnet.checkpoint import CheckpointError, load_model
 
     dev = resolve_device(device)
     with resolved_checkpoint(spec, uri=uri, models_dir=models_dir) as ckpt:
         try:
             model, meta = load_model(ckpt, dev)
         except CheckpointError as e:
-            if str(spec) == str(ckpt) or not str(spec).startswith(("models:/", "runs:/")):
+            if not str(spec).startswith(("models:/", "runs:/")):
                 raise
             # a registry or run artifact is fetched to a temporary folder, gone when the error is read
             raise CheckpointError(f"model {str(spec)!r}: {str(e).replace(str(ckpt), Path(ckpt).name)}") from None

@@ -138,17 +138,13 @@ def promote(
     """Register the best TCNet run of ``experiment`` as ``models:/<name>@<alias>`` (see module doc)."""
     import mlflow
 
-    from tcnet.tools.model_source import tracking_uri as resolve_uri
+    from tcnet.tools.model_source import require_store, tracking_uri as resolve_uri
     from tcnet.tools.serving import log_pyfunc_model
-    from tcnet.tracking import sqlite_path
 
     if not alias or not alias.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"alias {alias!r}: use letters, digits, '_' or '-' (e.g. champion)")
     uri = resolve_uri(tracking_uri)
-    db = sqlite_path(uri)
-    if db is not None and not db.is_file():  # MLflow would create an empty store there, then find nothing
-        raise FileNotFoundError(f"no MLflow store at {db} (tracking URI {uri}); run from the project root, or pass "
-                                "--tracking-uri / set MLFLOW_TRACKING_URI to the store the runs were logged in")
+    require_store(uri)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
     exp_name = experiment_name(experiment)
