@@ -198,9 +198,10 @@ def breakdown(samples, size: int, n: int) -> list[dict]:
     from tcnet.data.adapters import load_fov
     from tcnet.data.io import read_image
     from tcnet.data.transforms import resize_image, resize_mask
-    from tcnet.stages.preprocess import _read_mask, file_checksum, mask_binary_problem
+    from tcnet.stages.preprocess import _fov_is_whole_image, _read_mask, file_checksum, mask_binary_problem
 
     acc: dict[str, float] = {}
+    whole = _fov_is_whole_image(samples[0].dataset, samples[:n])  # ISIC: the stage makes no FOV array
 
     def tick(name, t0):
         acc[name] = acc.get(name, 0.0) + time.perf_counter() - t0
@@ -209,8 +210,11 @@ def breakdown(samples, size: int, n: int) -> list[dict]:
         t = time.perf_counter(); image = read_image(s.image); tick("read_image (JPEG decode)", t)
         t = time.perf_counter(); gray, mask = _read_mask(s); tick("_read_mask (PNG decode, binarise)", t)
         t = time.perf_counter(); mask_binary_problem(gray); tick("mask_binary_problem", t)
-        t = time.perf_counter(); fov = np.asarray(load_fov(s, image)).astype(bool, copy=False); full = fov.all()
-        tick("load_fov (+ all-true check)", t)
+        if whole:
+            full = True
+        else:
+            t = time.perf_counter(); fov = np.asarray(load_fov(s, image)).astype(bool, copy=False); full = fov.all()
+            tick("load_fov (+ all-true check)", t)
         t = time.perf_counter(); float(np.count_nonzero(mask)) / mask.size; tick("fg fraction", t)
         t = time.perf_counter(); resize_image(image, size); tick("resize_image (area)", t)
         t = time.perf_counter()

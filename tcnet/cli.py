@@ -64,6 +64,12 @@ def _sigterm_interrupts() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
+def _os_error_text(e: OSError) -> str:
+    """``path: reason`` (``a -> b: reason`` for a rename), without Python's ``[Errno N]``."""
+    where = f"{e.filename} -> {e.filename2}" if e.filename and e.filename2 else e.filename
+    return f"{where}: {e.strerror or e}" if where else str(e.strerror or e)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -84,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         # from a library lands here too).
         if getattr(e, "__tcnet_user_error__", True) is False or os.environ.get("TCNET_TRACEBACK", "") not in ("", "0"):
             raise
+        if isinstance(e, OSError) and e.strerror:  # FileNotFoundError(errno, text, path): path first, no [Errno 2]
+            e = _os_error_text(e)
         print(f"tcnet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader went away (`tcnet experiments --json | head`): not an error
@@ -93,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         # A path that cannot be written or read (permissions, a file where a folder should be, ...):
         # the path and the reason, no traceback.
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"tcnet {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"tcnet {args.command}: error: {_os_error_text(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         resume = ("; every finished epoch is kept in its run's last.pt: run the same command again to resume"

@@ -78,11 +78,12 @@ class PreprocessConfig:
     def validate(self) -> None:
         for d in self.datasets:
             check_choice("dataset", d, DATASETS)
-        for d, s in {**self.image_size_overrides, "*": self.image_size}.items():
-            if d != "*":
-                check_choice("dataset in preprocess.image_size_overrides", d, DATASETS)
+        for d, s in self.image_size_overrides.items():
+            check_choice("dataset in preprocess.image_size_overrides", d, DATASETS)
+        for key, s in {"preprocess.image_size": self.image_size,
+                       **{f"preprocess.image_size_overrides.{d}": v for d, v in self.image_size_overrides.items()}}.items():
             if s <= 0 or s % 32:
-                raise ConfigError(f"preprocess image size for {d} must be a positive multiple of 32, got {s}")
+                raise ConfigError(f"{key} must be a positive multiple of 32 (the models halve it five times), got {s}")
         if self.workers < 0:
             raise ConfigError(f"preprocess.workers must be >= 0 (0 = all cores), got {self.workers}")
         check_range("preprocess.class_weight_clip", self.class_weight_clip)

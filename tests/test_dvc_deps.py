@@ -20,12 +20,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("preprocess", "split", "train", "evaluate", "compare")
 
-# What cannot change a stage's outputs: command-line plumbing, atomic writes, CPU counts, the
+# What cannot change a stage's outputs: command-line plumbing, CPU counts, the
 # allocator setting, folder merging (Kubeflow). A file here that starts to compute results must
 # leave this list.
 PLUMBING = {
     "tcnet/__init__.py", "tcnet/stages/__init__.py", "tcnet/stages/_cli.py", "tcnet/cli.py",
-    "tcnet/utils/__init__.py", "tcnet/utils/atomic.py", "tcnet/utils/cpus.py", "tcnet/utils/heap.py",
+    "tcnet/utils/__init__.py", "tcnet/utils/cpus.py", "tcnet/utils/heap.py",
 }
 
 

@@ -26,6 +26,8 @@ MANIFEST_COLUMNS = (
     "orig_width", "orig_height", "fg_fraction", "fov_pixels", "fg_pixels", "checksum",
 )
 _STR_COLUMNS = ("id", "dataset", "official_split", "image_path", "mask_path", "fov_path", "checksum")
+_NUMBER_COLUMNS = {"index": "int64", "orig_width": "int64", "orig_height": "int64", "fg_fraction": "float64",
+                   "fov_pixels": "int64", "fg_pixels": "int64"}
 PARTS = ("train", "val", "test")
 
 
@@ -78,15 +80,22 @@ def read_manifest(preprocessed_dir) -> "pandas.DataFrame":  # noqa: F821
     path = Path(preprocessed_dir) / "manifest.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run 'tcnet preprocess' first (or pass the right folder)")
-    df = pd.read_csv(
-        path,
-        dtype={c: str for c in _STR_COLUMNS} | {"index": "int64", "orig_width": "int64", "orig_height": "int64",
-                                               "fg_fraction": "float64", "fov_pixels": "int64", "fg_pixels": "int64"},
-        keep_default_na=False,
-    )
+    rewrite = "run 'tcnet preprocess' again to rewrite it"
+    try:
+        df = pd.read_csv(path, dtype={c: str for c in _STR_COLUMNS}, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a readable manifest ({str(e).strip().splitlines()[0]}); {rewrite}") from None
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(MANIFEST_COLUMNS)}")
+    for column, kind in _NUMBER_COLUMNS.items():  # the row and the value, not pandas' "invalid literal"
+        values = pd.to_numeric(df[column], errors="coerce")
+        bad = values.isna() | ((values % 1 != 0) if kind == "int64" else False)
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            raise ValueError(f"{path}: line {row + 2}, column {column}: {df[column].iloc[row]!r} is not "
+                             f"{'an integer' if kind == 'int64' else 'a number'}; {rewrite}")
+        df[column] = values.astype(kind)
     return df
 
 

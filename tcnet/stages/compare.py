@@ -31,7 +31,9 @@ from tcnet.report import tables
 from tcnet.report.datasets import datasets_frame, datasets_table
 from tcnet.report.pairing import Inference
 from tcnet.report.results import ExperimentResults, load_experiment
-from tcnet.utils.atomic import atomic_dir, atomic_write
+from tcnet.utils.atomic import atomic_dir, atomic_write, claim_dir
+
+REPORT_NAMES = ("report.html", "metrics.json", "datasets.md", "datasets.csv", "plots")  # beside the experiments'
 
 
 @dataclass
@@ -91,7 +93,7 @@ def _compare_one(params: Params, exp_id: str, res: ExperimentResults, reported: 
     other = tables.other_aggregation_table(res, ref)
     if other is not None:
         section.tables.append((f"The other aggregation ({tables.OTHER_AGGREGATION[res.exp.aggregation]})", other))
-    with atomic_dir(exp_dir) as tmp:
+    with atomic_dir(exp_dir, owner="compare") as tmp:
         summary.to_csv(tmp / "table.csv", index=False)
         stats.to_csv(tmp / "stats.csv", index=False)
         # after the verdicts (section.notes) and the stats table: every comparison either used
@@ -194,12 +196,14 @@ def run(params: Params | str | Path, eval_dir: str | Path, reported_path: str | 
     for e in exp_ids:  # before anything is written
         check_data_label(params.compare.data_label, load_experiment(params, e, eval_dir), eval_dir)
     out_dir = Path(out_dir)
+    # a report written before the mark: its own names, metrics.json among them
+    own = lambda names: "metrics.json" in names and names <= set(REPORT_NAMES) | set(params.experiments)  # noqa: E731
     if experiments:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        claim_dir(out_dir, "compare", own)  # parts written in place; a whole compare replaces it later
         done = _write_all(params, exp_ids, Path(eval_dir), reported, out_dir, explicit=True)
         _write_report(params, done, reported, out_dir)
     else:
-        with atomic_dir(out_dir) as tmp:
+        with atomic_dir(out_dir, owner="compare", own=own) as tmp:
             done = _write_all(params, exp_ids, Path(eval_dir), reported, tmp, explicit=False)
             if not any(d.res.runs for d in done):  # a wrong --eval, not a partly evaluated pipeline
                 raise FileNotFoundError(f"{eval_dir}: no evaluation outputs for any experiment "

@@ -203,7 +203,7 @@ def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, spli
     parts: dict[str, list] = {"pos": [], "neg": []} if agg == "pooled" else {}
     n_overlays = max(0, int(eval_cfg.n_overlays))
 
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, owner="evaluate") as tmp:
         (tmp / "masks").mkdir()
         if n_overlays:
             (tmp / "overlays").mkdir()

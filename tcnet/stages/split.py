@@ -315,6 +315,11 @@ def _manifest_rows(preprocessed_dir: Path) -> list[dict]:
     from tcnet.data.dataset import read_manifest
 
     df = read_manifest(preprocessed_dir)
+    unknown = sorted(set(df["dataset"]) - set(DATASETS))
+    if unknown:  # a hand-edited manifest: say where, before the splits are made
+        line = int((df["dataset"] == unknown[0]).to_numpy().argmax()) + 2
+        raise SplitError(f"{Path(preprocessed_dir) / 'manifest.csv'}: line {line}: unknown dataset {unknown[0]!r}; "
+                         f"valid: {', '.join(DATASETS)}; run 'tcnet preprocess' again to rewrite it")
     return df[["id", "dataset", "official_split"]].to_dict("records")
 
 
@@ -363,7 +368,7 @@ def run(cfg: SplitConfig, preprocessed_dir: Path, out_dir: Path, datasets: Optio
             "user_file": user or "",
         }
 
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, owner="split") as tmp:
         if keep_others and out_dir.is_dir():  # keep the splits of datasets not re-split in this run
             for old in sorted(out_dir.glob("*.json")):
                 if old.name not in outputs and old.stem in DATASETS:

@@ -685,7 +685,8 @@ def preflight(params: Params, experiment: str, run_ids: Optional[Sequence[str]],
 
 def publish(run_dir: Path, dest: Path) -> None:
     """Copy a finished run's files from ``run_dir`` to ``dest``, replacing it whole (never half-copied)."""
-    with atomic_dir(dest) as tmp:
+    # a run trained in place there (no --checkpoint-dir, no mark) is train's own too
+    with atomic_dir(dest, owner="train", own=lambda names: "run.json" in names and names <= set(OUTPUT_FILES)) as tmp:
         for name in OUTPUT_FILES:
             if (run_dir / name).is_file():
                 shutil.copy2(run_dir / name, tmp / name)

@@ -269,7 +269,15 @@ def main(args: argparse.Namespace) -> int:
         params = load_params("params.yaml") if Path("params.yaml").is_file() else Params()
     experiment = args.experiment or params.compare.champion_experiment
     if params.experiments:  # a typo is named with the valid choices before MLflow is touched
-        params.experiment(experiment)
+        from tcnet.config import ConfigError
+
+        try:
+            params.experiment(experiment)
+        except ConfigError as e:
+            if args.experiment:
+                raise
+            where = args.params or "params.yaml"  # the user named no experiment: say where it came from
+            raise ConfigError(f"{where}: compare.champion_experiment: {e} (or pass --experiment)") from None
     uri = args.tracking_uri or resolve_tracking_uri(params.mlflow.tracking_uri)
     from mlflow.exceptions import MlflowException
 

@@ -70,7 +70,7 @@ def run(dataset: str, out: Path, n=None, seed: int = 0, size=None, force: bool =
         if folder.is_dir() and any(folder.iterdir()) and not force:
             raise CliError(f"{folder} already holds files; pass --force to replace it with the {d} look-alike")
     for d, folder in targets.items():
-        with atomic_dir(folder) as tmp:
+        with atomic_dir(folder, owner=None) as tmp:  # checked above (--force), and no mark in the data
             write_dataset(d, tmp, n=n, seed=seed, size=size)
     return targets
 

@@ -190,7 +190,7 @@ def test_a_retried_train_task_resumes_from_the_checkpoint_volume(tmp_path, monke
     published = attempt(2)
     err = capsys.readouterr().err
     assert f"{run_id}: resuming after epoch 1 of 2" in err, err
-    assert sorted(p.name for p in published.iterdir()) == ["best.pt", "history.csv", "last.pt", "run.json"]
+    assert sorted(p.name for p in published.iterdir()) == [".tcnet-output", "best.pt", "history.csv", "last.pt", "run.json"]
     assert (published / "last.pt").read_bytes() == (volume / "run-1" / "e" / run_id / "last.pt").read_bytes()
 
     attempt(3, pipeline_run="run-2")

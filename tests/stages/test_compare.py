@@ -292,6 +292,26 @@ def test_subset_run_keeps_the_other_experiments(done, tmp_path):
     assert set(json.loads((copy / "metrics.json").read_text())) == {"data_label", "profile", "ph2_transfer"}
 
 
+def test_a_report_written_before_the_mark_is_still_compares_own_but_a_users_folder_is_not(done, tmp_path):
+    """``dvc repro evaluate@X`` then ``tcnet compare --experiment X`` (README) over outputs/reports of
+    a version without the ``.tcnet-output`` mark: still compare's (its own names, metrics.json among
+    them). The same names beside a file of the user's: refused, nothing replaced."""
+    params, _, _, out = done
+    legacy = tmp_path / "reports"
+    shutil.copytree(out, legacy)
+    (legacy / ".tcnet-output").unlink()
+    compare.run(params, out.parent / "eval", REPORTED, legacy, ["ph2_transfer"], log_mlflow=False)
+    assert (legacy / ".tcnet-output").read_text().startswith("tcnet compare\n")
+    (legacy / ".tcnet-output").unlink()
+    compare.run(params, out.parent / "eval", REPORTED, legacy, log_mlflow=False)  # whole
+    (legacy / ".tcnet-output").unlink()
+    (legacy / "thesis.tex").write_text("mine")
+    for experiments in (["ph2_transfer"], None):
+        with pytest.raises(FileExistsError, match="'tcnet compare' did not write"):
+            compare.run(params, out.parent / "eval", REPORTED, legacy, experiments, log_mlflow=False)
+    assert (legacy / "thesis.tex").read_text() == "mine"
+
+
 def test_cli(done, tmp_path, capsys):
     _, _, _, out = done
     args = ["compare", "--params", str(ROOT / "params.yaml"), "--eval", str(out.parent / "eval"),

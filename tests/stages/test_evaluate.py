@@ -83,7 +83,7 @@ def test_evaluate_writes_every_output_at_original_size(trained, monkeypatch):
 
     out = root / "eval" / EXPERIMENT / ISIC_RUN
     assert {p.name for p in out.iterdir()} == {"per_image.csv", "scores.json", "roc.csv", "history.csv", "masks",
-                                               "overlays"}
+                                               "overlays", ".tcnet-output"}
     scores = json.loads((out / "scores.json").read_text())
     assert {"mean", "pooled", "n", "dataset", "part", "aggregation", "run"} <= set(scores)
     assert scores["n"] == 3 and scores["dataset"] == "isic2017" and scores["part"] == "val"

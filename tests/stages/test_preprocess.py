@@ -62,7 +62,7 @@ def test_outputs_and_manifest(raw, tmp_path):
     assert summary["datasets"]["isic2017"]["n"] == 6 and summary["skipped"] == []
     assert sorted(_tree(out)) == sorted([
         "isic2017/images.npy", "isic2017/masks.npy",  # no fov.npy: ISIC's FOV is the whole image
-        "manifest.csv", "stats.json", "skipped.csv", "params.yaml",
+        "manifest.csv", "stats.json", "skipped.csv", "params.yaml", ".tcnet-output",  # "tcnet preprocess"
     ])
     images, masks, fov = load_arrays(out / "isic2017")
     assert images.dtype == masks.dtype == fov.dtype == np.uint8
@@ -249,6 +249,25 @@ def test_failed_run_keeps_previous_outputs(raw, tmp_path, monkeypatch):
         run(PreprocessConfig(datasets=("isic2017",), image_size=64, workers=1, skip_invalid=True), raw, out)
     assert len(writes) == 3
     assert _tree(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["pre", "raw"]
+
+
+def test_out_at_the_raw_data_or_a_users_folder_is_refused_before_any_work(raw, tmp_path, capsys):
+    """``--out`` replaces its folder whole: pointed at the raw data (or a folder above it, or one of
+    the user's own) it deleted every file there. Now refused, each file kept; its own earlier output
+    is still replaced."""
+    from tcnet.cli import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text("preprocess: {datasets: [isic2017], image_size: 32, workers: 1}\n")
+    (raw / "NOTES.txt").write_text("mine")
+    before = sorted(p.relative_to(raw).as_posix() for p in raw.rglob("*"))
+    for out in (raw, raw / "isic2017", tmp_path):
+        assert main(["preprocess", "--params", str(params), "--raw", str(raw), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{out}: " in err and "'tcnet preprocess' did not write" in err and "Traceback" not in err
+    assert sorted(p.relative_to(raw).as_posix() for p in raw.rglob("*")) == before
+    assert main(["preprocess", "--params", str(params), "--raw", str(raw), "--out", str(tmp_path / "pre")]) == 0
+    assert main(["preprocess", "--params", str(params), "--raw", str(raw), "--out", str(tmp_path / "pre")]) == 0
 
 
 def test_mask_binary_rule():

@@ -71,7 +71,7 @@ def test_every_dataset_follows_its_convention(pre, tmp_path):
     summary = run(CFG, pre, out)
     assert set(summary) == {"isic2017", "isic2018", "ph2", "drive", "chase_db1"}
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["isic2017.json", "isic2018.json", "ph2.json", "drive.json", "chase_db1.json", "params.yaml"])
+        ["isic2017.json", "isic2018.json", "ph2.json", "drive.json", "chase_db1.json", "params.yaml", ".tcnet-output"])
 
     s = load_split(out, "isic2017")
     assert set(s) == {"dataset", "source", "seed", "folds", "test"} and s["seed"] == 7
@@ -310,6 +310,50 @@ def test_cli(pre, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "error" in err and str(bad) in err and "Traceback" not in err
     assert split_stage.dumps({"a": [1]}) == '{\n  "a": [\n    1\n  ]\n}\n'
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda t: "", "not a readable manifest (No columns to parse from file)"),
+    (lambda t: t.replace(",isic2017,1,", ",isic2017,x,", 1), "line 3, column index: 'x' is not an integer"),
+    (lambda t: t.replace(",ph2,", ",ph3,", 1), "unknown dataset 'ph3'; valid: isic2017, isic2018, ph2, drive, chase_db1"),
+    (lambda t: t[:60] + "\udcf0\udcff" + t[60:], "not a readable manifest ('utf-8' codec can't decode"),
+])
+def test_a_damaged_manifest_is_named_with_what_is_wrong(pre, tmp_path, capsys, damage, message):
+    """A hand-edited or truncated manifest.csv: the file, the line and the value, and how to mend it
+    (it gave pandas' 'invalid literal for int()' or 'tuple.index(x): x not in tuple')."""
+    from tcnet.cli import main
+
+    path = pre / "manifest.csv"
+    path.write_bytes(damage(path.read_text()).encode("utf-8", "surrogateescape"))
+    params = tmp_path / "params.yaml"
+    params.write_text("split: {seed: 3}\n")
+    assert main(["split", "--params", str(params), "--preprocessed", str(pre), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: " in err and message in err and "tcnet preprocess' again" in err and "Traceback" not in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_out_at_the_input_or_at_a_users_folder_is_refused_and_both_kept(pre, tmp_path, capsys):
+    """``--out`` was replaced whole: pointed at the preprocessed folder it deleted the arrays it had
+    just read; pointed at a folder of one's own files, the files."""
+    from tcnet.cli import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text("split: {seed: 3}\n")
+    before = sorted(p.name for p in pre.iterdir())
+    assert main(["split", "--params", str(params), "--preprocessed", str(pre), "--out", str(pre)]) == 2
+    assert "did not write (manifest.csv)" in capsys.readouterr().err
+    assert sorted(p.name for p in pre.iterdir()) == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("x")
+    assert main(["split", "--params", str(params), "--preprocessed", str(pre), "--out", str(mine)]) == 2
+    assert f"{mine}: already holds files that 'tcnet split' did not write (thesis.tex)" in capsys.readouterr().err
+    assert (mine / "thesis.tex").read_text() == "x"
+    out = tmp_path / "s"  # its own output: written again, in place
+    for _ in range(2):
+        assert main(["split", "--params", str(params), "--preprocessed", str(pre), "--out", str(out)]) == 0
+    assert (out / ".tcnet-output").read_text().startswith("tcnet split\n")
 
 
 def test_chase_split_is_by_child_so_a_missing_image_moves_no_other(tmp_path):

@@ -342,7 +342,7 @@ def test_checkpoint_dir_trains_and_resumes_there_and_copies_the_finished_run_to_
     info = json.loads((published / "run.json").read_text())
     tags = MlflowClient(info["tracking_uri"]).get_run(info["mlflow_run_id"]).data.tags
     assert tags["tcnet.checkpoint"] == str((published / "best.pt").resolve())  # the copy, not the volume's
-    assert sorted(p.name for p in published.iterdir()) == sorted(train.OUTPUT_FILES)
+    assert sorted(p.name for p in published.iterdir()) == sorted([*train.OUTPUT_FILES, ".tcnet-output"])
     for name in train.OUTPUT_FILES:  # the very files of the checkpoint folder
         assert (published / name).read_bytes() == (volume / EXPERIMENT / run_id / name).read_bytes(), name
     ref = tmp_path / "reference" / EXPERIMENT / run_id
@@ -927,3 +927,25 @@ def test_cuda_steps_replay_a_graph_and_an_interrupted_run_resumes(data, tmp_path
     assert "train steps from a CUDA graph (train.cuda_graph): 3 replayed, 3 eager" in capsys.readouterr().err
     losses = [float(r["train_loss"]) for r in read_history(run_dir / "history.csv")]
     assert all(v == v for v in losses)
+
+
+def test_publish_replaces_a_run_trained_in_place_but_not_a_users_folder(tmp_path):
+    """``--checkpoint-dir`` over an OUT whose run was trained in place (``dvc repro``: no mark, the
+    run's own files) replaces it, as docs/training.md says; a folder of anything else is refused."""
+    done = tmp_path / "volume" / "run"
+    done.mkdir(parents=True)
+    for name in train.OUTPUT_FILES:
+        (done / name).write_text(f"new {name}")
+    in_place = tmp_path / "out" / "e" / "run"
+    in_place.mkdir(parents=True)
+    for name in train.OUTPUT_FILES:
+        (in_place / name).write_text(f"old {name}")
+    train.publish(done, in_place)
+    assert (in_place / "best.pt").read_text() == "new best.pt" and (in_place / ".tcnet-output").is_file()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "run.json").write_text("{}")
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"'tcnet train' did not write \(notes.txt, run.json\)"):
+        train.publish(done, mine)
+    assert (mine / "notes.txt").read_text() == "mine"

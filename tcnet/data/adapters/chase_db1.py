@@ -59,7 +59,6 @@ def derive_fov(rgb: np.ndarray) -> np.ndarray:
     The image border does not erode the mask (an image cropped inside the FOV keeps its edges).
     """
     import cv2
-    from scipy import ndimage
 
     import tcnet.data.transforms  # noqa: F401  (OpenCV single-threaded, fork-safe: see there)
 
@@ -75,11 +74,24 @@ def derive_fov(rgb: np.ndarray) -> np.ndarray:
     if n <= 1:
         return np.zeros(a.shape, bool)
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    fov = ndimage.binary_fill_holes(labels == largest)
+    fov = fill_holes(labels == largest)
     r = max(1, int(round(FOV_ERODE_FRACTION * min(a.shape))))
     disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
     fov = cv2.erode(fov.astype(np.uint8), disk)  # default border: no erosion from the image edge
     return fov.astype(bool)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes`` of a 2-D bool mask with its default structure (a hole:
+    background not 4-connected to the border), by one OpenCV flood fill from a one-pixel frame.
+    The preprocess workers then need no scipy, whose import cost every run ~0.26 s."""
+    import cv2
+
+    h, w = mask.shape
+    framed = np.zeros((h + 2, w + 2), np.uint8)
+    framed[1:-1, 1:-1] = mask
+    cv2.floodFill(framed, None, (0, 0), 2, flags=4)  # the background reached from outside becomes 2
+    return framed[1:-1, 1:-1] != 2
 
 
 def split_ids(ids) -> tuple[list[str], list[str], str]:
