@@ -65,6 +65,14 @@ def model_options(name: str) -> list[str]:
     return list(inspect.signature(fn).parameters)
 
 
+def _options_ok(name: str, options: dict) -> bool:
+    try:
+        check_options(name, options)
+    except ValueError:
+        return False
+    return True
+
+
 def check_runs_models(params, path=None, experiments=None) -> None:
     """Every run's model of ``params`` (of ``experiments`` only, if given) is registered and takes its
     overrides; else a ``ConfigError`` naming the params file and the key. ``tcnet experiments`` and
@@ -83,17 +91,20 @@ def check_runs_models(params, path=None, experiments=None) -> None:
                 get_builder(spec.model)
             except ValueError as e:
                 raise ConfigError(f"{prefix}{where}.model: {e}") from None
+            # where the options came from: the experiment's, the run's, or both merged
+            sources = ((f"experiments.{exp_id}.model_overrides", exp.model_overrides),
+                       (f"experiments.{exp_id}.runs.{variant.name}.model_overrides", variant.model_overrides))
+            paths = [p for p, options in sources if options]
             try:
                 check_options(spec.model, spec.model_kwargs)
-            except ValueError as e:
-                raise ConfigError(f"{prefix}{where}: {e}") from None
+            except ValueError as e:  # the key that holds the unknown option, not only the experiment
+                held = [p for p, options in sources if options and not _options_ok(spec.model, options)]
+                raise ConfigError(f"{prefix}{' + '.join(held or paths) or where}: {e}") from None
             key = (spec.model, repr(sorted(spec.model_kwargs.items())))
             if key not in built:  # the options' values too (a placement, an encoder name): build it, no memory
                 built.add(key)
                 problem = _build_problem(spec.model, spec.model_kwargs)
-                if problem:  # where the options came from: the experiment's, the run's, or both merged
-                    paths = ([f"experiments.{exp_id}.model_overrides"] if exp.model_overrides else []) + (
-                        [f"experiments.{exp_id}.runs.{variant.name}.model_overrides"] if variant.model_overrides else [])
+                if problem:
                     raise ConfigError(f"{prefix}{' + '.join(paths) or where + '.model'}: model {spec.model!r} cannot "
                                       f"be built with {dict(spec.model_kwargs)}: {problem}")
 

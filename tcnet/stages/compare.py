@@ -31,7 +31,7 @@ from tcnet.report import tables
 from tcnet.report.datasets import datasets_frame, datasets_table
 from tcnet.report.pairing import Inference
 from tcnet.report.results import ExperimentResults, load_experiment
-from tcnet.utils.atomic import atomic_dir, atomic_write, claim_dir
+from tcnet.utils.atomic import atomic_dir, atomic_write, claim_dir, written_by
 
 REPORT_NAMES = ("report.html", "metrics.json", "datasets.md", "datasets.csv", "plots")  # beside the experiments'
 
@@ -93,7 +93,9 @@ def _compare_one(params: Params, exp_id: str, res: ExperimentResults, reported: 
     other = tables.other_aggregation_table(res, ref)
     if other is not None:
         section.tables.append((f"The other aggregation ({tables.OTHER_AGGREGATION[res.exp.aggregation]})", other))
-    with atomic_dir(exp_dir, owner="compare") as tmp:
+    # an experiment's folder in a report that is compare's (claimed, or made whole here): compare's,
+    # even written before the mark
+    with atomic_dir(exp_dir, owner="compare", own=lambda names: written_by(exp_dir.parent) == "tcnet compare") as tmp:
         summary.to_csv(tmp / "table.csv", index=False)
         stats.to_csv(tmp / "stats.csv", index=False)
         # after the verdicts (section.notes) and the stats table: every comparison either used
@@ -250,7 +252,7 @@ def add_arguments(parser) -> None:
                         help="evaluation outputs: <eval>/<experiment>/<run_id>/ (default: outputs/eval)")
     parser.add_argument("--reported", default="paper/reported.yaml",
                         help="the paper's numbers (default: paper/reported.yaml)")
-    parser.add_argument("--out", default="outputs/reports", help="output folder (default: outputs/reports)")
+    parser.add_argument("--out", default="outputs/reports", help="output folder, replaced whole; a folder holding files this command did not write is refused (default: outputs/reports)")
     parser.add_argument("--experiment", dest="experiments", nargs="+", action="extend", metavar="ID",
                         help="compare only these experiments (default: all in params); repeatable")
     parser.add_argument("--no-mlflow", dest="log_mlflow", action="store_const", const=False, default=None,

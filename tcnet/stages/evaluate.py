@@ -39,7 +39,7 @@ import numpy as np
 from tcnet.models.outputs import foreground_prob
 from tcnet.config import EvaluateConfig, Params, RunSpec, dataset_aggregation, expand_runs, load_params, to_dict
 from tcnet.tracking import EVAL_CHECKPOINT_TAG
-from tcnet.utils.atomic import atomic_dir, atomic_write
+from tcnet.utils.atomic import atomic_dir, atomic_write, check_replaceable
 
 # Probability bins per image in pooled_parts.npz. Their pooled AUC was within 5e-4 of the 65536-bin
 # one even for a barely trained model, whose probabilities crowd a few bins (1024 bins: 2.7e-3).
@@ -203,7 +203,7 @@ def evaluate_run(spec: RunSpec, eval_cfg: EvaluateConfig, preprocessed_dir, spli
     parts: dict[str, list] = {"pos": [], "neg": []} if agg == "pooled" else {}
     n_overlays = max(0, int(eval_cfg.n_overlays))
 
-    with atomic_dir(out_dir, owner="evaluate") as tmp:
+    with atomic_dir(out_dir, owner="evaluate", own=_own_run_folder) as tmp:
         (tmp / "masks").mkdir()
         if n_overlays:
             (tmp / "overlays").mkdir()
@@ -347,6 +347,14 @@ def _roc_figure(roc_csv: Path, scores: dict):
     return fig
 
 
+RUN_FOLDER_NAMES = ("scores.json", "per_image.csv", "roc.csv", "history.csv", "masks", "overlays", "pooled_parts.npz")
+
+
+def _own_run_folder(names: set[str]) -> bool:
+    """A run's evaluation written before the ``.tcnet-output`` mark: evaluate's own all the same."""
+    return "scores.json" in names and names <= set(RUN_FOLDER_NAMES)
+
+
 def write_summary(params: Params, experiment: str, out_dir) -> dict:
     """``<out>/<experiment>/summary.json``: mean and pooled scores of every evaluated run of the
     experiment (as found on disk, in params order)."""
@@ -384,6 +392,8 @@ def run(params: Params, experiment: str, preprocessed_dir, splits_dir, raw_dir, 
             raise FileNotFoundError(errno.ENOENT, "raw data folder not found: evaluate scores against the "
                                     "original-size images and masks there (preprocess.raw_dir in params, or --raw)",
                                     str(raw_dir / dataset))
+    for spec in specs:  # every run's folder before the first model loads: none of them a user's
+        check_replaceable(Path(out_dir) / experiment / spec.run_id, "evaluate", _own_run_folder)
     tracker = None
     if tracking_enabled(mlflow):
         tracker = open_tracker(experiment, params.mlflow, params=params,
@@ -415,7 +425,8 @@ def add_arguments(parser) -> None:
                         help="raw data root, original-size images and masks (default: preprocess.raw_dir from params)")
     parser.add_argument("--models", default="outputs/models", help="models root, train --out (default outputs/models)")
     parser.add_argument("--out", default="outputs/eval",
-                        help="writes OUT/<experiment>/<run_id>/ and OUT/<experiment>/summary.json (default outputs/eval)")
+                        help="writes OUT/<experiment>/<run_id>/ (each replaced whole; one holding files evaluate did not write is "
+                        "refused before any run) and OUT/<experiment>/summary.json (default outputs/eval)")
     add_no_mlflow(parser)
 
 

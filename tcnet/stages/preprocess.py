@@ -14,9 +14,11 @@ the parent collects the manifest rows and pixel counts::
     <out>/stats.json             {dataset: {n, size, fg_fraction, class_weights: [w_bg, w_fg], class_weight_clip}}
     <out>/skipped.csv            pairs left out under ``skip_invalid: true`` (header only otherwise)
     <out>/params.yaml            the resolved ``preprocess`` config
+    <out>/.tcnet-output          "tcnet preprocess": the folder is this stage's to replace
 
 The output folder is replaced in one step (:func:`tcnet.utils.atomic.atomic_dir`): a run that fails
-or is killed half-way leaves the previous outputs as they were. A bad pair stops the run with a
+or is killed half-way leaves the previous outputs as they were, and a folder there that this stage
+did not write (the raw data, the user's files) is refused, not replaced. A bad pair stops the run with a
 :class:`PreprocessError` naming the file and the problem, unless ``skip_invalid`` is set, in which
 case it is left out and reported. See ``docs/stages-data.md``.
 """
@@ -521,7 +523,7 @@ def _start_pool(workers: int) -> cf.ProcessPoolExecutor:
     ctx.set_forkserver_preload(_WORKER_MODULES)
     pool = cf.ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, mp_context=ctx)
     # The first submit starts the forkserver and a first worker, and returns only once the server
-    # has imported the preload (~0.2 s in a fresh process): in a thread of its own, so that the
+    # has imported the preload (~0.3 s in a fresh process): in a thread of its own, so that the
     # parent imports and lists the files meanwhile. A failure shows again on the parent's submits.
     threading.Thread(target=_submit_quietly, args=(pool,), name="tcnet-preprocess-pool-start",
                      daemon=True).start()
@@ -604,7 +606,7 @@ def _write_params(path: Path, cfg: PreprocessConfig) -> None:
 def add_arguments(parser) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--raw", default=None, help="raw data root (default: preprocess.raw_dir from params)")
-    parser.add_argument("--out", default="outputs/preprocessed", help="output folder (default: outputs/preprocessed)")
+    parser.add_argument("--out", default="outputs/preprocessed", help="output folder, replaced whole; a folder holding files this command did not write is refused (default: outputs/preprocessed)")
 
 
 def main(args) -> int:

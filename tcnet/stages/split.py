@@ -396,7 +396,7 @@ def add_arguments(parser) -> None:
         "--preprocessed", default="outputs/preprocessed",
         help="preprocess output folder (default: outputs/preprocessed)",
     )
-    parser.add_argument("--out", default="outputs/splits", help="output folder (default: outputs/splits)")
+    parser.add_argument("--out", default="outputs/splits", help="output folder, replaced whole; a folder holding files this command did not write is refused (default: outputs/splits)")
     parser.add_argument(
         "--datasets", nargs="+", default=None, metavar="DATASET",
         help="datasets to split (default: every preprocessed dataset)",

@@ -683,10 +683,15 @@ def preflight(params: Params, experiment: str, run_ids: Optional[Sequence[str]],
     return specs
 
 
+def _own_run_folder(names: set[str]) -> bool:
+    """A run trained in place (no ``--checkpoint-dir``: no ``.tcnet-output`` mark), finished or
+    stopped part-way: train's files, and the temporary file of a save a kill cut short."""
+    return all(n in OUTPUT_FILES or (n.startswith(".") and n.endswith(".tmp")) for n in names)
+
+
 def publish(run_dir: Path, dest: Path) -> None:
     """Copy a finished run's files from ``run_dir`` to ``dest``, replacing it whole (never half-copied)."""
-    # a run trained in place there (no --checkpoint-dir, no mark) is train's own too
-    with atomic_dir(dest, owner="train", own=lambda names: "run.json" in names and names <= set(OUTPUT_FILES)) as tmp:
+    with atomic_dir(dest, owner="train", own=_own_run_folder) as tmp:
         for name in OUTPUT_FILES:
             if (run_dir / name).is_file():
                 shutil.copy2(run_dir / name, tmp / name)
@@ -746,7 +751,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint-dir", default="", metavar="DIR",
                         help="train and resume each run in DIR/<experiment>/<run_id>/ (a folder that outlives this "
                         "process, e.g. a volume that a retried Kubeflow task finds again) and copy each finished run "
-                        "to OUT/<experiment>/<run_id>/ (default: train in OUT itself)")
+                        "to OUT/<experiment>/<run_id>/, replacing it whole: a run of OUT's own or an empty folder, "
+                        "never one holding other files (default: train in OUT itself)")
     parser.add_argument("--nproc", type=int, default=1, metavar="N",
                         help="train each run with N processes (DDP via torchrun: gloo on CPU, NCCL on CUDA); "
                         "train.batch_size stays the batch of one optimiser step, each process takes 1/N of it, "

@@ -232,6 +232,33 @@ def test_errors_name_what_is_missing_or_stale(trained, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_run_folder_holding_a_users_files_is_refused_before_any_model_loads(trained, tmp_path, monkeypatch):
+    """OUT/<exp>/<run_id>/ is replaced whole: one holding anything else is refused up front (not
+    after the runs before it were scored); an evaluation written before the mark is evaluate's."""
+    import shutil
+
+    from tcnet.stages import evaluate
+
+    root, params, _, _ = trained
+    runs = [s.run_id for s in expand_runs(params, EXPERIMENT)]
+    mine = tmp_path / "out" / EXPERIMENT / runs[-1]
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    loads = []
+    monkeypatch.setattr(evaluate, "evaluate_run", lambda *a, **k: loads.append(a) or {})
+    with pytest.raises(FileExistsError, match=r"'tcnet evaluate' did not write \(notes.txt\)"):
+        evaluate.run(params, EXPERIMENT, root / "pre", root / "splits", root / "raw", root / "models",
+                     tmp_path / "out", mlflow=False)
+    assert not loads and (mine / "notes.txt").read_text() == "mine"
+    shutil.rmtree(mine)
+    mine.mkdir()
+    for name in ("scores.json", "per_image.csv", "masks"):  # before the mark: evaluate's own
+        (mine / name).mkdir() if name == "masks" else (mine / name).write_text("{}")
+    evaluate.run(params, EXPERIMENT, root / "pre", root / "splits", root / "raw", root / "models",
+                 tmp_path / "out", mlflow=False)
+    assert len(loads) == len(runs)
+
+
 def test_the_checkpoint_scored_is_never_one_chosen_on_the_scored_images(trained, tmp_path):
     """best.pt is the epoch with the best val Dice: scoring it on those val images would report a
     maximum over epochs. auto scores last.pt there, and best.pt on a test set or another dataset."""

@@ -942,6 +942,12 @@ def test_publish_replaces_a_run_trained_in_place_but_not_a_users_folder(tmp_path
         (in_place / name).write_text(f"old {name}")
     train.publish(done, in_place)
     assert (in_place / "best.pt").read_text() == "new best.pt" and (in_place / ".tcnet-output").is_file()
+    stopped = tmp_path / "out" / "e" / "stopped"  # killed part-way in place: last.pt and a save's temp file
+    stopped.mkdir()
+    (stopped / "last.pt").write_text("epoch 3")
+    (stopped / ".last.pt.x1y2.tmp").write_text("half")
+    train.publish(done, stopped)
+    assert sorted(p.name for p in stopped.iterdir()) == sorted([*train.OUTPUT_FILES, ".tcnet-output"])
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "run.json").write_text("{}")

@@ -84,13 +84,21 @@ def test_a_typo_in_a_model_or_its_options_is_named_before_any_training(tmp_path,
     (tmp_path / "p2.yaml").write_text(yaml.safe_dump(raw))
     assert cli_main(["experiments", "--params", str(tmp_path / "p2.yaml")]) == 2
     err = capsys.readouterr().err
-    assert "p2.yaml: experiments.isic2018_cv.runs.tcnet: model 'tcnet_tiny' has no option(s) 'base_chanels'" in err
+    assert ("p2.yaml: experiments.isic2018_cv.runs.tcnet.model_overrides: model 'tcnet_tiny' has no option(s) "
+            "'base_chanels'") in err
     assert "did you mean 'base_channels'" in err
     # the train stage refuses it before its first run, not when the last one comes up
     assert cli_main(["train", "--params", str(tmp_path / "p2.yaml"), "--experiment", "isic2018_cv",
                      "--preprocessed", str(tmp_path / "none"), "--out", str(tmp_path / "models"), "--no-mlflow"]) == 2
-    assert "runs.tcnet: model 'tcnet_tiny' has no option(s)" in capsys.readouterr().err
+    assert "runs.tcnet.model_overrides: model 'tcnet_tiny' has no option(s)" in capsys.readouterr().err
     assert not (tmp_path / "models").exists()
+    # an option the experiment gives every run: named there (it was named as 'experiments.attention')
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["experiments"]["attention"]["model_overrides"] = {"attn_heads": 2}
+    (tmp_path / "p3.yaml").write_text(yaml.safe_dump(raw))
+    assert cli_main(["experiments", "--params", str(tmp_path / "p3.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "p3.yaml: experiments.attention.model_overrides: model 'tcnet_tiny' has no option(s) 'attn_heads'" in err, err
 
 
 def test_a_bad_value_of_a_model_option_is_named_before_any_training(tmp_path, capsys):
