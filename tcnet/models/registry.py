@@ -99,6 +99,8 @@ def check_runs_models(params, path=None, experiments=None) -> None:
                 check_options(spec.model, spec.model_kwargs)
             except ValueError as e:  # the key that holds the unknown option, not only the experiment
                 held = [p for p, options in sources if options and not _options_ok(spec.model, options)]
+                if variant.model and held == [sources[0][0]]:  # the run's own model rejects the experiment's option
+                    raise ConfigError(f"{prefix}{where}.model: {e} (given by {held[0]})") from None
                 raise ConfigError(f"{prefix}{' + '.join(held or paths) or where}: {e}") from None
             key = (spec.model, repr(sorted(spec.model_kwargs.items())))
             if key not in built:  # the options' values too (a placement, an encoder name): build it, no memory

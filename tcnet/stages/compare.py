@@ -31,9 +31,15 @@ from tcnet.report import tables
 from tcnet.report.datasets import datasets_frame, datasets_table
 from tcnet.report.pairing import Inference
 from tcnet.report.results import ExperimentResults, load_experiment
-from tcnet.utils.atomic import atomic_dir, atomic_write, claim_dir, written_by
+from tcnet.utils.atomic import atomic_dir, atomic_write, check_replaceable, claim_dir, written_by
 
 REPORT_NAMES = ("report.html", "metrics.json", "datasets.md", "datasets.csv", "plots")  # beside the experiments'
+
+
+def _own_experiment_folder(exp_dir: Path):
+    """An experiment's folder in a report that is compare's (claimed, or made whole here): compare's,
+    even written before the mark."""
+    return lambda names: written_by(exp_dir.parent) == "tcnet compare"
 
 
 @dataclass
@@ -93,9 +99,7 @@ def _compare_one(params: Params, exp_id: str, res: ExperimentResults, reported: 
     other = tables.other_aggregation_table(res, ref)
     if other is not None:
         section.tables.append((f"The other aggregation ({tables.OTHER_AGGREGATION[res.exp.aggregation]})", other))
-    # an experiment's folder in a report that is compare's (claimed, or made whole here): compare's,
-    # even written before the mark
-    with atomic_dir(exp_dir, owner="compare", own=lambda names: written_by(exp_dir.parent) == "tcnet compare") as tmp:
+    with atomic_dir(exp_dir, owner="compare", own=_own_experiment_folder(exp_dir)) as tmp:
         summary.to_csv(tmp / "table.csv", index=False)
         stats.to_csv(tmp / "stats.csv", index=False)
         # after the verdicts (section.notes) and the stats table: every comparison either used
@@ -198,10 +202,12 @@ def run(params: Params | str | Path, eval_dir: str | Path, reported_path: str | 
     for e in exp_ids:  # before anything is written
         check_data_label(params.compare.data_label, load_experiment(params, e, eval_dir), eval_dir)
     out_dir = Path(out_dir)
-    # a report written before the mark: its own names, metrics.json among them
-    own = lambda names: "metrics.json" in names and names <= set(REPORT_NAMES) | set(params.experiments)  # noqa: E731
+    # a report written before the mark: its own names, metrics.json and report.html among them
+    own = lambda names: {"metrics.json", "report.html"} <= names <= set(REPORT_NAMES) | set(params.experiments)  # noqa: E731
     if experiments:
         claim_dir(out_dir, "compare", own)  # parts written in place; a whole compare replaces it later
+        for e in exp_ids:  # each experiment's folder, before any is computed
+            check_replaceable(out_dir / e, "compare", _own_experiment_folder(out_dir / e))
         done = _write_all(params, exp_ids, Path(eval_dir), reported, out_dir, explicit=True)
         _write_report(params, done, reported, out_dir)
     else:
@@ -252,7 +258,8 @@ def add_arguments(parser) -> None:
                         help="evaluation outputs: <eval>/<experiment>/<run_id>/ (default: outputs/eval)")
     parser.add_argument("--reported", default="paper/reported.yaml",
                         help="the paper's numbers (default: paper/reported.yaml)")
-    parser.add_argument("--out", default="outputs/reports", help="output folder, replaced whole; a folder holding files this command did not write is refused (default: outputs/reports)")
+    parser.add_argument("--out", default="outputs/reports", help="output folder, replaced whole (with --experiment: those experiments' folders, the report and "
+                        "metrics.json); a folder holding files compare did not write is refused (default: outputs/reports)")
     parser.add_argument("--experiment", dest="experiments", nargs="+", action="extend", metavar="ID",
                         help="compare only these experiments (default: all in params); repeatable")
     parser.add_argument("--no-mlflow", dest="log_mlflow", action="store_const", const=False, default=None,

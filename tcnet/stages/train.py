@@ -33,7 +33,7 @@ import torch
 from tcnet.config import (ConfigError, MlflowConfig, Params, RunSpec, check_batch_split, expand_runs, load_params,
                           params_hash, to_dict)
 from tcnet.training.loop import NonFiniteLossError
-from tcnet.utils.atomic import atomic_dir, atomic_write
+from tcnet.utils.atomic import atomic_dir, atomic_write, check_replaceable
 
 OUTPUT_FILES = ("best.pt", "last.pt", "history.csv", "run.json")
 # A new best epoch is written to best.pt at once when the file is this old (seconds); sooner, only
@@ -685,8 +685,12 @@ def preflight(params: Params, experiment: str, run_ids: Optional[Sequence[str]],
 
 def _own_run_folder(names: set[str]) -> bool:
     """A run trained in place (no ``--checkpoint-dir``: no ``.tcnet-output`` mark), finished or
-    stopped part-way: train's files, and the temporary file of a save a kill cut short."""
-    return all(n in OUTPUT_FILES or (n.startswith(".") and n.endswith(".tmp")) for n in names)
+    stopped part-way: a checkpoint or run.json, train's other files, and the temporary file of a
+    save a kill cut short (``atomic_path``: ``.<name>.<random>.tmp``)."""
+    def saving(n: str) -> bool:
+        return n.endswith(".tmp") and any(n.startswith(f".{f}.") for f in OUTPUT_FILES)
+
+    return bool(names & {"best.pt", "last.pt", "run.json"}) and all(n in OUTPUT_FILES or saving(n) for n in names)
 
 
 def publish(run_dir: Path, dest: Path) -> None:
@@ -725,6 +729,9 @@ def run(params: Params, experiment: str, preprocessed_dir, splits_dir, out_dir,
     work_dir = Path(checkpoint_dir) if checkpoint_dir else out_dir
     if work_dir.resolve() == out_dir.resolve():
         work_dir = out_dir  # nothing to copy
+    else:  # where each finished run will be copied: none of them a folder of someone else's, found hours later
+        for spec in specs:
+            check_replaceable(out_dir / experiment / spec.run_id, "train", _own_run_folder)
     _SAID.clear()  # "said once" per call: a second call in the same process says it again
     results = []
     for i, spec in enumerate(specs, 1):

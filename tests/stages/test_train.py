@@ -955,3 +955,24 @@ def test_publish_replaces_a_run_trained_in_place_but_not_a_users_folder(tmp_path
     with pytest.raises(FileExistsError, match=r"'tcnet train' did not write \(notes.txt, run.json\)"):
         train.publish(done, mine)
     assert (mine / "notes.txt").read_text() == "mine"
+    for names in (["history.csv"], [".notes.tmp", "last.pt"]):  # no checkpoint; a temp file not train's
+        other = tmp_path / f"other{len(names)}"
+        other.mkdir()
+        for name in names:
+            (other / name).write_text("x")
+        with pytest.raises(FileExistsError, match="did not write"):
+            train.publish(done, other)
+
+
+def test_a_checkpoint_dir_run_whose_out_folder_is_a_users_is_refused_before_training(data, tmp_path):
+    """With --checkpoint-dir, OUT/<exp>/<run_id>/ is where the finished run is copied: a folder of
+    other files there is refused before the first epoch, not after the training."""
+    params = make_params(tmp_path, epochs=1)
+    run_id = the_spec(params).run_id
+    mine = tmp_path / "models" / EXPERIMENT / run_id
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="'tcnet train' did not write"):
+        train.run(params, EXPERIMENT, data / "pre", data / "splits", tmp_path / "models", mlflow=False,
+                  checkpoint_dir=tmp_path / "volume")
+    assert not (tmp_path / "volume").exists() and (mine / "notes.txt").read_text() == "mine"

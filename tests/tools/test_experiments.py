@@ -99,6 +99,13 @@ def test_a_typo_in_a_model_or_its_options_is_named_before_any_training(tmp_path,
     assert cli_main(["experiments", "--params", str(tmp_path / "p3.yaml")]) == 2
     err = capsys.readouterr().err
     assert "p3.yaml: experiments.attention.model_overrides: model 'tcnet_tiny' has no option(s) 'attn_heads'" in err, err
+    # ...unless a run's own model rejects it: that run is named, and where the option came from
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["experiments"]["ph2_transfer"]["model_overrides"] = {"use_etm": False}
+    (tmp_path / "p4.yaml").write_text(yaml.safe_dump(raw))
+    assert cli_main(["experiments", "--params", str(tmp_path / "p4.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "p4.yaml: experiments.ph2_transfer.runs." in err and "(given by experiments.ph2_transfer.model_overrides)" in err, err
 
 
 def test_a_bad_value_of_a_model_option_is_named_before_any_training(tmp_path, capsys):
