@@ -13,7 +13,9 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=448, help="square input side, a multiple of 32 (default 448)")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the table as JSON to PATH")
+    parser.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                        help="print JSON instead of the table (as 'tcnet experiments --json'); with PATH, also write "
+                        "the table as JSON there")
     parser.add_argument("--models", nargs="+", default=None, metavar="NAME", help="only these models (default: all)")
 
 
@@ -29,14 +31,23 @@ def main(args: argparse.Namespace) -> int:
 
     if args.size <= 0 or args.size % 32:
         raise ValueError(f"--size must be a positive multiple of 32, got {args.size}")
+    to_file = args.json not in (None, "-")
+    if to_file:  # before the models are counted, not after the table
+        from tcnet.tools.out_file import check_out_file
+
+        check_out_file(Path(args.json), "--json")
     names = args.models or list_models()
     rows = [model_complexity(n, args.size) for n in names]
+    text = json.dumps({"size": args.size, "models": rows}, indent=2) + "\n"
+    if args.json == "-":
+        print(text, end="")
+        return 0
     print(f"models at {args.size}x{args.size}, batch 1, forward (GFLOPs: 1 multiply-add = 2 FLOPs)")
     print(table(rows))
-    if args.json:
+    if to_file:
         from tcnet.utils.atomic import atomic_write
 
         with atomic_write(args.json) as f:
-            f.write(json.dumps({"size": args.size, "models": rows}, indent=2) + "\n")
+            f.write(text)
         print(f"wrote {args.json}")
     return 0

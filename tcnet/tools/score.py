@@ -21,11 +21,9 @@ An undefined AUC (one-class truth) is written as ``null``. See ``docs/metrics.md
 
 from __future__ import annotations
 
-import errno
 import fnmatch
 import json
 import math
-import os
 import re
 import sys
 from pathlib import Path
@@ -385,23 +383,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", metavar="JSON", help="write the scores here (per_image, mean, pooled)")
 
 
-def _check_out(out: Path) -> None:
-    """Refuse an ``--out`` that cannot be written before the scoring, not after it: a folder, or a
-    place under a file or an unwritable folder."""
-    if out.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "is a folder; --out names the JSON file to write", str(out))
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, f"cannot write here: {parent} is a file, not a folder", str(out))
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(errno.EACCES, f"cannot write here: {parent} is not writable", str(out))
-
-
 def main(args) -> int:
-    if args.out:
-        _check_out(Path(args.out))
+    if args.out:  # before the scoring, not after it
+        from tcnet.tools.out_file import check_out_file
+
+        check_out_file(Path(args.out), "--out")
     result = score_folders(args.pred, args.truth, fov_dir=args.fov, threshold=args.threshold, probs_dir=args.probs,
                            truth_glob=args.truth_glob, pred_glob=args.pred_glob, recursive=args.recursive,
                            fov_images_dir=args.fov_from_images)

@@ -45,7 +45,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--size", type=parse_size, default=None, metavar="WxH",
                         help="image size, width x height (default: per dataset, see --n)")
     parser.add_argument("--force", action="store_true",
-                        help="replace an output folder that already holds files (otherwise refused)")
+                        help="replace an earlier look-alike in the output folder (otherwise refused); a folder "
+                        "holding anything else (real data, other datasets, other files) is always refused")
 
 
 def _size_mb(folder: Path) -> float:
@@ -55,7 +56,7 @@ def _size_mb(folder: Path) -> float:
 def run(dataset: str, out: Path, n=None, seed: int = 0, size=None, force: bool = False) -> dict[str, Path]:
     """Write the look-alike(s); each dataset folder appears whole or not at all. Returns {dataset: folder}."""
     from tcnet.cli import CliError
-    from tcnet.data.synth.writers import write_dataset
+    from tcnet.data.synth.writers import SYNTHETIC_MARKER, is_synthetic, write_dataset
     from tcnet.utils.atomic import atomic_dir
 
     out = Path(out)
@@ -67,8 +68,16 @@ def run(dataset: str, out: Path, n=None, seed: int = 0, size=None, force: bool =
             raise CliError(f"--n {n}: {d} takes 1..{SPECS[d].n_max} ({SPECS[d].n_help})")
         if folder.exists() and not folder.is_dir():
             raise CliError(f"{folder} exists and is not a folder")
-        if folder.is_dir() and any(folder.iterdir()) and not force:
-            raise CliError(f"{folder} already holds files; pass --force to replace it with the {d} look-alike")
+        if folder.is_dir() and any(folder.iterdir()):
+            if not is_synthetic(folder):  # real data, other datasets (the parent), one's own files: never
+                found = ", ".join(sorted(p.name for p in folder.iterdir())[:3])
+                raise CliError(f"{folder} holds files that are not a look-alike 'tcnet synth' wrote ({found}; no "
+                               f"{SYNTHETIC_MARKER}); --force replaces only an earlier look-alike: remove the folder "
+                               f"yourself or name another (one dataset: --out is its own folder, e.g. "
+                               f"{folder / d}; '{ALL}': the parent of the dataset folders)")
+            if not force:
+                raise CliError(f"{folder} already holds a look-alike; pass --force to replace it with the {d} "
+                               "look-alike")
     for d, folder in targets.items():
         with atomic_dir(folder, owner=None) as tmp:  # checked above (--force), and no mark in the data
             write_dataset(d, tmp, n=n, seed=seed, size=size)

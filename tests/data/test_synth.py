@@ -133,7 +133,7 @@ def test_cli_single_all_force(tmp_path, capsys):
     assert (out / "DRIVE/training/images/21_training.tif").is_file()
     first = _tree(out)
     assert cli_main(["synth", "drive", "--out", str(out), "--n", "1", "--size", "32x34"]) == 2
-    assert "already holds files; pass --force" in capsys.readouterr().err
+    assert "already holds a look-alike; pass --force" in capsys.readouterr().err
     assert _tree(out) == first  # refused: untouched
     assert cli_main(["synth", "drive", "--out", str(out), "--n", "1", "--size", "32x34", "--force"]) == 0
     assert set(_tree(out)) == set(first) and _tree(out) != first  # replaced whole (seed 0 now)
@@ -149,3 +149,21 @@ def test_cli_single_all_force(tmp_path, capsys):
         cli_main(["synth", "drive", "--out", str(tmp_path / "x"), "--size", "32by32"])
     with pytest.raises(SystemExit):
         cli_main(["synth", "stare", "--out", str(tmp_path / "x")])
+
+
+def test_force_never_replaces_a_folder_that_is_not_a_look_alike(tmp_path, capsys):
+    """``tcnet synth drive --out data --force`` with ``data`` the parent of every dataset (or real
+    data, or one's own files): it deleted every other dataset. Only an earlier look-alike is replaced."""
+    every = tmp_path / "data"
+    assert cli_main(["synth", "all", "--out", str(every), "--n", "1", "--size", "32x32"]) == 0
+    before = _tree(every)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("mine")
+    for out in (every, mine):
+        for force in ([], ["--force"]):
+            assert cli_main(["synth", "drive", "--out", str(out), "--n", "1", "--size", "32x34", *force]) == 2
+            err = capsys.readouterr().err
+            assert "not a look-alike 'tcnet synth' wrote" in err and f"e.g. {out / 'drive'}" in err, err
+    assert _tree(every) == before and (mine / "thesis.txt").read_text() == "mine"
+    assert cli_main(["synth", "all", "--out", str(every), "--n", "1", "--size", "32x32", "--force"]) == 0
