@@ -78,7 +78,7 @@ class PreprocessConfig:
     def validate(self) -> None:
         for d in self.datasets:
             check_choice("dataset", d, DATASETS)
-        for d, s in self.image_size_overrides.items():
+        for d in self.image_size_overrides:
             check_choice("dataset in preprocess.image_size_overrides", d, DATASETS)
         for key, s in {"preprocess.image_size": self.image_size,
                        **{f"preprocess.image_size_overrides.{d}": v for d, v in self.image_size_overrides.items()}}.items():

@@ -31,15 +31,16 @@ from tcnet.report import tables
 from tcnet.report.datasets import datasets_frame, datasets_table
 from tcnet.report.pairing import Inference
 from tcnet.report.results import ExperimentResults, load_experiment
-from tcnet.utils.atomic import atomic_dir, atomic_write, check_replaceable, claim_dir, written_by
+from tcnet.utils.atomic import atomic_dir, atomic_write, check_replaceable, claim_dir
 
 REPORT_NAMES = ("report.html", "metrics.json", "datasets.md", "datasets.csv", "plots")  # beside the experiments'
 
 
-def _own_experiment_folder(exp_dir: Path):
-    """An experiment's folder in a report that is compare's (claimed, or made whole here): compare's,
-    even written before the mark."""
-    return lambda names: written_by(exp_dir.parent) == "tcnet compare"
+def _experiment_folder(names: set[str]) -> bool:
+    """An experiment's folder is only written inside a report that is compare's (claimed by
+    ``--experiment``, or the temporary folder of a whole run): unmarked, it is compare's all the same
+    (written before the mark); one marked by another command is still refused."""
+    return True
 
 
 @dataclass
@@ -99,7 +100,7 @@ def _compare_one(params: Params, exp_id: str, res: ExperimentResults, reported: 
     other = tables.other_aggregation_table(res, ref)
     if other is not None:
         section.tables.append((f"The other aggregation ({tables.OTHER_AGGREGATION[res.exp.aggregation]})", other))
-    with atomic_dir(exp_dir, owner="compare", own=_own_experiment_folder(exp_dir)) as tmp:
+    with atomic_dir(exp_dir, owner="compare", own=_experiment_folder) as tmp:
         summary.to_csv(tmp / "table.csv", index=False)
         stats.to_csv(tmp / "stats.csv", index=False)
         # after the verdicts (section.notes) and the stats table: every comparison either used
@@ -207,7 +208,7 @@ def run(params: Params | str | Path, eval_dir: str | Path, reported_path: str | 
     if experiments:
         claim_dir(out_dir, "compare", own)  # parts written in place; a whole compare replaces it later
         for e in exp_ids:  # each experiment's folder, before any is computed
-            check_replaceable(out_dir / e, "compare", _own_experiment_folder(out_dir / e))
+            check_replaceable(out_dir / e, "compare", _experiment_folder)
         done = _write_all(params, exp_ids, Path(eval_dir), reported, out_dir, explicit=True)
         _write_report(params, done, reported, out_dir)
     else:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import itertools
 import os
 import shutil
 import tempfile
@@ -119,17 +118,12 @@ def check_replaceable(path: str | Path, owner: str, own: Callable[[set[str]], bo
     if by == _owner_line(owner):
         return
     try:
-        if by is None and own is not None:
-            names = {p.name for p in path.iterdir()}
-            if names and own(names):
-                return
-            first = sorted(names)[:4]
-        else:
-            first = sorted(itertools.islice((p.name for p in path.iterdir()), 4))
+        names = {p.name for p in path.iterdir()}
     except OSError as e:
         raise _unwritable(path, e) from e
-    if not first:
+    if not names or (by is None and own is not None and own(names)):
         return
+    first = sorted(names)[:4]
     if by is not None:
         raise FileExistsError(errno.EEXIST, f"holds the output of '{by}', and 'tcnet {owner}' replaces its output "
                               "folder whole: name another folder", str(path))
