@@ -32,17 +32,20 @@ def _add_build_options(p: argparse.ArgumentParser, *, local: bool = False) -> No
                    "train.batch_size (default: %(default)s)")
     g.add_argument("--eval-gpus", type=int, choices=(0, 1), default=d.eval_gpus,
                    help="GPUs per evaluate task; 0 evaluates on the CPU (default: %(default)s)")
-    g.add_argument("--accelerator-type", default=d.accelerator_type, help="(default: %(default)s)")
+    ignored = " (ignored by the local runner, which runs every task on this machine)" if local else ""
+    g.add_argument("--accelerator-type", default=d.accelerator_type, help="GPU resource of the GPU tasks" + ignored + " (default: %(default)s)")
     g.add_argument("--gpu-node-label", default=d.gpu_node_label, metavar="KEY=VALUE",
-                   help="node selector for the GPU tasks (train; evaluate with --eval-gpus 1), e.g. nvidia.com/gpu.present=true (default: none)")
+                   help="node selector for the GPU tasks (train; evaluate with --eval-gpus 1), e.g. nvidia.com/gpu.present=true"
+                   + ignored + " (default: none)")
     g.add_argument("--no-gpu-toleration", dest="gpu_toleration", action="store_false",
-                   help="do not tolerate the <accelerator-type>:NoSchedule taint on the GPU tasks")
+                   help="do not tolerate the <accelerator-type>:NoSchedule taint on the GPU tasks" + ignored)
     g.add_argument("--train-cpu", default=d.train_cpu, help="CPU request of a train task; its processes share it as threads (OMP_NUM_THREADS) and "
                    "DataLoader workers, capped to (request // GPUs) - 1 per process (default: %(default)s)")
-    g.add_argument("--train-memory", default=d.train_memory, help="memory request of a train task (default: %(default)s)")
-    g.add_argument("--data-cpu", default=d.data_cpu, help="CPU request of the other tasks; also their threads and preprocess's workers "
-                   "(default: %(default)s)")
-    g.add_argument("--data-memory", default=d.data_memory, help="memory request of the other tasks (default: %(default)s)")
+    g.add_argument("--train-memory", default=d.train_memory, help="memory request of a train task" + ignored + " (default: %(default)s)")
+    g.add_argument("--data-cpu", default=d.data_cpu, help="CPU request of the fetch, preprocess, evaluate and compare tasks; also "
+                   "their threads and preprocess's workers (split and gather take 1 CPU, the params check 1) (default: %(default)s)")
+    g.add_argument("--data-memory", default=d.data_memory, help="memory request of the fetch, preprocess, evaluate and compare "
+                   "tasks (split and gather take 2Gi, the params check 1Gi)" + ignored + " (default: %(default)s)")
     g.add_argument("--train-retries", type=int, default=0 if local else d.train_retries,
                    help="retries of a failed train task (default: %(default)s)")
     g.add_argument("--parallelism", type=int, default=d.parallelism, help="concurrent runs, 0 = unlimited (default: %(default)s); with N > 0 the runs loops "
@@ -57,8 +60,8 @@ def _add_build_options(p: argparse.ArgumentParser, *, local: bool = False) -> No
                    help="MLFLOW_TRACKING_URI of every task (default: "
                    + ("$MLFLOW_TRACKING_URI, else mlflow.tracking_uri of the params" if local else "%(default)s") + ")")
     g.add_argument("--dvc-secret", default=d.dvc_secret,
-                   help="Kubernetes secret with the DVC remote's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; '' = none "
-                   "(default: %(default)s)")
+                   help="Kubernetes secret with the DVC remote's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; '' = none"
+                   + ignored + " (default: %(default)s)")
 
 
 def options(args: argparse.Namespace) -> PipelineOptions:

@@ -172,7 +172,7 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
     # at compile time, not in a pod on a GPU node.
     params = load_params(opts.params)
     runs = all_runs(params)
-    check_batch_split(runs, opts.gpus, "gpus")
+    check_batch_split(runs, opts.gpus, "--gpus")
     params_text = one_line_yaml(Path(opts.params).read_text())
     # User split files are paths of this checkout, which no pod has: each dataset's split task
     # carries its own file, read now (tcnet.stages.split.pack_split_file; its cache key then holds it).

@@ -175,14 +175,20 @@ PARTS_KEYS = ("ids", "counts", "pos", "neg")
 
 
 def _read_parts(path: Path) -> Optional[dict]:
-    """``pooled_parts.npz`` (evaluate, pooled scoring) as arrays; None when absent (older outputs)."""
+    """``pooled_parts.npz`` (evaluate, pooled scoring) as arrays, and its histograms' ``layout``
+    (:class:`tcnet.metrics.ProbabilityHistogram`); None when absent (older outputs)."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
             parts = {k: z[k] for k in PARTS_KEYS}
+            layout = str(z["layout"]) if "layout" in z.files else None
     except (OSError, ValueError, KeyError) as e:
         raise EvalOutputError(f"{path}: not a readable pooled_parts.npz ({e}); re-run the evaluate stage") from None
+    if layout is None:  # an AUC from these would differ from the table's, which re-run evaluations give
+        raise EvalOutputError(f"{path}: written by an older tcnet, whose probability histograms tie every "
+                              "probability within 1/16383 of 0 or 1; re-run the evaluate stage")
+    parts["layout"] = layout
     n = len(parts["ids"])
     if parts["counts"].shape != (n, 4) or parts["pos"].shape != parts["neg"].shape or len(parts["pos"]) != n:
         raise EvalOutputError(f"{path}: arrays of different lengths; re-run the evaluate stage")

@@ -415,14 +415,15 @@ def stats_table(res: ExperimentResults, stats: pd.DataFrame, data_label: str) ->
         if cv else "")
     resamples = int(stats.n_resamples.dropna().iloc[0]) if stats.n_resamples.notna().any() else 0
     if res.exp.aggregation == "pooled":
-        # The histograms' width as evaluate wrote them (pooled_parts.npz), not a constant that could drift.
-        bins = next((r.parts["pos"].shape[-1] for r in res.runs.values() if r.parts is not None), None)
-        bins_text = f"{bins} bins" if bins else "bins (no pooled_parts.npz here: re-run evaluate)"
+        # The histograms' layout as evaluate wrote them (pooled_parts.npz), not a constant that could drift.
+        layout = next((r.parts["layout"] for r in res.runs.values() if r.parts is not None), None)
+        bins_text = f"bins ({layout})" if layout else "bins (no pooled_parts.npz here: re-run evaluate)"
         images = (f"Level images: the difference of the pooled scores over the same images, with a BCa CI from a "
                   f"paired bootstrap over images ({resamples} resamples, seeded: each resample sums the same "
                   f"images' confusion counts, and for AUC their probability histograms in {bins_text}, for both "
-                  f"runs; so an AUC difference here can differ from the table's, at {AUC_BINS} bins, by up to "
-                  "~5e-4); a pooled score has no per-image test, so no W or p.")
+                  f"runs; the table's AUC comes from evaluate's finer histograms, steps of 1/{AUC_BINS - 1}, so the "
+                  "two can differ by ties inside a bin, docs/metrics.md); a pooled score has no per-image test, "
+                  "so no W or p.")
     else:
         images = (f"Level images: Wilcoxon signed-rank (two-sided; n counts the images, the test uses the non-zero "
                   f"differences) on the per-image differences, folds concatenated; BCa bootstrap CI with "

@@ -100,6 +100,11 @@ class _PairProblem(Exception):
 def _rel(path, raw_dir: str) -> str:
     if not path:
         return ""
+    text, prefix = os.fspath(path), raw_dir.rstrip("/") + "/"
+    # A Path found under raw_dir (the adapters' own; a Path has no "//" or "/./"): no relpath, which
+    # asks for the current folder twice (~40 us a pair); anything else, a custom adapter's string say
+    if os.sep == "/" and isinstance(path, Path) and text.startswith(prefix) and "/../" not in text:
+        return text[len(prefix):]
     try:
         return Path(os.path.relpath(Path(path), raw_dir)).as_posix()
     except ValueError:  # another drive (Windows)
@@ -110,9 +115,10 @@ def file_checksum(*paths) -> str:
     """sha256 of the files' bytes in order."""
     h = hashlib.sha256()
     for p in paths:
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        with open(p, "rb", buffering=0) as f:
+            # whole files (raw images are megabytes): one read sized by fstat, where 1 MiB reads
+            # allocated and shrank a 1 MiB buffer per file (half the checksum's time for a JPEG)
+            h.update(f.read())
     return h.hexdigest()
 
 
@@ -290,9 +296,9 @@ def _process_or_raise(task: _Task) -> _Result:
     for what, p in (("image", s.image), ("mask", s.mask)):
         if not p:
             raise _PairProblem(s.image if what == "mask" else "", f"no {what} file for sample {s.id!r}")
-        if not Path(p).is_file():
+        if not os.path.isfile(p):
             raise _PairProblem(p, f"{what} file is missing")
-    if s.fov and not Path(s.fov).is_file():
+    if s.fov and not os.path.isfile(s.fov):
         raise _PairProblem(s.fov, "FOV mask file is missing")
 
     try:
@@ -334,16 +340,23 @@ def _process_or_raise(task: _Task) -> _Result:
     if not full_fov and not fov.any():
         raise _PairProblem(fov_file, "FOV mask is empty (no pixel inside the field of view)")
 
-    mask = np.ascontiguousarray(mask, dtype=bool)
+    import cv2
+
+    # The masks' bytes (uint8 views, no copies) are counted by OpenCV and resized; the resized ones
+    # are made bool by "> 0": a bool array's bytes need not be 0/1 (Pillow gives a 1-bit image's
+    # pixels as 0/255 typed bool, and an adapter's own load_mask may too)
+    mask_bool = np.ascontiguousarray(mask, dtype=bool)
+    mask = mask_bool.view(np.uint8)
     if full_fov:
-        fg_fraction = float(np.count_nonzero(mask)) / mask.size
-    else:
-        fg_fraction = float(np.count_nonzero(mask & fov)) / int(np.count_nonzero(fov))
+        fg_fraction = float(cv2.countNonZero(mask)) / mask.size
+    else:  # bool AND (numpy's is logical on any byte values; a byte-wise AND of 128 and 1 is 0)
+        fg_fraction = float(np.count_nonzero(mask_bool & fov)) / int(np.count_nonzero(fov))
     out_image = resize_image(image, size)
-    out_mask = np.asarray(resize_mask(mask.view(np.uint8), size)) > 0
-    out_fov = np.ones((size, size), bool) if full_fov else np.asarray(resize_mask(fov.view(np.uint8), size)) > 0
-    if out_image.shape != (size, size, 3) or out_mask.shape != (size, size) or out_fov.shape != (size, size):
-        raise AssertionError(f"resize gave {out_image.shape}, {out_mask.shape}, {out_fov.shape}")
+    out_mask = np.asarray(resize_mask(mask, size)) > 0
+    out_fov = None if full_fov else np.asarray(resize_mask(np.ascontiguousarray(fov, dtype=bool).view(np.uint8), size)) > 0
+    if out_image.shape != (size, size, 3) or out_mask.shape != (size, size) or (
+            out_fov is not None and out_fov.shape != (size, size)):
+        raise AssertionError(f"resize gave {out_image.shape}, {out_mask.shape}, {None if out_fov is None else out_fov.shape}")
     n_fov = size * size if full_fov else int(np.count_nonzero(out_fov))
     n_fg = int(np.count_nonzero(out_mask if full_fov else out_mask & out_fov))
 
@@ -367,6 +380,8 @@ def _process_or_raise(task: _Task) -> _Result:
     slots = _slots(task.arrays_dir)
     if "fov" not in slots.files and not full_fov:  # the parent said whole-image FOV, the adapter disagrees
         raise AssertionError(f"{fov_file}: a FOV smaller than the image, but {task.dataset} stores none")
+    if out_fov is None and "fov" in slots.files:  # a dataset with FOVs, this image's all in view
+        out_fov = np.ones((size, size), bool)
     slots.write(task.index, images=out_image, masks=out_mask, fov=out_fov)
     return _Result(True, s.id, index=task.index, row=row, counts=(n_fov - n_fg, n_fg))
 
@@ -523,16 +538,19 @@ def _start_pool(workers: int) -> cf.ProcessPoolExecutor:
     ctx.set_forkserver_preload(_WORKER_MODULES)
     pool = cf.ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, mp_context=ctx)
     # The first submit starts the forkserver and a first worker, and returns only once the server
-    # has imported the preload (~0.3 s in a fresh process): in a thread of its own, so that the
-    # parent imports and lists the files meanwhile. A failure shows again on the parent's submits.
-    threading.Thread(target=_submit_quietly, args=(pool,), name="tcnet-preprocess-pool-start",
+    # has imported the preload (~0.3 s in a fresh process); each further submit made before a
+    # worker is idle starts one more worker (a few ms each). In a thread of its own, so that the
+    # parent imports and lists the files meanwhile, and its own first submit finds every worker up.
+    # A failure shows again on the parent's submits.
+    threading.Thread(target=_submit_quietly, args=(pool, workers), name="tcnet-preprocess-pool-start",
                      daemon=True).start()
     return pool
 
 
-def _submit_quietly(pool: cf.ProcessPoolExecutor) -> None:
+def _submit_quietly(pool: cf.ProcessPoolExecutor, n: int) -> None:
     try:
-        pool.submit(int)
+        for _ in range(n):
+            pool.submit(int)
     except Exception:  # noqa: BLE001 -- a pool shut down meanwhile, or broken: the parent sees it itself
         pass
 

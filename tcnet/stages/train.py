@@ -366,7 +366,7 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
              f"will not match one trained throughout with either (docs/training.md)")
     decision = dist.broadcast(decision)
     if decision["skip"]:
-        return info if dist.is_main else (_read_json(run_dir / "run.json") or {})
+        return {**(info if dist.is_main else (_read_json(run_dir / "run.json") or {})), "skipped": True}
     if not dist.is_main and decision["epoch"] is not None:
         ckpt = _load_as_process_0_did(run_dir / "last.pt", decision["epoch"], dist)
     stateless = ckpt is not None and not ckpt.get("optimizer")
@@ -711,6 +711,9 @@ def run(params: Params, experiment: str, preprocessed_dir, splits_dir, out_dir,
 
     MLflow (unless ``mlflow=False`` or ``TCNET_NO_MLFLOW=1``): the store is initialised and the
     experiment's parent run found or created once, here, before any run starts.
+
+    Returns ``{"experiment", "runs": [each run's run.json, plus "skipped": True for a run found
+    already trained]}``.
     """
     from tcnet.tracking import open_tracker, pipeline_tags, tracking_enabled
     from tcnet.training.runtime import describe_device, init_distributed, resolve_device
@@ -792,8 +795,11 @@ def main(args) -> int:
         shutdown_distributed()
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    done = [r for r in result["runs"] if r.get("complete")]
-    _say(f"{args.experiment}: {len(done)}/{len(result['runs'])} run(s) trained into {Path(args.out) / args.experiment}")
+    runs = result["runs"]
+    skipped = sum(bool(r.get("skipped")) for r in runs)
+    trained = sum(bool(r.get("complete")) and not r.get("skipped") for r in runs)
+    already = f", {skipped} already trained (skipped)" if skipped else ""
+    _say(f"{args.experiment}: {trained} of {len(runs)} run(s) trained{already}, into {Path(args.out) / args.experiment}")
     return 0
 
 

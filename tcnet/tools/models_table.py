@@ -14,8 +14,8 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=448, help="square input side, a multiple of 32 (default 448)")
     parser.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
-                        help="print JSON instead of the table (as 'tcnet experiments --json'); with PATH, also write "
-                        "the table as JSON there")
+                        help="alone: print the table as JSON instead (as 'tcnet experiments --json'); with PATH: "
+                        "print the table and write it as JSON to PATH")
     parser.add_argument("--models", nargs="+", default=None, metavar="NAME", help="only these models (default: all)")
 
 

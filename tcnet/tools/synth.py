@@ -71,10 +71,11 @@ def run(dataset: str, out: Path, n=None, seed: int = 0, size=None, force: bool =
         if folder.is_dir() and any(folder.iterdir()):
             if not is_synthetic(folder):  # real data, other datasets (the parent), one's own files: never
                 found = ", ".join(sorted(p.name for p in folder.iterdir())[:3])
+                hint = (f"; '{ALL}' writes each dataset into its own folder under --out" if dataset == ALL else
+                        f" (--out is the dataset's own folder, e.g. {folder / d}, not the parent of several)")
                 raise CliError(f"{folder} holds files that are not a look-alike 'tcnet synth' wrote ({found}; no "
-                               f"{SYNTHETIC_MARKER}); --force replaces only an earlier look-alike: remove the folder "
-                               f"yourself or name another (one dataset: --out is its own folder, e.g. "
-                               f"{folder / d}; '{ALL}': the parent of the dataset folders)")
+                               f"{SYNTHETIC_MARKER}); --force replaces only an earlier look-alike: remove or move "
+                               f"the folder yourself, or name another{hint}")
             if not force:
                 raise CliError(f"{folder} already holds a look-alike; pass --force to replace it with the {d} "
                                "look-alike")

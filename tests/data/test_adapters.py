@@ -217,6 +217,10 @@ def test_chase_db1_split_and_labels(synth_root, synth_copy):
     assert samples[19].id == "Image_10R" and samples[20].id == "Image_11L"
     assert all(s.mask.name == f"{s.id}_1stHO.png" and s.fov is None for s in samples)
     assert Image.open(samples[0].mask).mode == "1"
+    one_bit = load_mask(samples[0])
+    # Pillow types a 1-bit image's pixels bool but stores them as bytes 0/255; a uint8 view of the
+    # mask (the preprocess stage counts and resizes through one) must see 0/1
+    assert one_bit.dtype == bool and set(np.unique(one_bit.view(np.uint8))) == {0, 1}
     _check_semantics(samples[:6], retina=True)
     first = [f"Image_{k:02d}{e}" for k in range(1, 5)[:4] for e in "LR"][:7]  # a look-alike of 7: 20:8 proportion
     assert split_ids(first)[:2] == (first[:5], first[5:])

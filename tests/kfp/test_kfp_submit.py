@@ -141,7 +141,7 @@ def test_cli_errors_are_one_line_not_tracebacks(tmp_path, capsys):
     # each train task's GPUs share every run's batch: 3 cannot share the demo's 4 and 2
     assert main(["compile", "--gpus", "3", "--out", str(tmp_path / "p.yaml")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "gpus 3 does not divide train.batch_size of 40 run(s)" in err and "use gpus 1 or 2" in err
+    assert err.count("\n") == 1 and "--gpus 3 does not divide train.batch_size of 40 run(s)" in err and "use --gpus 1 or 2" in err
     for uri in ("", "sqlite:///mlflow.db", "file:///tmp/mlruns"):  # would live and die inside each pod
         assert main(["compile", "--mlflow-uri", uri, "--out", str(tmp_path / "p.yaml")]) == 2
         assert "a cluster's tasks need an MLflow tracking server" in capsys.readouterr().err

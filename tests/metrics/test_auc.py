@@ -62,3 +62,49 @@ def test_histogram_auc_is_exact_for_8bit_probs_and_close_otherwise():
     h.add(p[v], t[v])
     assert h.auc() == pytest.approx(roc_auc_score(t[v], p[v]), abs=1e-4)
     assert math.isnan(ProbabilityHistogram().auc())
+
+
+def test_histogram_resolves_probabilities_near_0_and_1():
+    """A trained model puts most pixels within 1e-5 of 0 or 1: equal 1/65535 steps tied them all
+    (pooled AUC 0.5 where it is 1.0, and 7e-3 low on confident simulated logits)."""
+    from tcnet.metrics import MetricAccumulator
+
+    tiny = np.array([[5e-6, 5e-6, 1e-6, 1e-6]], np.float32)
+    truth = np.array([[1, 1, 0, 0]], bool)
+    for prob, t in ((tiny, truth), (1 - tiny, ~truth)):
+        acc = MetricAccumulator(with_auc=True)
+        acc.update("x", prob, t)
+        assert acc.pooled()["AUC"] == 1.0
+    rng = np.random.default_rng(2)
+    n = 100_000
+    for bg, fg in (((-10, 4), (2, 5)), ((-14, 3), (-4, 6)), ((-20, 5), (10, 8)), ((-1, 0.5), (0.5, 0.5))):
+        t = rng.random(n) < 0.12
+        p = (1 / (1 + np.exp(-np.where(t, rng.normal(*fg, n), rng.normal(*bg, n))))).astype(np.float32)
+        exact = roc_auc_score(t, p.astype(np.float64))
+        for bins in (65536, 16384):
+            h = ProbabilityHistogram(bins)
+            h.add(p, t)
+            assert abs(h.auc() - exact) < 1e-6, (bg, fg, bins)
+
+
+def test_histogram_bins_keep_order_and_16_bit_probabilities_apart():
+    h = ProbabilityHistogram()
+    every = np.arange(0, np.float32(1).view(np.int32) + 1, 4099, dtype=np.int32).view(np.float32)
+    p = np.sort(np.concatenate([every, (1 - np.arange(600) * 2.0**-24).astype(np.float32), [0, 1]]))
+    idx = h.index(p)
+    assert idx[0] == 0 and idx[-1] == h.size - 1 and (np.diff(idx) >= 0).all()
+    assert (h.values[idx] <= p).all() and (np.diff(h.values) >= 0).all()  # each bin's lowest probability
+    # values[b] is the lowest float32 of bin b: the one below it falls in an earlier bin (ROC thresholds
+    # "p >= value" then take exactly the bins from b on)
+    v = h.values.astype(np.float32)
+    own = h.index(v) == np.arange(h.size)
+    below = np.nextafter(v[own & (v > 0)], np.float32(0))
+    assert (h.index(below) < np.flatnonzero(own & (v > 0))).all()
+    lo = np.float32(1 - 2**-10)  # a high-tail edge that is itself a float32
+    h2 = ProbabilityHistogram()
+    h2.add(np.array([np.nextafter(lo, np.float32(1)), lo, -0.0], np.float32), np.array([1, 0, 0], bool))  # -0.0: bin 0
+    assert h2.auc() == 1.0 and h2.neg[0] == 1
+    grid = (np.arange(65536) / 65535).astype(np.float32)  # 16-bit probability PNGs: one bin each, so exact
+    assert np.unique(h.index(grid)).size == 65536
+    with pytest.raises(ValueError, match="bins must be >= 1024"):
+        ProbabilityHistogram(256)

@@ -83,7 +83,8 @@ def fabricate_eval(params: Params, eval_dir: Path, exp_ids=None, *, level=None, 
                 pos = np.rint(fg * np.exp(-0.5 * ((bins - centre) / 120) ** 2) / (120 * 2.5066)).astype(np.int32)
                 neg = np.rint(bg * np.exp(-0.5 * ((bins - 300) / 120) ** 2) / (120 * 2.5066)).astype(np.int32)
                 neg = np.repeat(neg[None], n_images, axis=0)
-                np.savez_compressed(d / "pooled_parts.npz", ids=np.array(ids), counts=counts, pos=pos, neg=neg)
+                np.savez_compressed(d / "pooled_parts.npz", ids=np.array(ids), counts=counts, pos=pos, neg=neg,
+                                    layout=np.array("fabricated, 1024 bins"))
             (d / "scores.json").write_text(json.dumps(scores, indent=1))
             roc.to_csv(d / "roc.csv", index=False)
             hist.to_csv(d / "history.csv", index=False)

@@ -479,6 +479,22 @@ def test_pooled_scores_get_a_paired_bootstrap_and_table_3s_claim_a_verdict(tmp_p
     assert re.search(r"chase_db1: the paper finds .* \((agrees|disagrees|not resolved)", md)
 
 
+def test_pooled_parts_binned_by_an_older_tcnet_are_refused(tmp_path):
+    """Histograms without the layout tie every probability within 1/16383 of 0 or 1: their AUC
+    differences would not be the table's, so compare asks for the evaluation again."""
+    from tcnet.report.results import EvalOutputError
+
+    params = load_params(ROOT / "params.yaml")
+    fabricate_eval(params, tmp_path / "eval", ["ablation"])
+    parts = tmp_path / "eval" / "ablation" / "drive__lkm__fold0" / "pooled_parts.npz"
+    with np.load(parts) as z:
+        old = {k: z[k] for k in z.files if k != "layout"}
+    np.savez_compressed(parts, **old)
+    with pytest.raises(EvalOutputError, match=r"drive__lkm__fold0/pooled_parts\.npz: written by an older tcnet.*"
+                                              r"re-run the evaluate stage"):
+        compare.run(params, tmp_path / "eval", REPORTED, tmp_path / "out", ["ablation"], log_mlflow=False)
+
+
 def test_a_claim_is_not_resolved_on_too_few_images(tmp_path, monkeypatch):
     """TCNet far ahead on five images (fewer than MIN_NONZERO): every bootstrap interval clears 0, so
     without the rule the claim would "agree"; with it the verdict is "not resolved" and says why."""

@@ -138,12 +138,15 @@ def test_retina_scores_are_pooled_inside_the_fov(trained):
         assert float(row["AC"]) == pytest.approx(np.mean(pred[fov] == truth[fov]))  # FOV pixels only
     # the per-image parts compare bootstraps: they add up to the pooled scores
     from tcnet.report.pairing import pooled_score
+    from tcnet.metrics import ProbabilityHistogram
     from tcnet.stages.evaluate import PARTS_BINS
 
     with np.load(out / "pooled_parts.npz") as z:
         assert list(z["ids"]) == [r["id"] for r in read_csv(out / "per_image.csv")]
         total = z["counts"].sum(0), z["pos"].sum(0), z["neg"].sum(0)
-        assert z["pos"].shape == (3, PARTS_BINS) and int(z["pos"].sum() + z["neg"].sum()) == int(z["counts"].sum())
+        coarse = ProbabilityHistogram(PARTS_BINS)
+        assert z["pos"].shape == (3, coarse.size) and str(z["layout"]) == coarse.layout
+        assert int(z["pos"].sum() + z["neg"].sum()) == int(z["counts"].sum())
     assert float(pooled_score("AC", *total)) == pytest.approx(scores["pooled"]["AC"])
     assert float(pooled_score("AUC", *total)) == pytest.approx(scores["pooled"]["AUC"], abs=2e-3)
     isic = root / "eval_pooled" / EXPERIMENT / ISIC_RUN  # a skin set under an experiment that pools

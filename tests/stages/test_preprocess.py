@@ -331,6 +331,8 @@ def test_all_five_synthetic_datasets_then_split_and_dataset(tmp_path):
         _, masks, fovs = load_arrays(tmp_path / "pre" / d)
         # fov.npy only where the FOV can be smaller than the image: DRIVE ships it, CHASE_DB1 derives it
         assert (tmp_path / "pre" / d / "fov.npy").is_file() == (d in ("drive", "chase_db1"))
+        for name in ("masks", "fov")[: 1 + (d in ("drive", "chase_db1"))]:  # stored bytes 0/1 (CHASE's are 1-bit files)
+            assert set(np.unique(np.load(tmp_path / "pre" / d / f"{name}.npy"))) == {0, 1}, (d, name)
         rows = m[m.dataset == d].sort_values("index")
         train = (rows["official_split"] == "train").to_numpy()
         train = train if train.any() else np.ones_like(train)
@@ -403,3 +405,14 @@ def test_the_class_weight_clip_comes_from_the_config(raw, tmp_path):
                         tmp_path / "b" / "stats.json").read_text())
     assert wide["isic2017"]["class_weights"][1] > 1.5  # the look-alike's lesions are a minority
     assert tight["isic2017"]["class_weights"] == [1.0, 1.5]
+
+
+def test_manifest_paths_are_relative_to_the_raw_folder_however_given():
+    from pathlib import Path
+
+    from tcnet.stages.preprocess import _rel
+
+    assert _rel(Path("raw") / "drive" / "x.png", "raw") == "drive/x.png"  # the adapters' Paths: by prefix
+    # a custom adapter's strings need not be normalised: os.path.relpath's answer, never "/drive/x.png"
+    assert _rel("raw//drive/x.png", "raw") == _rel("raw/drive/./x.png", "raw") == "drive/x.png"
+    assert _rel("raw/../raw/drive/x.png", "raw") == "drive/x.png" and _rel("", "raw") == ""

@@ -110,7 +110,7 @@ def test_trains_two_epochs_and_writes_every_output(data, tmp_path, capsys, monke
     mtime = (run_dir / "last.pt").stat().st_mtime_ns
     capsys.readouterr()
     again = train.run(params, EXPERIMENT, data / "pre", data / "splits", tmp_path / "models", mlflow=False)
-    assert again["runs"][0] == info and (run_dir / "last.pt").stat().st_mtime_ns == mtime
+    assert again["runs"][0] == {**info, "skipped": True} and (run_dir / "last.pt").stat().st_mtime_ns == mtime
     assert "skipping" in capsys.readouterr().err
 
     # another configuration does not resume from this last.pt: it starts fresh and says why
@@ -142,7 +142,7 @@ def test_a_finished_run_is_trained_again_with_other_code_or_inputs(data, tmp_pat
     assert first["code_hash"] == fingerprint.code_hash() and len(first["inputs_hash"]) == 16
     assert load_checkpoint(run_dir / "last.pt")["inputs_hash"] == first["inputs_hash"]
     again, err = train_it()
-    assert "skipping" in err and again == first
+    assert "skipping" in err and again == {**first, "skipped": True}
 
     monkeypatch.setattr(fingerprint, "code_hash", lambda: "c0de" * 4)  # the model code changed
     other_code, err = train_it()
@@ -357,6 +357,7 @@ def test_checkpoint_dir_trains_and_resumes_there_and_copies_the_finished_run_to_
     assert main([*args[:-3], str(out2), "--checkpoint-dir", str(volume)]) == 0
     err = capsys.readouterr().err
     assert "already trained" in err and "resuming" not in err and "copied" in err, err
+    assert "0 of 1 run(s) trained, 1 already trained (skipped)" in err, err  # not "1/1 trained"
     again = out2 / EXPERIMENT / run_id
     assert (again / "best.pt").read_bytes() == (volume / EXPERIMENT / run_id / "best.pt").read_bytes()
     tags = MlflowClient(info["tracking_uri"]).get_run(info["mlflow_run_id"]).data.tags
