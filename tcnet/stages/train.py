@@ -482,10 +482,20 @@ def _train(spec: RunSpec, preprocessed_dir: Path, splits_dir: Path, run_dir: Pat
             sampler.set_epoch(epoch)
             loader_gen.manual_seed(epoch_seed(cfg.seed, epoch))
             lr = float(optimizer.param_groups[0]["lr"])
-            res = train_one_epoch(model, train_loader, train_loss_fn, optimizer, device, epoch=epoch, run_id=who,
-                                  bf16=cfg.bf16, cpu_bf16=cfg.cpu_bf16, channels_last=channels_last,
-                                  progress=progress and dist.is_main,
-                                  desc=f"{spec.run_id} {epoch}/{cfg.epochs}", graphed=graphed)
+            try:
+                res = train_one_epoch(model, train_loader, train_loss_fn, optimizer, device, epoch=epoch, run_id=who,
+                                      bf16=cfg.bf16, cpu_bf16=cfg.cpu_bf16, channels_last=channels_last,
+                                      progress=progress and dist.is_main,
+                                      desc=f"{spec.run_id} {epoch}/{cfg.epochs}", graphed=graphed)
+            except NonFiniteLossError as e:
+                if start_epoch == 0 or epoch != start_epoch + 1:
+                    raise
+                # The per-epoch last.pt has no CRC (save_checkpoint(crc32=False)): bytes changed on disk
+                # load without a word, and the first epoch after them is where that shows
+                raise NonFiniteLossError(
+                    f"{e}; this run resumed after epoch {start_epoch} from {run_dir / 'last.pt'}, whose per-epoch "
+                    "copy carries no checksum: if that file may have been damaged, delete it to train the run "
+                    "from the start") from None
             loss_sum, images = dist.all_sum([res.loss * res.images, res.images])
             _check_weights_finite(raw_model, who, epoch, run_dir / "last.pt")  # the same weights on every process
             val = validate(raw_model, val_loader, loss_fn, device, bf16=cfg.bf16, cpu_bf16=cfg.cpu_bf16,

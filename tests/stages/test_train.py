@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -437,16 +438,24 @@ def test_non_finite_loss_stops_with_run_epoch_and_batch(data, tmp_path, monkeypa
                 if not torch.is_grad_enabled():  # validation
                     return value
                 calls["n"] += 1
-                return value * float("nan") if calls["n"] == 5 else value  # epoch 2 (3 batches/epoch), batch 1
+                return value * float("nan") if calls["n"] == poison_at else value
 
         return Poisoned()
 
     monkeypatch.setattr(tcnet.losses, "build_loss", poisoned)
     params = make_params(tmp_path, epochs=2)
+    poison_at = 5  # epoch 2 (3 batches/epoch), batch 1
     with pytest.raises(train.NonFiniteLossError) as e:
         train.run(params, EXPERIMENT, data / "pre", data / "splits", tmp_path / "models", mlflow=False)
     msg = str(e.value)
     assert "isic2017__tiny__fold0" in msg and "epoch 2" in msg and "batch 1" in msg and "nan" in msg
+    assert "resumed" not in msg
+    # the same in the first epoch after a resume also names the resume state, which has no checksum
+    poison_at = 1  # epoch 2, batch 0 of the resumed run
+    with pytest.raises(train.NonFiniteLossError) as e:
+        train.run(params, EXPERIMENT, data / "pre", data / "splits", tmp_path / "models", mlflow=False)
+    assert re.search(r"epoch 2, batch 0 .*; this run resumed after epoch 1 from .*last\.pt, whose per-epoch copy "
+                     r"carries no checksum: .*delete it", str(e.value)), str(e.value)
 
 
 def test_unknown_run_id_is_a_usage_error(data, tmp_path, capsys):
