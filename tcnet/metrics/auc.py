@@ -154,7 +154,9 @@ class ProbabilityHistogram:
         self.pos += np.bincount(idx[t], minlength=self.size)
         self.neg += np.bincount(idx[~t], minlength=self.size)
 
-    def _weighted(self):
+    def weighted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(values, truth, weight)``: each used bin's lowest probability, once per class present in
+        it, with its count: what scikit-learn's weighted ROC functions take."""
         used_p, used_n = np.flatnonzero(self.pos), np.flatnonzero(self.neg)
         values = self.values[np.concatenate([used_p, used_n])]
         truth = np.concatenate([np.ones(used_p.size, bool), np.zeros(used_n.size, bool)])
@@ -162,11 +164,11 @@ class ProbabilityHistogram:
         return values, truth, weight
 
     def auc(self) -> float:
-        values, truth, weight = self._weighted()
+        values, truth, weight = self.weighted()
         return roc_auc(values, truth, sample_weight=weight)
 
     def roc(self, max_points: int = ROC_POINTS):
-        values, truth, weight = self._weighted()
+        values, truth, weight = self.weighted()
         return roc_curve(values, truth, max_points=max_points, sample_weight=weight)
 
 

@@ -129,10 +129,7 @@ def _roc_rows(hist) -> list[tuple[float, float, float]]:
 
     from tcnet.metrics import downsample_curve
 
-    used_p, used_n = np.flatnonzero(hist.pos), np.flatnonzero(hist.neg)
-    values = hist.values[np.concatenate([used_p, used_n])]  # each bin's lowest probability
-    truth = np.concatenate([np.ones(used_p.size, bool), np.zeros(used_n.size, bool)])
-    weight = np.concatenate([hist.pos[used_p], hist.neg[used_n]]).astype(np.float64)
+    values, truth, weight = hist.weighted()  # each used bin's lowest probability: the thresholds
     if not (truth.any() and (~truth).any()):
         return []
     fpr, tpr, thr = roc_curve(truth, values, sample_weight=weight)
