@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("tcnet.stages.evaluate", "predict and score the runs of an experiment (pipeline stage)"),
     "compare": ("tcnet.stages.compare", "tables, statistics, figures and the HTML report (pipeline stage)"),
     "experiments": ("tcnet.tools.experiments", "list the experiments and runs declared in params.yaml"),
-    "models": ("tcnet.tools.models_table", "list the model architectures (--model names) with parameters and GFLOPs"),
+    "models": ("tcnet.tools.models_table", "list the model architectures (the names params.yaml's model: takes) with parameters and GFLOPs"),
     "score": ("tcnet.tools.score", "score a folder of predicted masks against ground truth"),
     "predict": ("tcnet.tools.predict", "segment new images with a trained model"),
     "export": ("tcnet.tools.export", "export a trained model to ONNX or TorchScript"),
@@ -80,11 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[args.command][0])
     from tcnet.config import ConfigError
+    from tcnet.tracking import TrackingStoreError
 
     _sigterm_interrupts()
     try:
         return int(module.main(args) or 0)
-    except (CliError, ConfigError, FileNotFoundError, ValueError) as e:
+    except (CliError, ConfigError, FileNotFoundError, ValueError, TrackingStoreError) as e:
         # Errors a user can act on: one clear line, no traceback. Bugs still raise.
         # TCNET_TRACEBACK=1: the whole traceback, for a message that looks like a bug (any ValueError
         # from a library lands here too).

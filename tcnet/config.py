@@ -292,6 +292,9 @@ class ExperimentConfig:
     def validate(self, exp_id: str) -> None:
         if not self.data or not self.runs:
             raise ConfigError(f"experiments.{exp_id}: needs at least one data pair and one run")
+        if exp_id == RESERVED_EXPERIMENT:
+            raise ConfigError(f"experiments.{exp_id}: the name {exp_id!r} is taken by the MLflow experiment of the "
+                              "data stages (tcnet/data: preprocess and split); choose another")
         for what, name in ([("experiment id", exp_id)] + [("data name", d.name) for d in self.data]
                            + [("run name", r.name) for r in self.runs]):
             if not SAFE_NAME.fullmatch(name) or "__" in name:  # run ids are folder names: <data>__<run>__fold<k>
@@ -585,6 +588,7 @@ def n_folds(dataset: str, split: SplitConfig) -> int:
 # inert on CPU): changing them must not throw a finished run away.
 HASH_EXCLUDED_TRAIN = ("num_workers", "cuda_graph")
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+RESERVED_EXPERIMENT = "data"  # tcnet.stages.data_tracking.DATA_EXPERIMENT (MLflow experiment tcnet/data)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from typing import Optional
 
 UNKNOWN = "unknown"
 # Where there is no checkout to ask (a Kubeflow pod): the image's build records the commit
-# (Dockerfile ARG GIT_COMMIT), and the pipeline's fetch_data the data.dvc md5 at the fetched revision.
+# (Dockerfile ARG GIT_COMMIT). The data's md5 is the one fetch_data read at the fetched revision,
+# set by each component; it wins over a checkout's data.dvc (the data may be another revision's).
 GIT_COMMIT_ENV = "TCNET_GIT_COMMIT"
 DATA_HASH_ENV = "TCNET_DATA_HASH"
 # distribution name -> short key used in tags (tcnet.version.<key>)
@@ -75,10 +76,11 @@ def git_state(root: Optional[str] = None) -> tuple[str, bool]:
 
 
 def dvc_data_hash(root: Optional[Path] = None, dvc_file: str = "data.dvc") -> str:
-    """The md5 DVC recorded for the raw data (``outs[0].md5`` of ``data.dvc``); else
-    ``$TCNET_DATA_HASH`` (set in a Kubeflow pod from what fetch_data read); ``""`` if neither."""
-    found = md5_of_dvc_file(Path(root or project_root()) / dvc_file)
-    return found or os.environ.get(DATA_HASH_ENV, "").strip()
+    """``$TCNET_DATA_HASH`` when set: a Kubeflow component sets it to the md5 fetch_data read at the
+    revision it fetched, which describes the data the task was handed better than any checkout
+    around it (the local runner works inside one); else the md5 DVC recorded for the raw data
+    (``outs[0].md5`` of ``data.dvc``); ``""`` if neither."""
+    return os.environ.get(DATA_HASH_ENV, "").strip() or md5_of_dvc_file(Path(root or project_root()) / dvc_file)
 
 
 def md5_of_dvc_file(path, fs=None) -> str:
@@ -139,19 +141,20 @@ def code_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
-def collect(device, root: Optional[Path] = None) -> dict[str, str]:
+def collect(device, root: Optional[Path] = None, description: Optional[str] = None) -> dict[str, str]:
     """Every provenance item as flat string tags (``tcnet.*`` plus MLflow's own git tag).
 
     The commit is that of the checkout the running ``tcnet`` code comes from (:func:`code_root`),
     not of the working folder, which may be another repository; ``root`` (default: the project
-    around the working folder) is where ``data.dvc`` is read."""
+    around the working folder) is where ``data.dvc`` is read. ``description``: the device tag as
+    given, for a stage that uses no torch device (``device`` is then not read, torch not imported)."""
     root = Path(root or project_root())
     sha, dirty = git_state()  # the checkout the tcnet code comes from (its default)
     tags = {
         "tcnet.git_commit": sha,
         "tcnet.git_dirty": str(dirty).lower(),
         "tcnet.data_hash": dvc_data_hash(root) or UNKNOWN,
-        "tcnet.device": device_description(device),
+        "tcnet.device": description if description is not None else device_description(device),
         "tcnet.host": platform.node() or UNKNOWN,
     }
     if sha != UNKNOWN:

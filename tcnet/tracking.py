@@ -169,6 +169,19 @@ def store_lock(uri: str):
 _INITIALISED: set[str] = set()
 
 
+def without_secrets(text: str) -> str:
+    """``text`` with the user/password part of every URL taken out (``postgresql://u:pw@host/db``,
+    ``http://token@host`` -> ``postgresql://host/db``, ``http://host``)."""
+    import re
+
+    return re.sub(r"(\w[\w+.-]*://)[^/@\s]+@", r"\1", text)
+
+
+class TrackingStoreError(RuntimeError):
+    """The MLflow store cannot be opened (a server that does not answer, a database that cannot be
+    created): raised before a stage's work, said in one line by the CLI."""
+
+
 def init_store(uri: str):
     """Create (or migrate) the store's tables once, under the store lock, before any fan-out.
 
@@ -180,9 +193,19 @@ def init_store(uri: str):
     if uri in _INITIALISED:
         return MlflowClient(tracking_uri=uri)
     # The client's constructor already migrates a sqlite schema, so it too runs under the lock.
-    with store_lock(uri):
-        client = MlflowClient(tracking_uri=uri)
-        retry(client.search_experiments, max_results=1)
+    try:
+        with store_lock(uri):
+            client = MlflowClient(tracking_uri=uri)
+            retry(client.search_experiments, max_results=1)
+    except Exception as e:  # noqa: BLE001 - whatever the store's kind, the user's fix is the same
+        # The first line says what failed (SQLAlchemy's last is a link to its docs). No chained
+        # cause: the library's messages repeat the URI, a database's password or a server's token
+        # included, and a pod's log prints the whole chain.
+        reason = without_secrets((str(e).strip().splitlines() or [""])[0][:400]) or type(e).__name__
+        raise TrackingStoreError(
+            f"MLflow tracking store {without_secrets(uri)} cannot be used: {type(e).__name__}: {reason} -- point "
+            "MLFLOW_TRACKING_URI (or mlflow.tracking_uri in params) at a store that works, or turn "
+            "tracking off (--no-mlflow, TCNET_NO_MLFLOW=1)") from None
     _INITIALISED.add(uri)
     return client
 
@@ -418,16 +441,19 @@ class ExperimentTracker:
         return RunLogger(self.client, self.parent_run_id, self.uri)
 
     def run_logger(self, run_id: str, config_hash: str, tags: Optional[Mapping[str, str]] = None,
-                   known_mlflow_run_id: str = "", match_tags: Optional[Mapping[str, str]] = None) -> RunLogger:
+                   known_mlflow_run_id: str = "", match_tags: Optional[Mapping[str, str]] = None,
+                   run_name: str = "") -> RunLogger:
         """The nested run of ``run_id`` (this config): ``known_mlflow_run_id`` when it still exists
-        in this store (from ``run.json``), else found by tags (also ``match_tags``), else created."""
+        in this store (from ``run.json``), else found by tags (also ``match_tags``), else created
+        (named ``run_name``, default ``run_id``)."""
         if known_mlflow_run_id and run_exists(self.client, known_mlflow_run_id):
             mlflow_id = known_mlflow_run_id
         else:
             match = {RUN_ID_TAG: run_id, CONFIG_HASH_TAG: config_hash, PARENT_TAG: self.parent_run_id,
                      **(match_tags or {})}
             extra = {EXPERIMENT_TAG: self.exp_id, PIPELINE_TAG: self.pipeline_run, **self.base_tags, **(tags or {})}
-            mlflow_id = find_or_create_run(self.client, self.uri, self.experiment_id, match, extra, run_name=run_id)
+            mlflow_id = find_or_create_run(self.client, self.uri, self.experiment_id, match, extra,
+                                           run_name=run_name or run_id)
         logger = RunLogger(self.client, mlflow_id, self.uri)
         if tags:
             logger.set_tags(tags)
@@ -477,7 +503,7 @@ def tracking_enabled(flag: Optional[bool] = None) -> bool:
 __all__ = [
     "DEFAULT_TRACKING_URI", "PIPELINE_TAG", "RUN_ID_TAG", "EXPERIMENT_TAG", "CONFIG_HASH_TAG", "SUPERSEDED_TAG",
     "resolve_tracking_uri", "experiment_name", "pipeline_run_id", "flatten", "retry", "is_retryable",
-    "store_lock", "init_store", "get_or_create_experiment", "find_or_create_run", "RunLogger",
+    "store_lock", "init_store", "TrackingStoreError", "get_or_create_experiment", "find_or_create_run", "RunLogger",
     "NullRunLogger", "ExperimentTracker", "open_tracker", "pipeline_tags", "run_logger_for", "tracking_enabled", "log_model",
 ]
 

@@ -95,7 +95,11 @@ def test_a_pod_without_a_checkout_takes_commit_and_data_hash_from_the_environmen
     assert tags["tcnet.git_commit"] == "0123abcd" * 5 and tags["mlflow.source.git.commit"] == "0123abcd" * 5
     assert tags["tcnet.data_hash"] == "c4659d94.dir"
     (pod / "data.dvc").write_text("outs:\n- md5: abc123.dir\n  path: data\n")
-    assert dvc_data_hash(pod) == "abc123.dir"  # a checkout's own file wins
+    # the component's value wins over a checkout's file (the local runner runs inside one, and the
+    # task's data is the fetched revision's)
+    assert dvc_data_hash(pod) == "c4659d94.dir"
+    monkeypatch.delenv("TCNET_DATA_HASH")
+    assert dvc_data_hash(pod) == "abc123.dir"
     git_state.cache_clear()
     assert without_credentials("https://user:TOKEN@github.com/o/r.git") == "https://github.com/o/r.git"
     assert without_credentials("git@github.com:o/r.git") == "git@github.com:o/r.git"

@@ -18,8 +18,8 @@ import pandas as pd
 
 from tcnet.metrics import METRICS, scores_from_counts
 from tcnet.report.results import PARTS_KEYS, ExperimentResults
-from tcnet.report.stats import (MIN_NONZERO, FoldResult, PairedResult, bootstrap_ci_of, direction, fold_test, paired_test,
-                                rng_for)
+from tcnet.report.stats import (MIN_NONZERO, PERCENTILE_NOTE, FoldResult, PairedResult, bootstrap_interval, direction,
+                                fold_test, paired_test, rng_for)
 
 
 @dataclass(frozen=True)
@@ -206,8 +206,11 @@ def compare_pooled(res: ExperimentResults, data: str, a: str, b: str, metric: st
             assert axis == -1  # scipy passes the resampled indices on the last axis
             return _pooled_diff(metric, pa, pb, np.asarray(idx, dtype=np.int64)) * res.scale
         rng = rng_for(inference.seed, res.exp_id, data, a, b, metric, "pooled")
-        lo, hi = bootstrap_ci_of(statistic, n, inference.n_resamples, inference.confidence, rng)
-    images = PairedResult(n, point, lo, hi, math.nan, math.nan, "" if n >= 2 else "fewer than 2 images", math.nan)
+        lo, hi, method = bootstrap_interval(statistic, n, inference.n_resamples, inference.confidence, rng)
+        note = PERCENTILE_NOTE if method == "percentile" else ""
+    else:
+        note = "fewer than 2 images"
+    images = PairedResult(n, point, lo, hi, math.nan, math.nan, note, math.nan)
     fold_result = None
     if cv:
         fold_result = fold_test([float(_pooled_diff(metric, f[1], f[2])) * res.scale for f in folds],

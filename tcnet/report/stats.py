@@ -49,12 +49,18 @@ def bootstrap_ci(
     """BCa-bootstrap CI of ``mean(x)``; a constant sample gives (x0, x0); fewer than 2 values NaN.
     Where BCa is undefined (a sample whose resampled means are nearly all equal), the percentile
     interval from the same generator state."""
+    return bootstrap_mean_interval(x, n_resamples, confidence, rng)[:2]
+
+
+def bootstrap_mean_interval(x, n_resamples: int, confidence: float,
+                            rng: np.random.Generator) -> tuple[float, float, str]:
+    """:func:`bootstrap_ci` and the method that gave it (``BCa``, ``percentile``; ``""`` for none)."""
     x = np.asarray(x, dtype=float)
     if x.size < 2:
-        return math.nan, math.nan
+        return math.nan, math.nan, ""
     if np.ptp(x) == 0:
-        return float(x[0]), float(x[0])
-    return bootstrap_ci_of(lambda idx, axis=-1: x[idx].mean(axis=-1), x.size, n_resamples, confidence, rng)
+        return float(x[0]), float(x[0]), ""
+    return bootstrap_interval(lambda idx, axis=-1: x[idx].mean(axis=-1), x.size, n_resamples, confidence, rng)
 
 
 def bootstrap_ci_of(statistic, n: int, n_resamples: int, confidence: float,
@@ -62,6 +68,16 @@ def bootstrap_ci_of(statistic, n: int, n_resamples: int, confidence: float,
     """BCa-bootstrap CI of ``statistic(idx)`` over resampled image indices ``idx`` (``... x n``): a
     mean of per-image values (:func:`bootstrap_ci`) or a pooled score's difference. Where BCa is
     undefined, the percentile interval from the same generator state."""
+    return bootstrap_interval(statistic, n, n_resamples, confidence, rng)[:2]
+
+
+PERCENTILE_NOTE = "percentile bootstrap interval: BCa is undefined for these differences"
+
+
+def bootstrap_interval(statistic, n: int, n_resamples: int, confidence: float,
+                       rng: np.random.Generator) -> tuple[float, float, str]:
+    """:func:`bootstrap_ci_of` and the method that gave it (``BCa``, ``percentile``; ``""`` for
+    none), so that a table whose caption says BCa can note the rows where it fell back."""
     idx = np.arange(n)
     state = rng.bit_generator.state
     for method in (BOOTSTRAP_METHOD, "percentile"):
@@ -73,8 +89,8 @@ def bootstrap_ci_of(statistic, n: int, n_resamples: int, confidence: float,
                                   method=method, vectorized=True, rng=rng, batch=200)
         lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
         if math.isfinite(lo) and math.isfinite(hi):
-            return lo, hi
-    return math.nan, math.nan
+            return lo, hi, method
+    return math.nan, math.nan, ""
 
 
 def direction(lo: float, hi: float) -> int:
@@ -112,12 +128,15 @@ def paired_test(a, b, n_resamples: int, confidence: float, rng: np.random.Genera
     d = a[ok] - b[ok]
     if d.size == 0:
         return PairedResult(0, math.nan, math.nan, math.nan, math.nan, math.nan, "no paired images")
-    lo, hi = bootstrap_ci(d, n_resamples, confidence, rng)
+    lo, hi, method = bootstrap_mean_interval(d, n_resamples, confidence, rng)
     nonzero = int(np.count_nonzero(d))
     if not nonzero:
         return PairedResult(d.size, 0.0, lo, hi, 0.0, 1.0, "all differences are zero")
-    note = "" if nonzero >= MIN_NONZERO else (
-        f"only {nonzero} of {d.size} differences are non-zero (the signed-rank test drops zeros): it has little power")
+    notes = [] if nonzero >= MIN_NONZERO else [
+        f"only {nonzero} of {d.size} differences are non-zero (the signed-rank test drops zeros): it has little power"]
+    if method == "percentile":
+        notes.append(PERCENTILE_NOTE)
+    note = "; ".join(notes)
     w = stats.wilcoxon(d)
     return PairedResult(d.size, float(d.mean()), lo, hi, float(w.statistic), float(w.pvalue), note, nonzero)
 

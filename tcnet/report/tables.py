@@ -33,7 +33,8 @@ TABLE_COLUMNS = [
     "data_label", "n_folds", "n_images", "ours", "ours_sd", "paper", "diff", "note",
 ]
 STATS_COLUMNS = [
-    "experiment", "data", "baseline", "other", "comparison", "metric", "unit", "level", "test", "n", "n_nonzero",
+    "experiment", "data", "baseline", "other", "comparison", "metric", "unit", "data_label", "level", "test", "n",
+    "n_nonzero",
     "mean_diff", "ci_low", "ci_high", "confidence", "n_resamples", "statistic", "p_value", "p_holm", "note",
 ]
 STATS_METRICS = ("DI", "JA", "AC")  # paired tests on per-image scores (AC: the paper's claims name it)
@@ -51,8 +52,8 @@ def stats_metrics(res: ExperimentResults) -> list[str]:
 
 AGGREGATION_TEXT = {
     "mean": "mean of per-image scores (ISIC convention)",
-    "pooled": "pooled: one score from the confusion counts summed over all test pixels inside the FOV "
-    "(retina convention)",
+    "pooled": "pooled: one score from the confusion counts summed over all test pixels (those inside the "
+    "field of view where the dataset has one: the retina convention)",
 }
 DASH = "—"
 
@@ -204,7 +205,8 @@ def summary_frame(res: ExperimentResults, ref: PaperRef, data_label: str) -> pd.
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
-def stats_frame(res: ExperimentResults, n_resamples: int, confidence: float, seed: int) -> pd.DataFrame:
+def stats_frame(res: ExperimentResults, n_resamples: int, confidence: float, seed: int,
+                data_label: str) -> pd.DataFrame:
     """Paired statistics of ``baseline_of`` against every other variant (``stats.csv``).
 
     Per data pair and metric (:func:`tcnet.report.pairing.compare_groups`), level ``images``: each
@@ -214,6 +216,8 @@ def stats_frame(res: ExperimentResults, n_resamples: int, confidence: float, see
     ``n_nonzero`` or ``p_holm``). With several folds also level ``folds``: :func:`fold_test` over the per-fold
     mean differences (each fold is a different trained model: the image-level test does not see that
     variation). ``p_holm``: Holm's adjustment over the comparisons of one (data, metric, level).
+    ``data_label`` in every row: which data the numbers come from (a synthetic look-alike's never
+    pass for the paper's).
     """
     exp = res.exp
     rows = []
@@ -230,7 +234,7 @@ def stats_frame(res: ExperimentResults, n_resamples: int, confidence: float, see
                 common = dict(
                     experiment=res.exp_id, data=d.name, baseline=exp.baseline_of, other=v.name,
                     comparison=f"{b_label} - {v.label or v.name}", metric=m, unit=res.unit,
-                    confidence=confidence,
+                    data_label=data_label, confidence=confidence,
                 )
                 for level in ("images", "folds") if c.cross_validated else ("images",):
                     test = "pooled" if level == "images" and exp.aggregation == "pooled" else level
@@ -255,12 +259,12 @@ def stats_frame(res: ExperimentResults, n_resamples: int, confidence: float, see
 
 
 COMPARISON_COLUMNS = [
-    "experiment", "data", "a", "b", "comparison", "metric", "unit", "level", "primary", "n", "mean_diff",
+    "experiment", "data", "a", "b", "comparison", "metric", "unit", "data_label", "level", "primary", "n", "mean_diff",
     "ci_low", "ci_high", "confidence", "p_value", "note",
 ]
 
 
-def comparisons_frame(res: ExperimentResults) -> pd.DataFrame:
+def comparisons_frame(res: ExperimentResults, data_label: str) -> pd.DataFrame:
     """Every paired comparison the tables and the verdicts used (``comparisons.csv``): group ``a``
     minus group ``b`` (variants joined by ``+``), per level; ``primary``: the level a verdict rests
     on. What traces a verdict's CI in the report back to numbers, for experiments without
@@ -270,7 +274,7 @@ def comparisons_frame(res: ExperimentResults) -> pd.DataFrame:
     for (data, a, b, metric, inference), c in res.comparisons.items():
         common = dict(experiment=res.exp_id, data=data, a="+".join(a), b="+".join(b), metric=metric,
                       comparison=f"{' + '.join(label.get(x, x) for x in a)} - {' + '.join(label.get(x, x) for x in b)}",
-                      unit=res.unit, confidence=inference.confidence)
+                      unit=res.unit, data_label=data_label, confidence=inference.confidence)
         primary_level = "folds" if c.cross_validated else "images"
         for level, r in (("images", c.images), ("folds", c.folds)):
             if r is None:  # a level without a result: a row (with the reason) only for the one verdicts use
@@ -330,7 +334,7 @@ def main_table(res: ExperimentResults, summary: pd.DataFrame, ref: PaperRef, dat
 OTHER_AGGREGATION = {"mean": "pooled", "pooled": "mean"}
 
 
-def other_aggregation_table(res: ExperimentResults, ref: PaperRef) -> DisplayTable | None:
+def other_aggregation_table(res: ExperimentResults, ref: PaperRef, data_label: str) -> DisplayTable | None:
     """The headline's counterpart, for reference (the design asks for both, each named): the pooled
     scores beside an experiment that averages images, the per-image means beside a pooled one. No
     paper column and no statistics: the paper's numbers and the verdicts are about the headline.
@@ -343,7 +347,7 @@ def other_aggregation_table(res: ExperimentResults, ref: PaperRef) -> DisplayTab
     multi_data = len(exp.data) > 1
     header = (["Data"] if multi_data else []) + ["Variant"] + [ref.name(m) for m in metrics]
     table = DisplayTable(
-        f"The other aggregation, for reference: {AGGREGATION_TEXT[other]}. Values in "
+        f"The other aggregation, for reference: {AGGREGATION_TEXT[other]}. Data: {data_label}. Values in "
         f"{'percent' if res.unit == 'percent' else 'fractions'}; mean ± sd over folds where there are several. "
         f"The results table above, the paper's numbers and the verdicts use the headline ({exp.aggregation}).",
         header)
@@ -406,7 +410,9 @@ def stats_table(res: ExperimentResults, stats: pd.DataFrame, data_label: str) ->
         "n", "Difference" if res.exp.aggregation == "pooled" else "Mean difference", f"{conf:.0%} CI", "W" if not cv else "W / t", "p", "p (Holm)", "Note",
     ]
     units = "percentage points" if res.unit == "percent" else "fractions"
-    n_other = stats.other.nunique()
+    # Holm counts the comparisons with a p value (holm() skips the others: a run not evaluated)
+    tested = stats[stats.p_value.notna()].groupby(["data", "metric", "level"]).size()
+    n_tested = (f"{tested.min()}" if tested.min() == tested.max() else f"{tested.min()}-{tested.max()}") if len(tested) else "0"
     folds = (
         " Level folds: a one-sample t-test and t-interval over the per-fold mean differences. Each fold's "
         "images are scored by a model trained on the other folds, so the image-level rows leave out the "
@@ -432,7 +438,7 @@ def stats_table(res: ExperimentResults, stats: pd.DataFrame, data_label: str) ->
         f"Paired statistics, {_label(res, res.exp.baseline_of)} against each other variant on the same images. "
         f"Data: {data_label}. Differences in {units}. {images}{folds}"
         + ("" if res.exp.aggregation == "pooled" and not cv else
-           f" p (Holm): adjusted over the {n_other} comparisons of a metric; the metrics are not separate "
+           f" p (Holm): adjusted over the {n_tested} comparison(s) of a metric that have a p value; the metrics are not separate "
            "evidence (per image, JA = DI / (2 - DI))."),
         header,
     )

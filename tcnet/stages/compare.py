@@ -85,7 +85,7 @@ def _compare_one(params: Params, exp_id: str, res: ExperimentResults, reported: 
     seed = params.train.seed
     ref = paper_mod.paper_reference(reported, exp_id, res.exp)
     summary = tables.summary_frame(res, ref, cfg.data_label)
-    stats = tables.stats_frame(res, cfg.bootstrap, cfg.confidence, seed)
+    stats = tables.stats_frame(res, cfg.bootstrap, cfg.confidence, seed, cfg.data_label)
     section = report_html.Section(
         exp_id=exp_id, title=res.exp.title, reproduces=res.exp.reproduces, meta=_meta(res, cfg.data_label),
         missing=res.missing, notes=paper_mod.notes(reported, res, summary, ref, Inference(cfg.bootstrap, cfg.confidence, seed)),
@@ -97,14 +97,14 @@ def _compare_one(params: Params, exp_id: str, res: ExperimentResults, reported: 
     st = tables.stats_table(res, stats, cfg.data_label)
     if st is not None:
         section.tables.append(("Paired statistics", st))
-    other = tables.other_aggregation_table(res, ref)
+    other = tables.other_aggregation_table(res, ref, cfg.data_label)
     if other is not None:
         section.tables.append((f"The other aggregation ({tables.OTHER_AGGREGATION[res.exp.aggregation]})", other))
     with atomic_dir(exp_dir, owner="compare", own=_experiment_folder) as tmp:
         summary.to_csv(tmp / "table.csv", index=False)
         stats.to_csv(tmp / "stats.csv", index=False)
         # after the verdicts (section.notes) and the stats table: every comparison either used
-        tables.comparisons_frame(res).to_csv(tmp / "comparisons.csv", index=False)
+        tables.comparisons_frame(res, cfg.data_label).to_csv(tmp / "comparisons.csv", index=False)
         drawn = figs.draw_figures(res, summary, ref, tmp, cfg.data_label, cfg.bootstrap, cfg.confidence, seed)
         section.figures = drawn
         (tmp / "table.md").write_text(_markdown(res, cfg.data_label, section))

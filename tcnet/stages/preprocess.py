@@ -518,6 +518,7 @@ def _import_once() -> None:
 
     import tcnet.data.adapters  # noqa: F401
     import tcnet.data.io  # noqa: F401
+    import tcnet.data.synth.writers  # noqa: F401 - discovery's check of a look-alike's folder
     import tcnet.data.transforms  # noqa: F401
     import tcnet.losses.class_weights  # noqa: F401
 
@@ -610,6 +611,33 @@ def run(cfg: PreprocessConfig, raw_dir: Path, out_dir: Path) -> dict:
     return summary
 
 
+def tracked_run(params, raw_dir, out_dir, *, mlflow: Optional[bool] = None) -> dict:
+    """:func:`run` on ``params.preprocess``, logged to MLflow (``tcnet/data``, nested run
+    ``preprocess``; :mod:`tcnet.stages.data_tracking`) unless ``mlflow=False`` or
+    ``TCNET_NO_MLFLOW=1``: the params, each dataset's pairs, skips, seconds and images/s, its
+    class statistics, and the index files (manifest, skipped, stats, params). What the CLI and
+    the Kubeflow component call. Returns :func:`run`'s summary."""
+    from tcnet.stages.data_tracking import stage_run
+
+    cfg = params.preprocess
+    tags = {"tcnet.workers": str(cfg.workers or available_cpus()),
+            "tcnet.raw_dir": str(raw_dir)}  # --raw may differ from the params' raw_dir
+    with stage_run(params, "preprocess", cfg.datasets, mlflow, tags) as logger:
+        summary = run(cfg, raw_dir, out_dir)
+        metrics = {"pairs": sum(d["n"] for d in summary["datasets"].values()),
+                   "skipped": len(summary["skipped"]), "seconds": summary["seconds"],
+                   "import_seconds": summary["import_seconds"], "images_per_s": summary["images_per_s"]}
+        stats = json.loads((Path(out_dir) / "stats.json").read_text())
+        for name, d in summary["datasets"].items():
+            metrics.update({f"{name}.pairs": d["n"], f"{name}.skipped": d["skipped"], f"{name}.seconds": d["seconds"],
+                            f"{name}.images_per_s": d["images_per_s"], f"{name}.fg_fraction": stats[name]["fg_fraction"]})
+            metrics.update({f"{name}.class_weight.{k}": w for k, w in enumerate(stats[name]["class_weights"])})
+        logger.log_metrics(metrics)
+        for f in ("manifest.csv", "skipped.csv", "stats.json", "params.yaml"):
+            logger.log_artifact(Path(out_dir) / f, "preprocessed")
+    return summary
+
+
 def _write_params(path: Path, cfg: PreprocessConfig) -> None:
     import yaml
 
@@ -625,14 +653,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--raw", default=None, help="raw data root (default: preprocess.raw_dir from params)")
     parser.add_argument("--out", default="outputs/preprocessed", help="output folder, replaced whole; a folder holding files this command did not write is refused (default: outputs/preprocessed)")
+    parser.add_argument("--no-mlflow", action="store_true",
+                        help="do not log to MLflow (default: a run 'preprocess' in the MLflow experiment tcnet/data; "
+                        "also TCNET_NO_MLFLOW=1)")
 
 
 def main(args) -> int:
     from tcnet.config import load_params
 
-    cfg = load_params(args.params).preprocess
+    params = load_params(args.params)
+    cfg = params.preprocess
     raw = Path(args.raw if args.raw is not None else cfg.raw_dir)
-    summary = run(cfg, raw, Path(args.out))
+    summary = tracked_run(params, raw, Path(args.out), mlflow=False if args.no_mlflow else None)
     for name, d in summary["datasets"].items():
         extra = f", {d['skipped']} skipped" if d["skipped"] else ""
         print(f"{name}: {d['n']} pairs at {cfg.size_for(name)} px{extra} ({d['seconds']:.1f} s)")

@@ -379,6 +379,33 @@ def run(cfg: SplitConfig, preprocessed_dir: Path, out_dir: Path, datasets: Optio
     return summary
 
 
+def tracked_run(params, preprocessed_dir, out_dir, datasets: Optional[Sequence[str]] = None,
+                embedded: Optional[str] = None, *, mlflow: Optional[bool] = None) -> dict:
+    """:func:`run` on ``params.split``, logged to MLflow (``tcnet/data``, nested run ``split``;
+    :mod:`tcnet.stages.data_tracking`) unless ``mlflow=False`` or ``TCNET_NO_MLFLOW=1``: the params,
+    each dataset's fold sizes and test size as metrics, its source as a tag, and the split files
+    written. What the CLI and the Kubeflow component call. Returns :func:`run`'s summary."""
+    from tcnet.stages.data_tracking import stage_run
+
+    names = datasets
+    if names is None:  # every dataset preprocessed, as run() finds them (its errors: before any run opens)
+        names = sorted({r["dataset"] for r in _manifest_rows(Path(preprocessed_dir))}, key=DATASETS.index)
+    with stage_run(params, "split", names, mlflow) as logger:
+        summary = run(params.split, preprocessed_dir, out_dir, datasets, embedded)
+        metrics, tags = {}, {}
+        for d, s in summary.items():
+            metrics.update({f"{d}.folds": len(s["folds"]), f"{d}.test": s["test"]})
+            for k, (n_train, n_val) in enumerate(s["folds"]):
+                metrics.update({f"{d}.fold{k}.train": n_train, f"{d}.fold{k}.val": n_val})
+            tags[f"tcnet.split.{d}"] = s["source"]
+        logger.log_metrics(metrics)
+        logger.set_tags(tags)
+        for d in summary:
+            logger.log_artifact(Path(out_dir) / f"{d}.json", "splits")
+        logger.log_artifact(Path(out_dir) / "params.yaml", "splits")
+    return summary
+
+
 def _write_params(path: Path, cfg: SplitConfig) -> None:
     import yaml
 
@@ -401,6 +428,9 @@ def add_arguments(parser) -> None:
         "--datasets", nargs="+", default=None, metavar="DATASET",
         help="datasets to split (default: every preprocessed dataset)",
     )
+    parser.add_argument("--no-mlflow", action="store_true",
+                        help="do not log to MLflow (default: a run 'split' in the MLflow experiment tcnet/data; "
+                        "also TCNET_NO_MLFLOW=1)")
 
 
 def check_dvc_tracks(split_files: dict[str, str], environ=None) -> None:
@@ -436,9 +466,10 @@ def check_dvc_tracks(split_files: dict[str, str], environ=None) -> None:
 def main(args) -> int:
     from tcnet.config import load_params
 
-    cfg = load_params(args.params).split
-    check_dvc_tracks(cfg.split_files)
-    summary = run(cfg, Path(args.preprocessed), Path(args.out), args.datasets)
+    params = load_params(args.params)
+    check_dvc_tracks(params.split.split_files)
+    summary = tracked_run(params, Path(args.preprocessed), Path(args.out), args.datasets,
+                          mlflow=False if args.no_mlflow else None)
     for d, s in summary.items():
         folds = ", ".join(f"{a}/{b}" for a, b in s["folds"]) or "none"
         print(f"{d}: folds (train/val) {folds}; test {s['test']}")

@@ -21,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def table(rows: list[dict]) -> str:
     lines = [f"{'model':<12} {'params (M)':>11} {'GFLOPs':>10}", "-" * 35]
-    lines += [f"{r['model']:<12} {r['params_m']:>11.2f} {r['gflops']:>10.2f}" for r in rows]
+    # from the exact counts: params_m is already rounded to 3 decimals, and rounding twice can miss
+    # (26,965,249 -> 26.965 -> "26.96")
+    lines += [f"{r['model']:<12} {r['params'] / 1e6:>11.2f} {r['flops'] / 1e9:>10.2f}" for r in rows]
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ from tcnet.data.adapters import (
 )
 from tcnet.data.adapters.chase_db1 import derive_fov, split_ids
 from tcnet.data.io import InvalidInputError, read_image
+from tcnet.data.synth.writers import synthetic_pairs
 
 
 def _check_semantics(samples, retina: bool):
@@ -374,6 +375,28 @@ def test_real_files_unpacked_over_the_look_alike_get_a_hint(synth_copy):
     with pytest.raises(MissingMaskError) as e:
         discover("drive", root)
     assert "SYNTHETIC" not in str(e.value)
+
+
+@pytest.mark.parametrize("dataset", ["ph2", "isic2017", "isic2018", "drive", "chase_db1"])
+def test_real_cases_that_fit_the_layout_beside_the_look_alike_are_refused(synth_copy, dataset):
+    """Files in the layout, added to a look-alike's folder (a real archive unpacked over it), would
+    mix into the data silently: the pair count SYNTHETIC.txt implies says so."""
+    root = synth_copy(dataset)
+    assert len(discover(dataset, root)) == synthetic_pairs(root, dataset)  # the look-alike alone: fine
+    sample = discover(dataset, root)[0]
+    new_id = {"ph2": "IMD099", "isic2017": "ISIC_0099999", "isic2018": "ISIC_0099999", "drive": "39",
+              "chase_db1": "Image_15L"}[dataset]
+    old_id = sample.id.split("_training")[0].split("_test")[0] if dataset == "drive" else sample.id
+    for src in (sample.image, sample.mask):  # a whole case (PH2: its folders) under a new id
+        rel = src.relative_to(root).as_posix().replace(old_id, new_id)
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, root / rel)
+    if sample.fov is not None:
+        shutil.copy(sample.fov, root / sample.fov.relative_to(root).as_posix().replace(old_id, new_id))
+    with pytest.raises(LayoutError, match=r"where tcnet synth wrote \d+ -- .*also holds SYNTHETIC.txt.*rm -rf"):
+        discover(dataset, root)
+    (root / "SYNTHETIC.txt").unlink()  # real data alone (no marker): no count to hold it to
+    discover(dataset, root)
 
 
 def test_tiff_masks_pillow_cannot_open_are_binarised_by_the_same_rule(tmp_path):

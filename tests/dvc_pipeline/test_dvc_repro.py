@@ -55,6 +55,12 @@ def test_dvc_pull_repro_then_nothing_to_do(pipeline_repo, tmp_path, run_cmd):
     runs = client.search_runs([exp.experiment_id], "tags.`tcnet.run_id` != ''")
     assert len(runs) == 2
     assert all(r.data.tags.get("tcnet.git_commit") for r in runs)
+    # preprocess and split too, in tcnet/data, under the same pipeline run as the trainings
+    data = client.search_runs([client.get_experiment_by_name("tcnet/data").experiment_id],
+                              "tags.`tcnet.run_id` != ''")
+    assert sorted(r.data.tags["tcnet.run_id"] for r in data) == ["preprocess", "split"]
+    assert {r.data.tags["tcnet.pipeline_run"] for r in data} == {r.data.tags["tcnet.pipeline_run"] for r in runs}
+    assert all(r.info.status == "FINISHED" for r in data)
 
 
 def test_added_experiment_gets_stages(pipeline_repo, run_cmd):

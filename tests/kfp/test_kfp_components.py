@@ -37,15 +37,16 @@ def test_component_is_short_and_runs_on_the_project_image(name):
 
 
 def stage_calls(func) -> list[str]:
-    """How the component reaches the stage: ``tcnet.stages.<x>.run`` calls and ``tcnet`` CLI commands."""
+    """How the component reaches the stage: ``tcnet.stages.<x>.run`` (or ``.tracked_run``: the run
+    logged to MLflow) calls and ``tcnet`` CLI commands."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
     names = {a.asname or a.name: f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
     calls = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in names:
             target = names[node.func.id]
-            if target.startswith("tcnet.stages.") and target.endswith(".run"):
-                calls.append(target.removesuffix(".run"))
+            if target.startswith("tcnet.stages.") and target.endswith((".run", ".tracked_run")):
+                calls.append(target.rsplit(".", 1)[0])
             elif target == "tcnet.cli.main":  # tcnet.cli.main(["<command>", ...])
                 calls.append("tcnet.stages." + ast.literal_eval(node.args[0].elts[0]))
     return calls

@@ -81,7 +81,13 @@ def outputs(data_repo, tmp_path_factory):
 
     url, commit, _ = data_repo
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path_factory.mktemp("kfp")))
-    return data_stages(params_yaml=one_line_yaml(yaml.safe_dump(PARAMS)), repo_url=url, rev=commit).outputs
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:  # the tasks inherit it, as pods get it from the pipeline
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.delenv("TCNET_NO_MLFLOW", raising=False)
+        outputs = dict(data_stages(params_yaml=one_line_yaml(yaml.safe_dump(PARAMS)), repo_url=url, rev=commit).outputs)
+    outputs["mlflow_uri"] = uri
+    return outputs
 
 
 def test_fetch_data_materialises_the_dvc_tracked_data_at_the_revision(outputs, data_repo):
@@ -121,6 +127,19 @@ def test_preprocess_and_split_components_match_the_stages(outputs, tmp_path):
     assert json.loads(kfp_split.read_text()) == json.loads((tmp_path / "splits" / "isic2017.json").read_text())
 
 
+def test_the_data_tasks_log_to_mlflow_with_the_fetched_data_hash(outputs):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(outputs["mlflow_uri"])
+    runs = client.search_runs([client.get_experiment_by_name("tcnet/data").experiment_id])
+    stages = {r.data.tags["tcnet.run_id"]: r for r in runs if "tcnet.run_id" in r.data.tags}
+    assert sorted(stages) == ["preprocess", "split"] and all(r.info.status == "FINISHED" for r in stages.values())
+    # the pod has no checkout: the hash is the one fetch_data read at the revision
+    assert {r.data.tags["tcnet.data_hash"] for r in runs} == {outputs["raw"].metadata["data_md5"]}
+    assert stages["preprocess"].data.metrics["isic2017.pairs"] == outputs["preprocessed"].metadata["images"]["isic2017"]
+    assert stages["split"].data.metrics["isic2017.folds"] == 1
+
+
 def test_a_user_split_file_compiled_into_the_pipeline_is_what_the_split_task_writes(outputs, data_repo, tmp_path,
                                                                                    monkeypatch):
     """A user split file reaches a pod as the bytes the compiled pipeline carries (the pod has no
@@ -140,6 +159,7 @@ def test_a_user_split_file_compiled_into_the_pipeline_is_what_the_split_task_wri
     raw = json.dumps({"dataset": "isic2017", "source": "mine", "folds": [{"train": ids[:3], "val": ids[3:5]}],
                       "test": ids[5:]}, indent=1) + "\n"  # pretty-printed: its line breaks must survive
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TCNET_NO_MLFLOW", "1")  # logging: the test above
     Path("isic2017.json").write_text(raw)
     packed = pack_split_file("isic2017", "isic2017.json")  # what compiling does
     Path("isic2017.json").unlink()

@@ -151,3 +151,11 @@ def test_local_kfp_run_matches_dvc_repro(repo, tmp_path):
     assert {r.data.tags["tcnet.pipeline_run"] for r in runs} == {parent.data.tags["tcnet.pipeline_run"]}
     assert all("eval_mean_AUC" in r.data.metrics for r in children)
     assert any(k.startswith("compare.") for k in parent.data.metrics)
+    # the data tasks, one chain per dataset, in tcnet/data: grouped by their own params (they are
+    # cached across pipeline runs, so they never see the job's id), each chain's runs its own
+    data = client.search_runs([client.get_experiment_by_name("tcnet/data").experiment_id], "tags.`tcnet.run_id` != ''")
+    datasets = yaml.safe_load((repo / "params.yaml").read_text())["preprocess"]["datasets"]
+    assert sorted((r.data.tags["tcnet.run_id"], r.data.tags["tcnet.datasets"]) for r in data) == sorted(
+        (stage, d) for stage in ("preprocess", "split") for d in datasets)
+    assert all(r.info.status == "FINISHED" for r in data)
+    assert parent.data.tags["tcnet.pipeline_run"] not in {r.data.tags["tcnet.pipeline_run"] for r in data}

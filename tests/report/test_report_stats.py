@@ -85,6 +85,21 @@ def test_where_bca_is_undefined_the_percentile_interval_is_used():
     ref = stats.bootstrap((np.arange(50),), smallest, n_resamples=500, confidence_level=0.95,
                           method="percentile", vectorized=True, rng=np.random.default_rng(1)).confidence_interval
     assert bootstrap_ci_of(smallest, 50, 500, 0.95, np.random.default_rng(1)) == (ref.low, ref.high)
+    from tcnet.report.stats import bootstrap_interval, bootstrap_mean_interval
+
+    assert bootstrap_interval(smallest, 50, 500, 0.95, np.random.default_rng(1)) == (ref.low, ref.high, "percentile")
+    assert bootstrap_mean_interval(x, 500, 0.95, np.random.default_rng(1))[2] == "BCa"
+
+
+def test_a_percentile_fallback_is_noted_where_the_captions_say_bca(monkeypatch):
+    from tcnet.report import stats as st
+
+    a = np.array([0.9, 0.8, 0.85, 0.7, 0.95, 0.75, 0.6, 0.52, 0.51, 0.5])
+    b = a - np.linspace(0.01, 0.1, 10)
+    assert st.PERCENTILE_NOTE not in paired_test(a, b, 200, 0.95, rng_for(0, "z")).note
+    real = st.bootstrap_mean_interval
+    monkeypatch.setattr(st, "bootstrap_mean_interval", lambda *args: (*real(*args)[:2], "percentile"))
+    assert st.PERCENTILE_NOTE in paired_test(a, b, 200, 0.95, rng_for(0, "z")).note
 
 
 def test_the_signed_rank_note_counts_the_non_zero_differences():

@@ -245,6 +245,25 @@ def test_added_experiment_gets_dvc_stages_upstream_of_compare(tmp_path):
     assert "train@lr_check" in dag.stdout and "evaluate@lr_check" in dag.stdout
 
 
+@pytest.mark.skipif(not (ROOT / "dvc.yaml").is_file() or DVC is None, reason="needs the project's dvc.yaml and dvc")
+def test_dvc_plots_are_titled_with_the_data_label(done, tmp_path):
+    """`dvc plots show` draws compare's curves under a title naming their data (params' data_label)."""
+    import yaml
+
+    params, _, _, out = done
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["compare"]["data_label"] = "my look-alike"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    shutil.copytree(out / "plots", tmp_path / "outputs" / "reports" / "plots")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([DVC, "init", "-q"], cwd=tmp_path, check=True)
+    shown = json.loads(subprocess.run([DVC, "plots", "show", "--json"], cwd=tmp_path, check=True, capture_output=True,
+                                      text=True).stdout)
+    titles = {plot["content"]["title"]["text"] for plots in shown["data"].values() for plot in plots}
+    assert titles == {"Loss per epoch (data: my look-alike)", "ROC (data: my look-alike)"}
+
+
 def test_missing_runs_are_reported_not_invented(tmp_path):
     params = load_params(ROOT / "params.yaml")
     fabricate_eval(params, tmp_path / "eval", ["isic2018_cv"], skip={"isic2018__cenet__fold1"})
@@ -356,6 +375,33 @@ def test_mlflow_tables_and_figures_on_the_parent_run(done, tmp_path, monkeypatch
     assert "compare.ph2.delta.TCNet - UNet.JA" in run.data.metrics and "paper.ph2.tcnet.JA" not in run.data.metrics
     assert run.data.metrics["paper.ph2.delta.TCNet - SSLS.AC"] == 11.153  # SSLS: the paper's number, none of ours
     assert "compare.ph2.delta.TCNet - SSLS.AC" not in run.data.metrics and "compare/comparisons.csv" in names
+
+
+def test_holms_caption_counts_the_comparisons_it_adjusted_over(tmp_path):
+    """A variant with no evaluated run has no p value: Holm skips it, and the caption says so."""
+    params = load_params(ROOT / "params.yaml")
+    fabricate_eval(params, tmp_path / "eval", ["isic2018_cv"], skip={f"isic2018__cenet__fold{k}" for k in range(3)})
+    compare.run(params, tmp_path / "eval", REPORTED, tmp_path / "out", ["isic2018_cv"], log_mlflow=False)
+    stats = pd.read_csv(tmp_path / "out" / "isic2018_cv" / "stats.csv")
+    tested = stats[stats.p_value.notna() & (stats.metric == "DI") & (stats.level == "folds")]
+    others = params.experiment("isic2018_cv").runs
+    assert len(tested) == len(others) - 2  # not the baseline, not cenet
+    assert (f"adjusted over the {len(tested)} comparison(s) of a metric that have a p value"
+            in (tmp_path / "out" / "isic2018_cv" / "table.md").read_text())
+
+
+def test_every_table_and_csv_names_its_data(done):
+    params, _, _, out = done
+    label = params.compare.data_label
+    for exp_id in EXPERIMENTS:
+        md = (out / exp_id / "table.md").read_text()
+        other = md.split("## The other aggregation", 1)[1].split("\n\n", 2)[1]  # its caption
+        assert f"Data: {label}." in other, exp_id
+        for name in ("table.csv", "stats.csv", "comparisons.csv"):
+            frame = pd.read_csv(out / exp_id / name)
+            assert frame.empty or set(frame.data_label) == {label}, (exp_id, name)
+    # ISIC data has no field of view: the pooled caption does not claim one
+    assert "where the dataset has one" in (out / "ph2_transfer" / "table.md").read_text()
 
 
 def test_numbers_from_a_look_alike_are_never_labelled_real(tmp_path):

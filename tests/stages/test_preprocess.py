@@ -46,6 +46,13 @@ def _write_isic2017(raw, n_train=4, n_val=2, w=48, h=40):
 CFG = PreprocessConfig(datasets=("isic2017",), image_size=32, workers=1)
 
 
+@pytest.fixture(autouse=True)
+def _no_mlflow(monkeypatch):
+    """The stage's MLflow logging is tested in test_data_tracking.py; here it would write the
+    project's own store (the CLI's default) and cost seconds a call."""
+    monkeypatch.setenv("TCNET_NO_MLFLOW", "1")
+
+
 @pytest.fixture()
 def raw(tmp_path):
     _write_isic2017(tmp_path / "raw")

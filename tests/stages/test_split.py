@@ -11,6 +11,13 @@ from tcnet.stages import split as split_stage
 from tcnet.stages.split import SplitError, holdout, run
 
 
+@pytest.fixture(autouse=True)
+def _no_mlflow(monkeypatch):
+    """The stage's MLflow logging is tested in test_data_tracking.py; here it would write the
+    project's own store (the CLI's default) and cost seconds a call."""
+    monkeypatch.setenv("TCNET_NO_MLFLOW", "1")
+
+
 def _write_manifest(root, datasets: dict[str, list[tuple[str, str]]]):
     """datasets: name -> [(id, official_split)]; writes a manifest.csv with the contract's columns."""
     root.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,10 @@ def test_models_table_at_64(tmp_path, capsys):
     assert set(rows) == set(list_models())
     assert all(r["params"] > 0 and r["flops"] > 0 for r in rows.values())
     assert rows["tcnet_tiny"]["params"] < rows["tcnet_small"]["params"] < rows["tcnet_base"]["params"]
+    # each printed figure is the exact count rounded once (UNet3+'s 26,965,249 prints 26.97, as published)
+    line = next(x for x in text.splitlines() if x.startswith("unet3p "))
+    assert line.split()[1:] == [f"{rows['unet3p']['params'] / 1e6:.2f}", f"{rows['unet3p']['flops'] / 1e9:.2f}"]
+    assert line.split()[1] == "26.97"
 
 
 def test_models_table_rejects_bad_size(capsys):

@@ -64,21 +64,28 @@ class Adapter:
             raise self.error(root, f"folder {root} does not exist")
         if not root.is_dir():
             raise self.error(root, f"{root} is not a folder")
+        from tcnet.data.synth.writers import is_synthetic, synthetic_pairs
+
+        mixed = (f"{root} also holds SYNTHETIC.txt, the bundled look-alike: real files unpacked over it mix with it; "
+                 f"remove the folder first (rm -rf {root}) and unpack the real archives into an empty one "
+                 "(docs/datasets.md)")
         try:
             samples = sorted(self.find(root), key=lambda s: s.id)
         except LayoutError as e:
-            from tcnet.data.synth.writers import is_synthetic
-
             if not is_synthetic(root):  # the look-alike alone always fits its layout
                 raise
-            raise type(e)(f"{e} -- {root} also holds SYNTHETIC.txt, the bundled look-alike: real files unpacked over "
-                          f"it mix with it; remove the folder first (rm -rf {root}) and unpack the real archives into "
-                          "an empty one (docs/datasets.md)") from None
+            raise type(e)(f"{e} -- {mixed}") from None
         ids = [s.id for s in samples]
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})
             raise self.error(root, f"the same image id appears more than once ({', '.join(dup[:5])}); "
                              "is a split unpacked twice?")
+        written = synthetic_pairs(root, self.name)
+        # more pairs than the look-alike has: files that fit the layout, added to it (fewer: parts of it
+        # deleted, e.g. an optional split, which mixes nothing in; real files under the look-alike's
+        # own names replace it instead, which no count can see)
+        if written is not None and len(samples) > written:
+            raise self.error(root, f"found {len(samples)} image/mask pairs where tcnet synth wrote {written} -- {mixed}")
         return samples
 
     def find(self, root: Path) -> list[Sample]:  # pragma: no cover - abstract

@@ -28,7 +28,7 @@ PARTS = {  # part folder -> (split, image pattern, FOV mask name pattern)
     "test": ("test", re.compile(r"(\d{2})_test\.tiff?", re.I), "{n}_test_mask.gif"),
 }
 MANUAL = "{n}_manual1.gif"
-SEARCH_DEPTH = 3  # root / [up to two folders] / DRIVE / training
+SEARCH_DEPTH = 3  # training/ at most 3 folders down: root / [up to one folder] / DRIVE / training
 
 TEST_WITHOUT_LABELS = (
     "{test} has images but no 1st_manual/ folder: the DRIVE test.zip from drive.grand-challenge.org "

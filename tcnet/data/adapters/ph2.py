@@ -1,6 +1,6 @@
 """PH2 dermoscopic database: one folder per image, BMP image + BMP lesion mask.
 
-Recognised layouts (the root may be ``PH2Dataset/``, its parent, or up to three folders above)::
+Recognised layouts (the root may be ``PH2Dataset/``, its parent or its grandparent)::
 
     PH2Dataset/PH2 Dataset images/IMD002/IMD002_Dermoscopic_Image/IMD002.bmp     (official; note the spaces)
     PH2Dataset/PH2 Dataset images/IMD002/IMD002_lesion/IMD002_lesion.bmp

@@ -26,6 +26,7 @@ format gets a timestamp (PIL writes none to PNG/TIFF/BMP/GIF/JPEG unless asked).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -281,3 +282,31 @@ def write_dataset(dataset: str, out, n: int | None = None, seed: int = DEFAULT_S
 def is_synthetic(folder) -> bool:
     """Whether ``folder`` (one dataset's raw folder) holds a look-alike written by :func:`write_dataset`."""
     return (Path(folder) / SYNTHETIC_MARKER).is_file()
+
+
+# How many image/mask pairs each writer makes of (n, extras): what a look-alike's folder must hold.
+_PAIRS: dict[str, Callable[..., int]] = {
+    "isic2017": lambda n: n + 2 * ((n + 1) // 2),
+    "isic2018": lambda n, n_val=0, n_test=0: n + max(n_val, 0) + max(n_test, 0),
+    "ph2": lambda n: n,
+    "drive": lambda n: 2 * n,
+    "chase_db1": lambda n: n,
+}
+_MARKER_ARGS = re.compile(r"written by tcnet synth \(n=(\d+), seed=-?\d+, size=\d+x\d+((?:, \w+=-?\d+)*)\)")
+
+
+def synthetic_pairs(folder, dataset: str) -> int | None:
+    """The number of pairs :func:`write_dataset` wrote into ``folder``, read from its
+    ``SYNTHETIC.txt``; None when there is no marker or it cannot be read (edited by hand)."""
+    try:
+        text = (Path(folder) / SYNTHETIC_MARKER).read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    m = _MARKER_ARGS.search(text)
+    if m is None or dataset not in _PAIRS:
+        return None
+    extra = {k: int(v) for k, v in re.findall(r"(\w+)=(-?\d+)", m.group(2))}
+    try:
+        return _PAIRS[dataset](int(m.group(1)), **extra)
+    except TypeError:  # an extra this writer does not take
+        return None
