@@ -12,7 +12,7 @@ Targets (one module each; ``python -m benchmarks <target> --help`` for its optio
     inference   predict images/s of every registered model, batch 1 and 8
     memory      peak RSS of a train step per TCNet variant and U-Net (fresh process each)
     gpu_step    the paper profile on CUDA (tcnet_base, 448², batch 15, bf16, channels_last): per lk_impl, vs U-Net; --cuda-graph, --profile
-    all         every target above in turn
+    all         every target above in turn, each in a process of its own
 
 Modes: default ``full`` (the figures in docs/performance.md), ``--quick`` (about a minute each),
 ``--tiny`` (seconds; the smoke test's mode, figures meaningless). Each run prints its tables with
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import shlex
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -63,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds; checks the machinery only (smoke test), figures meaningless")
         sp.add_argument("--json", type=Path, default=None,
                         help="write the JSON here (default benchmarks/results/<target>.json; with 'all': a folder)")
-        sp.add_argument("--repeats", type=int, default=None, help="timed repeats per candidate (default per mode)")
+        sp.add_argument("--repeats", type=int, default=None,
+                        help="timed repeats per candidate (default per mode; a slow candidate may stop earlier, the "
+                        "tables say how many ran; memory: not used, one process per model)")
         sp.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
         sp.add_argument("--wait-load", type=float, default=None, metavar="L",
                         help="first wait (up to 30 min) until the 1-minute load average is below L")
@@ -117,10 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     for target in TARGETS:
         sub_argv = [target, *([f"--{args.mode}"] if args.mode != "full" else [])]
-        sub = build_parser().parse_args(sub_argv)
-        sub.threads, sub.repeats = args.threads, args.repeats
-        path = Path(args.json) / f"{target}.json" if args.json is not None else None
-        code = max(code, _exit_code(run_target(target, sub, sub_argv, path)))
+        for flag, value in (("--threads", args.threads), ("--repeats", args.repeats), ("--wait-load", args.wait_load)):
+            if value is not None:
+                sub_argv += [flag, str(value)]
+        if args.json is not None:
+            sub_argv += ["--json", str(Path(args.json) / f"{target}.json")]
+        # A process each, as a user's own command would run it: targets set process-wide state that
+        # cannot be undone (the allocator's form, threads), and each JSON records its own command.
+        common.say(f"$ python -m benchmarks {' '.join(shlex.quote(a) for a in sub_argv)}")
+        code = max(code, subprocess.run([sys.executable, "-m", "benchmarks", *sub_argv]).returncode)
     return code
 
 

@@ -84,7 +84,7 @@ def run(args, mode: common.Mode) -> dict:
             r["vs_unet"] = r["images_per_s"] / ref["images_per_s"] if ref else None
         rows += batch_rows
     common.print_table(f"## inference at {size}², float32, NCHW (\x27channels_last\x27 rows: model and input channels_last), "
-                       f"inference_mode, median of {repeats}", COLS, rows)
+                       f"inference_mode, {common.median_of(repeats, [r['times_s'] for r in rows])}", COLS, rows)
     return {
         "settings": {"size": size, "batches": batches, "models": models, "repeats": repeats, "dtype": "float32",
                      "allocator": "glibc, freed memory retained (tcnet.utils.heap, as evaluate and tcnet predict)"

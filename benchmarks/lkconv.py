@@ -172,6 +172,10 @@ SWEEP_COLS = [
 ]
 
 
+def _median_of(repeats: int, rows: list[dict]) -> str:
+    return common.median_of(repeats, [st for r in rows for st in r["times_s"].values()])
+
+
 def run(args, mode: common.Mode) -> dict:
     from tcnet.models.lk_conv import MIXED_MAX_PIXELS
 
@@ -204,7 +208,8 @@ def run(args, mode: common.Mode) -> dict:
             what = ("forward+backward" if regime == "train" else "forward, inference_mode") + (
                 ", bf16 autocast" if args.bf16 else "")
             common.print_table(
-                f"## {device}: {what}, median of {repeats} (ms); direct/fft = fft's speed-up", SHAPE_COLS, rows)
+                f"## {device}: {what}, {_median_of(repeats, rows)} (ms); direct/fft = fft's speed-up", SHAPE_COLS,
+                rows)
             tables[f"{device}_{regime}"] = rows
             pv = per_variant(rows, args.size, args.batch)
             if pv:
@@ -220,7 +225,8 @@ def run(args, mode: common.Mode) -> dict:
                     sweep.append(bench_shape(*sweep_shape, k, layout, regime, device, repeats, budget,
                                              mode.warmup(), args.bf16))
         common.print_table(
-            f"## {device}: crossover sweep over k at {'x'.join(map(str, sweep_shape))}, median of {repeats} (ms)",
+            f"## {device}: crossover sweep over k at {'x'.join(map(str, sweep_shape))}, {_median_of(repeats, sweep)} "
+            "(ms)",
             SWEEP_COLS, sweep)
         tables[f"{device}_sweep"] = sweep
         summary[device] = _summary(tables[f"{device}_train"], tables[f"{device}_infer"], sweep, sweep_ks,

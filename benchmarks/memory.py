@@ -60,6 +60,9 @@ def run(args, mode: common.Mode) -> dict:
     batch = args.batch or 2
     steps = args.steps or mode.pick(1, 2, 2)
     cfgs = configs_for(mode, args.models)
+    if args.repeats is not None:
+        common.say(f"note: --repeats {args.repeats} does not apply here: one fresh process per model, one "
+                   "measurement each (--steps sets the steps within it)")
     import torch
 
     threads = torch.get_num_threads()  # what __main__ set: every core (one in the tiny mode), or --threads

@@ -62,6 +62,10 @@ def _add_build_options(p: argparse.ArgumentParser, *, local: bool = False) -> No
     g.add_argument("--dvc-secret", default=d.dvc_secret,
                    help="Kubernetes secret with the DVC remote's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; '' = none"
                    + ignored + " (default: %(default)s)")
+    g.add_argument("--mlflow-secret", default=d.mlflow_secret, metavar="NAME",
+                   help="Kubernetes secret whose MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD / "
+                   "MLFLOW_TRACKING_TOKEN keys (each optional) every task gets, for an MLflow server with "
+                   "authentication; credentials in --mlflow-uri are refused" + ignored + " (default: none)")
 
 
 def options(args: argparse.Namespace) -> PipelineOptions:
@@ -88,7 +92,22 @@ def cmd_compile(args) -> int:
     if not url:
         print("note: no --data-repo-url and no git remote 'origin': the package's data_repo_url default is empty; "
               "set it when you start a run", file=sys.stderr)
+    elif _local_path(url):
+        print(f"note: the package's data_repo_url default {url!r} is a path on this machine, which no pod can "
+              "clone; set a git URL when you start a run (or compile with --data-repo-url)", file=sys.stderr)
     return 0
+
+
+def _local_path(url: str) -> bool:
+    """A repository given as a path (``/work/repo``, ``../repo``, ``file:///...``), not a URL a cluster
+    reaches (``https://``, ``ssh://``, scp-style ``git@host:org/r.git``)."""
+    import re
+
+    if url.startswith("file:"):
+        return True
+    if "://" in url:
+        return False
+    return not re.match(r"^[\w.-]+@[\w.-]+:", url)  # scp-style ssh
 
 
 def cmd_run(args) -> int:
@@ -109,16 +128,30 @@ def cmd_run(args) -> int:
 
 def submit(host: str, opts: PipelineOptions, *, experiment_name: str, run_name: str = "", arguments=None,
            namespace: str = "", enable_caching=None):
-    """Compile and submit one run with ``kfp.Client(host).create_run_from_pipeline_package``."""
+    """Compile and submit one run with ``kfp.Client(host).create_run_from_pipeline_package``. Returns
+    ``(result, created)``: ``created`` when the KFP experiment did not exist and was made now (a
+    mistyped ``--experiment-name`` shows up in the output, not as a stray experiment found later)."""
     import kfp
 
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(opts, Path(tmp) / "pipeline.yaml")
         client = kfp.Client(host=host, namespace=namespace or "kubeflow")
-        return client.create_run_from_pipeline_package(
+        try:
+            experiment = client.get_experiment(experiment_name=experiment_name, namespace=namespace or None)
+            created = False
+        except ValueError as e:  # kfp: "No experiment is found with name ..."
+            if not str(e).startswith("No experiment is found"):
+                raise
+            experiment = client.create_experiment(name=experiment_name, namespace=namespace or None)
+            created = True
+        result = client.create_run_from_pipeline_package(
             str(package), arguments=arguments or {}, run_name=run_name or None,
-            experiment_name=experiment_name, namespace=namespace or None, enable_caching=enable_caching,
+            experiment_id=experiment.experiment_id, namespace=namespace or None, enable_caching=enable_caching,
         )
+    if not getattr(result, "run_id", None):  # an HTML page or another service answered the calls
+        raise ValueError(f"{host} answered, but no run id came back: is it the Kubeflow Pipelines API endpoint "
+                         "(e.g. http://localhost:8080 after 'kubectl port-forward svc/ml-pipeline-ui 8080:80')?")
+    return result, created
 
 
 def cmd_submit(args) -> int:
@@ -132,11 +165,16 @@ def cmd_submit(args) -> int:
         print("pipeline submit: no git remote 'origin' here: pass --data-repo-url (a git URL the cluster can clone)",
               file=sys.stderr)
         return 2
+    if _local_path(repo):
+        print(f"pipeline submit: the data repository {repo!r} is a path on this machine, which no pod can clone: "
+              "pass --data-repo-url (a git URL the cluster can reach)", file=sys.stderr)
+        return 2
     opts = replace(opts, data_repo_url=repo, data_rev=rev)  # resolved once: the package's defaults are these
     data = {"data_repo_url": repo, "data_rev": rev}  # recorded on the run
-    result = submit(args.host, opts, experiment_name=args.experiment_name, run_name=args.run_name, arguments=data,
-                    namespace=args.namespace, enable_caching=False if args.no_cache else None)
-    print(f"submitted run {result.run_id} to {args.host} (experiment {args.experiment_name!r}; "
+    result, created = submit(args.host, opts, experiment_name=args.experiment_name, run_name=args.run_name,
+                             arguments=data, namespace=args.namespace, enable_caching=False if args.no_cache else None)
+    new = ", created now: it did not exist" if created else ""
+    print(f"submitted run {result.run_id} to {args.host} (experiment {args.experiment_name!r}{new}; "
           f"data {data['data_repo_url']}@{data['data_rev'] or 'HEAD'}): {layout(load_params(opts.params))}")
     return 0
 
@@ -172,6 +210,19 @@ def _unreachable(e: Exception) -> bool:
     return type(e).__module__.split(".")[0] in ("urllib3", "requests", "kfp_server_api")
 
 
+def _server_reason(e: Exception) -> str:
+    """The message of a KFP API error's JSON body (``{"error": ..., "message": ...}``), else its first line."""
+    import json
+
+    body = getattr(e, "body", None) or ""
+    try:
+        data = json.loads(body)
+        text = data.get("message") or data.get("error") or body
+    except (ValueError, TypeError, AttributeError):
+        text = body if isinstance(body, str) else ""
+    return (str(text).strip().splitlines() or ["(no reason given)"])[0][:300]
+
+
 def main(argv=None) -> int:
     from tcnet.config import ConfigError
 
@@ -188,9 +239,15 @@ def main(argv=None) -> int:
     except Exception as e:
         if not _unreachable(e):
             raise
+        host = getattr(args, "host", "?")
+        status = getattr(e, "status", None)
+        if status:  # the server answered and refused: its own reason, not "unreachable"
+            print(f"python -m pipeline {args.command}: error: the Kubeflow Pipelines API at {host} refused the "
+                  f"request: HTTP {status} {getattr(e, 'reason', '') or ''}: {_server_reason(e)}", file=sys.stderr)
+            return 2
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"python -m pipeline {args.command}: error: cannot reach the Kubeflow Pipelines API at "
-              f"{getattr(args, 'host', '?')}: {reason}", file=sys.stderr)
+              f"{host}: {reason}", file=sys.stderr)
         return 2
 
 

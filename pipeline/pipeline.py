@@ -35,6 +35,7 @@ writes this pipeline run's MLflow runs, which a cache hit would silently leave o
 ``pipeline_run_id`` input changes every run too).
 """
 
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,8 @@ IN_CLUSTER_MLFLOW = "http://mlflow.mlflow.svc.cluster.local:5000"
 CHECKPOINT_MOUNT = "/tcnet-checkpoints"  # where --checkpoint-pvc is mounted in train pods
 # Secret keys -> environment variables for the DVC remote (S3 / MinIO; see docs/deploy.md).
 DVC_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
+# MLflow's client reads these for a server with authentication; each optional (basic auth or a token).
+MLFLOW_SECRET_KEYS = {k: k for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")}
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class PipelineOptions:
     parallelism: int = 0  # concurrent runs in the ParallelFor (0 = unlimited)
     mlflow_uri: str = IN_CLUSTER_MLFLOW
     dvc_secret: str = "tcnet-dvc-credentials"  # "" = no credentials (a public remote)
+    mlflow_secret: str = ""  # a secret whose MLFLOW_TRACKING_* keys every task gets ("" = none: an open server)
 
 
 def one_line_yaml(text: str) -> str:
@@ -161,13 +165,48 @@ def cpu_threads(request: str, processes: int = 1) -> int:
     return max(1, int(cores // processes))
 
 
-def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
-    if opts.gpu_node_label and "=" not in opts.gpu_node_label:
-        raise ValueError(f"gpu_node_label must be KEY=VALUE (e.g. nvidia.com/gpu.present=true), got {opts.gpu_node_label!r}")
+# Kubernetes' own rules: a memory quantity, a resource name (prefix/name), a label key, an object's name
+_QUANTITY = re.compile(r"(\d+(\.\d+)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?")
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+_SUBDOMAIN = re.compile(rf"(?=.{{1,253}}$){_DNS_LABEL}(\.{_DNS_LABEL})*")
+_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_QUALIFIED = re.compile(rf"({_SUBDOMAIN.pattern}/)?{_NAME}")
+
+
+def check_options(opts: PipelineOptions) -> None:
+    """Refuse options Kubernetes would reject, or worse take (an empty accelerator type drops the
+    GPU request and tolerates every NoSchedule taint), before anything is compiled or written."""
     if opts.gpus < 1:
         raise ValueError(f"gpus must be >= 1, got {opts.gpus}")
     if opts.eval_gpus not in (0, 1):  # evaluate runs on one device: a second GPU would sit idle
         raise ValueError(f"eval_gpus must be 0 or 1, got {opts.eval_gpus}")
+    if not _QUALIFIED.fullmatch(opts.accelerator_type or ""):
+        raise ValueError(f"accelerator_type must be a Kubernetes resource name such as nvidia.com/gpu, got "
+                         f"{opts.accelerator_type!r}")
+    if opts.gpu_node_label:
+        key, eq, value = opts.gpu_node_label.partition("=")
+        if not eq or not _QUALIFIED.fullmatch(key) or (value and not re.fullmatch(_NAME, value)):
+            raise ValueError(f"gpu_node_label must be KEY=VALUE with a Kubernetes label key and value (e.g. "
+                             f"nvidia.com/gpu.present=true), got {opts.gpu_node_label!r}")
+    for what, value in (("train_memory", opts.train_memory), ("data_memory", opts.data_memory)):
+        m = _QUANTITY.fullmatch(str(value))
+        if m is None or float(m.group(1)) <= 0:
+            raise ValueError(f"{what} {value!r} must be a Kubernetes memory quantity above 0 (e.g. 16Gi, 512Mi)")
+    for what, value in (("train_cpu", opts.train_cpu), ("data_cpu", opts.data_cpu)):
+        cpu_threads(str(value))  # its own error
+    if opts.train_retries < 0:
+        raise ValueError(f"train_retries must be >= 0, got {opts.train_retries}")
+    if opts.parallelism < 0:
+        raise ValueError(f"parallelism must be >= 0 (0 = unlimited), got {opts.parallelism}")
+    for what, value in (("dvc_secret", opts.dvc_secret), ("checkpoint_pvc", opts.checkpoint_pvc),
+                        ("mlflow_secret", opts.mlflow_secret)):
+        if value and not _SUBDOMAIN.fullmatch(value):
+            raise ValueError(f"{what} {value!r} is not a Kubernetes object name (lower-case letters, digits, '-' "
+                             "and '.', starting and ending with a letter or digit)")
+
+
+def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
+    check_options(opts)
     # Each train task's GPUs share every run's batch (tcnet train --nproc): refuse a split that fails
     # at compile time, not in a pod on a GPU node.
     params = load_params(opts.params)
@@ -193,6 +232,9 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
 
     def common(task, cache: bool, cpu: str, memory: str, processes: int = 1):
         task.set_env_variable("MLFLOW_TRACKING_URI", opts.mlflow_uri)
+        if opts.mlflow_secret:  # a server with authentication: its credentials never in the package
+            kubernetes.use_secret_as_env(task, secret_name=opts.mlflow_secret, secret_key_to_env=MLFLOW_SECRET_KEYS,
+                                         optional=True)
         # A pod's affinity is its node's cores: the request sets the task's CPUs (preprocess's pool,
         # tcnet.utils.cpus) and each process's threads (torch's; one process per GPU on train).
         task.set_env_variable("TCNET_CPUS", str(cpu_threads(cpu)))
@@ -284,6 +326,14 @@ def check_cluster_tracking(uri: str) -> None:
     from urllib.parse import urlsplit
 
     parts = urlsplit(uri)
+    if parts.scheme in ("http", "https") and (not parts.hostname or " " in parts.netloc):
+        raise ValueError(f"--mlflow-uri {uri!r}: no valid host in the URL (e.g. {IN_CLUSTER_MLFLOW})")
+    if parts.username or parts.password:
+        raise ValueError(
+            f"--mlflow-uri {without_credentials(uri)!r} (credentials left out here): a user or token in the URL "
+            "would be written into every task of the package; give the pods MLFLOW_TRACKING_USERNAME / "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) from a Kubernetes secret instead: --mlflow-secret NAME "
+            "(docs/deploy.md §5)")
     if parts.scheme not in ("http", "https", "databricks"):
         raise ValueError(
             f"--mlflow-uri {uri!r}: a cluster's tasks need an MLflow tracking server (http://... or "
@@ -331,6 +381,7 @@ def local_run(opts: PipelineOptions, workdir: Path, arguments: Optional[dict] = 
     if opts.checkpoint_pvc:
         raise ValueError(f"checkpoint_pvc {opts.checkpoint_pvc!r}: the local runner mounts no volumes; train tasks "
                          "here write their checkpoints in the run's own outputs")
+    pipeline = build_pipeline(opts)  # every option and the params checked before anything is written
     if sqlite_path(opts.mlflow_uri) is not None:
         init_store(opts.mlflow_uri)
 
@@ -339,6 +390,6 @@ def local_run(opts: PipelineOptions, workdir: Path, arguments: Optional[dict] = 
     root.mkdir(parents=True, exist_ok=True)
     before = set(root.iterdir())
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
-    build_pipeline(opts)(**(arguments or {}))
+    pipeline(**(arguments or {}))
     new = sorted(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
     return new[-1] if new else None

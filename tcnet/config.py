@@ -541,8 +541,11 @@ def read_yaml_mapping(path: str | Path, what: str = "file") -> dict:
             raise ConfigError(f"{path}: the {what} is empty")
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except yaml.YAMLError as e:  # one line: where, then what (PyYAML's own text spans several)
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        what_ = "; ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x)
+        raise ConfigError(f"{path}: not valid YAML{where}: {what_ or str(e).splitlines()[0]}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not a text (UTF-8) file: {e.reason} at byte {e.start}") from None
     except IsADirectoryError:

@@ -100,15 +100,22 @@ def md5_of_dvc_file(path, fs=None) -> str:
 
 
 def without_credentials(url: str) -> str:
-    """``url`` without its user/token part (``https://TOKEN@host/r.git`` -> ``https://host/r.git``), so
-    that a compiled package or an artifact's metadata never holds a secret; scp-style and ssh URLs
-    (``git@host:...``) unchanged."""
+    """``url`` without its secret: the whole user/token part of an http(s) URL (``https://TOKEN@host/r.git``
+    and ``git+https://u:pw@host`` -> ``https://host/r.git``, ``git+https://host``), the password of any
+    other scheme's (``ssh://git:pw@host/r.git`` -> ``ssh://git@host/r.git``: the user names the account),
+    so that a compiled package or an artifact's metadata never holds a secret; scp-style ssh
+    (``git@host:...``), which carries no password, unchanged."""
     from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(url)
-    if parts.scheme in ("http", "https") and "@" in parts.netloc:
-        return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-    return url
+    if not parts.scheme or "@" not in parts.netloc:
+        return url
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    if parts.scheme.split("+")[-1] in ("http", "https"):
+        netloc = host
+    else:
+        netloc = f"{userinfo.split(':', 1)[0]}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def package_versions() -> dict[str, str]:

@@ -131,8 +131,12 @@ def test_settings_that_would_train_wrongly_or_write_elsewhere_are_refused(tmp_pa
 
 def test_a_key_given_twice_or_an_empty_file_is_an_error(tmp_path):
     (tmp_path / "twice.yaml").write_text("train:\n  epochs: 2\n  epochs: 5\n")
-    with pytest.raises(ConfigError, match=r"twice\.yaml: not valid YAML: .*key 'epochs' given twice"):
+    with pytest.raises(ConfigError, match=r"twice\.yaml: not valid YAML \(line 3, column 3\): key 'epochs' given twice"):
         load_params(tmp_path / "twice.yaml")
+    (tmp_path / "open.yaml").write_text("train: [\n")  # PyYAML's own text spans four lines: one here
+    with pytest.raises(ConfigError) as e:
+        load_params(tmp_path / "open.yaml")
+    assert "\n" not in str(e.value) and "open.yaml: not valid YAML (line 2, column 1): " in str(e.value)
     (tmp_path / "empty.yaml").write_text("# nothing yet\n")
     with pytest.raises(ConfigError, match=r"empty\.yaml: the params file is empty"):
         load_params(tmp_path / "empty.yaml")

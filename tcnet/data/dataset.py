@@ -233,8 +233,10 @@ class SegmentationDataset(Dataset):
 
     def __repr__(self) -> str:
         return (
-            f"SegmentationDataset({self.dataset!r}, n={len(self)}, augment={self.augment}, seed={self.seed}, "
-            f"root={str(self.root)!r})"
+            f"SegmentationDataset({self.dataset!r}, n={len(self)}, augment={self.augment}"
+            # the amounts as given (the rest: build_augment's defaults), so a log line tells runs apart
+            + "".join(f", {k}={v!r}" for k, v in sorted(self.augment_options.items()) if self.augment)
+            + f", seed={self.seed}, root={str(self.root)!r})"
         )
 
 

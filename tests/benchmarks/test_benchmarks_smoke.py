@@ -56,3 +56,50 @@ def test_every_target_has_help():
     # The top-level --help lists every target with its one-line description (the module doc's list).
     listed = {line.split()[0] for line in parser.epilog.splitlines()[2:] if line.strip()}
     assert listed == set(TARGETS) | {"all"}
+
+
+def test_warm_up_calls_are_not_timed_and_titles_say_how_many_ran():
+    import time
+
+    from benchmarks import common
+
+    calls = []
+
+    def slow_first():
+        calls.append(1)
+        time.sleep(0.2 if len(calls) == 1 else 0.0)
+
+    times = common.time_interleaved({"a": slow_first, "b": lambda: None}, repeats=3, warmup=1)
+    assert len(calls) == 4 and len(times["a"]) == 3 and max(times["a"]) < 0.1
+    assert common.median_of(3, [common.stats(t) for t in times.values()]) == "median of 3"
+    assert common.median_of(3, [common.stats([1.0]), common.stats([1.0, 2.0, 3.0])]).startswith(
+        "median of 1-3 (3 asked")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_each_targets_help_renders(target, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([target, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: python -m benchmarks {target}") and "--quick" in text and "--wait-load" in text
+
+
+def test_all_runs_each_target_in_its_own_process_with_every_flag(tmp_path, monkeypatch):
+    import subprocess
+
+    import benchmarks.__main__ as entry
+
+    seen = []
+
+    def fake_run(cmd, *a, **k):
+        seen.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(entry.subprocess, "run", fake_run)
+    assert main(["all", "--quick", "--threads", "2", "--repeats", "4", "--wait-load", "1.5", "--json", str(tmp_path)]) == 0
+    assert [c[3] for c in seen] == list(TARGETS)
+    for cmd in seen:
+        assert cmd[:3] == [sys.executable, "-m", "benchmarks"]
+        assert cmd[4:] == ["--quick", "--threads", "2", "--repeats", "4", "--wait-load", "1.5", "--json",
+                           str(tmp_path / f"{cmd[3]}.json")]

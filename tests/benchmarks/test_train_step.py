@@ -83,8 +83,34 @@ def test_a_bf16_step_runs_under_cpu_autocast_and_is_compared_with_bf16_unet(tmp_
 
     out = tmp_path / "train_step.json"
     assert main(["train_step", "--tiny", "--bf16", "--json", str(out)]) == 0
-    rows = {r["config"]: r for r in json.loads(out.read_text())["tables"]["steps"]}
+    payload = json.loads(out.read_text())
+    rows = {r["config"]: r for r in payload["tables"]["steps"]}
     assert set(rows) == {"unet NCHW", "tcnet_tiny auto NCHW", "unet NCHW bf16", "tcnet_tiny auto NCHW bf16"}
+    assert payload["summary"]["best_config"] == "tcnet_tiny auto NCHW"  # the verdict: float32 only
     assert rows["tcnet_tiny auto NCHW bf16"]["reference"] == "unet NCHW bf16"
     assert rows["tcnet_tiny auto NCHW"]["reference"] == "unet NCHW"
     assert rows["unet NCHW bf16"]["ratio"] == 1.0 and rows["unet NCHW"]["ratio"] == 1.0
+
+
+def test_the_ratio_is_tcnets_model_flops_over_unets():
+    """Paired: each repeat's model FLOP/s of the configuration over the reference's, FLOPs as counted."""
+    r = train_step.paired_ratios([2.0, 4.0, 1.0], [1.0, 1.0, 1.0], flops=6.0, ref_flops=1.0)
+    assert r["paired_all"] == [3.0, 1.5, 6.0] and r["paired"] == 3.0 and r["paired_range"] == "1.50-6.00"
+
+
+def test_a_steps_model_flops_are_the_forward_times_batch_times_three():
+    from tcnet.models.flops import model_complexity
+
+    for name in ("tcnet_tiny", "unet"):
+        by_kind = train_step.model_step_flops(name, 64, 2)
+        assert by_kind["total"] == model_complexity(name, 64)["flops"] * 2 * 3
+        assert sum(v for k, v in by_kind.items() if k != "total") == by_kind["total"]
+
+
+def test_a_channels_last_step_runs_the_model_and_batch_channels_last():
+    step = train_step.Step(train_step.Config("tcnet_tiny", lk_impl="fft", channels_last=True), 32, 2)
+    assert step.x.is_contiguous(memory_format=torch.channels_last)
+    convs = [m.weight for m in step.model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    plain = train_step.Step(train_step.Config("tcnet_tiny", lk_impl="fft"), 32, 2)
+    assert not plain.x.is_contiguous(memory_format=torch.channels_last)

@@ -131,6 +131,14 @@ def test_augmentation_keeps_image_mask_and_fov_aligned(pre):
     assert changed > N  # most items were actually transformed
 
 
+def test_repr_names_the_augmentation_amounts(pre):
+    root, ids, *_ = pre
+    ds = SegmentationDataset(root, "toy", ids, augment=True, seed=3, augment_options={"shift": 0.1, "p": 0.3})
+    assert f"SegmentationDataset('toy', n={len(ids)}, augment=True, p=0.3, shift=0.1, seed=3, root=" in repr(ds)
+    plain = SegmentationDataset(root, "toy", ids, augment=False, augment_options={"shift": 0.1})
+    assert "shift" not in repr(plain)  # not applied: not shown
+
+
 def test_pickling_does_not_copy_the_arrays(pre):
     root, ids, *_ = pre
     ds = SegmentationDataset(root, "toy", ids, augment=True)

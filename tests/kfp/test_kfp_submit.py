@@ -32,8 +32,19 @@ class FakeKfp(BaseHTTPRequestHandler):
         self.server.requests.append((self.command, url.path, parse_qs(url.query), body))
         return url.path, body
 
+    def _html(self) -> None:
+        """Something else at that address (a UI, a proxy's login page): a page, whatever the request."""
+        data = b"<html><body>Sign in</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def do_GET(self):
         path, _ = self._record()
+        if self.server.mode == "html":
+            return self._html()
         if path == "/apis/v2beta1/healthz":
             return self._reply(200, {"multi_user": False, "pipeline_store": "database"})
         if path == "/apis/v2beta1/experiments":
@@ -42,11 +53,16 @@ class FakeKfp(BaseHTTPRequestHandler):
 
     def do_POST(self):
         path, body = self._record()
+        if self.server.mode == "html":
+            return self._html()
         if path == "/apis/v2beta1/experiments":
             exp = {**body, "experiment_id": "exp-0001"}
             self.server.experiments.append(exp)
             return self._reply(200, exp)
         if path == "/apis/v2beta1/runs":
+            if self.server.mode == "refuse":
+                return self._reply(400, {"error": "Invalid input error: pipeline spec is invalid", "code": 3,
+                                         "message": "Invalid input error: pipeline spec is invalid"})
             return self._reply(200, {**body, "run_id": "run-0001", "state": "PENDING"})
         self._reply(404, {"error": f"not served: POST {path}"})
 
@@ -57,7 +73,7 @@ class FakeKfp(BaseHTTPRequestHandler):
 @pytest.fixture
 def kfp_server():
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeKfp)
-    server.requests, server.experiments = [], []
+    server.requests, server.experiments, server.mode = [], [], "kfp"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -74,20 +90,22 @@ def test_submit_sends_the_compiled_package_and_parameters(kfp_server, compiled, 
     rc = main(["submit", "--host", host, "--experiment-name", "tcnet-test", "--run-name", "smoke",
                "--data-repo-url", "https://git.example.com/tcnet.git", "--data-rev", "v0.1.0", "--gpus", "2"])
     assert rc == 0
-    assert "submitted run run-0001" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "submitted run run-0001" in out and "(experiment 'tcnet-test', created now: it did not exist;" in out
 
     calls = [(m, p) for m, p, _, _ in kfp_server.requests]
     assert calls == [
         ("GET", "/apis/v2beta1/healthz"),
-        ("GET", "/apis/v2beta1/experiments"),  # lookup by name: none yet
+        ("GET", "/apis/v2beta1/experiments"),  # lookup by name: none yet (ours, to say "created")
+        ("GET", "/apis/v2beta1/experiments"),  # kfp's create_experiment looks again
         ("POST", "/apis/v2beta1/experiments"),
         ("POST", "/apis/v2beta1/runs"),
     ]
     lookup = json.loads(kfp_server.requests[1][2]["filter"][0])
     assert lookup["predicates"][0]["stringValue"] == "tcnet-test"
-    assert kfp_server.requests[2][3]["display_name"] == "tcnet-test"
+    assert kfp_server.requests[3][3]["display_name"] == "tcnet-test"
 
-    run = kfp_server.requests[3][3]
+    run = kfp_server.requests[4][3]
     assert run["experiment_id"] == "exp-0001" and run["display_name"] == "smoke"
     # the package that arrives is the one `compile` writes with the same options
     _, spec, platform = compiled
@@ -106,6 +124,14 @@ def test_submit_without_a_data_repository_says_what_to_pass(monkeypatch, capsys)
     monkeypatch.setattr(pl, "default_data_source", lambda *a: ("", ""))
     assert main(["submit", "--host", "http://127.0.0.1:9"]) == 2
     assert "--data-repo-url" in capsys.readouterr().err
+    monkeypatch.setattr(pl, "default_data_source", lambda *a: ("/work/main", "abc"))  # an origin that is a path
+    assert main(["submit", "--host", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert "is a path on this machine, which no pod can clone" in err and "cannot reach" not in err
+    from pipeline.__main__ import _local_path
+
+    assert [_local_path(u) for u in ("../r", "file:///r", "https://h/r.git", "ssh://git@h/r", "git@github.com:o/r.git")] \
+        == [True, True, False, False, False]
 
 
 @pytest.mark.filterwarnings("ignore:This client only works with Kubeflow Pipeline:FutureWarning")
@@ -150,3 +176,66 @@ def test_cli_errors_are_one_line_not_tracebacks(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cannot reach the Kubeflow Pipelines API at http://127.0.0.1:9" in err and "Traceback" not in err
     assert not (tmp_path / "p.yaml").exists()
+
+
+@pytest.mark.filterwarnings("ignore:This client only works with Kubeflow Pipeline:FutureWarning")
+def test_the_servers_answers_are_told_apart(kfp_server, tmp_path, monkeypatch, capsys):
+    """An existing experiment is reused and said so; a refusal gives the server's reason (not
+    "unreachable"); a host that is not the KFP API is an error, not "submitted run None"."""
+    from pipeline.__main__ import main
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    host = f"http://127.0.0.1:{kfp_server.server_address[1]}"
+    argv = ["submit", "--host", host, "--experiment-name", "e1", "--data-repo-url", "https://g.example.com/d.git",
+            "--data-rev", "v1"]
+    assert main(argv) == 0 and "created now" in capsys.readouterr().out
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "(experiment 'e1';" in out and "created" not in out
+    kfp_server.mode = "refuse"
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "refused the request: HTTP 400" in err and "pipeline spec is invalid" in err and "cannot reach" not in err
+    kfp_server.mode = "html"
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "submitted" not in err and "Traceback" not in err
+
+
+def test_options_kubernetes_would_reject_are_refused_before_anything_is_written(tmp_path, capsys):
+    from pipeline.__main__ import main
+
+    out = tmp_path / "p.yaml"
+    for flags, words in ((["--accelerator-type", ""], "accelerator_type must be a Kubernetes resource name"),
+                         (["--train-retries", "-1"], "train_retries must be >= 0"),
+                         (["--gpu-node-label", "=x"], "gpu_node_label must be KEY=VALUE"),
+                         (["--train-memory", "0"], "train_memory '0' must be a Kubernetes memory quantity"),
+                         (["--data-memory", "8 GB"], "data_memory '8 GB' must be"),
+                         (["--dvc-secret", "My Secret"], "dvc_secret 'My Secret' is not a Kubernetes object name"),
+                         (["--checkpoint-pvc", "Bad_Name"], "checkpoint_pvc 'Bad_Name' is not"),
+                         (["--parallelism", "-2"], "parallelism must be >= 0"),
+                         (["--mlflow-uri", "http://bob:PW@mlflow:5000"], "credentials left out here"),
+                         (["--mlflow-uri", "http://"], "no valid host")):
+        assert main(["compile", "--out", str(out), *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1 and "PW" not in err, (flags, err)
+        assert not out.exists()
+    # a password in an ssh URL stays out of the package too (the user names the account: kept)
+    assert main(["compile", "--out", str(out), "--data-repo-url", "ssh://git:SEKRET@git.example.com/d.git",
+                 "--data-rev", "v1", "--mlflow-secret", "mlflow-auth"]) == 0
+    text = out.read_text()
+    assert "SEKRET" not in text and "ssh://git@git.example.com/d.git" in text
+    platform = list(yaml.safe_load_all(text))[1]
+    execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    secrets = [e["secretAsEnv"] for e in execs.values() if any(x.get("secretName") == "mlflow-auth"
+                                                            for x in e.get("secretAsEnv", []))]
+    assert len(secrets) == len(execs)  # every task: each one logs to MLflow
+
+
+def test_a_local_run_refused_writes_nothing(tmp_path):
+    from pipeline.pipeline import PipelineOptions, local_run
+
+    db, work = tmp_path / "m.db", tmp_path / "work"
+    with pytest.raises(ValueError, match="--gpus 3 does not divide"):
+        local_run(PipelineOptions(gpus=3, mlflow_uri=f"sqlite:///{db}"), work)
+    assert not db.exists() and not work.exists()
