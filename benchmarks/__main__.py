@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         # A process each, as a user's own command would run it: targets set process-wide state that
         # cannot be undone (the allocator's form, threads), and each JSON records its own command.
         common.say(f"$ python -m benchmarks {' '.join(shlex.quote(a) for a in sub_argv)}")
-        code = max(code, subprocess.run([sys.executable, "-m", "benchmarks", *sub_argv]).returncode)
+        rc = subprocess.run([sys.executable, "-m", "benchmarks", *sub_argv]).returncode
+        code = max(code, 1 if rc else 0)  # a signal's negative code (the OOM killer) is a failure too
     return code
 
 

@@ -298,11 +298,12 @@ def median_of(requested: int, stats_list) -> str:
     a time budget (``time_interleaved``'s ``budget_s``, ``slow_s``) can stop slow rows before
     ``requested``, and the title must not claim more than ran."""
     counts = sorted({int(st["n"]) for st in stats_list})
-    if counts == [int(requested)]:
+    if not counts or counts == [int(requested)]:
         return f"median of {requested}"
     low, high = counts[0], counts[-1]
     ran = f"{low}" if low == high else f"{low}-{high}"
-    return f"median of {ran} ({requested} asked; the time budget stopped the slow ones earlier)"
+    why = "; the time budget stopped the slow ones earlier" if low < int(requested) else ""
+    return f"median of {ran} ({requested} asked{why})"
 
 
 def median(times: Sequence[float]) -> float:

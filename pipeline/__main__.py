@@ -63,9 +63,9 @@ def _add_build_options(p: argparse.ArgumentParser, *, local: bool = False) -> No
                    help="Kubernetes secret with the DVC remote's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; '' = none"
                    + ignored + " (default: %(default)s)")
     g.add_argument("--mlflow-secret", default=d.mlflow_secret, metavar="NAME",
-                   help="Kubernetes secret whose MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD / "
-                   "MLFLOW_TRACKING_TOKEN keys (each optional) every task gets, for an MLflow server with "
-                   "authentication; credentials in --mlflow-uri are refused" + ignored + " (default: none)")
+                   help="Kubernetes secret whose MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD keys every "
+                   "task gets, for an MLflow server with basic auth; credentials in --mlflow-uri are refused"
+                   + ignored + " (default: none)")
 
 
 def options(args: argparse.Namespace) -> PipelineOptions:
@@ -100,14 +100,14 @@ def cmd_compile(args) -> int:
 
 def _local_path(url: str) -> bool:
     """A repository given as a path (``/work/repo``, ``../repo``, ``file:///...``), not a URL a cluster
-    reaches (``https://``, ``ssh://``, scp-style ``git@host:org/r.git``)."""
-    import re
-
+    reaches (``https://``, ``ssh://``, scp-style ``[user@]host:path``). Git's own rule: a ``:`` with
+    no ``/`` before it is scp-style ssh."""
     if url.startswith("file:"):
         return True
     if "://" in url:
         return False
-    return not re.match(r"^[\w.-]+@[\w.-]+:", url)  # scp-style ssh
+    colon = url.find(":")
+    return colon <= 0 or "/" in url[:colon]
 
 
 def cmd_run(args) -> int:

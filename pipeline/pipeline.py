@@ -63,8 +63,10 @@ IN_CLUSTER_MLFLOW = "http://mlflow.mlflow.svc.cluster.local:5000"
 CHECKPOINT_MOUNT = "/tcnet-checkpoints"  # where --checkpoint-pvc is mounted in train pods
 # Secret keys -> environment variables for the DVC remote (S3 / MinIO; see docs/deploy.md).
 DVC_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
-# MLflow's client reads these for a server with authentication; each optional (basic auth or a token).
-MLFLOW_SECRET_KEYS = {k: k for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")}
+# MLflow's client reads these for a server with basic auth (mlflow server --app-name basic-auth). Not
+# optional: Kubernetes' optional would also make the secret optional, and a mistyped name would then
+# run every task without credentials instead of failing to start.
+MLFLOW_SECRET_KEYS = {k: k for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
 
 
 @dataclass(frozen=True)
@@ -165,12 +167,18 @@ def cpu_threads(request: str, processes: int = 1) -> int:
     return max(1, int(cores // processes))
 
 
-# Kubernetes' own rules: a memory quantity, a resource name (prefix/name), a label key, an object's name
-_QUANTITY = re.compile(r"(\d+(\.\d+)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?")
+# Kubernetes' own rules: a resource name or label key (optional DNS-subdomain prefix / name), a label
+# value, an object's name. Memory: what both Kubernetes and kfp's compiler take (whole numbers).
+_MEMORY = re.compile(r"(\d+)(Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E)?")
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 _SUBDOMAIN = re.compile(rf"(?=.{{1,253}}$){_DNS_LABEL}(\.{_DNS_LABEL})*")
 _NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
-_QUALIFIED = re.compile(rf"({_SUBDOMAIN.pattern}/)?{_NAME}")
+
+
+def _qualified(key: str) -> bool:
+    """A Kubernetes qualified name: ``[prefix/]name``, the prefix a DNS subdomain (up to 253), the name up to 63."""
+    prefix, slash, name = key.rpartition("/")
+    return bool(re.fullmatch(_NAME, name)) and (not slash or bool(_SUBDOMAIN.fullmatch(prefix)))
 
 
 def check_options(opts: PipelineOptions) -> None:
@@ -180,18 +188,19 @@ def check_options(opts: PipelineOptions) -> None:
         raise ValueError(f"gpus must be >= 1, got {opts.gpus}")
     if opts.eval_gpus not in (0, 1):  # evaluate runs on one device: a second GPU would sit idle
         raise ValueError(f"eval_gpus must be 0 or 1, got {opts.eval_gpus}")
-    if not _QUALIFIED.fullmatch(opts.accelerator_type or ""):
+    if not _qualified(opts.accelerator_type or ""):
         raise ValueError(f"accelerator_type must be a Kubernetes resource name such as nvidia.com/gpu, got "
                          f"{opts.accelerator_type!r}")
     if opts.gpu_node_label:
         key, eq, value = opts.gpu_node_label.partition("=")
-        if not eq or not _QUALIFIED.fullmatch(key) or (value and not re.fullmatch(_NAME, value)):
+        if not eq or not _qualified(key) or (value and not re.fullmatch(_NAME, value)):
             raise ValueError(f"gpu_node_label must be KEY=VALUE with a Kubernetes label key and value (e.g. "
                              f"nvidia.com/gpu.present=true), got {opts.gpu_node_label!r}")
     for what, value in (("train_memory", opts.train_memory), ("data_memory", opts.data_memory)):
-        m = _QUANTITY.fullmatch(str(value))
-        if m is None or float(m.group(1)) <= 0:
-            raise ValueError(f"{what} {value!r} must be a Kubernetes memory quantity above 0 (e.g. 16Gi, 512Mi)")
+        m = _MEMORY.fullmatch(str(value))
+        if m is None or int(m.group(1)) <= 0:
+            raise ValueError(f"{what} {value!r} must be a whole number above 0 with an optional unit Ki, Mi, Gi, Ti "
+                             "or M, G, T (e.g. 16Gi, 512Mi)")
     for what, value in (("train_cpu", opts.train_cpu), ("data_cpu", opts.data_cpu)):
         cpu_threads(str(value))  # its own error
     if opts.train_retries < 0:
@@ -233,8 +242,7 @@ def build_pipeline(opts: PipelineOptions = PipelineOptions()) -> Callable:
     def common(task, cache: bool, cpu: str, memory: str, processes: int = 1):
         task.set_env_variable("MLFLOW_TRACKING_URI", opts.mlflow_uri)
         if opts.mlflow_secret:  # a server with authentication: its credentials never in the package
-            kubernetes.use_secret_as_env(task, secret_name=opts.mlflow_secret, secret_key_to_env=MLFLOW_SECRET_KEYS,
-                                         optional=True)
+            kubernetes.use_secret_as_env(task, secret_name=opts.mlflow_secret, secret_key_to_env=MLFLOW_SECRET_KEYS)
         # A pod's affinity is its node's cores: the request sets the task's CPUs (preprocess's pool,
         # tcnet.utils.cpus) and each process's threads (torch's; one process per GPU on train).
         task.set_env_variable("TCNET_CPUS", str(cpu_threads(cpu)))
@@ -332,7 +340,7 @@ def check_cluster_tracking(uri: str) -> None:
         raise ValueError(
             f"--mlflow-uri {without_credentials(uri)!r} (credentials left out here): a user or token in the URL "
             "would be written into every task of the package; give the pods MLFLOW_TRACKING_USERNAME / "
-            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) from a Kubernetes secret instead: --mlflow-secret NAME "
+            "MLFLOW_TRACKING_PASSWORD from a Kubernetes secret instead: --mlflow-secret NAME "
             "(docs/deploy.md §5)")
     if parts.scheme not in ("http", "https", "databricks"):
         raise ValueError(
@@ -358,9 +366,10 @@ def compile_pipeline(opts: PipelineOptions, out: Path) -> Path:
     from kfp import compiler
 
     check_cluster_tracking(opts.mlflow_uri)
+    pipeline = build_pipeline(opts)  # every check before the output's folder is made
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(opts), package_path=str(out))
+    compiler.Compiler().compile(pipeline, package_path=str(out))
     return out
 
 

@@ -174,7 +174,9 @@ def without_secrets(text: str) -> str:
     ``http://token@host`` -> ``postgresql://host/db``, ``http://host``)."""
     import re
 
-    return re.sub(r"(\w[\w+.-]*://)[^/@\s]+@", r"\1", text)
+    # Up to the LAST "@" of the URL's token: a password may hold "/" or "@" (SQLAlchemy reads
+    # postgresql://u:ab/cd@db as password "ab/cd"); an "@" in a path costs that path, never a secret.
+    return re.sub(r"(\w[\w+.-]*://)[^\s'\"]*@", r"\1", text)
 
 
 class TrackingStoreError(RuntimeError):

@@ -387,9 +387,10 @@ def tracked_run(params, preprocessed_dir, out_dir, datasets: Optional[Sequence[s
     written. What the CLI and the Kubeflow component call. Returns :func:`run`'s summary."""
     from tcnet.stages.data_tracking import stage_run
 
-    names = datasets
-    if names is None:  # every dataset preprocessed, as run() finds them (its errors: before any run opens)
+    if datasets is None:  # every dataset preprocessed, as run() finds them (its errors: before any run opens)
         names = sorted({r["dataset"] for r in _manifest_rows(Path(preprocessed_dir))}, key=DATASETS.index)
+    else:  # in one order whatever the command line's: "a b" and "b a" are the same run
+        names = sorted(set(datasets), key=lambda d: DATASETS.index(d) if d in DATASETS else len(DATASETS))
     with stage_run(params, "split", names, mlflow) as logger:
         summary = run(params.split, preprocessed_dir, out_dir, datasets, embedded)
         metrics, tags = {}, {}

@@ -73,7 +73,8 @@ def test_warm_up_calls_are_not_timed_and_titles_say_how_many_ran():
     assert len(calls) == 4 and len(times["a"]) == 3 and max(times["a"]) < 0.1
     assert common.median_of(3, [common.stats(t) for t in times.values()]) == "median of 3"
     assert common.median_of(3, [common.stats([1.0]), common.stats([1.0, 2.0, 3.0])]).startswith(
-        "median of 1-3 (3 asked")
+        "median of 1-3 (3 asked; the time budget")
+    assert common.median_of(3, [common.stats([1.0] * 5)]) == "median of 5 (3 asked)"
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -99,6 +100,8 @@ def test_all_runs_each_target_in_its_own_process_with_every_flag(tmp_path, monke
     monkeypatch.setattr(entry.subprocess, "run", fake_run)
     assert main(["all", "--quick", "--threads", "2", "--repeats", "4", "--wait-load", "1.5", "--json", str(tmp_path)]) == 0
     assert [c[3] for c in seen] == list(TARGETS)
+    monkeypatch.setattr(entry.subprocess, "run", lambda cmd, *a, **k: subprocess.CompletedProcess(cmd, -9))
+    assert main(["all", "--tiny"]) == 1  # a target killed by a signal (the OOM killer) fails the whole
     for cmd in seen:
         assert cmd[:3] == [sys.executable, "-m", "benchmarks"]
         assert cmd[4:] == ["--quick", "--threads", "2", "--repeats", "4", "--wait-load", "1.5", "--json",

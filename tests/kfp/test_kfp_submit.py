@@ -130,8 +130,9 @@ def test_submit_without_a_data_repository_says_what_to_pass(monkeypatch, capsys)
     assert "is a path on this machine, which no pod can clone" in err and "cannot reach" not in err
     from pipeline.__main__ import _local_path
 
-    assert [_local_path(u) for u in ("../r", "file:///r", "https://h/r.git", "ssh://git@h/r", "git@github.com:o/r.git")] \
-        == [True, True, False, False, False]
+    assert [_local_path(u) for u in ("../r", "file:///r", "/srv/a:b", "https://h/r.git", "ssh://git@h/r",
+                                     "git@github.com:o/r.git", "github.com:o/r.git", "myhost:repos/r.git")] \
+        == [True, True, True, False, False, False, False, False]
 
 
 @pytest.mark.filterwarnings("ignore:This client only works with Kubeflow Pipeline:FutureWarning")
@@ -209,17 +210,24 @@ def test_options_kubernetes_would_reject_are_refused_before_anything_is_written(
     for flags, words in ((["--accelerator-type", ""], "accelerator_type must be a Kubernetes resource name"),
                          (["--train-retries", "-1"], "train_retries must be >= 0"),
                          (["--gpu-node-label", "=x"], "gpu_node_label must be KEY=VALUE"),
-                         (["--train-memory", "0"], "train_memory '0' must be a Kubernetes memory quantity"),
+                         (["--train-memory", "0"], "train_memory '0' must be a whole number above 0"),
+                         (["--train-memory", "0.5Gi"], "train_memory '0.5Gi' must be a whole number"),
                          (["--data-memory", "8 GB"], "data_memory '8 GB' must be"),
                          (["--dvc-secret", "My Secret"], "dvc_secret 'My Secret' is not a Kubernetes object name"),
                          (["--checkpoint-pvc", "Bad_Name"], "checkpoint_pvc 'Bad_Name' is not"),
                          (["--parallelism", "-2"], "parallelism must be >= 0"),
                          (["--mlflow-uri", "http://bob:PW@mlflow:5000"], "credentials left out here"),
                          (["--mlflow-uri", "http://"], "no valid host")):
-        assert main(["compile", "--out", str(out), *flags]) == 2, flags
+        assert main(["compile", "--out", str(tmp_path / "new" / "p.yaml"), *flags]) == 2, flags
         err = capsys.readouterr().err
         assert words in err and err.count("\n") == 1 and "PW" not in err, (flags, err)
-        assert not out.exists()
+        assert not (tmp_path / "new").exists()  # not even its folder
+    from pipeline.pipeline import PipelineOptions, check_options
+
+    long_prefix = ".".join(["a" * 60] * 4)  # a 243-character DNS prefix: a valid label key with a name
+    for ok in (dict(accelerator_type="amd.com/gpu"), dict(gpu_node_label=f"{long_prefix}/gpu-node="),
+               dict(train_memory="512Mi", data_memory="8G")):
+        check_options(PipelineOptions(**ok))
     # a password in an ssh URL stays out of the package too (the user names the account: kept)
     assert main(["compile", "--out", str(out), "--data-repo-url", "ssh://git:SEKRET@git.example.com/d.git",
                  "--data-rev", "v1", "--mlflow-secret", "mlflow-auth"]) == 0

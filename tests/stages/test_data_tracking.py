@@ -125,6 +125,9 @@ def test_the_store_error_keeps_the_cause_and_no_password(tmp_path):
     assert "S3CRET" not in str(e.value) and "postgresql://127.0.0.1:1/db" in str(e.value)
     assert e.value.__cause__ is None and e.value.__suppress_context__  # a pod's log prints no chained message
     assert without_secrets("mysql+pymysql://u:p@h/d and https://tok@h/r") == "mysql+pymysql://h/d and https://h/r"
+    # a password may hold "/" or "@" (SQLAlchemy reads both so)
+    assert without_secrets("postgresql://u:ab/cd@db/mlflow x") == "postgresql://db/mlflow x"
+    assert without_secrets("'postgresql://u:p@ss@db/m'") == "'postgresql://db/m'"
 
 
 def test_the_same_stage_on_other_datasets_is_another_run(project):
