@@ -201,8 +201,8 @@ def check_options(opts: PipelineOptions) -> None:
         if m is None or int(m.group(1)) <= 0:
             raise ValueError(f"{what} {value!r} must be a whole number above 0 with an optional unit Ki, Mi, Gi, Ti "
                              "or M, G, T (e.g. 16Gi, 512Mi)")
-    for what, value in (("train_cpu", opts.train_cpu), ("data_cpu", opts.data_cpu)):
-        cpu_threads(str(value))  # its own error
+    for value in (opts.train_cpu, opts.data_cpu):
+        cpu_threads(str(value))  # its own error names the request
     if opts.train_retries < 0:
         raise ValueError(f"train_retries must be >= 0, got {opts.train_retries}")
     if opts.parallelism < 0:

@@ -63,21 +63,16 @@ def bootstrap_mean_interval(x, n_resamples: int, confidence: float,
     return bootstrap_interval(lambda idx, axis=-1: x[idx].mean(axis=-1), x.size, n_resamples, confidence, rng)
 
 
-def bootstrap_ci_of(statistic, n: int, n_resamples: int, confidence: float,
-                    rng: np.random.Generator) -> tuple[float, float]:
-    """BCa-bootstrap CI of ``statistic(idx)`` over resampled image indices ``idx`` (``... x n``): a
-    mean of per-image values (:func:`bootstrap_ci`) or a pooled score's difference. Where BCa is
-    undefined, the percentile interval from the same generator state."""
-    return bootstrap_interval(statistic, n, n_resamples, confidence, rng)[:2]
-
-
 PERCENTILE_NOTE = "percentile bootstrap interval: BCa is undefined for these differences"
 
 
 def bootstrap_interval(statistic, n: int, n_resamples: int, confidence: float,
                        rng: np.random.Generator) -> tuple[float, float, str]:
-    """:func:`bootstrap_ci_of` and the method that gave it (``BCa``, ``percentile``; ``""`` for
-    none), so that a table whose caption says BCa can note the rows where it fell back."""
+    """BCa-bootstrap CI of ``statistic(idx)`` over resampled image indices ``idx`` (``... x n``): a
+    mean of per-image values (:func:`bootstrap_ci`) or a pooled score's difference. Where BCa is
+    undefined, the percentile interval from the same generator state. Returned with the method that
+    gave it (``BCa``, ``percentile``; ``""`` for none), so that a table whose caption says BCa can
+    note the rows where it fell back."""
     idx = np.arange(n)
     state = rng.bit_generator.state
     for method in (BOOTSTRAP_METHOD, "percentile"):

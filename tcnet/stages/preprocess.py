@@ -561,7 +561,7 @@ def run(cfg: PreprocessConfig, raw_dir: Path, out_dir: Path) -> dict:
 
     Returns a summary: ``{"out_dir", "seconds", "import_seconds", "images_per_s" (excluding the
     imports), "datasets": {name: {n, skipped, seconds, images_per_s}}, "skipped": [{dataset, id,
-    path, problem}]}``.
+    path, problem}], "stats": stats.json's content}``.
     Raises :class:`PreprocessError` on the first bad pair (unless ``cfg.skip_invalid``).
     """
     cfg.validate()
@@ -608,6 +608,7 @@ def run(cfg: PreprocessConfig, raw_dir: Path, out_dir: Path) -> dict:
     summary["import_seconds"] = round(t_imported - t_start, 3)
     work = t_end - t_imported  # pool start, decoding, checks, resizing, writing
     summary["images_per_s"] = round(n_total / work, 1) if work > 0 else None
+    summary["stats"] = stats
     return summary
 
 
@@ -627,7 +628,7 @@ def tracked_run(params, raw_dir, out_dir, *, mlflow: Optional[bool] = None) -> d
         metrics = {"pairs": sum(d["n"] for d in summary["datasets"].values()),
                    "skipped": len(summary["skipped"]), "seconds": summary["seconds"],
                    "import_seconds": summary["import_seconds"], "images_per_s": summary["images_per_s"]}
-        stats = json.loads((Path(out_dir) / "stats.json").read_text())
+        stats = summary["stats"]
         for name, d in summary["datasets"].items():
             metrics.update({f"{name}.pairs": d["n"], f"{name}.skipped": d["skipped"], f"{name}.seconds": d["seconds"],
                             f"{name}.images_per_s": d["images_per_s"], f"{name}.fg_fraction": stats[name]["fg_fraction"]})
